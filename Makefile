@@ -1,0 +1,42 @@
+# relsync — the two commands a user needs: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+EBIN  := relsync/erlang/ebin
+ERL_SRC := $(wildcard relsync/erlang/*.erl)
+BEAMS := $(patsubst relsync/erlang/%.erl,$(EBIN)/%.beam,$(ERL_SRC))
+
+.PHONY: setup erlang examples lint test pytest ct demo bench clean
+
+setup:
+	@scripts/setup.sh
+
+# Target-side helpers, compiled once here (beams from OTP 25 load on 25-27).
+erlang: setup $(BEAMS)
+$(EBIN)/%.beam: relsync/erlang/%.erl
+	@mkdir -p $(EBIN)
+	erlc +deterministic +debug_info -o $(EBIN) $<
+
+examples: setup
+	@examples/build.sh
+
+lint: setup
+	$(VENV)/bin/ruff check relsync tests bench
+	$(VENV)/bin/mypy --strict relsync
+
+pytest: erlang examples
+	$(PY) -m pytest -rs tests/py
+
+ct: erlang
+	@tests/ct/run.sh
+
+test: lint pytest ct
+
+demo: erlang examples
+	$(PY) scripts/demo.py
+
+bench: erlang examples
+	$(PY) -m bench
+
+clean:
+	rm -rf $(EBIN) tests/ct/logs .pytest_cache .mypy_cache .ruff_cache .demo

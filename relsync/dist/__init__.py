@@ -1,0 +1,1 @@
+"""A pure-Python Erlang distribution node (hidden), enough to drive a target over RPC."""
