@@ -1,0 +1,693 @@
+"""The ``local`` board kind: a release running on this machine from a read-only copy.
+
+Layout under ``workdir``::
+
+    ro/srv/erlang/      the release, copied and then made read-only (``release_path``)
+    data/relsync/       writable, kept across reboots: relsync's shadow tree (``rw_path``)
+    data/run/           writable, wiped at every boot (like a tmpfs): the files the start script
+                        generates (``RELX_OUT_FILE_PATH``), ``RUNNER_LOG_DIR``, crash dumps, HOME
+    console.log         stdout/stderr of the node, appended across reboots (``console_log``)
+    epmd.log            output of the epmd this board started, if any
+
+The node is started with the release's own extended start script (``bin/<rel> foreground``) in
+its own session, so the whole process group can be signalled. The release does not include
+ERTS: the script runs ``erl`` from ``PATH`` to find ``code:root_dir()`` and uses the ERTS there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from relsync.dist.errors import DistError
+from relsync.dist.etf import Term
+from relsync.dist.node import connect
+from relsync.release import OTP_APPS
+
+log = logging.getLogger(__name__)
+
+#: How long a node may take to answer after it was started.
+READY_TIMEOUT = 60.0
+#: How long a node may take to shut down after SIGTERM before it is killed.
+STOP_TIMEOUT = 20.0
+#: Pause between two readiness probes (the wait itself is bounded by READY_TIMEOUT).
+PROBE_INTERVAL = 0.2
+#: Lines of the console log quoted in error messages.
+LOG_TAIL_LINES = 40
+
+# Environment variables of the caller that would change how the start script behaves.
+_SCRUBBED_ENV = (
+    "RELX_COOKIE",
+    "RELX_REPLACE_OS_VARS",
+    "RELX_MULTI_NODE",
+    "RELX_CONFIG_PATH",
+    "VMARGS_PATH",
+    "ERL_DIST_PORT",
+    "CODE_LOADING_MODE",
+    "ERL_CRASH_DUMP",
+)
+
+
+class BoardError(RuntimeError):
+    """A board could not be started, answered wrongly or could not be stopped."""
+
+
+# --------------------------------------------------------------------------------------------
+# The release on disk
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseApp:
+    """One application of a ``.rel`` file."""
+
+    name: str
+    version: str
+    start_type: str = "permanent"
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseInfo:
+    """What the harness needs to know about a built release directory."""
+
+    root: Path
+    name: str
+    version: str
+    erts_version: str
+    apps: tuple[ReleaseApp, ...]
+
+    @property
+    def start_script(self) -> Path:
+        """The extended start script, ``bin/<name>``."""
+        return self.root / "bin" / self.name
+
+    @property
+    def main_app(self) -> str:
+        """The application whose start means "the release is up".
+
+        The application named like the release if there is one, else the last started,
+        non-OTP application of the ``.rel`` file, else its last application.
+        """
+        names = [app.name for app in self.apps]
+        if self.name in names:
+            return self.name
+        started = [
+            app.name
+            for app in self.apps
+            if app.name not in OTP_APPS and app.start_type not in ("load", "none")
+        ]
+        if started:
+            return started[-1]
+        if names:
+            return names[-1]
+        raise BoardError(f"release {self.name} {self.version} lists no applications")
+
+
+_REL_RE = re.compile(
+    r"""\{\s*release\s*,\s*\{\s*"(?P<name>[^"]*)"\s*,\s*"(?P<vsn>[^"]*)"\s*\}\s*,
+        \s*\{\s*erts\s*,\s*"(?P<erts>[^"]*)"\s*\}\s*,\s*\[(?P<apps>.*)\]\s*\}\s*\.""",
+    re.DOTALL | re.VERBOSE,
+)
+_REL_APP_RE = re.compile(
+    r"""\{\s*(?P<name>'(?:[^'\\]|\\.)*'|[a-z][A-Za-z0-9_@]*)\s*,\s*"(?P<vsn>[^"]*)"
+        \s*(?:,\s*(?P<type>[a-z]+)\s*)?(?:,\s*\[[^\]]*\]\s*)?\}""",
+    re.VERBOSE,
+)
+
+
+def _strip_erlang_comments(text: str) -> str:
+    out = []
+    for line in text.splitlines():
+        # Good enough for .rel files: no '%' inside their strings in practice.
+        pos = line.find("%")
+        out.append(line if pos < 0 else line[:pos])
+    return "\n".join(out)
+
+
+def parse_rel_file(text: str) -> tuple[str, str, str, tuple[ReleaseApp, ...]]:
+    """Parses a ``.rel`` file: (release name, release version, erts version, applications)."""
+    match = _REL_RE.search(_strip_erlang_comments(text))
+    if match is None:
+        raise BoardError("not a .rel file: no {release, {Name, Vsn}, {erts, Vsn}, Apps} term")
+    apps = tuple(
+        ReleaseApp(
+            name=m["name"].strip("'"),
+            version=m["vsn"],
+            start_type=m["type"] or "permanent",
+        )
+        for m in _REL_APP_RE.finditer(match["apps"])
+    )
+    return match["name"], match["vsn"], match["erts"], apps
+
+
+def read_release_info(root: Path) -> ReleaseInfo:
+    """Finds the name, version and applications of the release built into ``root``.
+
+    The version comes from ``releases/start_erl.data`` (``"<erts vsn> <rel vsn>"``), else from
+    the only ``releases/<vsn>/`` directory holding a ``.rel`` file; the name from the ``.rel``
+    file in that directory (preferring one with a matching ``bin/<name>`` script).
+    """
+    releases = root / "releases"
+    if not releases.is_dir():
+        raise BoardError(f"{root} is not a release: no releases/ directory")
+    version: str | None = None
+    start_erl = releases / "start_erl.data"
+    if start_erl.is_file():
+        fields = start_erl.read_text().split()
+        if len(fields) == 2:
+            version = fields[1]
+    if version is None:
+        candidates = sorted(d.name for d in releases.iterdir() if any(d.glob("*.rel")))
+        if len(candidates) != 1:
+            raise BoardError(
+                f"{root}: cannot tell the release version (no usable releases/start_erl.data, "
+                f"release directories with a .rel file: {candidates})"
+            )
+        version = candidates[0]
+    rel_files = sorted((releases / version).glob("*.rel"))
+    if not rel_files:
+        raise BoardError(f"{root}: no .rel file in releases/{version}/")
+    with_script = [f for f in rel_files if (root / "bin" / f.stem).is_file()]
+    rel_file = (with_script or rel_files)[0]
+    name, rel_vsn, erts_vsn, apps = parse_rel_file(rel_file.read_text())
+    if rel_vsn != version:
+        log.warning("%s says version %s, expected %s", rel_file, rel_vsn, version)
+    info = ReleaseInfo(root=root, name=name, version=version, erts_version=erts_vsn, apps=apps)
+    if not info.start_script.is_file():
+        raise BoardError(f"{root}: no start script bin/{name}")
+    return info
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _port_open(port: int) -> bool:
+    try:
+        _reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port), timeout=2.0
+        )
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+async def _run(*argv: str | Path) -> None:
+    """Runs a short command; raises BoardError with its output when it fails."""
+    proc = await asyncio.create_subprocess_exec(
+        *(str(a) for a in argv),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        cmd = " ".join(str(a) for a in argv)
+        text = out.decode(errors="replace").strip()
+        raise BoardError(f"`{cmd}` failed (exit {proc.returncode}): {text}")
+
+
+def mount_points() -> set[Path]:
+    """The mount points of this process's mount namespace."""
+    points: set[Path] = set()
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            fields = line.split()
+            if len(fields) > 4:
+                # Spaces and the like are octal-escaped (\040).
+                raw = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])
+                points.add(Path(raw))
+    return points
+
+
+def _proc_stat(pid: int) -> tuple[int, str, int] | None:
+    """(ppid, state, start time) of a process, None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    # The command name is in parentheses and may contain anything: split after the last ')'.
+    rest = data[data.rfind(")") + 2 :].split()
+    return int(rest[1]), rest[0], int(rest[19])
+
+
+def _descendants(root_pid: int) -> list[tuple[int, int]]:
+    """(pid, start time) of every process below ``root_pid``, found through /proc."""
+    children: dict[int, list[tuple[int, int]]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = _proc_stat(int(entry))
+            if stat is not None:
+                children.setdefault(stat[0], []).append((int(entry), stat[2]))
+    found: list[tuple[int, int]] = []
+    todo = [root_pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child[0])
+    return found
+
+
+def _alive(pid: int, start_time: int) -> bool:
+    stat = _proc_stat(pid)
+    return stat is not None and stat[2] == start_time and stat[1] not in ("Z", "X")
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _find_epmd() -> str:
+    found = shutil.which("epmd")
+    if found:
+        return found
+    erl = shutil.which("erl")
+    if erl:
+        root = Path(erl).resolve().parent.parent
+        for candidate in sorted(root.glob("erts-*/bin/epmd"), reverse=True):
+            return str(candidate)
+    raise BoardError("epmd not found on PATH nor next to erl: is Erlang/OTP installed?")
+
+
+def _app_names(which_applications: object) -> set[str]:
+    names: set[str] = set()
+    if isinstance(which_applications, list):
+        for item in which_applications:
+            if isinstance(item, tuple | list) and item:
+                names.add(str(item[0]))
+    return names
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a text file ("" when it does not exist)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 64 * 1024))
+            data = fh.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------------------------
+# The board
+
+
+class LocalBoard:
+    """A release running on this machine from a read-only path, with a writable rw path.
+
+    Use ``board = await LocalBoard.start(release, workdir=...)`` and ``await board.stop()``, or
+    ``async with await LocalBoard.start(...) as board: ...``.
+    """
+
+    def __init__(
+        self,
+        *,
+        info: ReleaseInfo,
+        workdir: Path,
+        node: str,
+        cookie: str,
+        epmd_port: int,
+        ready_timeout: float,
+    ) -> None:
+        self.info = info
+        self.workdir = workdir
+        self.release_path = workdir / "ro" / "srv" / "erlang"
+        self.rw_path = workdir / "data" / "relsync"
+        self.run_dir = workdir / "data" / "run"
+        self.console_log = workdir / "console.log"
+        self.node = node
+        self.cookie = cookie
+        self.epmd_port = epmd_port
+        self.ready_timeout = ready_timeout
+        #: "bind-mount" (read-only bind mount) or "chmod" (chmod -R a-w; root may still write).
+        self.read_only_mode = ""
+        self._proc: asyncio.subprocess.Process | None = None
+        self._exited: asyncio.Future[int] | None = None
+        self._epmd: asyncio.subprocess.Process | None = None
+        self._mounted = False
+        self._stopped = False
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @classmethod
+    async def start(
+        cls,
+        release: Path,
+        *,
+        workdir: Path,
+        node: str | None = None,
+        cookie: str | None = None,
+        epmd_port: int | None = None,
+        ready_timeout: float = READY_TIMEOUT,
+    ) -> LocalBoard:
+        """Copies ``release`` into ``workdir``, makes it read-only, starts it and waits until
+        the node answers an RPC with the release's main application started."""
+        release = Path(release).resolve()
+        info = read_release_info(release)
+        workdir = Path(workdir).resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        board = cls(
+            info=info,
+            workdir=workdir,
+            node=node or f"board_{secrets.token_hex(4)}@127.0.0.1",
+            cookie=cookie or secrets.token_hex(16),
+            epmd_port=epmd_port or _free_port(),
+            ready_timeout=ready_timeout,
+        )
+        # The copy is what the node runs: from here on `info` describes the read-only copy.
+        board.info = ReleaseInfo(
+            root=board.release_path,
+            name=info.name,
+            version=info.version,
+            erts_version=info.erts_version,
+            apps=info.apps,
+        )
+        try:
+            await board._install(release)
+            await board._ensure_epmd()
+            await board._boot("start")
+        except BaseException:
+            await board.stop()
+            raise
+        return board
+
+    @property
+    def pid(self) -> int | None:
+        """OS pid of the running node (the start script execs into beam), None when stopped."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.returncode is None else None
+
+    async def rpc(
+        self, mod: str, fun: str, args: list[Term] | None = None, *, timeout: float = 30.0
+    ) -> Term:
+        """One ``mod:fun(args...)`` call on the node over a fresh distribution connection."""
+        conn = await connect(self.node, cookie=self.cookie, epmd_port=self.epmd_port)
+        try:
+            return await conn.call(mod, fun, list(args or []), timeout=timeout)
+        finally:
+            await conn.close()
+
+    async def reboot(self) -> None:
+        """Stops the node and starts it again from the untouched read-only release.
+
+        The rw path is kept, ``data/run`` is wiped (like a tmpfs); returns when the node answers.
+        """
+        if self._stopped:
+            raise BoardError("board is stopped; start a new one")
+        await self._stop_node()
+        await self._ensure_epmd()
+        await self._boot("reboot")
+
+    async def stop(self) -> None:
+        """Stops the node (and the epmd this board started) and removes the mount. Idempotent."""
+        self._stopped = True
+        try:
+            await self._stop_node()
+        finally:
+            try:
+                await self._release_read_only()
+            finally:
+                await self._stop_epmd()
+
+    async def __aenter__(self) -> LocalBoard:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The end of the console log, for error messages."""
+        return tail(self.console_log, lines)
+
+    # -- read-only release ---------------------------------------------------------------------
+
+    async def _install(self, release: Path) -> None:
+        target = self.release_path
+        if target in mount_points():
+            await _run("umount", target)
+        if target.exists() or target.is_symlink():
+            await _run("chmod", "-R", "u+w", target)
+            await _run("rm", "-rf", target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        await _run("cp", "-a", release, target)
+        await self._make_read_only()
+
+    async def _make_read_only(self) -> None:
+        target = self.release_path
+        if os.geteuid() == 0:
+            try:
+                await _run("mount", "--bind", target, target)
+            except BoardError as exc:
+                log.warning(
+                    "cannot bind-mount %s (%s): falling back to chmod -R a-w, which does not "
+                    "stop root from writing into the release",
+                    target,
+                    exc,
+                )
+            else:
+                self._mounted = True
+                await _run("mount", "-o", "remount,bind,ro", target)
+                self.read_only_mode = "bind-mount"
+                log.info("release at %s is a read-only bind mount", target)
+                return
+        else:
+            log.info("not root: making %s read-only with chmod -R a-w (no bind mount)", target)
+        await _run("chmod", "-R", "a-w", target)
+        self.read_only_mode = "chmod"
+
+    async def _release_read_only(self) -> None:
+        target = self.release_path
+        if self._mounted:
+            last: BoardError | None = None
+            for _attempt in range(50):
+                try:
+                    await _run("umount", target)
+                    break
+                except BoardError as exc:
+                    if target not in mount_points():
+                        break
+                    last = exc
+                    await asyncio.sleep(0.1)  # busy: something still has a file open
+            else:
+                log.warning("umount %s keeps failing (%s): lazy unmount", target, last)
+                await _run("umount", "-l", target)
+            self._mounted = False
+        elif self.read_only_mode == "chmod" and target.exists():
+            # Let whoever cleans up workdir delete the copy.
+            await _run("chmod", "-R", "u+w", target)
+            self.read_only_mode = ""
+
+    # -- epmd ------------------------------------------------------------------------------------
+
+    async def _ensure_epmd(self) -> None:
+        if await _port_open(self.epmd_port):
+            return
+        if self._epmd is not None and self._epmd.returncode is None:
+            self._epmd.kill()
+            await self._epmd.wait()
+        epmd_log = self.workdir / "epmd.log"
+        env = dict(os.environ, ERL_EPMD_ADDRESS="127.0.0.1")
+        with open(epmd_log, "ab") as out:
+            self._epmd = await asyncio.create_subprocess_exec(
+                _find_epmd(),
+                "-port",
+                str(self.epmd_port),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10.0
+        while not await _port_open(self.epmd_port):
+            if self._epmd.returncode is not None or loop.time() > deadline:
+                raise BoardError(
+                    f"epmd on port {self.epmd_port} did not come up:\n{tail(epmd_log)}"
+                )
+            await asyncio.sleep(0.05)
+        log.info("started epmd on 127.0.0.1:%d", self.epmd_port)
+
+    async def _stop_epmd(self) -> None:
+        proc, self._epmd = self._epmd, None
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=5.0)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+    # -- the node --------------------------------------------------------------------------------
+
+    def _node_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+        run = self.run_dir
+        zflags = env.get("ERL_ZFLAGS", "")
+        env.update(
+            RELSYNC_NODE=self.node,
+            RELSYNC_COOKIE=self.cookie,
+            ERL_EPMD_PORT=str(self.epmd_port),
+            # vm.args / sys.config generated from their .src files go here, not into the
+            # read-only release (the directory must exist, or the script writes beside the .src).
+            RELX_OUT_FILE_PATH=str(run / "out"),
+            # Only used by the daemon modes (run_erl), set for completeness.
+            RUNNER_LOG_DIR=str(run / "log"),
+            # The script cd's into the release root, where a crash dump would go by default.
+            ERL_CRASH_DUMP=str(run / "erl_crash.dump"),
+            HOME=str(run / "home"),
+            # Distribution only on loopback.
+            ERL_ZFLAGS=f"{zflags} -kernel inet_dist_use_interface {{127,0,0,1}}".strip(),
+        )
+        return env
+
+    async def _boot(self, why: str) -> None:
+        run = self.run_dir
+        if run.exists():
+            await _run("rm", "-rf", run)
+        for d in (run / "out", run / "log", run / "home", self.rw_path):
+            d.mkdir(parents=True, exist_ok=True)
+        # For releases whose vm.args has no -setcookie: the VM then reads $HOME/.erlang.cookie.
+        cookie_file = run / "home" / ".erlang.cookie"
+        cookie_file.write_text(self.cookie)
+        cookie_file.chmod(0o400)
+        script = self.info.start_script
+        with open(self.console_log, "ab") as out:
+            out.write(
+                f"==== relsync local board {why}: {script} foreground "
+                f"(node {self.node}, epmd port {self.epmd_port}) ====\n".encode()
+            )
+            out.flush()
+            self._proc = await asyncio.create_subprocess_exec(
+                str(script),
+                "foreground",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                env=self._node_env(),
+                cwd=str(run),
+                start_new_session=True,
+            )
+        self._exited = asyncio.ensure_future(self._proc.wait())
+        await self._wait_ready()
+
+    async def _probe(self) -> bool:
+        conn = await connect(self.node, cookie=self.cookie, epmd_port=self.epmd_port, timeout=5.0)
+        try:
+            apps = await conn.call("application", "which_applications", [], timeout=5.0)
+        finally:
+            await conn.close()
+        return self.info.main_app in _app_names(apps)
+
+    async def _wait_ready(self) -> None:
+        exited = self._exited
+        assert exited is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ready_timeout
+        last_error = "no answer yet"
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            probe: asyncio.Future[Any] = asyncio.ensure_future(self._probe())
+            waiters: set[asyncio.Future[Any]] = {probe, exited}
+            done, _ = await asyncio.wait(
+                waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            if exited in done:
+                await _cancel(probe)
+                raise BoardError(
+                    f"node {self.node} exited with status {exited.result()} before it was "
+                    f"ready; end of {self.console_log}:\n{self.log_tail()}"
+                )
+            if probe not in done:
+                await _cancel(probe)
+                break
+            try:
+                if probe.result():
+                    return
+                last_error = f"application {self.info.main_app} not started yet"
+            except (DistError, OSError, TimeoutError) as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+            # Pause before the next probe, but notice an exit at once.
+            await asyncio.wait({exited}, timeout=min(PROBE_INTERVAL, max(0.0, remaining)))
+        raise BoardError(
+            f"node {self.node} did not answer with {self.info.main_app} started within "
+            f"{self.ready_timeout:g}s (last: {last_error}); end of {self.console_log}:\n"
+            f"{self.log_tail()}"
+        )
+
+    async def _stop_node(self) -> None:
+        proc, exited = self._proc, self._exited
+        self._proc = self._exited = None
+        if proc is None or exited is None:
+            return
+        pid = proc.pid
+        # Port programs may run in sessions of their own: remember them to kill stragglers.
+        tree = _descendants(pid) if proc.returncode is None else []
+        if proc.returncode is None:
+            # The VM handles SIGTERM as init:stop(): a clean shutdown that closes its ports.
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.shield(exited), timeout=STOP_TIMEOUT)
+            except TimeoutError:
+                log.warning("node %s ignored SIGTERM for %gs: killing it", self.node, STOP_TIMEOUT)
+                _signal_group(pid, signal.SIGKILL)
+                await exited
+        _signal_group(pid, signal.SIGKILL)
+        await _reap(tree)
+
+
+async def _cancel(task: asyncio.Future[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+
+
+async def _reap(processes: Iterable[tuple[int, int]]) -> None:
+    """Waits (bounded) for former descendants to go; SIGKILLs those that stay."""
+    left = list(processes)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 2.0
+    while left and loop.time() < deadline:
+        left = [p for p in left if _alive(*p)]
+        if left:
+            await asyncio.sleep(0.05)
+    for pid, start_time in left:
+        if _alive(pid, start_time):
+            log.warning("killing leftover process %d of the board", pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
