@@ -195,7 +195,10 @@ def encode(term: Term, *, version_byte: bool = True) -> list[Buffer]:
     w = _Writer()
     if version_byte:
         w.buf.append(VERSION)
-    _encode(term, w)
+    try:
+        _encode(term, w)
+    except struct.error as exc:  # a field out of range, e.g. Pid(id=-1)
+        raise EtfError(f"cannot encode {type(term).__name__}: {exc}") from exc
     return w.finish()
 
 
@@ -342,8 +345,11 @@ def binary_to_term(data: Buffer) -> Term:
     if not view.nbytes or view[0] != VERSION:
         raise EtfError("not an external term (missing version byte 131)")
     if view.nbytes > 1 and view[1] == COMPRESSED:
-        (size,) = _I.unpack_from(view, 2)
-        view = memoryview(zlib.decompress(view[6:]))
+        try:
+            (size,) = _I.unpack_from(view, 2)
+            view = memoryview(zlib.decompress(view[6:]))
+        except (struct.error, zlib.error) as exc:
+            raise EtfError(f"truncated or corrupt compressed term: {exc}") from exc
         if view.nbytes != size:
             raise EtfError("compressed term has the wrong uncompressed size")
         term, end = decode(view, 0)
@@ -368,7 +374,10 @@ def _decode_atom_text(view: memoryview, pos: int, size: int, utf8: bool) -> tupl
     if end > view.nbytes:
         raise EtfError("truncated atom")
     raw = bytes(view[pos:end])
-    return Atom(raw.decode("utf-8" if utf8 else "latin-1")), end
+    try:
+        return Atom(raw.decode("utf-8" if utf8 else "latin-1")), end
+    except UnicodeDecodeError as exc:
+        raise EtfError(f"atom is not valid UTF-8: {raw!r}") from exc
 
 
 def _decode_atom(view: memoryview, pos: int) -> tuple[Atom, int]:
@@ -508,7 +517,12 @@ def _decode_special(view: memoryview, tag: int, pos: int) -> tuple[Term, int]:  
             raise EtfError("truncated fun")
         return OpaqueFun(bytes(view[pos - 1 : end])), end
     if tag == FLOAT_EXT:
+        if pos + 31 > view.nbytes:
+            raise EtfError("truncated float")
         text = bytes(view[pos : pos + 31]).split(b"\0", 1)[0]
-        return float(text), pos + 31
+        try:
+            return float(text), pos + 31
+        except ValueError as exc:
+            raise EtfError(f"bad FLOAT_EXT text {text!r}") from exc
     raise EtfError(f"unsupported term tag {tag} at offset {pos - 1}")
 
