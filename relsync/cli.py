@@ -1,0 +1,238 @@
+"""The ``relsync`` command line, compatible with the original relsync's options."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from relsync import __version__
+from relsync.engine import SyncOptions, SyncReport, sync
+from relsync.errors import ExitCode, RelsyncError, UsageError
+from relsync.hooks import resolve_hook
+from relsync.progress import ProgressBar
+from relsync.release import find_release, scan_release
+from relsync.report import print_json, print_summary
+from relsync.transports.erl import ErlTarget
+
+EXIT_CODES = """exit codes:
+  0  synced (or nothing to do)
+  1  internal error (a bug: please report it)
+  2  bad command line or local release; the target was not touched
+  3  could not connect to the target; it was not touched
+  4  a hook failed (presync: nothing was changed; postsync: files and code were updated)
+  5  a file operation on the target failed; run relsync again, it converges
+  6  synced, but some modules could not be reloaded (processes still run old code)"""
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "yes", "1", "on"):
+        return True
+    if lowered in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _port(text: str) -> int:
+    value = int(text) if text.isdigit() else -1
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"expected a TCP port number (1-65535), got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see relsync --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (original options with their short forms and defaults, then ours)."""
+    p = _Parser(
+        prog="relsync",
+        description="Synchronize a local Erlang/OTP release with a running target node.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    a = p.add_argument
+    a(
+        "-d",
+        "--destination-node",
+        default="node@other",
+        metavar="NODE",
+        help="destination node (erl mode) or host (ssh mode) [default: node@other]",
+    )
+    a(
+        "-p",
+        "--destination-path",
+        default="/srv/erlang",
+        metavar="PATH",
+        help="path to the release on the destination (can be read-only) [default: /srv/erlang]",
+    )
+    a(
+        "-q",
+        "--destination-rw-path",
+        default="",
+        metavar="PATH",
+        help="writable path on the destination for a shadow tree (empty if not needed)",
+    )
+    a(
+        "-l",
+        "--local-path",
+        metavar="PATH",
+        help="path to the local release [default: the one release under _build/*/rel, or ./_rel]",
+    )
+    a(
+        "-H",
+        "--hooks",
+        metavar="MOD|FILE.erl",
+        help="module with presync/0 and postsync/0 to run on the destination",
+    )
+    a(
+        "-E",
+        "--exclude-system-libs",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=True,
+        metavar="BOOL",
+        help="do not synchronize OTP system libs and ERTS [default: true]",
+    )
+    a(
+        "-c",
+        "--cookie",
+        metavar="COOKIE",
+        help="Erlang magic cookie [default: $RELSYNC_COOKIE, else 'cookie']",
+    )
+    a("-s", "--sname", metavar="NAME", help="short name for the local node")
+    a("-n", "--name", metavar="NAME", help="long name for the local node")
+    a(
+        "-M",
+        "--mode",
+        choices=("erl", "ssh"),
+        default="erl",
+        help="transfer over the Erlang distribution protocol or ssh [default: erl]",
+    )
+    a("-P", "--port", type=_port, metavar="PORT", help="ssh port to use")
+    a("-u", "--user", metavar="USER", default="relsync", help="ssh user name [default: relsync]")
+    a(
+        "--epmd-port",
+        type=_port,
+        metavar="PORT",
+        help="EPMD port on the destination host [default: $ERL_EPMD_PORT, else 4369]",
+    )
+    a("--dry-run", action="store_true", help="show what would change; touch nothing")
+    a(
+        "--purge",
+        choices=("soft", "brutal"),
+        default="soft",
+        help="soft: report processes still in old code; brutal: kill them [default: soft]",
+    )
+    a(
+        "--hook-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="time limit for each hook [default: 60]",
+    )
+    a(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time limit for reaching the destination [default: 10]",
+    )
+    a("--json", action="store_true", help="print the result as one JSON object")
+    a("-v", "--verbose", action="store_true", help="list every file and module")
+    a("--quiet", action="store_true", help="print nothing but errors")
+    a("--version", action="version", version=f"relsync {__version__}")
+    return p
+
+
+def local_node_name(args: argparse.Namespace, destination: str) -> str | None:
+    """Our own node name from ``--sname``/``--name`` (completed with a host when bare)."""
+    if args.sname and args.name:
+        raise UsageError("give either --sname or --name, not both")
+    if args.sname:
+        name = str(args.sname)
+        return name if "@" in name else f"{name}@{socket.gethostname().split('.')[0]}"
+    if args.name:
+        name = str(args.name)
+        if "@" in name:
+            return name
+        host = destination.partition("@")[2]
+        return f"{name}@{host if host in ('127.0.0.1', 'localhost') else socket.getfqdn()}"
+    return None
+
+
+def _check_destination(node: str) -> None:
+    name, at, host = node.partition("@")
+    if not (name and at and host) or not name.replace("_", "").replace("-", "").isalnum():
+        raise UsageError(
+            f"--destination-node {node!r} is not a node name; write it as name@host, "
+            "e.g. demo@192.0.2.7 or demo@127.0.0.1"
+        )
+
+
+async def run(args: argparse.Namespace, cwd: Path) -> SyncReport:
+    """Resolve the options, scan the release, connect and sync."""
+    if args.mode == "ssh":
+        raise UsageError("--mode ssh is not available in this version yet; use --mode erl")
+    _check_destination(args.destination_node)
+    if args.hook_timeout <= 0:
+        raise UsageError("--hook-timeout must be a positive number of seconds")
+    for opt in ("destination_path", "destination_rw_path"):
+        value = getattr(args, opt)
+        if value and not value.startswith("/"):
+            raise UsageError(f"--{opt.replace('_', '-')} {value!r} must be an absolute path")
+    root = find_release(args.local_path, cwd)
+    release = scan_release(root, exclude_system_libs=args.exclude_system_libs)
+    hook = await resolve_hook(args.hooks, release, cwd) if args.hooks else None
+    cookie = args.cookie or os.environ.get("RELSYNC_COOKIE") or "cookie"
+    options = SyncOptions(
+        dest_path=args.destination_path,
+        rw_path=args.destination_rw_path or None,
+        hook=hook,
+        hook_timeout=args.hook_timeout,
+        brutal_purge=args.purge == "brutal",
+        dry_run=args.dry_run,
+    )
+    target = await ErlTarget.open(
+        args.destination_node,
+        cookie,
+        local_name=local_node_name(args, args.destination_node),
+        epmd_port=args.epmd_port,
+        timeout=args.connect_timeout,
+    )
+    bar = ProgressBar(f"{args.destination_node}", enabled=not (args.quiet or args.json))
+    try:
+        return await sync(target, release, options, on_transfer=bar.start, progress=bar.advance)
+    finally:
+        bar.finish()
+        await target.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``relsync`` command."""
+    try:
+        args = build_parser().parse_args(argv)
+        report = asyncio.run(run(args, Path.cwd()))
+    except RelsyncError as exc:
+        print(f"relsync: error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("relsync: interrupted; run it again to finish the sync", file=sys.stderr)
+        return int(ExitCode.SYNC)
+    if args.json:
+        print_json(report)
+    elif not args.quiet or report.exit_code:
+        print_summary(report, verbose=args.verbose)
+    return int(report.exit_code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""One sync, in order: read the target -> plan -> presync -> transfer -> code path -> reload ->
+postsync. The engine only sequences; the plan decides and the target carries it out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from relsync.errors import ExitCode, HookError
+from relsync.hooks import Hook
+from relsync.plan import SyncPlan, TargetState, build_plan
+from relsync.release import LocalRelease, Skipped
+from relsync.target import HookResult, ModuleResult, Progress, RemoteEntry, Target
+
+
+@dataclass(frozen=True, slots=True)
+class SyncOptions:
+    """How to sync: where the release is on the target and what to do around it."""
+
+    dest_path: str = "/srv/erlang"
+    rw_path: str | None = None
+    hook: Hook | None = None
+    hook_timeout: float = 60.0
+    brutal_purge: bool = False
+    dry_run: bool = False
+
+
+@dataclass(slots=True)
+class SyncReport:
+    """Everything a person (or ``--json``) needs to know about one sync."""
+
+    label: str
+    plan: SyncPlan
+    skipped: list[Skipped]
+    dry_run: bool = False
+    modules: list[ModuleResult] = field(default_factory=list)
+    hooks: dict[str, HookResult] = field(default_factory=dict)
+    bytes_sent: int = 0
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+    exit_code: ExitCode = ExitCode.OK
+
+
+#: Called with the total number of bytes to send before the transfer starts.
+TransferStart = Callable[[int], None]
+
+
+def _excluded(rel: str, prefixes: tuple[str, ...]) -> bool:
+    return rel.startswith(prefixes)
+
+
+async def read_state(target: Target, release: LocalRelease, options: SyncOptions) -> TargetState:
+    """Ask the target, concurrently, for everything the plan needs."""
+    dest, rw = options.dest_path.rstrip("/"), (options.rw_path or "").rstrip("/") or None
+    excl = release.exclude_prefixes
+    info, original, shadow, loaded, top, libs = await asyncio.gather(
+        target.info(),
+        target.manifest(dest, excl),
+        target.manifest(rw, ()) if rw else _empty_manifest(),
+        target.loaded_modules(),
+        target.list_dir(dest) if rw else _no_names(),
+        target.list_dir(f"{dest}/lib") if rw else _no_names(),
+    )
+    excluded = tuple(
+        [n for n in top if _excluded(n, excl)]
+        + [f"lib/{n}" for n in libs if _excluded(f"lib/{n}", excl)]
+    )
+    active = bool(rw) and any(p == rw or p.startswith(f"{rw}/") for p in info.code_path)
+    return TargetState(
+        dest=dest,
+        rw=rw,
+        original=original,
+        shadow=shadow,
+        shadow_active=active,
+        excluded_dirs=excluded,
+        loaded=loaded,
+    )
+
+
+async def _empty_manifest() -> dict[str, RemoteEntry]:
+    return {}
+
+
+async def _no_names() -> list[str]:
+    return []
+
+
+async def _run_hook(target: Target, hook: Hook, function: str, options: SyncOptions) -> HookResult:
+    return await target.run_hook(hook.module, function, hook.beam, options.hook_timeout)
+
+
+def _hook_failure(function: str, module: str, result: HookResult) -> str | None:
+    if result.status in ("ok", "not_exported"):
+        return None
+    return f"{function} hook {module}:{function}/0 {result.status}: {result.detail}".rstrip(": ")
+
+
+async def sync(
+    target: Target,
+    release: LocalRelease,
+    options: SyncOptions,
+    *,
+    on_transfer: TransferStart | None = None,
+    progress: Progress | None = None,
+) -> SyncReport:
+    """Bring the target in line with ``release``; raise only for failures before any change."""
+    started = time.perf_counter()
+    state = await read_state(target, release, options)
+    plan = build_plan(release, state)
+    report = SyncReport(target.label, plan, list(release.skipped), dry_run=options.dry_run)
+    if options.dry_run:
+        report.seconds = time.perf_counter() - started
+        return report
+
+    hook = options.hook
+    if hook is not None:
+        pre = await _run_hook(target, hook, "presync", options)
+        report.hooks["presync"] = pre
+        if failure := _hook_failure("presync", hook.module, pre):
+            raise HookError(f"{failure}; nothing was changed on the target")
+
+    sent = 0
+
+    def count(nbytes: int) -> None:
+        nonlocal sent
+        sent += nbytes
+        if progress is not None:
+            progress(nbytes)
+
+    if on_transfer is not None:
+        on_transfer(plan.bytes_to_send)
+    await _apply_files(target, plan, report, count)
+    report.bytes_sent = sent
+
+    if plan.code_path_replace or plan.code_path_add or plan.code_path_remove:
+        await target.update_code_path(
+            plan.code_path_replace, plan.code_path_add, plan.code_path_remove
+        )
+    if plan.reload:
+        report.modules += await target.load_modules(plan.reload, options.brutal_purge)
+    if plan.purge:
+        report.modules += await target.delete_modules(plan.purge, options.brutal_purge)
+    if any(m.status in ("not_purged", "error") for m in report.modules):
+        report.exit_code = ExitCode.RELOAD
+
+    if hook is not None:
+        post = await _run_hook(target, hook, "postsync", options)
+        report.hooks["postsync"] = post
+        if failure := _hook_failure("postsync", hook.module, post):
+            report.error = failure
+            report.exit_code = ExitCode.HOOK
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+async def _apply_files(target: Target, plan: SyncPlan, report: SyncReport, count: Progress) -> None:
+    # Deletions first: a symlink or file that must give way to a directory (or the other way
+    # round) is gone before anything is written through its path.
+    if plan.delete_paths:
+        await target.delete_files(plan.delete_paths)
+    if plan.delete_dirs:
+        stuck = await target.delete_dirs(plan.delete_dirs)
+        report.warnings += [f"directory not empty, left in place: {d}" for d in stuck]
+    if plan.writes:
+        await target.put_files(plan.writes, count)
+    if plan.links:
+        await target.make_symlinks(plan.links)

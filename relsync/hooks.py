@@ -1,0 +1,46 @@
+"""Find the user's presync/postsync hook module: a module in the release or an ``.erl`` file."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from relsync.erlc import compile_erl
+from relsync.errors import UsageError
+from relsync.release import LocalRelease
+
+HOOK_FUNCTIONS = ("presync", "postsync")
+
+
+@dataclass(frozen=True, slots=True)
+class Hook:
+    """A hook module ready to be loaded on the target."""
+
+    module: str
+    beam: bytes
+
+
+async def resolve_hook(spec: str, release: LocalRelease, cwd: Path) -> Hook:
+    """``--hooks MOD`` (a module of the release, else ``MOD.erl``) or ``--hooks file.erl``."""
+    if spec.endswith(".erl"):
+        return await _compile(cwd / spec, spec)
+    if not spec.isidentifier():
+        raise UsageError(f"--hooks {spec!r} is neither a module name nor a .erl file")
+    for beam in sorted(release.root.glob(f"lib/*/ebin/{spec}.beam")):
+        return Hook(spec, beam.read_bytes())
+    source = cwd / f"{spec}.erl"
+    if source.is_file():
+        return await _compile(source, spec)
+    raise UsageError(
+        f"--hooks {spec}: no module {spec} in the release's lib/*/ebin and no {spec}.erl here; "
+        "add it to the release or give the path of its .erl file"
+    )
+
+
+async def _compile(source: Path, spec: str) -> Hook:
+    if not source.is_file():
+        raise UsageError(f"--hooks {spec}: no such file; give the path of the hooks .erl file")
+    with tempfile.TemporaryDirectory(prefix="relsync-hooks-") as out:
+        beam = await compile_erl(source, Path(out))
+    return Hook(source.stem, beam)

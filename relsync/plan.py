@@ -1,0 +1,218 @@
+"""Compare the local release with what the target runs and decide every operation of a sync.
+
+A pure function of its inputs: nothing here talks to a target.
+
+Without a rw path the release directory itself is updated. With one, the release directory is
+never written: the rw path mirrors it (changed and added files are real files, unchanged files are
+symlinks to the original, deleted files are absent; excluded system-lib and ERTS directories are
+one symlink each) and the VM's code path is re-pointed there.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+
+from relsync.release import FileKind, LocalFile, LocalRelease, is_shared_lib
+from relsync.target import FilePut, RemoteEntry, RemoteFile, RemoteLink
+
+#: Only files below this prefix are ever deleted (``releases/`` and ``bin/`` are never pruned,
+#: so a board's boot configuration keeps what it needs).
+DELETE_SCOPE = "lib/"
+
+
+@dataclass(frozen=True, slots=True)
+class TargetState:
+    """What the target has: the release manifest, the shadow tree and what the VM runs."""
+
+    dest: str
+    rw: str | None
+    original: dict[str, RemoteEntry]
+    shadow: dict[str, RemoteEntry] = field(default_factory=dict)
+    shadow_active: bool = False
+    #: Relative paths of excluded directories present on the target (``lib/kernel-8.5``).
+    excluded_dirs: tuple[str, ...] = ()
+    #: Modules relsync loaded into the running VM -> SHA-256 of the beam it loaded.
+    loaded: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class SyncPlan:
+    """Every operation of one sync, in the order the engine performs them."""
+
+    root: str
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    delete_paths: list[str] = field(default_factory=list)
+    delete_dirs: list[str] = field(default_factory=list)
+    writes: list[FilePut] = field(default_factory=list)
+    links: list[tuple[str, str]] = field(default_factory=list)
+    code_path_replace: tuple[str, str] | None = None
+    code_path_add: list[str] = field(default_factory=list)
+    code_path_remove: list[str] = field(default_factory=list)
+    reload: list[tuple[str, str, bytes]] = field(default_factory=list)
+    purge: list[str] = field(default_factory=list)
+
+    @property
+    def bytes_to_send(self) -> int:
+        """Total size of the files to write."""
+        return sum(w.size for w in self.writes)
+
+    @property
+    def touches_target(self) -> bool:
+        """Whether carrying out the plan changes anything on the target."""
+        return bool(
+            self.delete_paths
+            or self.delete_dirs
+            or self.writes
+            or self.links
+            or self.code_path_replace
+            or self.code_path_add
+            or self.code_path_remove
+            or self.reload
+            or self.purge
+        )
+
+
+def _join(root: str, rel: str) -> str:
+    return f"{root.rstrip('/')}/{rel}"
+
+
+def _parents(rel: str) -> list[str]:
+    parts = rel.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _ebin_dir(rel: str) -> str | None:
+    parts = rel.split("/")
+    if len(parts) >= 3 and parts[0] == "lib" and parts[2] == "ebin":
+        return "/".join(parts[:3])
+    return None
+
+
+def _module(rel: str) -> str:
+    return posixpath.basename(rel)[: -len(".beam")]
+
+
+def effective_files(state: TargetState) -> dict[str, RemoteFile]:
+    """The files the running VM sees: the shadow tree when it is active, else the release."""
+    original = {r: e for r, e in state.original.items() if isinstance(e, RemoteFile)}
+    if not (state.rw and state.shadow_active):
+        return original
+    current: dict[str, RemoteFile] = {}
+    for rel, entry in state.shadow.items():
+        if isinstance(entry, RemoteFile):
+            current[rel] = entry
+        elif entry.target == _join(state.dest, rel) and rel in original:
+            current[rel] = original[rel]
+    return current
+
+
+def _same(local: LocalFile, remote: RemoteEntry | None) -> bool:
+    return (
+        isinstance(remote, RemoteFile)
+        and remote.sha256 == local.sha256
+        and remote.mode == local.mode
+    )
+
+
+def build_plan(release: LocalRelease, state: TargetState) -> SyncPlan:
+    """Decide what to write, link, delete and reload so the target runs ``release``."""
+    root = state.rw or state.dest
+    plan = SyncPlan(root=root)
+    current = effective_files(state)
+    local = release.files
+
+    for rel, lf in sorted(local.items()):
+        if rel not in current:
+            plan.added.append(rel)
+        elif not _same(lf, current[rel]):
+            plan.changed.append(rel)
+    plan.deleted = sorted(
+        rel
+        for rel in current
+        if rel not in local and rel.startswith(DELETE_SCOPE) and not is_shared_lib(rel)
+    )
+
+    if state.rw:
+        _plan_shadow(release, state, plan)
+    else:
+        _plan_in_place(release, state, plan)
+    _plan_code(release, state, current, plan)
+    return plan
+
+
+def _plan_in_place(release: LocalRelease, state: TargetState, plan: SyncPlan) -> None:
+    for rel in plan.added + plan.changed:
+        lf = release.files[rel]
+        plan.writes.append(FilePut(_join(state.dest, rel), lf.path, lf.size, lf.mode, lf.sha256))
+    plan.delete_paths = [_join(state.dest, rel) for rel in plan.deleted]
+    before = {d for rel in state.original for d in _parents(rel)}
+    after = {d for rel in set(state.original) - set(plan.deleted) for d in _parents(rel)}
+    after |= {d for rel in release.files for d in _parents(rel)}
+    gone = sorted((d for d in before - after if d.startswith(DELETE_SCOPE)), key=_depth_first)
+    plan.delete_dirs = [_join(state.dest, d) for d in gone]
+
+
+def _depth_first(path: str) -> tuple[int, str]:
+    return (-path.count("/"), path)
+
+
+def _plan_shadow(release: LocalRelease, state: TargetState, plan: SyncPlan) -> None:
+    assert state.rw is not None
+    rw, dest = state.rw, state.dest
+    deleted = set(plan.deleted)
+    desired_links: dict[str, str] = {rel: _join(dest, rel) for rel in state.excluded_dirs}
+    desired_files: dict[str, LocalFile] = {}
+    for rel, lf in release.files.items():
+        if _same(lf, state.original.get(rel)):
+            desired_links[rel] = _join(dest, rel)
+        else:
+            desired_files[rel] = lf
+    for rel, entry in state.original.items():
+        if rel not in release.files and rel not in deleted and isinstance(entry, RemoteFile):
+            desired_links[rel] = _join(dest, rel)
+
+    for rel, lf in sorted(desired_files.items()):
+        if not _same(lf, state.shadow.get(rel)):
+            plan.writes.append(FilePut(_join(rw, rel), lf.path, lf.size, lf.mode, lf.sha256))
+    for rel, target in sorted(desired_links.items()):
+        have = state.shadow.get(rel)
+        if not (isinstance(have, RemoteLink) and have.target == target):
+            plan.links.append((_join(rw, rel), target))
+    wanted = desired_files.keys() | desired_links.keys()
+    plan.delete_paths = [_join(rw, rel) for rel in sorted(state.shadow) if rel not in wanted]
+    have_dirs = {d for rel in state.shadow for d in _parents(rel)}
+    want_dirs = {d for rel in wanted for d in _parents(rel)}
+    plan.delete_dirs = [_join(rw, d) for d in sorted(have_dirs - want_dirs, key=_depth_first)]
+
+
+def _plan_code(
+    release: LocalRelease, state: TargetState, current: dict[str, RemoteFile], plan: SyncPlan
+) -> None:
+    root = plan.root
+    running: dict[str, bytes] = {
+        _module(rel): f.sha256 for rel, f in current.items() if _is_beam(rel)
+    }
+    running.update(state.loaded)
+    local_modules: dict[str, LocalFile] = {
+        _module(rel): lf for rel, lf in release.files.items() if lf.kind is FileKind.BEAM
+    }
+    for module, lf in sorted(local_modules.items()):
+        if running.get(module) != lf.sha256:
+            plan.reload.append((module, _join(root, lf.rel), lf.sha256))
+    plan.purge = sorted(
+        _module(rel) for rel in plan.deleted if _is_beam(rel) and _module(rel) not in local_modules
+    )
+
+    local_ebins = {d for rel in release.files if (d := _ebin_dir(rel))}
+    current_ebins = {d for rel in current if (d := _ebin_dir(rel))}
+    if state.rw and not state.shadow_active:
+        plan.code_path_replace = (state.dest, state.rw)
+    plan.code_path_add = [_join(root, d) for d in sorted(local_ebins - current_ebins)]
+    plan.code_path_remove = [_join(root, d) for d in sorted(current_ebins - local_ebins)]
+
+
+def _is_beam(rel: str) -> bool:
+    return rel.endswith(".beam") and _ebin_dir(rel) is not None

@@ -1,0 +1,239 @@
+"""The local release: find it, scan it, classify every file, hash what will be compared."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from relsync.errors import UsageError
+
+#: Applications shipped with Erlang/OTP 25-27 ("system libs"); skipped unless asked for.
+OTP_APPS = frozenset(
+    [
+        "asn1",
+        "common_test",
+        "compiler",
+        "crypto",
+        "debugger",
+        "dialyzer",
+        "diameter",
+        "edoc",
+        "eldap",
+        "erl_docgen",
+        "erl_interface",
+        "erts",
+        "et",
+        "eunit",
+        "ftp",
+        "hipe",
+        "inets",
+        "jinterface",
+        "kernel",
+        "megaco",
+        "mnesia",
+        "observer",
+        "odbc",
+        "os_mon",
+        "otp_mibs",
+        "parsetools",
+        "public_key",
+        "reltool",
+        "runtime_tools",
+        "sasl",
+        "snmp",
+        "ssh",
+        "ssl",
+        "stdlib",
+        "syntax_tools",
+        "tftp",
+        "tools",
+        "wx",
+        "xmerl",
+    ]
+)
+
+#: Top-level release directories that relsync synchronises.
+SYNCED_TOP_DIRS = ("lib", "releases", "bin")
+
+
+class FileKind(Enum):
+    """What a release file is, as far as syncing it is concerned."""
+
+    BEAM = "beam"
+    APP = "app"
+    PORT = "port"
+    PRIV = "priv"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    """One file of the local release that takes part in the sync."""
+
+    rel: str
+    path: Path
+    size: int
+    mode: int
+    sha256: bytes
+    kind: FileKind
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A file (or whole directory) left out of the sync, with the reason."""
+
+    rel: str
+    reason: str
+
+
+@dataclass(slots=True)
+class LocalRelease:
+    """The scanned local release."""
+
+    root: Path
+    name: str
+    version: str
+    files: dict[str, LocalFile] = field(default_factory=dict)
+    skipped: list[Skipped] = field(default_factory=list)
+    #: Relative-path prefixes the target must not scan (system libs, erts).
+    exclude_prefixes: tuple[str, ...] = ()
+
+
+def app_name(lib_entry: str) -> str:
+    """``kernel-8.5.3`` -> ``kernel`` (an app directory name without its version)."""
+    name, sep, _vsn = lib_entry.rpartition("-")
+    return name if sep else lib_entry
+
+
+def find_release(local_path: str | None, cwd: Path) -> Path:
+    """Resolve ``--local-path``: given, else the single ``_build/*/rel/*``, else ``./_rel``."""
+    if local_path:
+        root = (cwd / local_path).resolve()
+        _check_release_dir(root, f"--local-path {local_path}")
+        return root
+    built = sorted(p for p in cwd.glob("_build/*/rel/*") if (p / "releases").is_dir())
+    if len(built) == 1:
+        return built[0].resolve()
+    if len(built) > 1:
+        names = ", ".join(str(p.relative_to(cwd)) for p in built)
+        raise UsageError(f"several releases found ({names}); choose one with --local-path")
+    rel = cwd / "_rel"
+    if rel.is_dir():
+        subdirs = [p for p in rel.iterdir() if (p / "releases").is_dir()]
+        root = subdirs[0] if len(subdirs) == 1 and not (rel / "releases").is_dir() else rel
+        _check_release_dir(root, "./_rel")
+        return root.resolve()
+    raise UsageError(
+        "no release found: none under _build/*/rel/ or ./_rel; build one (rebar3 release) "
+        "or give its path with --local-path"
+    )
+
+
+def _check_release_dir(root: Path, what: str) -> None:
+    if not root.is_dir():
+        raise UsageError(f"{what}: no such directory; give the path of a built release")
+    missing = [d for d in ("lib", "releases") if not (root / d).is_dir()]
+    if missing:
+        raise UsageError(
+            f"{what} is not an Erlang release (no {' or '.join(missing)}/ directory); "
+            "point it at the release directory, e.g. _build/prod/rel/NAME"
+        )
+
+
+def release_name_version(root: Path) -> tuple[str, str]:
+    """The release name and version, from ``releases/start_erl.data`` or the ``.rel`` file."""
+    releases = root / "releases"
+    rel_files = sorted(releases.glob("*/*.rel"))
+    start_data = releases / "start_erl.data"
+    if start_data.is_file():
+        parts = start_data.read_text().split()
+        if len(parts) == 2:
+            for rel_file in rel_files:
+                if rel_file.parent.name == parts[1]:
+                    return rel_file.stem, parts[1]
+    if rel_files:
+        return rel_files[-1].stem, rel_files[-1].parent.name
+    return root.name, "unknown"
+
+
+def is_shared_lib(rel: str) -> bool:
+    """Whether a path names a shared library (``x.so`` or ``x.so.1``), never synced."""
+    name = rel.rsplit("/", 1)[-1]
+    return name.endswith(".so") or ".so." in name
+
+
+def sha256_file(path: Path) -> bytes:
+    """SHA-256 of a file's content, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.digest()
+
+
+def _walk(root: Path, rel: str) -> Iterator[tuple[str, Path]]:
+    """Yield (relative path, path) of every file below ``root/rel``, following symlinks."""
+    base = root / rel
+    for dirpath, _dirnames, filenames in os.walk(base, followlinks=True):
+        for name in filenames:
+            path = Path(dirpath, name)
+            yield path.relative_to(root).as_posix(), path
+
+
+def classify(rel: str, mode: int) -> FileKind:
+    """Classify a synced file by its place in the release."""
+    parts = rel.split("/")
+    if len(parts) >= 4 and parts[0] == "lib" and parts[2] == "ebin":
+        if rel.endswith(".beam"):
+            return FileKind.BEAM
+        if rel.endswith(".app"):
+            return FileKind.APP
+    if len(parts) >= 4 and parts[0] == "lib" and parts[2] == "priv":
+        return FileKind.PORT if mode & 0o111 else FileKind.PRIV
+    return FileKind.OTHER
+
+
+def scan_release(root: Path, *, exclude_system_libs: bool = True) -> LocalRelease:
+    """Scan and hash the release at ``root``, leaving out what must not be synced."""
+    name, version = release_name_version(root)
+    release = LocalRelease(root=root, name=name, version=version)
+    if exclude_system_libs:
+        # By app name, not version: the target may carry other versions of the same libs.
+        release.exclude_prefixes = ("erts-", *(f"lib/{app}-" for app in sorted(OTP_APPS)))
+        for entry in sorted(os.listdir(root)):
+            if entry.startswith("erts-"):
+                release.skipped.append(Skipped(entry, "ERTS (--exclude-system-libs)"))
+        for app_dir in sorted(os.listdir(root / "lib")):
+            if app_name(app_dir) in OTP_APPS:
+                release.skipped.append(
+                    Skipped(f"lib/{app_dir}", "OTP system lib (--exclude-system-libs)")
+                )
+    for top in SYNCED_TOP_DIRS:
+        if not (root / top).is_dir():
+            continue
+        for rel, path in _walk(root, top):
+            if rel.startswith(release.exclude_prefixes):
+                continue
+            if is_shared_lib(rel):
+                release.skipped.append(
+                    Skipped(rel, "shared library: a loaded .so cannot be replaced safely")
+                )
+                continue
+            st = path.stat()
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            mode = stat.S_IMODE(st.st_mode)
+            release.files[rel] = LocalFile(
+                rel=rel,
+                path=path,
+                size=st.st_size,
+                mode=mode,
+                sha256=sha256_file(path),
+                kind=classify(rel, mode),
+            )
+    return release

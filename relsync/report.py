@@ -1,0 +1,139 @@
+"""Turn a :class:`~relsync.engine.SyncReport` into a one-screen summary or JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, TextIO
+
+from relsync.engine import SyncReport
+
+
+def _size(nbytes: int) -> str:
+    size = float(nbytes)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def as_dict(report: SyncReport) -> dict[str, Any]:
+    """A JSON-ready description of the sync."""
+    plan = report.plan
+    return {
+        "target": report.label,
+        "dry_run": report.dry_run,
+        "ok": report.exit_code == 0,
+        "exit_code": int(report.exit_code),
+        "error": report.error,
+        "root": plan.root,
+        "added": plan.added,
+        "changed": plan.changed,
+        "deleted": plan.deleted,
+        "written": [w.path for w in plan.writes],
+        "linked": [link for link, _ in plan.links],
+        "reload": [m for m, _, _ in plan.reload],
+        "purge": plan.purge,
+        "modules": [
+            {
+                "module": m.module,
+                "status": m.status,
+                "processes": list(m.processes),
+                "detail": m.detail,
+            }
+            for m in report.modules
+        ],
+        "hooks": {
+            name: {"status": h.status, "output": h.output, "detail": h.detail}
+            for name, h in report.hooks.items()
+        },
+        "skipped": [{"path": s.rel, "reason": s.reason} for s in report.skipped],
+        "bytes_to_send": plan.bytes_to_send,
+        "bytes_sent": report.bytes_sent,
+        "seconds": round(report.seconds, 4),
+        "warnings": report.warnings,
+    }
+
+
+def print_json(report: SyncReport, out: TextIO = sys.stdout) -> None:
+    """One JSON object on one line."""
+    out.write(json.dumps(as_dict(report)) + "\n")
+
+
+def _names(items: list[str], verbose: bool, limit: int = 6) -> str:
+    if verbose or len(items) <= limit:
+        return ", ".join(items)
+    return ", ".join(items[:limit]) + f", … (+{len(items) - limit}, -v lists all)"
+
+
+def print_summary(report: SyncReport, *, verbose: bool = False, out: TextIO = sys.stdout) -> None:
+    """The one-screen human summary."""
+    plan = report.plan
+    w = out.write
+    verb = "would sync" if report.dry_run else "synced"
+    w(f"relsync: {verb} {report.label} in {report.seconds:.2f} s -> {plan.root}\n")
+    w(
+        f"  files: {len(plan.added)} added, {len(plan.changed)} changed, "
+        f"{len(plan.deleted)} deleted; {_size(plan.bytes_to_send)} to send"
+        + ("" if report.dry_run else f", {_size(report.bytes_sent)} sent")
+        + "\n"
+    )
+    for label, items in (
+        ("added", plan.added),
+        ("changed", plan.changed),
+        ("deleted", plan.deleted),
+    ):
+        if items and (verbose or report.dry_run):
+            w(f"    {label}: {_names(items, verbose)}\n")
+    if plan.links and (verbose or report.dry_run):
+        w(f"    symlinks to the original: {len(plan.links)} to create or fix\n")
+    if report.dry_run:
+        if plan.reload:
+            w(f"  would reload: {_names([m for m, _, _ in plan.reload], verbose)}\n")
+        if plan.purge:
+            w(f"  would delete modules: {_names(plan.purge, verbose)}\n")
+        if not plan.touches_target:
+            w("  nothing to do: the target already runs this release\n")
+    for status, title in (
+        ("loaded", "reloaded"),
+        ("deleted", "deleted modules"),
+        (
+            "not_purged",
+            "NOT reloaded (processes still run the old code; "
+            "stop them in a presync hook or use --purge brutal)",
+        ),
+        ("sticky", "skipped sticky (kernel/stdlib) modules"),
+        ("error", "FAILED to load"),
+    ):
+        mods = [m for m in report.modules if m.status == status]
+        if mods:
+            w(f"  {title}: {_names([m.module for m in mods], verbose)}\n")
+    lingering = [(m.module, p) for m in report.modules if m.status == "loaded" for p in m.processes]
+    for module, proc in lingering:
+        w(f"  warning: {proc} still runs the old code of {module} (not killed)\n")
+    for m in report.modules:
+        if m.status == "not_purged":
+            w(f"    {m.module}: {', '.join(m.processes)}\n")
+        elif m.status == "error":
+            w(f"    {m.module}: {m.detail}\n")
+    for name, hook in report.hooks.items():
+        w(f"  {name}: {hook.status}{(' ' + hook.detail) if hook.detail else ''}\n")
+        for line in hook.output.rstrip("\n").splitlines() if hook.output else []:
+            w(f"    | {line}\n")
+    if report.skipped:
+        reasons: dict[str, int] = {}
+        for s in report.skipped:
+            reasons[s.reason] = reasons.get(s.reason, 0) + 1
+        w("  skipped: " + "; ".join(f"{n} x {r}" for r, n in reasons.items()) + "\n")
+        for s in report.skipped:
+            if verbose or "shared library" in s.reason:
+                w(
+                    f"    warning: skipped {s.rel}: {s.reason}\n"
+                    if "shared" in s.reason
+                    else f"    {s.rel}\n"
+                )
+    for warning in report.warnings:
+        w(f"  warning: {warning}\n")
+    if report.error:
+        w(f"  error: {report.error}\n")

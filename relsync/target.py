@@ -1,0 +1,124 @@
+"""What the engine needs from a target, whatever carries it (Erlang distribution or SSH)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteFile:
+    """A regular file in a target manifest."""
+
+    rel: str
+    size: int
+    mode: int
+    sha256: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteLink:
+    """A symbolic link in a target manifest (``target`` is the link text)."""
+
+    rel: str
+    target: str
+
+
+RemoteEntry = RemoteFile | RemoteLink
+
+
+@dataclass(frozen=True, slots=True)
+class TargetInfo:
+    """The running VM: its OTP release, node name and code path."""
+
+    otp_release: str
+    node: str
+    code_path: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FilePut:
+    """A local file to be written at ``path`` on the target (atomically, with ``mode``)."""
+
+    path: str
+    local: Path
+    size: int
+    mode: int
+    sha256: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleResult:
+    """What happened to one module on a load or delete.
+
+    ``status`` is one of ``loaded``, ``deleted``, ``not_loaded``, ``not_purged``, ``sticky``,
+    ``error``; ``processes`` names processes still running old code (``<0.90.0> name``).
+    """
+
+    module: str
+    status: str
+    processes: tuple[str, ...] = ()
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HookResult:
+    """A hook call's outcome: ``status`` is ``ok``, ``error``, ``timeout`` or ``not_exported``."""
+
+    status: str
+    output: str
+    detail: str = ""
+
+
+Progress = Callable[[int], None]
+
+
+class Target(Protocol):
+    """The primitives a sync needs; every path is absolute on the target."""
+
+    label: str
+
+    async def info(self) -> TargetInfo:
+        """The VM's OTP release, node name and code path."""
+
+    async def manifest(self, root: str, exclude: Sequence[str]) -> dict[str, RemoteEntry]:
+        """Files and symlinks below ``root`` (not following links), minus excluded prefixes."""
+
+    async def list_dir(self, path: str) -> list[str]:
+        """Names in a directory (empty when it does not exist)."""
+
+    async def loaded_modules(self) -> dict[str, bytes]:
+        """Modules relsync loaded into the running VM, with the SHA-256 of their beam files."""
+
+    async def put_files(self, files: Sequence[FilePut], progress: Progress) -> None:
+        """Write each file atomically (temp name, fsync, rename), calling ``progress(nbytes)``."""
+
+    async def make_symlinks(self, links: Sequence[tuple[str, str]]) -> None:
+        """Create or atomically replace ``(link, target)`` symlinks."""
+
+    async def delete_files(self, paths: Sequence[str]) -> None:
+        """Remove files or symlinks (missing ones are fine)."""
+
+    async def delete_dirs(self, paths: Sequence[str]) -> list[str]:
+        """Remove empty directories, deepest first; return those that could not be removed."""
+
+    async def update_code_path(
+        self, replace: tuple[str, str] | None, add: Sequence[str], remove: Sequence[str]
+    ) -> list[str]:
+        """Re-point code path entries from one prefix to another, then remove and add dirs."""
+
+    async def load_modules(
+        self, modules: Sequence[tuple[str, str, bytes]], brutal: bool
+    ) -> list[ModuleResult]:
+        """Load ``(module, beam path, sha256)`` from the target's files (soft purge first)."""
+
+    async def delete_modules(self, modules: Sequence[str], brutal: bool) -> list[ModuleResult]:
+        """Purge and delete modules."""
+
+    async def run_hook(self, module: str, function: str, beam: bytes, timeout: float) -> HookResult:
+        """Load the hook module from ``beam`` and run ``module:function()`` with a timeout."""
+
+    async def close(self) -> None:
+        """Disconnect."""

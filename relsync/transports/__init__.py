@@ -1,0 +1,1 @@
+"""Transports: one module per way of reaching a target."""

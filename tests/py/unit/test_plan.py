@@ -1,0 +1,229 @@
+"""The sync plan: what is written, linked, deleted and reloaded, in place and in a shadow tree."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from relsync.plan import SyncPlan, TargetState, build_plan, effective_files
+from relsync.release import FileKind, LocalFile, LocalRelease, classify
+from relsync.target import RemoteEntry, RemoteFile, RemoteLink
+
+DEST, RW = "/srv/erlang", "/data/relsync"
+
+
+def sha(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
+
+
+def local(files: dict[str, str], mode: int = 0o644) -> LocalRelease:
+    rel = LocalRelease(root=Path("/tmp/rel"), name="demo", version="0.1.0")
+    for path, content in files.items():
+        m = 0o755 if "/priv/" in path else mode
+        rel.files[path] = LocalFile(
+            path, Path("/tmp/rel", path), len(content), m, sha(content), classify(path, m)
+        )
+    return rel
+
+
+def remote(files: dict[str, str]) -> dict[str, RemoteEntry]:
+    out: dict[str, RemoteEntry] = {}
+    for path, content in files.items():
+        m = 0o755 if "/priv/" in path else 0o644
+        out[path] = RemoteFile(path, len(content), m, sha(content))
+    return out
+
+
+BASE = {
+    "lib/demo-0.1.0/ebin/demo_app.beam": "app v1",
+    "lib/demo-0.1.0/ebin/demo_counter.beam": "counter v1",
+    "lib/demo-0.1.0/ebin/demo.app": "appfile",
+    "lib/demo-0.1.0/priv/demo_port": "port v1",
+    "releases/0.1.0/demo.rel": "rel",
+}
+
+
+def test_identical_release_needs_nothing_in_place() -> None:
+    plan = build_plan(local(BASE), TargetState(DEST, None, remote(BASE)))
+    assert not plan.touches_target
+    assert (plan.added, plan.changed, plan.deleted) == ([], [], [])
+
+
+def test_in_place_changes_writes_and_reloads() -> None:
+    new = dict(BASE)
+    new["lib/demo-0.1.0/ebin/demo_counter.beam"] = "counter v2"
+    new["lib/demo-0.1.0/ebin/demo_new.beam"] = "brand new"
+    del new["lib/demo-0.1.0/ebin/demo_app.beam"]
+    plan = build_plan(local(new), TargetState(DEST, None, remote(BASE)))
+    assert plan.added == ["lib/demo-0.1.0/ebin/demo_new.beam"]
+    assert plan.changed == ["lib/demo-0.1.0/ebin/demo_counter.beam"]
+    assert plan.deleted == ["lib/demo-0.1.0/ebin/demo_app.beam"]
+    assert sorted(w.path for w in plan.writes) == [
+        f"{DEST}/lib/demo-0.1.0/ebin/demo_counter.beam",
+        f"{DEST}/lib/demo-0.1.0/ebin/demo_new.beam",
+    ]
+    assert plan.delete_paths == [f"{DEST}/lib/demo-0.1.0/ebin/demo_app.beam"]
+    assert [m for m, _, _ in plan.reload] == ["demo_counter", "demo_new"]
+    assert plan.purge == ["demo_app"]
+    assert plan.code_path_replace is None and not plan.links
+
+
+def test_mode_change_alone_rewrites_the_file() -> None:
+    rel = local(BASE)
+    port = rel.files["lib/demo-0.1.0/priv/demo_port"]
+    rel.files[port.rel] = LocalFile(port.rel, port.path, port.size, 0o700, port.sha256, port.kind)
+    plan = build_plan(rel, TargetState(DEST, None, remote(BASE)))
+    assert plan.changed == ["lib/demo-0.1.0/priv/demo_port"]
+    assert [w.mode for w in plan.writes] == [0o700]
+    assert not plan.reload
+
+
+def test_files_outside_lib_are_never_deleted() -> None:
+    target = remote({**BASE, "releases/RELEASES": "x", "bin/extra": "y"})
+    plan = build_plan(local(BASE), TargetState(DEST, None, target))
+    assert plan.deleted == [] and plan.delete_paths == []
+
+
+def test_shared_libraries_on_target_are_left_alone() -> None:
+    target = remote({**BASE, "lib/demo-0.1.0/priv/nif.so": "elf"})
+    plan = build_plan(local(BASE), TargetState(DEST, None, target))
+    assert plan.deleted == []
+
+
+def test_removed_app_deletes_its_directories_deepest_first() -> None:
+    target = remote({**BASE, "lib/old-1.0/ebin/old.beam": "o", "lib/old-1.0/priv/x/y": "p"})
+    plan = build_plan(local(BASE), TargetState(DEST, None, target))
+    assert plan.purge == ["old"]
+    assert plan.delete_dirs == [
+        f"{DEST}/lib/old-1.0/priv/x",
+        f"{DEST}/lib/old-1.0/ebin",
+        f"{DEST}/lib/old-1.0/priv",
+        f"{DEST}/lib/old-1.0",
+    ]
+    assert plan.code_path_remove == [f"{DEST}/lib/old-1.0/ebin"]
+
+
+def test_new_app_is_added_to_the_code_path() -> None:
+    rel = local({**BASE, "lib/extra-2.0/ebin/extra.beam": "e"})
+    plan = build_plan(rel, TargetState(DEST, None, remote(BASE)))
+    assert plan.code_path_add == [f"{DEST}/lib/extra-2.0/ebin"]
+    assert [m for m, _, _ in plan.reload] == ["extra"]
+
+
+def _shadow_after(plan: SyncPlan, before: dict[str, RemoteEntry]) -> dict[str, RemoteEntry]:
+    """Apply a plan's shadow operations to a manifest, as the target would."""
+    after = dict(before)
+    for path in plan.delete_paths:
+        after.pop(path.removeprefix(RW + "/"), None)
+    for w in plan.writes:
+        rel = w.path.removeprefix(RW + "/")
+        after[rel] = RemoteFile(rel, w.size, w.mode, w.sha256)
+    for link, target in plan.links:
+        rel = link.removeprefix(RW + "/")
+        after[rel] = RemoteLink(rel, target)
+    return after
+
+
+def test_first_shadow_sync_mirrors_the_release() -> None:
+    new = {**BASE, "lib/demo-0.1.0/ebin/demo_counter.beam": "counter v2"}
+    state = TargetState(DEST, RW, remote(BASE), excluded_dirs=("lib/kernel-8.5", "erts-13.1"))
+    plan = build_plan(local(new), state)
+    assert [w.path for w in plan.writes] == [f"{RW}/lib/demo-0.1.0/ebin/demo_counter.beam"]
+    links = dict(plan.links)
+    assert links[f"{RW}/lib/demo-0.1.0/ebin/demo_app.beam"] == (
+        f"{DEST}/lib/demo-0.1.0/ebin/demo_app.beam"
+    )
+    assert links[f"{RW}/lib/kernel-8.5"] == f"{DEST}/lib/kernel-8.5"
+    assert links[f"{RW}/erts-13.1"] == f"{DEST}/erts-13.1"
+    assert len(links) == len(BASE) - 1 + 2
+    assert plan.code_path_replace == (DEST, RW)
+    assert [m for m, _, _ in plan.reload] == ["demo_counter"]
+    assert [m for m, path, _ in plan.reload] and plan.reload[0][1].startswith(RW + "/")
+
+
+def test_second_shadow_sync_is_incremental_and_converges() -> None:
+    v2 = {**BASE, "lib/demo-0.1.0/ebin/demo_counter.beam": "counter v2"}
+    first = build_plan(local(v2), TargetState(DEST, RW, remote(BASE)))
+    shadow = _shadow_after(first, {})
+    loaded = {m: s for m, _, s in first.reload}
+    # Same release again: nothing to do at all.
+    again = build_plan(local(v2), TargetState(DEST, RW, remote(BASE), shadow, True, loaded=loaded))
+    assert not again.touches_target
+    # Back to the original content: the real file becomes a symlink again, and it reloads.
+    back = build_plan(local(BASE), TargetState(DEST, RW, remote(BASE), shadow, True, loaded=loaded))
+    assert back.links == [
+        (
+            f"{RW}/lib/demo-0.1.0/ebin/demo_counter.beam",
+            f"{DEST}/lib/demo-0.1.0/ebin/demo_counter.beam",
+        )
+    ]
+    assert back.writes == [] and back.code_path_replace is None
+    assert [m for m, _, _ in back.reload] == ["demo_counter"]
+
+
+def test_shadow_deletion_removes_the_entry_not_the_original() -> None:
+    shadow = _shadow_after(build_plan(local(BASE), TargetState(DEST, RW, remote(BASE))), {})
+    smaller = dict(BASE)
+    del smaller["lib/demo-0.1.0/ebin/demo_app.beam"]
+    plan = build_plan(local(smaller), TargetState(DEST, RW, remote(BASE), shadow, True))
+    assert plan.delete_paths == [f"{RW}/lib/demo-0.1.0/ebin/demo_app.beam"]
+    assert all(p.startswith(RW) for p in plan.delete_paths + [w.path for w in plan.writes])
+    assert plan.purge == ["demo_app"]
+
+
+def test_stale_shadow_after_reboot_is_reconciled() -> None:
+    # Before the reboot the shadow held v2 and a file that is gone from the release since.
+    stale = _shadow_after(
+        build_plan(
+            local(
+                {
+                    **BASE,
+                    "lib/demo-0.1.0/ebin/demo_counter.beam": "counter v2",
+                    "lib/demo-0.1.0/ebin/gone.beam": "g",
+                }
+            ),
+            TargetState(DEST, RW, remote(BASE)),
+        ),
+        {},
+    )
+    v3 = {**BASE, "lib/demo-0.1.0/ebin/demo_counter.beam": "counter v3"}
+    # After the reboot the VM runs the original again: shadow present but not active.
+    plan = build_plan(local(v3), TargetState(DEST, RW, remote(BASE), stale, False))
+    assert plan.code_path_replace == (DEST, RW)
+    assert [w.path for w in plan.writes] == [f"{RW}/lib/demo-0.1.0/ebin/demo_counter.beam"]
+    assert plan.delete_paths == [f"{RW}/lib/demo-0.1.0/ebin/gone.beam"]
+    assert [m for m, _, _ in plan.reload] == ["demo_counter"]
+    assert plan.purge == []  # `gone` never ran: the VM booted the original release
+    assert _shadow_after(plan, stale).keys() == set(BASE)
+
+
+def test_a_write_that_was_not_reloaded_is_reloaded_next_time() -> None:
+    v2 = {**BASE, "lib/demo-0.1.0/ebin/demo_counter.beam": "counter v2"}
+    shadow = _shadow_after(build_plan(local(v2), TargetState(DEST, RW, remote(BASE))), {})
+    # The previous client died after writing and switching the path, before reloading.
+    plan = build_plan(
+        local(v2),
+        TargetState(
+            DEST, RW, remote(BASE), shadow, True, loaded={"demo_counter": sha("counter v1")}
+        ),
+    )
+    assert [m for m, _, _ in plan.reload] == ["demo_counter"]
+    assert plan.writes == []
+
+
+def test_effective_files_follow_links_only_to_the_original() -> None:
+    shadow: dict[str, RemoteEntry] = {
+        "lib/a/ebin/x.beam": RemoteLink("lib/a/ebin/x.beam", f"{DEST}/lib/a/ebin/x.beam"),
+        "lib/a/ebin/y.beam": RemoteLink("lib/a/ebin/y.beam", "/elsewhere/y.beam"),
+    }
+    original = remote({"lib/a/ebin/x.beam": "x", "lib/a/ebin/y.beam": "y"})
+    files = effective_files(TargetState(DEST, RW, original, shadow, True))
+    assert set(files) == {"lib/a/ebin/x.beam"}
+
+
+def test_classify() -> None:
+    assert classify("lib/a-1/ebin/a.beam", 0o644) is FileKind.BEAM
+    assert classify("lib/a-1/ebin/a.app", 0o644) is FileKind.APP
+    assert classify("lib/a-1/priv/port", 0o755) is FileKind.PORT
+    assert classify("lib/a-1/priv/data.txt", 0o644) is FileKind.PRIV
+    assert classify("releases/1/sys.config", 0o644) is FileKind.OTHER

@@ -1,0 +1,63 @@
+"""Finding and scanning the local release."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support.fake_release import make_release
+
+from relsync.errors import UsageError
+from relsync.release import FileKind, find_release, scan_release, sha256_file
+
+
+def test_scan_classifies_and_skips(tmp_path: Path) -> None:
+    rel = scan_release(make_release(tmp_path / "demo"))
+    assert (rel.name, rel.version) == ("demo", "0.1.0")
+    kinds = {r: f.kind for r, f in rel.files.items()}
+    assert kinds == {
+        "lib/demo-0.1.0/ebin/demo.beam": FileKind.BEAM,
+        "lib/demo-0.1.0/ebin/demo.app": FileKind.APP,
+        "lib/demo-0.1.0/priv/port": FileKind.PORT,
+        "releases/0.1.0/demo.rel": FileKind.OTHER,
+        "releases/start_erl.data": FileKind.OTHER,
+        "bin/demo": FileKind.OTHER,
+    }
+    skipped = {s.rel: s.reason for s in rel.skipped}
+    assert "shared library" in skipped["lib/demo-0.1.0/priv/nif.so"]
+    assert {"lib/kernel-8.5.3", "lib/stdlib-4.2", "erts-13.1"} <= skipped.keys()
+    assert {"lib/kernel-", "lib/stdlib-", "erts-"} <= set(rel.exclude_prefixes)
+    assert not any("demo" in p for p in rel.exclude_prefixes)
+    port = rel.files["lib/demo-0.1.0/priv/port"]
+    assert port.mode == 0o755 and port.sha256 == sha256_file(port.path)
+
+
+def test_scan_with_system_libs(tmp_path: Path) -> None:
+    rel = scan_release(make_release(tmp_path / "demo"), exclude_system_libs=False)
+    assert "lib/kernel-8.5.3/ebin/kernel.beam" in rel.files
+    assert "erts-13.1/bin/beam.smp" not in rel.files  # ERTS is not under lib/releases/bin
+    assert rel.exclude_prefixes == ()
+    assert [s.rel for s in rel.skipped] == ["lib/demo-0.1.0/priv/nif.so"]
+
+
+def test_find_release_prefers_the_single_built_one(tmp_path: Path) -> None:
+    built = make_release(tmp_path / "_build/prod/rel/demo")
+    assert find_release(None, tmp_path) == built.resolve()
+    make_release(tmp_path / "_build/dev/rel/demo")
+    with pytest.raises(UsageError, match="several releases"):
+        find_release(None, tmp_path)
+
+
+def test_find_release_falls_back_to_rel_dir(tmp_path: Path) -> None:
+    make_release(tmp_path / "_rel/demo")
+    assert find_release(None, tmp_path) == (tmp_path / "_rel/demo").resolve()
+
+
+def test_find_release_errors_say_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="--local-path"):
+        find_release(None, tmp_path)
+    (tmp_path / "notarel").mkdir()
+    with pytest.raises(UsageError, match="not an Erlang release"):
+        find_release("notarel", tmp_path)
+    with pytest.raises(UsageError, match="no such directory"):
+        find_release("missing", tmp_path)
