@@ -1,0 +1,1 @@
+"""Benchmarks printed as tables by ``python -m bench`` (``make bench``)."""

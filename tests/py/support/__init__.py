@@ -1,0 +1,1 @@
+"""Test helpers shared by the pytest suites (real local Erlang nodes, strategies)."""
