@@ -314,9 +314,7 @@ def terms(extra_leaves: st.SearchStrategy[Any] | None = None, max_leaves: int = 
             st.lists(children, max_size=6),
             st.lists(children, max_size=6).map(tuple),
             st.dictionaries(map_keys, children, max_size=4),
-            st.builds(
-                ImproperList, st.lists(children, min_size=1, max_size=4).map(tuple), _tails
-            ),
+            st.builds(ImproperList, st.lists(children, min_size=1, max_size=4).map(tuple), _tails),
         )
 
     return st.recursive(base, extend, max_leaves=max_leaves)
