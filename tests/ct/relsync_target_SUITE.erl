@@ -1,0 +1,757 @@
+%% Common Test suite for relsync/erlang/relsync_target.erl, the helper that
+%% relsync pushes onto the target. Everything runs against real files under
+%% the suite's priv_dir (one sub-directory per test case).
+-module(relsync_target_SUITE).
+
+-include_lib("common_test/include/ct.hrl").
+-include_lib("kernel/include/file.hrl").
+-include_lib("stdlib/include/assert.hrl").
+
+-export([all/0, init_per_suite/1, end_per_suite/1,
+         init_per_testcase/2, end_per_testcase/2]).
+-export([info/1,
+         manifest_entries/1, manifest_excludes/1, manifest_missing_root/1,
+         manifest_large_file/1, manifest_cache_hit/1, manifest_cache_racy/1,
+         cache_owner/1,
+         put_files_basic/1, put_files_replaces_symlink/1,
+         put_files_running_executable/1, put_files_hash_mismatch/1,
+         put_files_unwritable/1, chunked_put_commit/1,
+         delete_files/1, delete_dirs/1, make_symlinks/1,
+         update_code_path/1,
+         load_modules_basic/1, load_modules_recorded/1, load_modules_gen_server/1,
+         load_modules_old_code/1, delete_modules/1,
+         run_hook_output/1, run_hook_exception/1, run_hook_timeout/1,
+         run_hook_caller_dies/1, run_hook_not_exported/1]).
+
+-define(T, relsync_target).
+
+all() ->
+    [info,
+     manifest_entries, manifest_excludes, manifest_missing_root,
+     manifest_large_file, manifest_cache_hit, manifest_cache_racy,
+     cache_owner,
+     put_files_basic, put_files_replaces_symlink,
+     put_files_running_executable, put_files_hash_mismatch,
+     put_files_unwritable, chunked_put_commit,
+     delete_files, delete_dirs, make_symlinks,
+     update_code_path,
+     load_modules_basic, load_modules_recorded, load_modules_gen_server,
+     load_modules_old_code, delete_modules,
+     run_hook_output, run_hook_exception, run_hook_timeout,
+     run_hook_caller_dies, run_hook_not_exported].
+
+init_per_suite(Config) ->
+    {module, ?T} = code:ensure_loaded(?T),
+    Config.
+
+end_per_suite(_Config) ->
+    ok.
+
+init_per_testcase(TC, Config) ->
+    Dir = filename:join(list_to_binary(?config(priv_dir, Config)), atom_to_binary(TC, utf8)),
+    ok = filelib:ensure_dir(filename:join(Dir, "x")),
+    [{dir, Dir}, {code_path, code:get_path()} | Config].
+
+end_per_testcase(_TC, Config) ->
+    true = code:set_path(?config(code_path, Config)),
+    ok.
+
+%%% ------------------------------------------------------------------ info
+
+info(_Config) ->
+    #{otp_release := Rel, node := Node, root_dir := Root, code_path := Path,
+      helper_vsn := 1} = ?T:info(),
+    ?assertEqual(list_to_binary(erlang:system_info(otp_release)), Rel),
+    ?assertEqual(node(), Node),
+    ?assertEqual(list_to_binary(code:root_dir()), Root),
+    ?assertEqual([list_to_binary(P) || P <- code:get_path()], Path).
+
+%%% -------------------------------------------------------------- manifest
+
+manifest_entries(Config) ->
+    Root = make_tree(Config),
+    {ok, Entries} = ?T:manifest(Root, #{}),
+    ?assertEqual(
+       [{<<"bin/start">>, regular, 5, 8#755, sha(<<"start">>)},
+        {<<"erts-13.1/bin/beam">>, regular, 4, 8#644, sha(<<"beam">>)},
+        {<<"lib/app-1/ebin/app.beam">>, regular, 3, 8#600, sha(<<"app">>)},
+        {<<"lib/app-1/priv/dangling">>, symlink, <<"/nonexistent/x">>},
+        {<<"lib/app-1/priv/link">>, symlink, <<"../ebin/app.beam">>},
+        {<<"lib/kernel-8.5/ebin/kernel.app">>, regular, 1, 8#644, sha(<<"k">>)},
+        {<<"lib/kernel-8.5x/ebin/other">>, regular, 1, 8#644, sha(<<"o">>)},
+        {<<"releases/1/sys.config">>, regular, 3, 8#640, sha(<<"[].">>)},
+        {<<"symdir">>, symlink, <<"lib">>}],
+       Entries),
+    %% A trailing slash on Root changes nothing.
+    ?assertEqual({ok, Entries}, ?T:manifest(<<Root/binary, "/">>, #{})).
+
+manifest_excludes(Config) ->
+    Root = make_tree(Config),
+    {ok, Entries} = ?T:manifest(Root, #{exclude => [<<"erts-">>, <<"lib/kernel-8.5/">>,
+                                                     <<"lib/app-1/priv">>, <<"bin/st">>]}),
+    %% "lib/kernel-8.5/" excludes that directory but not its look-alike sibling.
+    ?assertEqual([<<"lib/app-1/ebin/app.beam">>, <<"lib/kernel-8.5x/ebin/other">>,
+                  <<"releases/1/sys.config">>, <<"symdir">>],
+                 [element(1, E) || E <- Entries]),
+    %% A prefix without the slash matches by string: both kernel dirs go.
+    {ok, Entries2} = ?T:manifest(Root, #{exclude => [<<"lib/kernel-">>, <<"symdir">>]}),
+    ?assertEqual([<<"bin/start">>, <<"erts-13.1/bin/beam">>, <<"lib/app-1/ebin/app.beam">>,
+                  <<"lib/app-1/priv/dangling">>, <<"lib/app-1/priv/link">>,
+                  <<"releases/1/sys.config">>],
+                 [element(1, E) || E <- Entries2]).
+
+manifest_missing_root(Config) ->
+    Dir = ?config(dir, Config),
+    ?assertEqual({ok, []}, ?T:manifest(<<Dir/binary, "/nope">>, #{})),
+    ok = file:make_dir(<<Dir/binary, "/empty">>),
+    ?assertEqual({ok, []}, ?T:manifest(<<Dir/binary, "/empty">>, #{exclude => []})),
+    File = write(<<Dir/binary, "/file">>, <<"x">>),
+    ?assertEqual({error, {File, enotdir}}, ?T:manifest(File, #{})).
+
+%% Hashing is streamed in 1 MiB reads: check a file spanning several reads.
+manifest_large_file(Config) ->
+    Dir = ?config(dir, Config),
+    Data = crypto:strong_rand_bytes(3 * 1024 * 1024 + 12345),
+    _ = write(<<Dir/binary, "/big">>, Data),
+    ?assertEqual({ok, [{<<"big">>, regular, byte_size(Data), 8#644, sha(Data)}]},
+                 ?T:manifest(Dir, #{})).
+
+%% The cache key is {Size, Mtime, Inode}: rewriting a file in place with the
+%% same size and restoring its mtime is NOT noticed. This documents the key
+%% (and proves that a cached file is not re-hashed).
+manifest_cache_hit(Config) ->
+    Dir = ?config(dir, Config),
+    F = write(<<Dir/binary, "/f">>, <<"aaaa">>),
+    Old = 1500000000,
+    set_mtime(F, Old),
+    {ok, #file_info{inode = Ino}} = file:read_file_info(F),
+    {ok, [{<<"f">>, regular, 4, _, H1}]} = ?T:manifest(Dir, #{}),
+    ?assertEqual(sha(<<"aaaa">>), H1),
+    ok = file:write_file(F, <<"bbbb">>),          % in place: same inode
+    set_mtime(F, Old),
+    {ok, #file_info{inode = Ino, size = 4}} = file:read_file_info(F),
+    ?assertMatch({ok, [{_, _, _, _, H1}]}, ?T:manifest(Dir, #{})),  % stale
+    set_mtime(F, Old + 1),
+    {ok, [{_, _, _, _, H2}]} = ?T:manifest(Dir, #{}),
+    ?assertEqual(sha(<<"bbbb">>), H2).
+
+%% A file whose mtime is within 2 s of the clock is hashed but not cached, so
+%% a same-size rewrite within the same second is still seen.
+manifest_cache_racy(Config) ->
+    Dir = ?config(dir, Config),
+    F = write(<<Dir/binary, "/f">>, <<"cccc">>),
+    Now = erlang:system_time(second),
+    set_mtime(F, Now),
+    {ok, [{_, _, _, _, H1}]} = ?T:manifest(Dir, #{}),
+    ?assertEqual(sha(<<"cccc">>), H1),
+    ok = file:write_file(F, <<"dddd">>),
+    set_mtime(F, Now),
+    {ok, [{_, _, _, _, H2}]} = ?T:manifest(Dir, #{}),
+    ?assertEqual(sha(<<"dddd">>), H2).
+
+%% The cache owner starts on demand exactly once even when many callers race,
+%% is not linked to them, and survives reloading + purging relsync_target.
+cache_owner(Config) ->
+    Dir = ?config(dir, Config),
+    _ = write(<<Dir/binary, "/f">>, <<"x">>),
+    case whereis(relsync_target_cache) of
+        undefined -> ok;
+        Old -> kill_and_wait(Old)
+    end,
+    ?assertEqual(undefined, ets:whereis(relsync_target_cache)),
+    Self = self(),
+    Pids = [spawn(fun() -> Self ! {self(), ?T:manifest(Dir, #{})} end)
+            || _ <- lists:seq(1, 20)],
+    [receive {P, R} -> ?assertMatch({ok, [_]}, R) end || P <- Pids],
+    Owner = whereis(relsync_target_cache),
+    ?assert(is_pid(Owner)),
+    ?assertEqual(Owner, ets:info(relsync_target_cache, owner)),
+    ?assertEqual({links, []}, process_info(Owner, links)),
+    %% Reload the helper twice; each purge kills processes running old code.
+    {?T, Bin, File} = code:get_object_code(?T),
+    [begin
+         {module, ?T} = code:load_binary(?T, File, Bin),
+         _ = code:purge(?T)
+     end || _ <- [1, 2]],
+    ?assert(is_process_alive(Owner)),
+    ?assertEqual(Owner, whereis(relsync_target_cache)),
+    ?assertMatch({ok, [_]}, ?T:manifest(Dir, #{})),
+    %% If it is killed, the next call simply starts a new one.
+    kill_and_wait(Owner),
+    ?assertMatch({ok, [_]}, ?T:manifest(Dir, #{})),
+    ?assert(is_pid(whereis(relsync_target_cache))).
+
+%%% ------------------------------------------------------------- put_files
+
+put_files_basic(Config) ->
+    Dir = ?config(dir, Config),
+    A = <<Dir/binary, "/new/deep/a">>,
+    B = <<Dir/binary, "/b">>,
+    Victim = write(<<Dir/binary, "/victim">>, <<"untouched">>),
+    %% A leftover tmp file that is a symlink must be replaced, not written through.
+    ok = file:make_symlink(Victim, <<Dir/binary, "/.relsync-tmp.b">>),
+    _ = write(B, <<"old b">>),
+    {ok, _} = ?T:manifest(Dir, #{}),              % the cache exists
+    ?assertEqual(ok, ?T:put_files([{A, 8#755, <<"aaa">>, sha(<<"aaa">>)},
+                                   {B, 8#600, <<"new b">>, sha(<<"new b">>)},
+                                   {<<Dir/binary, "/empty">>, 8#644, <<>>, sha(<<>>)}])),
+    ?assertEqual({ok, <<"aaa">>}, file:read_file(A)),
+    ?assertEqual({ok, <<"new b">>}, file:read_file(B)),
+    ?assertEqual({ok, <<>>}, file:read_file(<<Dir/binary, "/empty">>)),
+    ?assertEqual(8#755, mode(A)),
+    ?assertEqual(8#600, mode(B)),
+    ?assertEqual({ok, <<"untouched">>}, file:read_file(Victim)),
+    ?assertEqual([], tmp_files(Dir)),
+    %% put_files seeded the cache with what it wrote; the manifest agrees.
+    {ok, #file_info{size = 5, mtime = Mtime, inode = Ino}} =
+        file:read_file_info(B, [{time, posix}]),
+    ?assertEqual([{B, {5, Mtime, Ino, sha(<<"new b">>)}}], ets:lookup(relsync_target_cache, B)),
+    {ok, M} = ?T:manifest(Dir, #{}),
+    ?assertEqual({<<"b">>, regular, 5, 8#600, sha(<<"new b">>)},
+                 lists:keyfind(<<"b">>, 1, M)),
+    ?assertEqual(ok, ?T:put_files([])).
+
+put_files_replaces_symlink(Config) ->
+    Dir = ?config(dir, Config),
+    Target = write(<<Dir/binary, "/target">>, <<"target">>),
+    Link = <<Dir/binary, "/link">>,
+    ok = file:make_symlink(<<"target">>, Link),
+    ok = ?T:put_files([{Link, 8#644, <<"file now">>, sha(<<"file now">>)}]),
+    ?assertMatch({ok, #file_info{type = regular}}, file:read_link_info(Link)),
+    ?assertEqual({ok, <<"file now">>}, file:read_file(Link)),
+    ?assertEqual({ok, <<"target">>}, file:read_file(Target)).
+
+%% A running executable cannot be opened for writing (etxtbsy on Linux); the
+%% rename-based replace works and leaves the running program alone.
+put_files_running_executable(Config) ->
+    Dir = ?config(dir, Config),
+    Prog = <<Dir/binary, "/prog">>,
+    {ok, _} = file:copy(os:find_executable("sleep"), Prog),
+    ok = file:change_mode(Prog, 8#755),
+    Port = open_port({spawn_executable, Prog}, [{args, ["60"]}, exit_status]),
+    {os_pid, OsPid} = erlang:port_info(Port, os_pid),
+    Exe = "/proc/" ++ integer_to_list(OsPid) ++ "/exe",
+    try
+        %% The port returns before the child has exec'ed: opening the file
+        %% for writing before that would make the exec itself fail.
+        wait_until(fun() -> file:read_link(Exe) =:= {ok, binary_to_list(Prog)} end, 5000),
+        InPlace = file:open(Prog, [read, write, raw]),
+        ct:pal("opening the running executable for writing: ~p", [InPlace]),
+        case InPlace of
+            {ok, Fd} -> file:close(Fd);
+            {error, etxtbsy} -> ok
+        end,
+        New = <<"#!/bin/sh\necho new\n">>,
+        ?assertEqual(ok, ?T:put_files([{Prog, 8#755, New, sha(New)}])),
+        ?assertEqual("new\n", os:cmd(binary_to_list(Prog))),
+        ?assertEqual("0\n", os:cmd("kill -0 " ++ integer_to_list(OsPid) ++ "; echo $?")),
+        case file:read_link(Exe) of
+            {ok, L} -> ?assertEqual(" (deleted)", lists:nthtail(length(L) - 10, L));
+            {error, _} -> ok
+        end
+    after
+        os:cmd("kill " ++ integer_to_list(OsPid))
+    end,
+    receive {Port, {exit_status, _}} -> ok after 5000 -> ct:fail(sleep_not_killed) end.
+
+put_files_hash_mismatch(Config) ->
+    Dir = ?config(dir, Config),
+    A = <<Dir/binary, "/a">>,
+    B = write(<<Dir/binary, "/b">>, <<"old b">>),
+    C = <<Dir/binary, "/c">>,
+    ?assertEqual({error, B, hash_mismatch},
+                 ?T:put_files([{A, 8#644, <<"a">>, sha(<<"a">>)},
+                               {B, 8#644, <<"new b">>, sha(<<"something else">>)},
+                               {C, 8#644, <<"c">>, sha(<<"c">>)}])),
+    ?assertEqual({ok, <<"a">>}, file:read_file(A)),      % before the error: done
+    ?assertEqual({ok, <<"old b">>}, file:read_file(B)),  % untouched
+    ?assertEqual({error, enoent}, file:read_file(C)),    % after the error: not done
+    ?assertEqual([], tmp_files(Dir)),
+    ?assertEqual({error, <<"rel">>, badarg}, ?T:put_files([<<"rel">>])).
+
+%% What is really tested here depends on who runs the suite:
+%%  - always: a parent that is a regular file gives enotdir;
+%%  - non-root: a chmod 0555 directory gives eacces;
+%%  - root (permission bits do not stop root): an immutable directory
+%%    (chattr +i) gives eperm, and a read-only tmpfs mount gives erofs.
+%% Variants that cannot be set up are reported in the test comment.
+put_files_unwritable(Config) ->
+    Dir = ?config(dir, Config),
+    Plain = write(<<Dir/binary, "/plain">>, <<"x">>),
+    Under = <<Plain/binary, "/sub/f">>,
+    ?assertEqual({error, Under, enotdir}, ?T:put_files([{Under, 8#644, <<"d">>, sha(<<"d">>)}])),
+    ?assertEqual({error, enotdir}, ?T:put_chunk(Under, 0, <<"d">>)),
+    Ro = <<Dir/binary, "/ro">>,
+    ok = file:make_dir(Ro),
+    Tested = [R || R <- [unwritable_dir(Ro), readonly_mount(<<Dir/binary, "/mnt">>)], R =/= false],
+    {comment, lists:join(", ", ["tested: enotdir" | [atom_to_list(R) || R <- Tested]])}.
+
+unwritable_dir(Ro) ->
+    F = <<Ro/binary, "/f">>,
+    {Setup, Undo, Expect} =
+        case is_root() of
+            false -> {fun() -> file:change_mode(Ro, 8#555) end,
+                      fun() -> file:change_mode(Ro, 8#755) end, eacces};
+            true -> {fun() -> cmd_ok("chattr +i " ++ binary_to_list(Ro)) end,
+                     fun() -> cmd_ok("chattr -i " ++ binary_to_list(Ro)) end, eperm}
+        end,
+    case Setup() of
+        ok ->
+            try
+                ?assertEqual({error, F, Expect}, ?T:put_files([{F, 8#644, <<"d">>, sha(<<"d">>)}])),
+                ?assertEqual({error, Expect}, ?T:put_chunk(F, 0, <<"d">>)),
+                ?assertEqual({error, <<Ro/binary, "/l">>, Expect},
+                             ?T:make_symlinks([{<<Ro/binary, "/l">>, <<"x">>}])),
+                Expect
+            after
+                Undo()
+            end;
+        Err ->
+            ct:pal("cannot make ~s unwritable: ~p", [Ro, Err]),
+            false
+    end.
+
+readonly_mount(Mnt) ->
+    ok = file:make_dir(Mnt),
+    M = binary_to_list(Mnt),
+    case is_root() andalso cmd_ok("mount -t tmpfs -o ro,size=64k tmpfs " ++ M) of
+        ok ->
+            try
+                F = <<Mnt/binary, "/f">>,
+                ?assertEqual({error, F, erofs}, ?T:put_files([{F, 8#644, <<"d">>, sha(<<"d">>)}])),
+                ?assertEqual({error, erofs}, ?T:put_chunk(F, 0, <<"d">>)),
+                ?assertEqual({error, <<Mnt/binary, "/l">>, erofs},
+                             ?T:make_symlinks([{<<Mnt/binary, "/l">>, <<"x">>}])),
+                erofs
+            after
+                cmd_ok("umount " ++ M)
+            end;
+        Other ->
+            ct:pal("no read-only mount (~p): erofs not tested", [Other]),
+            false
+    end.
+
+chunked_put_commit(Config) ->
+    Dir = ?config(dir, Config),
+    Path = <<Dir/binary, "/sub/big.bin">>,
+    Data = crypto:strong_rand_bytes(5 * 1024 * 1024 + 777),
+    ChunkSize = 1024 * 1024,
+    %% A later chunk without a first one: nothing to write into.
+    ?assertEqual({error, enoent}, ?T:put_chunk(Path, ChunkSize, <<"x">>)),
+    ?assertEqual({error, enoent}, ?T:commit(Path, 8#644, sha(Data))),
+    put_in_chunks(Path, Data, ChunkSize),
+    ?assertEqual(ok, ?T:commit(Path, 8#640, sha(Data))),
+    ?assertEqual({ok, Data}, file:read_file(Path)),
+    ?assertEqual(8#640, mode(Path)),
+    ?assertEqual([], tmp_files(filename:dirname(Path))),
+    %% Restarting at offset 0 truncates a half-written tmp file.
+    ok = ?T:put_chunk(Path, 0, <<"garbage garbage garbage">>),
+    ok = ?T:put_chunk(Path, 0, <<"ab">>),
+    ok = ?T:put_chunk(Path, 2, <<"cd">>),
+    ?assertEqual(ok, ?T:commit(Path, 8#644, sha(<<"abcd">>))),
+    ?assertEqual({ok, <<"abcd">>}, file:read_file(Path)),
+    %% A missing chunk leaves a hole: caught by the hash; tmp removed, old kept.
+    ok = ?T:put_chunk(Path, 0, <<"ab">>),
+    ok = ?T:put_chunk(Path, 4, <<"ef">>),
+    ?assertEqual({error, hash_mismatch}, ?T:commit(Path, 8#644, sha(<<"abcdef">>))),
+    ?assertEqual({ok, <<"abcd">>}, file:read_file(Path)),
+    ?assertEqual([], tmp_files(filename:dirname(Path))),
+    %% A staged name that is not our regular file is never followed.
+    Other = write(<<Dir/binary, "/other">>, <<"abcd">>),
+    ok = file:make_symlink(Other, <<Dir/binary, "/sub/.relsync-tmp.big.bin">>),
+    ?assertEqual({error, einval}, ?T:put_chunk(Path, 2, <<"xx">>)),
+    ?assertEqual({error, einval}, ?T:commit(Path, 8#777, sha(<<"abcd">>))),
+    ?assertEqual({ok, <<"abcd">>}, file:read_file(Other)),
+    ?assertEqual(8#644, mode(Other)),
+    ?assertEqual([], tmp_files(filename:dirname(Path))).
+
+put_in_chunks(Path, Data, ChunkSize) ->
+    put_in_chunks(Path, Data, ChunkSize, 0).
+put_in_chunks(_Path, <<>>, _ChunkSize, _Off) -> ok;
+put_in_chunks(Path, Data, ChunkSize, Off) ->
+    N = min(ChunkSize, byte_size(Data)),
+    <<Chunk:N/binary, Rest/binary>> = Data,
+    ?assertEqual(ok, ?T:put_chunk(Path, Off, Chunk)),
+    put_in_chunks(Path, Rest, ChunkSize, Off + N).
+
+%%% ------------------------------------------------ deleting and symlinks
+
+delete_files(Config) ->
+    Dir = ?config(dir, Config),
+    F = write(<<Dir/binary, "/f">>, <<"f">>),
+    Target = write(<<Dir/binary, "/target">>, <<"t">>),
+    L = <<Dir/binary, "/l">>,
+    ok = file:make_symlink(Target, L),
+    Dangling = <<Dir/binary, "/dangling">>,
+    ok = file:make_symlink(<<"/nonexistent">>, Dangling),
+    SubDir = <<Dir/binary, "/subdir">>,
+    ok = file:make_dir(SubDir),
+    DirLink = <<Dir/binary, "/dirlink">>,
+    ok = file:make_symlink(SubDir, DirLink),
+    ?assertEqual(ok, ?T:delete_files([F, L, Dangling, DirLink, <<Dir/binary, "/missing">>])),
+    ?assertEqual({ok, [<<"subdir">>, <<"target">>]}, ls(Dir)),
+    %% A directory is an error; files after it are left alone.
+    G = write(<<Dir/binary, "/g">>, <<"g">>),
+    {error, SubDir, Reason} = ?T:delete_files([Target, SubDir, G]),
+    ?assert(lists:member(Reason, [eperm, eisdir])),
+    ?assertEqual({ok, [<<"g">>, <<"subdir">>]}, ls(Dir)).
+
+delete_dirs(Config) ->
+    Dir = ?config(dir, Config),
+    A = <<Dir/binary, "/a">>,
+    ok = filelib:ensure_dir(<<A/binary, "/b/c/x">>),
+    ok = filelib:ensure_dir(<<A/binary, "/b2/x">>),
+    %% Any order: removed deepest first.
+    ?assertEqual(ok, ?T:delete_dirs([A, <<A/binary, "/b">>, <<A/binary, "/b/c">>,
+                                     <<A/binary, "/b2">>, <<Dir/binary, "/missing">>])),
+    ?assertEqual({ok, []}, ls(Dir)),
+    ok = filelib:ensure_dir(<<A/binary, "/b/x">>),
+    _ = write(<<A/binary, "/b/file">>, <<"x">>),
+    ?assertEqual({error, <<A/binary, "/b">>, enotempty},
+                 ?T:delete_dirs([A, <<A/binary, "/b">>])),
+    ?assertEqual({error, <<A/binary, "/b/file">>, enotdir},
+                 ?T:delete_dirs([<<A/binary, "/b/file">>])).
+
+make_symlinks(Config) ->
+    Dir = ?config(dir, Config),
+    New = <<Dir/binary, "/x/y/new">>,
+    File = write(<<Dir/binary, "/file">>, <<"f">>),
+    OldLink = <<Dir/binary, "/oldlink">>,
+    ok = file:make_symlink(<<"somewhere">>, OldLink),
+    SubDir = <<Dir/binary, "/subdir">>,
+    ok = file:make_dir(SubDir),
+    DirLink = <<Dir/binary, "/dirlink">>,
+    ok = file:make_symlink(<<"subdir">>, DirLink),
+    _ = write(<<Dir/binary, "/real">>, <<"r">>),
+    ?assertEqual(ok, ?T:make_symlinks([{New, <<"../../real">>},
+                                       {File, <<"elsewhere">>},
+                                       {OldLink, <<"lib/app-2">>},
+                                       {DirLink, <<"/abs/target">>}])),
+    ?assertEqual({ok, "../../real"}, file:read_link(New)),
+    ?assertEqual({ok, <<"r">>}, file:read_file(New)),
+    ?assertEqual({ok, "elsewhere"}, file:read_link(File)),
+    ?assertEqual({ok, "lib/app-2"}, file:read_link(OldLink)),
+    ?assertEqual({ok, "/abs/target"}, file:read_link(DirLink)),
+    ?assertEqual({ok, []}, ls(SubDir)),           % replaced the link, not inside it
+    %% A real directory is not replaced.
+    {error, SubDir, Reason} = ?T:make_symlinks([{SubDir, <<"x">>}]),
+    ct:pal("symlink over a directory: ~p", [Reason]),
+    ?assertEqual([], tmp_files(Dir)),
+    ?assertEqual(ok, ?T:make_symlinks([])).
+
+%%% ------------------------------------------------------------- code path
+
+update_code_path(Config) ->
+    Dir = ?config(dir, Config),
+    A = <<Dir/binary, "/a">>,
+    B = <<Dir/binary, "/b">>,
+    Rel = [<<"/lib/x-1/ebin">>, <<"/lib/y-1/ebin">>],
+    [ok = filelib:ensure_dir(<<R/binary, S/binary, "/x">>) || R <- [A, B], S <- [<<>> | Rel]],
+    Twin = <<Dir/binary, "/a2/ebin">>,              % starts with A, but not under A/
+    ok = filelib:ensure_dir(<<Twin/binary, "/x">>),
+    Base = [list_to_binary(P) || P <- code:get_path()],
+    AddA = [<<A/binary, R/binary>> || R <- Rel] ++ [A, Twin],
+    {ok, P1} = ?T:update_code_path(#{add => AddA}),
+    ?assertEqual(Base ++ AddA, P1),
+    ?assertEqual({ok, P1}, ?T:update_code_path(#{add => AddA})),   % idempotent
+    ?assertEqual(P1, [list_to_binary(P) || P <- code:get_path()]),
+    Switch = #{replace_prefix => {A, B}, add => [], remove => []},
+    {ok, P2} = ?T:update_code_path(Switch),
+    ?assertEqual(Base ++ [<<B/binary, R/binary>> || R <- Rel] ++ [B, Twin], P2),
+    ?assertEqual({ok, P2}, ?T:update_code_path(Switch)),
+    ?assertEqual(P2, [list_to_binary(P) || P <- code:get_path()]),
+    %% ... and back again (a trailing slash on the prefixes does not matter).
+    ?assertEqual({ok, P1}, ?T:update_code_path(#{replace_prefix => {<<B/binary, "/">>, A}})),
+    %% Remove and add in one go.
+    Y = <<A/binary, "/lib/y-1/ebin">>,
+    YB = <<B/binary, "/lib/y-1/ebin">>,
+    Op = #{replace_prefix => none, remove => [Y, Twin], add => [YB, YB]},
+    {ok, P3} = ?T:update_code_path(Op),
+    ?assertEqual(Base ++ [<<A/binary, "/lib/x-1/ebin">>, A, YB], P3),
+    ?assertEqual({ok, P3}, ?T:update_code_path(Op)),
+    %% A directory that does not exist is refused; nothing changes.
+    Bad = <<Dir/binary, "/nope">>,
+    ?assertEqual({error, {bad_directory, [Bad]}}, ?T:update_code_path(#{add => [Bad]})),
+    ?assertEqual(P3, [list_to_binary(P) || P <- code:get_path()]).
+
+%%% ---------------------------------------------------------- code loading
+
+load_modules_basic(Config) ->
+    Dir = ?config(dir, Config),
+    V1 = compile_mod(Dir, "v1", rs_basic, "-export([v/0]). v() -> 1."),
+    V2 = compile_mod(Dir, "v2", rs_basic, "-export([v/0]). v() -> 2."),
+    code:purge(rs_basic), code:delete(rs_basic), code:purge(rs_basic),
+    %% Brand-new module.
+    ?assertEqual([{rs_basic, {loaded, []}}], ?T:load_modules([{rs_basic, V1}], soft)),
+    ?assertEqual(1, rs_basic:v()),
+    %% Changed module; nothing runs its old code.
+    ?assertEqual([{rs_basic, {loaded, []}}], ?T:load_modules([{rs_basic, V2}], soft)),
+    ?assertEqual(2, rs_basic:v()),
+    ?assertEqual(binary_to_list(V2), code:which(rs_basic)),
+    ?assertNot(erlang:check_old_code(rs_basic)),    % unused old code is purged
+    %% Sticky modules are not touched; read and load errors are reported.
+    Garbage = write(<<Dir/binary, "/garbage.beam">>, <<"not a beam">>),
+    ct:pal("an error report about loading rs_garbage is expected next"),
+    ?assertMatch([{lists, sticky},
+                  {rs_missing, {error, enoent}},
+                  {rs_garbage, {error, _}},
+                  {rs_basic, {loaded, []}}],
+                 ?T:load_modules([{lists, V1},
+                                  {rs_missing, <<Dir/binary, "/missing.beam">>},
+                                  {rs_garbage, Garbage},
+                                  {rs_basic, V1}], brutal)),
+    ?assertEqual(1, rs_basic:v()),
+    ?assertEqual([], ?T:load_modules([], soft)).
+
+%% With a hash: a file that does not match is refused, a loaded one is recorded
+%% in loaded_shas/0 until the module is deleted.
+load_modules_recorded(Config) ->
+    Dir = ?config(dir, Config),
+    V1 = compile_mod(Dir, "v1", rs_rec, "-export([v/0]). v() -> 1."),
+    {ok, Bin} = file:read_file(V1),
+    Sha = crypto:hash(sha256, Bin),
+    ?assertEqual([{rs_rec, {error, hash_mismatch}}],
+                 ?T:load_modules([{rs_rec, V1, crypto:hash(sha256, <<"other">>)}], soft)),
+    ?assertEqual(false, code:is_loaded(rs_rec)),
+    ?assertNot(maps:is_key(rs_rec, ?T:loaded_shas())),
+    ?assertEqual([{rs_rec, {loaded, []}}], ?T:load_modules([{rs_rec, V1, Sha}], soft)),
+    ?assertEqual(Sha, maps:get(rs_rec, ?T:loaded_shas())),
+    ?assertEqual([{rs_rec, deleted}], ?T:delete_modules([rs_rec], soft)),
+    ?assertNot(maps:is_key(rs_rec, ?T:loaded_shas())).
+
+load_modules_gen_server(Config) ->
+    Dir = ?config(dir, Config),
+    Src = fun(Tag) ->
+                  "-behaviour(gen_server).\n"
+                  "-export([init/1, handle_call/3, handle_cast/2]).\n"
+                  "init(N) -> {ok, N}.\n"
+                  "handle_call(get, _From, N) -> {reply, {" ++ Tag ++ ", N}, N}.\n"
+                  "handle_cast(inc, N) -> {noreply, N + 1}.\n"
+          end,
+    V1 = compile_mod(Dir, "v1", rs_counter, Src("v1")),
+    V2 = compile_mod(Dir, "v2", rs_counter, Src("v2")),
+    [{rs_counter, {loaded, []}}] = ?T:load_modules([{rs_counter, V1}], soft),
+    {ok, Pid} = gen_server:start({local, rs_counter}, rs_counter, 0, []),
+    try
+        [gen_server:cast(rs_counter, inc) || _ <- [1, 2, 3]],
+        ?assertEqual({v1, 3}, gen_server:call(rs_counter, get)),
+        ?assertEqual([{rs_counter, {loaded, []}}], ?T:load_modules([{rs_counter, V2}], soft)),
+        ?assertEqual({v2, 3}, gen_server:call(rs_counter, get)),
+        ?assertEqual(Pid, whereis(rs_counter))
+    after
+        gen_server:stop(rs_counter)
+    end.
+
+%% A process looping in a local function stays in the old code after a load.
+load_modules_old_code(Config) ->
+    Dir = ?config(dir, Config),
+    Src = fun(V) ->
+                  "-export([start/0, v/0]).\n"
+                  "start() -> spawn(fun loop/0).\n"
+                  "loop() -> receive stop -> ok end.\n"
+                  "v() -> " ++ V ++ ".\n"
+          end,
+    [V1, V2, V3] = [compile_mod(Dir, V, rs_stuck, Src(V)) || V <- ["1", "2", "3"]],
+    [{rs_stuck, {loaded, []}}] = ?T:load_modules([{rs_stuck, V1}], soft),
+    Pid = rs_stuck:start(),
+    true = register(rs_stuck_proc, Pid),
+    ?assertEqual([{rs_stuck, {loaded, [{Pid, rs_stuck_proc}]}}],
+                 ?T:load_modules([{rs_stuck, V2}], soft)),
+    ?assertEqual(2, rs_stuck:v()),
+    %% Version 1 is still in use: soft refuses to load version 3 ...
+    ?assertEqual([{rs_stuck, {not_purged, [{Pid, rs_stuck_proc}]}}],
+                 ?T:load_modules([{rs_stuck, V3}], soft)),
+    ?assertEqual(2, rs_stuck:v()),
+    ?assert(is_process_alive(Pid)),
+    %% ... brutal kills the process and loads it.
+    Ref = monitor(process, Pid),
+    ?assertEqual([{rs_stuck, {loaded, []}}], ?T:load_modules([{rs_stuck, V3}], brutal)),
+    receive {'DOWN', Ref, process, Pid, killed} -> ok after 5000 -> ct:fail(not_killed) end,
+    ?assertEqual(3, rs_stuck:v()).
+
+delete_modules(Config) ->
+    Dir = ?config(dir, Config),
+    Src = "-export([start/0]).\nstart() -> spawn(fun loop/0).\nloop() -> receive stop -> ok end.\n",
+    Beam = compile_mod(Dir, "v1", rs_del, Src),
+    [{rs_del, {loaded, []}}] = ?T:load_modules([{rs_del, Beam}], soft),
+    ?assertEqual([{rs_del, deleted}, {lists, sticky}, {rs_never_loaded, not_loaded}],
+                 ?T:delete_modules([rs_del, lists, rs_never_loaded], soft)),
+    ?assertEqual(false, code:is_loaded(rs_del)),
+    ?assertNot(erlang:check_old_code(rs_del)),
+    ?assertEqual([{rs_del, not_loaded}], ?T:delete_modules([rs_del], soft)),
+    %% With a process in its code: soft deletes the current code but reports
+    %% the process (old code stays); brutal then kills it and purges.
+    [{rs_del, {loaded, []}}] = ?T:load_modules([{rs_del, Beam}], soft),
+    Pid = rs_del:start(),
+    ?assertEqual([{rs_del, {not_purged, [{Pid, undefined}]}}],
+                 ?T:delete_modules([rs_del], soft)),
+    ?assertEqual(false, code:is_loaded(rs_del)),
+    ?assert(erlang:check_old_code(rs_del)),
+    ?assert(is_process_alive(Pid)),
+    ?assertEqual([{rs_del, {not_purged, [{Pid, undefined}]}}],
+                 ?T:delete_modules([rs_del], soft)),
+    Ref = monitor(process, Pid),
+    ?assertEqual([{rs_del, deleted}], ?T:delete_modules([rs_del], brutal)),
+    receive {'DOWN', Ref, process, Pid, killed} -> ok after 5000 -> ct:fail(not_killed) end,
+    ?assertNot(erlang:check_old_code(rs_del)).
+
+%%% ------------------------------------------------------------------ hooks
+
+-define(HOOKS,
+        "-export([ok_hook/0, crash/0, throws/0, slow/0, chatty/0, quiet/0]).\n"
+        "ok_hook() ->\n"
+        "    io:format(\"hello ~s~n\", [\"world\"]),\n"
+        "    io:put_chars(<<\"bin\\n\">>),\n"
+        "    io:format(\"~ts ~p~n\", [<<\"h\\x{e9}llo \\x{2713}\"/utf8>>, [1,2]]),\n"
+        "    ok = io:request(group_leader(), {put_chars, latin1, <<233, $\\n>>}),\n"
+        "    GL = group_leader(),\n"
+        "    ok = io:request(GL, {put_chars, unicode, io_lib, format, [\"mfa~n\", []]}),\n"
+        "    ok = io:requests(GL, [{put_chars, unicode, <<\"r1 \">>},\n"
+        "                          {put_chars, unicode, <<\"r2\">>}]),\n"
+        "    eof = io:get_line(\"prompt> \"),\n"
+        "    {error, enotsup} = io:columns(),\n"
+        "    {done, 42}.\n"
+        "crash() -> io:format(\"before~n\"), erlang:error(boom).\n"
+        "throws() -> throw(oops).\n"
+        "slow() -> rs_hook_probe ! {hook_pid, self()}, io:format(\"started~n\"),\n"
+        "          timer:sleep(infinity).\n"
+        "chatty() -> E = binary:copy(<<\"\\x{e9}\"/utf8>>, 1000),\n"
+        "            [io:put_chars(E) || _ <- lists:seq(1, 600)], ok.\n"
+        "quiet() -> ok.\n").
+
+run_hook_output(Config) ->
+    load_hooks(Config),
+    Before = processes(),
+    ?assertEqual({ok, {done, 42},
+                  <<"hello world\nbin\nh\x{e9}llo \x{2713} [1,2]\n\x{e9}\nmfa\nr1 r2"/utf8>>},
+                 ?T:run_hook(rs_hooks, ok_hook, 5000)),
+    ?assertEqual({ok, ok, <<>>}, ?T:run_hook(rs_hooks, quiet, 5000)),
+    %% Output is capped at 1 MiB, without cutting a UTF-8 character in two.
+    {ok, ok, Big} = ?T:run_hook(rs_hooks, chatty, 5000),
+    ?assert(byte_size(Big) =< 1024 * 1024 + 100),
+    ?assertMatch(<<_/binary>>, unicode:characters_to_binary(Big)),
+    ?assertEqual([], processes() -- Before).
+
+run_hook_exception(Config) ->
+    load_hooks(Config),
+    ?assertMatch({error, {error, boom, [{rs_hooks, crash, 0, _} | _]}, <<"before\n">>},
+                 ?T:run_hook(rs_hooks, crash, 5000)),
+    ?assertMatch({error, {throw, oops, [_ | _]}, <<>>}, ?T:run_hook(rs_hooks, throws, 5000)).
+
+run_hook_timeout(Config) ->
+    load_hooks(Config),
+    true = register(rs_hook_probe, self()),
+    Before = processes(),
+    ?assertEqual({timeout, <<"started\n">>}, ?T:run_hook(rs_hooks, slow, 300)),
+    HookPid = receive {hook_pid, P} -> P after 1000 -> ct:fail(no_hook_pid) end,
+    ?assertNot(is_process_alive(HookPid)),
+    ?assertEqual([], processes() -- Before).
+
+%% If the rpc worker running run_hook is killed, the hook goes too.
+run_hook_caller_dies(Config) ->
+    load_hooks(Config),
+    true = register(rs_hook_probe, self()),
+    Caller = spawn(fun() -> ?T:run_hook(rs_hooks, slow, 60000) end),
+    HookPid = receive {hook_pid, P} -> P after 5000 -> ct:fail(no_hook_pid) end,
+    {group_leader, Cap} = process_info(HookPid, group_leader),
+    Refs = [monitor(process, X) || X <- [HookPid, Cap]],
+    exit(Caller, kill),
+    [receive {'DOWN', R, process, _, _} -> ok after 5000 -> ct:fail(leaked) end || R <- Refs].
+
+run_hook_not_exported(Config) ->
+    load_hooks(Config),
+    ?assertEqual({not_exported, <<>>}, ?T:run_hook(rs_hooks, nope, 1000)),
+    ?assertEqual({not_exported, <<>>}, ?T:run_hook(rs_no_such_module, f, 1000)),
+    ?assertMatch({error, {error, badarg, _}, <<>>}, ?T:run_hook(rs_hooks, quiet, -1)).
+
+load_hooks(Config) ->
+    Beam = compile_mod(?config(dir, Config), "hooks", rs_hooks, ?HOOKS),
+    [{rs_hooks, {loaded, _}}] = ?T:load_modules([{rs_hooks, Beam}], brutal),
+    ok.
+
+%%% ------------------------------------------------------------- helpers
+
+sha(Bin) -> crypto:hash(sha256, Bin).
+
+write(Path, Data) ->
+    ok = filelib:ensure_dir(Path),
+    ok = file:write_file(Path, Data),
+    ok = file:change_mode(Path, 8#644),
+    Path.
+
+mode(Path) ->
+    {ok, #file_info{mode = M}} = file:read_file_info(Path),
+    M band 8#7777.
+
+set_mtime(Path, T) ->
+    ok = file:write_file_info(Path, #file_info{mtime = T, atime = T}, [{time, posix}]).
+
+ls(Dir) ->
+    {ok, Names} = file:list_dir(Dir),
+    {ok, lists:sort([list_to_binary(N) || N <- Names])}.
+
+tmp_files(Dir) ->
+    [N || N <- filelib:wildcard(".relsync-tmp.*", binary_to_list(Dir))].
+
+%% bin/start, erts-*, lib/*, releases/*, an empty dir, symlinks, tmp files.
+make_tree(Config) ->
+    Root = <<(?config(dir, Config))/binary, "/root">>,
+    W = fun(Rel, Data, Mode) ->
+                P = write(<<Root/binary, "/", Rel/binary>>, Data),
+                ok = file:change_mode(P, Mode)
+        end,
+    W(<<"bin/start">>, <<"start">>, 8#755),
+    W(<<"erts-13.1/bin/beam">>, <<"beam">>, 8#644),
+    W(<<"lib/app-1/ebin/app.beam">>, <<"app">>, 8#600),
+    W(<<"lib/kernel-8.5/ebin/kernel.app">>, <<"k">>, 8#644),
+    W(<<"lib/kernel-8.5x/ebin/other">>, <<"o">>, 8#644),
+    W(<<"releases/1/sys.config">>, <<"[].">>, 8#640),
+    W(<<"releases/1/.relsync-tmp.sys.config">>, <<"half">>, 8#644),
+    ok = filelib:ensure_dir(<<Root/binary, "/empty/dir/x">>),
+    ok = filelib:ensure_dir(<<Root/binary, "/lib/app-1/priv/x">>),
+    ok = file:make_symlink(<<"../ebin/app.beam">>, <<Root/binary, "/lib/app-1/priv/link">>),
+    ok = file:make_symlink(<<"/nonexistent/x">>, <<Root/binary, "/lib/app-1/priv/dangling">>),
+    ok = file:make_symlink(<<"x">>, <<Root/binary, "/lib/app-1/priv/.relsync-tmp.l">>),
+    ok = file:make_symlink(<<"lib">>, <<Root/binary, "/symdir">>),
+    Root.
+
+%% Compile a module from source into Dir/Sub/Mod.beam; returns the beam path.
+compile_mod(Dir, Sub, Mod, Body) ->
+    Out = filename:join(Dir, Sub),
+    Src = filename:join(Out, atom_to_list(Mod) ++ ".erl"),
+    ok = filelib:ensure_dir(Src),
+    ok = file:write_file(Src, ["-module(", atom_to_list(Mod), ").\n", Body]),
+    {ok, Mod} = compile:file(binary_to_list(Src), [{outdir, binary_to_list(Out)}, report]),
+    filename:join(Out, atom_to_list(Mod) ++ ".beam").
+
+%% Without /proc (not Linux) just give the child a moment.
+wait_until(Fun, Ms) ->
+    case filelib:is_dir("/proc/self") of
+        false -> timer:sleep(500);
+        true -> wait_until(Fun, Ms, erlang:monotonic_time(millisecond) + Ms)
+    end.
+wait_until(Fun, Ms, Deadline) ->
+    case Fun() of
+        true -> ok;
+        false ->
+            erlang:monotonic_time(millisecond) < Deadline orelse ct:fail(timeout),
+            timer:sleep(20),
+            wait_until(Fun, Ms, Deadline)
+    end.
+
+kill_and_wait(Pid) ->
+    Ref = monitor(process, Pid),
+    exit(Pid, kill),
+    receive {'DOWN', Ref, process, Pid, _} -> ok end.
+
+is_root() ->
+    os:cmd("id -u") =:= "0\n".
+
+cmd_ok(Cmd) ->
+    case os:cmd(Cmd ++ " 2>&1; echo \"rc=$?\"") of
+        Out ->
+            case lists:suffix("rc=0\n", Out) of
+                true -> ok;
+                false -> {error, Out}
+            end
+    end.
