@@ -15,7 +15,7 @@ from relsync.engine import SyncOptions, SyncReport, sync
 from relsync.errors import ExitCode, RelsyncError, UsageError
 from relsync.hooks import resolve_hook
 from relsync.progress import ProgressBar
-from relsync.release import find_release, scan_release
+from relsync.release import default_cache_dir, find_release, scan_release
 from relsync.report import print_json, print_summary
 from relsync.transports.erl import ErlTarget
 
@@ -190,7 +190,9 @@ async def run(args: argparse.Namespace, cwd: Path) -> SyncReport:
         if value and not value.startswith("/"):
             raise UsageError(f"--{opt.replace('_', '-')} {value!r} must be an absolute path")
     root = find_release(args.local_path, cwd)
-    release = scan_release(root, exclude_system_libs=args.exclude_system_libs)
+    release = scan_release(
+        root, exclude_system_libs=args.exclude_system_libs, cache_dir=default_cache_dir()
+    )
     hook = await resolve_hook(args.hooks, release, cwd) if args.hooks else None
     cookie = args.cookie or os.environ.get("RELSYNC_COOKIE") or "cookie"
     options = SyncOptions(

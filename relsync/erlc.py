@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import shutil
 from pathlib import Path
 
 from relsync.errors import UsageError
+from relsync.release import default_cache_dir
 
 _PACKAGE_ERLANG = Path(__file__).parent / "erlang"
 
@@ -38,11 +38,6 @@ async def compile_erl(source: Path, outdir: Path) -> bytes:
     return (outdir / (source.stem + ".beam")).read_bytes()
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "relsync"
-
-
 async def helper_beam(module: str) -> bytes:
     """The beam of one of relsync's own target-side modules (prebuilt, else compiled once)."""
     source = _PACKAGE_ERLANG / f"{module}.erl"
@@ -52,7 +47,7 @@ async def helper_beam(module: str) -> bytes:
     ):
         return prebuilt.read_bytes()
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-    cached = _cache_dir() / digest / f"{module}.beam"
+    cached = default_cache_dir() / "ebin" / digest / f"{module}.beam"
     if cached.is_file():
         return cached.read_bytes()
     return await compile_erl(source, cached.parent)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 from collections.abc import Iterator
@@ -198,9 +199,67 @@ def classify(rel: str, mode: int) -> FileKind:
     return FileKind.OTHER
 
 
-def scan_release(root: Path, *, exclude_system_libs: bool = True) -> LocalRelease:
-    """Scan and hash the release at ``root``, leaving out what must not be synced."""
+class HashCache:
+    """SHA-256 of local files, reused while a file's size, mtime and inode stay the same.
+
+    Kept as one JSON file per release directory under ``$XDG_CACHE_HOME/relsync/hashes``.
+    """
+
+    def __init__(self, root: Path, cache_dir: Path | None) -> None:
+        self._file: Path | None = None
+        self._entries: dict[str, list[int | str]] = {}
+        self._dirty = False
+        if cache_dir is None:
+            return
+        key = hashlib.sha256(str(root).encode()).hexdigest()[:24]
+        self._file = cache_dir / "hashes" / f"{key}.json"
+        try:
+            loaded = json.loads(self._file.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(loaded, dict):
+            self._entries = loaded
+
+    def sha256(self, rel: str, path: Path, st: os.stat_result) -> bytes:
+        """The file's hash, from the cache when its size, mtime and inode match."""
+        key = [st.st_size, st.st_mtime_ns, st.st_ino]
+        hit = self._entries.get(rel)
+        if hit is not None and hit[:3] == key and isinstance(hit[3], str):
+            return bytes.fromhex(hit[3])
+        digest = sha256_file(path)
+        self._entries[rel] = [*key, digest.hex()]
+        self._dirty = True
+        return digest
+
+    def save(self, keep: set[str]) -> None:
+        """Write the cache back (only the given paths), when anything changed."""
+        if self._file is None or not (self._dirty or keep != self._entries.keys()):
+            return
+        entries = {rel: v for rel, v in self._entries.items() if rel in keep}
+        try:
+            self._file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(entries))
+            tmp.replace(self._file)
+        except OSError:
+            pass  # a cache that cannot be written only costs time
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/relsync`` (``~/.cache/relsync``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "relsync"
+
+
+def scan_release(
+    root: Path, *, exclude_system_libs: bool = True, cache_dir: Path | None = None
+) -> LocalRelease:
+    """Scan and hash the release at ``root``, leaving out what must not be synced.
+
+    With ``cache_dir``, hashes of files unchanged since the last scan are reused.
+    """
     name, version = release_name_version(root)
+    cache = HashCache(root, cache_dir)
     release = LocalRelease(root=root, name=name, version=version)
     if exclude_system_libs:
         # By app name, not version: the target may carry other versions of the same libs.
@@ -233,7 +292,8 @@ def scan_release(root: Path, *, exclude_system_libs: bool = True) -> LocalReleas
                 path=path,
                 size=st.st_size,
                 mode=mode,
-                sha256=sha256_file(path),
+                sha256=cache.sha256(rel, path, st),
                 kind=classify(rel, mode),
             )
+    cache.save(set(release.files))
     return release

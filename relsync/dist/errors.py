@@ -6,14 +6,7 @@ Every message names what failed, why, and what to do. None of them ever contains
 from __future__ import annotations
 
 from relsync.dist.etf import Term
-
-_REPR_MAX = 300
-
-
-def short_repr(term: object, limit: int = _REPR_MAX) -> str:
-    """``repr(term)`` on one line, cut to ``limit`` characters."""
-    text = " ".join(repr(term).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+from relsync.dist.pretty import format_term
 
 
 class DistError(Exception):
@@ -125,6 +118,6 @@ class BadRpc(DistError):
     def __init__(self, peer: str, mfa: str, reason: Term) -> None:
         self.peer, self.mfa, self.reason = peer, mfa, reason
         super().__init__(
-            f"RPC {mfa} on {peer} failed: {short_repr(reason)}; check that the module is "
+            f"RPC {mfa} on {peer} failed: {format_term(reason, 300)}; check that the module is "
             f"loaded on the target and the arguments are right"
         )

@@ -38,13 +38,26 @@
 %%% ------------------------------------------------------------------ info
 
 -spec info() -> #{otp_release := binary(), node := atom(), root_dir := binary(),
-                  code_path := [binary()], helper_vsn := 1}.
+                  code_path := [binary()], crypto := boolean(), helper_vsn := 1}.
 info() ->
     #{otp_release => list_to_binary(erlang:system_info(otp_release)),
+      crypto => ensure_crypto(),
       node => node(),
       root_dir => name_bin(code:root_dir()),
       code_path => [name_bin(P) || P <- code:get_path()],
       helper_vsn => 1}.
+
+%% Hashing needs crypto. Embedded-mode targets (the usual case) load nothing on
+%% demand, so load it explicitly from the code path when it is not loaded yet.
+ensure_crypto() ->
+    case code:is_loaded(crypto) of
+        {file, _} -> true;
+        false ->
+            case code:load_file(crypto) of
+                {module, crypto} -> true;
+                {error, _} -> false
+            end
+    end.
 
 %%% -------------------------------------------------------------- manifest
 

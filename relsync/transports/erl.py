@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
-from typing import NoReturn
 
 from relsync.dist.connection import Connection
 from relsync.dist.errors import ConnectionLost, DistError
@@ -94,17 +94,14 @@ class ErlTarget:
 
     async def _ensure_helper(self) -> None:
         beam = await helper_beam(HELPER)
-        try:
-            wanted = await self._conn.call("beam_lib", "md5", [beam], timeout=CALL_TIMEOUT)
-            loaded = await self._conn.call(
-                "erlang", "get_module_info", [Atom(HELPER), Atom("md5")], timeout=CALL_TIMEOUT
-            )
-        except DistError as exc:
-            if isinstance(exc, ConnectionLost):
-                self._lost(exc)
-            loaded = None
-        if isinstance(wanted, tuple) and len(wanted) == 2 and wanted[1] == (Atom(HELPER), loaded):
-            return
+        wanted, loaded = await asyncio.gather(
+            self._call_raw("beam_lib", "md5", [beam]),
+            self._call_raw("erlang", "module_loaded", [Atom(HELPER)]),
+        )
+        if loaded == "true":
+            md5 = await self._call_raw("erlang", "get_module_info", [Atom(HELPER), Atom("md5")])
+            if isinstance(wanted, tuple) and wanted[1:] == ((Atom(HELPER), md5),):
+                return
         result = await self._call_raw(
             "code", "load_binary", [Atom(HELPER), Charlist(f"{HELPER}.beam"), beam]
         )
@@ -114,19 +111,17 @@ class ErlTarget:
                 "the kernel, stdlib and crypto applications"
             )
 
-    def _lost(self, exc: DistError) -> NoReturn:
-        raise TargetError(
-            f"lost the connection to {self.label} ({exc}); check the board and run relsync "
-            "again: the next sync converges"
-        ) from exc
-
     async def _call_raw(
         self, module: str, function: str, args: list[Term], timeout: float = CALL_TIMEOUT
     ) -> Term:
         try:
             return await self._conn.call(module, function, args, timeout=timeout)
+        except ConnectionLost as exc:
+            raise TargetError(
+                f"{exc}; check the board and run relsync again: the next sync converges"
+            ) from exc
         except DistError as exc:
-            self._lost(exc)
+            raise TargetError(str(exc)) from exc
 
     async def _call(self, function: str, args: list[Term], timeout: float = CALL_TIMEOUT) -> Term:
         return await self._call_raw(HELPER, function, args, timeout)
@@ -151,6 +146,11 @@ class ErlTarget:
         info = await self._call("info", [])
         if not isinstance(info, dict):
             raise TargetError(f"{self.label}: unexpected info reply {format_term(info)}")
+        if info.get(Atom("crypto")) != "true":
+            raise TargetError(
+                f"{self.label} has no crypto application, which relsync needs to compare files; "
+                "add crypto to the release (relx: {release, {Name, Vsn}, [crypto, ...]})"
+            )
         paths = info.get(Atom("code_path"), [])
         return TargetInfo(
             otp_release=_text(info.get(Atom("otp_release"), b"?")),
