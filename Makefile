@@ -21,7 +21,7 @@ examples: setup
 	@examples/build.sh
 
 lint: setup
-	$(VENV)/bin/ruff check relsync tests bench
+	$(VENV)/bin/ruff check relsync tests bench scripts
 	$(VENV)/bin/mypy --strict relsync
 
 pytest: erlang examples

@@ -5,13 +5,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import dist_bench
+from bench import dist_bench, sync_bench
 from bench.table import Row, print_table
 
-#: name -> benchmark returning table rows. Add the sync-engine benchmark here
-#: (e.g. ``"sync": sync_bench.run``) when it exists.
+#: name -> benchmark returning table rows.
 BENCHMARKS: dict[str, Callable[[], list[Row]]] = {
     "dist": dist_bench.run,
+    "sync": sync_bench.run,
 }
 
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from relsync.dist.etf import Atom, Term
+from relsync.dist.pretty import format_term
 from relsync.harness.example import Variant, build_example_release
 from relsync.harness.local import LocalBoard
 
@@ -38,7 +39,7 @@ async def show(board: LocalBoard, title: str) -> None:
     which = await rpc("code", "which", [Atom("demo_counter")])
     say(f"  {title}:")
     say(f"    demo_counter:version() -> {version}    demo_counter:value() -> {value}")
-    say(f'    demo_port:ask(<<"ping">>) -> {port!r}')
+    say(f'    demo_port:ask(<<"ping">>) -> {format_term(port)}')
     say(f"    code:which(demo_counter) -> {which}")
 
 

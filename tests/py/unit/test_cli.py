@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import socket
 import subprocess
 import sys
@@ -11,6 +13,9 @@ import pytest
 from support.fake_release import make_release
 
 from relsync.cli import build_parser, main
+from relsync.hooks import resolve_hook
+from relsync.progress import ProgressBar
+from relsync.release import scan_release
 
 
 def test_defaults_match_the_original() -> None:
@@ -129,3 +134,31 @@ def test_help_documents_exit_codes() -> None:
         [sys.executable, "-m", "relsync.cli", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "exit codes:" in out and "--destination-rw-path" in out and "-H MOD|FILE.erl" in out
+
+
+def test_hooks_module_is_found_in_the_release(tmp_path: Path) -> None:
+    root = make_release(tmp_path / "rel")
+    beam = root / "lib/demo-0.1.0/ebin/my_hooks.beam"
+    beam.write_bytes(b"FOR1 fake beam")
+    hook = asyncio.run(resolve_hook("my_hooks", scan_release(root), tmp_path))
+    assert (hook.module, hook.beam) == ("my_hooks", b"FOR1 fake beam")
+    (tmp_path / "other_hooks.erl").write_text("-module(other_hooks).\n-export([presync/0]).\n"
+                                               "presync() -> ok.\n")  # fmt: skip
+    compiled = asyncio.run(resolve_hook("other_hooks", scan_release(root), tmp_path))
+    assert compiled.module == "other_hooks" and compiled.beam.startswith(b"FOR1")
+
+
+def test_progress_bar_draws_only_on_a_tty() -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty, pipe = Tty(), io.StringIO()
+    for stream in (tty, pipe):
+        bar = ProgressBar("board", stream)
+        bar.start(2_000_000)
+        bar.advance(1_000_000)
+        bar.advance(1_000_000)
+        bar.finish()
+    assert "100%" in tty.getvalue() and "2.0/2.0 MB" in tty.getvalue()
+    assert pipe.getvalue() == ""

@@ -1,0 +1,105 @@
+"""Sync-engine benchmark: the relsync command line end to end against a real node.
+
+The release's payload is a copy of this machine's OTP lib dir (~3.4k files, ~95 MB) plus one
+small app of our own, synced with ``--exclude-system-libs false`` into a writable directory:
+
+* first full sync (everything written, every module loaded), as MB/s of the whole command;
+* no-op resync: nothing changed, from CLI start to exit;
+* one changed beam: from CLI start to the module reloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.table import Row
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "py"))
+from support.erlnode import Epmd, ErlNode, unique_name
+
+OTP_LIB = Path("/usr/lib/erlang/lib")
+ROUNDS = 5
+#: Targets from the issue (the original relsync took 1.56 s and 1.32 s for these here).
+NOOP_TARGET_S = 0.25
+ONE_BEAM_TARGET_S = 0.4
+
+
+def _make_release(root: Path) -> Path:
+    shutil.copytree(OTP_LIB, root / "lib", symlinks=False)
+    (root / "lib" / "bench-1.0" / "ebin").mkdir(parents=True)
+    rel = root / "releases" / "1.0"
+    rel.mkdir(parents=True)
+    (rel / "bench.rel").write_text('{release, {"bench", "1.0"}, {erts, "0"}, []}.\n')
+    (root / "releases" / "start_erl.data").write_text("0 1.0\n")
+    return root
+
+
+def _compile_probe(root: Path, version: int, workdir: Path) -> None:
+    src = workdir / "relsync_bench_probe.erl"
+    src.write_text(f"-module(relsync_bench_probe).\n-export([v/0]).\nv() -> {version}.\n")
+    ebin = root / "lib" / "bench-1.0" / "ebin"
+    subprocess.run(["erlc", "-o", str(ebin), str(src)], check=True)
+
+
+def _relsync(node: ErlNode, epmd: int, local: Path, dest: Path) -> tuple[float, dict[str, object]]:
+    argv = [
+        sys.executable, "-m", "relsync.cli", "-d", node.node, "--epmd-port", str(epmd),
+        "-p", str(dest), "-l", str(local), "-E", "false", "--json",
+    ]  # fmt: skip
+    env = dict(os.environ, RELSYNC_COOKIE=node.cookie)
+    started = time.perf_counter()
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    if done.returncode not in (0, 6):
+        raise RuntimeError(f"relsync failed ({done.returncode}): {done.stderr.strip()}")
+    report: dict[str, object] = json.loads(done.stdout)
+    return wall, report
+
+
+def run() -> list[Row]:
+    """Measure and return the table rows."""
+    with tempfile.TemporaryDirectory(prefix="relsync-bench-sync-") as tmp:
+        work = Path(tmp)
+        local = _make_release(work / "rel")
+        _compile_probe(local, 1, work)
+        dest = work / "dest"
+        dest.mkdir()
+        nbytes = sum(p.stat().st_size for p in local.rglob("*") if p.is_file())
+        nfiles = sum(1 for p in local.rglob("*") if p.is_file())
+        with (
+            Epmd.start() as epmd,
+            ErlNode.start(epmd_port=epmd.port, name=unique_name("bench"), workdir=work / "n")
+            as node,
+        ):  # fmt: skip
+            node.wait_ready()
+            full_wall, full = _relsync(node, epmd.port, local, dest)
+            noop = [_relsync(node, epmd.port, local, dest)[0] for _ in range(ROUNDS)]
+            one: list[float] = []
+            for version in range(2, 2 + ROUNDS):
+                _compile_probe(local, version, work)
+                wall, report = _relsync(node, epmd.port, local, dest)
+                if report["reload"] != ["relsync_bench_probe"]:
+                    raise RuntimeError(f"expected one reload, got {report['reload']}")
+                one.append(wall)
+    noop_s, one_s = statistics.median(noop), statistics.median(one)
+    sent = full["bytes_sent"]
+    assert isinstance(sent, int)
+    loaded = sum(1 for m in full["modules"] if m["status"] == "loaded")  # type: ignore[attr-defined]
+    release = f"{nfiles} files, {nbytes / 1e6:.0f} MB"
+    return [
+        Row("sync", f"first full sync ({release})", f"{full_wall:.2f} s",
+            f"{sent / full_wall / 1e6:.0f} MB/s incl. loading {loaded} modules"),
+        Row("sync", f"no-op resync, CLI start to exit (median of {ROUNDS})", f"{noop_s:.3f} s",
+            "original relsync 1.56 s", f"<= {NOOP_TARGET_S} s", noop_s <= NOOP_TARGET_S),
+        Row("sync", f"one changed beam, CLI start to reloaded (median of {ROUNDS})",
+            f"{one_s:.3f} s", "original relsync 1.32 s", f"<= {ONE_BEAM_TARGET_S} s",
+            one_s <= ONE_BEAM_TARGET_S),
+    ]  # fmt: skip
