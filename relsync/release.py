@@ -77,7 +77,7 @@ class LocalFile:
     """One file of the local release that takes part in the sync."""
 
     rel: str
-    path: Path
+    path: str
     size: int
     mode: int
     sha256: bytes
@@ -168,22 +168,22 @@ def is_shared_lib(rel: str) -> bool:
     return name.endswith(".so") or ".so." in name
 
 
-def sha256_file(path: Path) -> bytes:
+def sha256_file(path: str | Path) -> bytes:
     """SHA-256 of a file's content, read in 1 MiB blocks."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open(path, "rb") as handle:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.digest()
 
 
-def _walk(root: Path, rel: str) -> Iterator[tuple[str, Path]]:
-    """Yield (relative path, path) of every file below ``root/rel``, following symlinks."""
-    base = root / rel
-    for dirpath, _dirnames, filenames in os.walk(base, followlinks=True):
+def _walk(root: str, top: str) -> Iterator[tuple[str, str]]:
+    """Yield (relative path, path) of every file below ``root/top``, following symlinks."""
+    cut = len(root) + 1
+    for dirpath, _dirnames, filenames in os.walk(os.path.join(root, top), followlinks=True):
         for name in filenames:
-            path = Path(dirpath, name)
-            yield path.relative_to(root).as_posix(), path
+            path = os.path.join(dirpath, name)
+            yield path[cut:], path
 
 
 def classify(rel: str, mode: int) -> FileKind:
@@ -220,7 +220,7 @@ class HashCache:
         if isinstance(loaded, dict):
             self._entries = loaded
 
-    def sha256(self, rel: str, path: Path, st: os.stat_result) -> bytes:
+    def sha256(self, rel: str, path: str, st: os.stat_result) -> bytes:
         """The file's hash, from the cache when its size, mtime and inode match."""
         key = [st.st_size, st.st_mtime_ns, st.st_ino]
         hit = self._entries.get(rel)
@@ -275,7 +275,7 @@ def scan_release(
     for top in SYNCED_TOP_DIRS:
         if not (root / top).is_dir():
             continue
-        for rel, path in _walk(root, top):
+        for rel, path in _walk(str(root), top):
             if rel.startswith(release.exclude_prefixes):
                 continue
             if is_shared_lib(rel):
@@ -283,7 +283,7 @@ def scan_release(
                     Skipped(rel, "shared library: a loaded .so cannot be replaced safely")
                 )
                 continue
-            st = path.stat()
+            st = os.stat(path)
             if not stat.S_ISREG(st.st_mode):
                 continue
             mode = stat.S_IMODE(st.st_mode)

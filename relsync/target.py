@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 
@@ -43,7 +42,7 @@ class FilePut:
     """A local file to be written at ``path`` on the target (atomically, with ``mode``)."""
 
     path: str
-    local: Path
+    local: str
     size: int
     mode: int
     sha256: bytes

@@ -68,7 +68,7 @@ manifest(Root, Opts) when is_binary(Root), is_map(Opts) ->
     ensure_cache(),
     case file:read_file_info(Root, [raw]) of
         {ok, #file_info{type = directory}} ->
-            try walk(Root, <<>>, Excl, []) of
+            try walk(strip_slash(Root), <<>>, Excl, []) of
                 Acc -> {ok, lists:keysort(1, Acc)}
             catch throw:{walk_error, Path, Reason} -> {error, {Path, Reason}}
             end;
@@ -79,8 +79,11 @@ manifest(Root, Opts) when is_binary(Root), is_map(Opts) ->
 manifest(Root, _Opts) ->
     {error, {Root, badarg}}.
 
+%% Hot path (thousands of files on every sync): raw prim_file calls, no file
+%% server round trips, binary paths, and only the exclusion prefixes that can
+%% still match below the current directory.
 walk(Dir, RelDir, Excl, Acc0) ->
-    Names = case file:list_dir_all(Dir) of
+    Names = case prim_file:list_dir(Dir) of
                 {ok, Ns} -> Ns;
                 {error, enoent} -> [];            % vanished while walking
                 {error, R} -> throw({walk_error, Dir, R})
@@ -91,15 +94,16 @@ walk(Dir, RelDir, Excl, Acc0) ->
                                   <<>> -> Name;
                                   _ -> <<RelDir/binary, "/", Name/binary>>
                               end,
-                        walk_entry(filename:join(Dir, Name), Rel, Name, Excl, Acc)
+                        walk_entry(child(Dir, Name), Rel, Name, Excl, Acc)
                 end, Acc0, Names).
 
 walk_entry(Abs, Rel, Name, Excl, Acc) ->
     case file:read_link_info(Abs, [raw, {time, posix}]) of
         {ok, #file_info{type = directory}} ->
-            case excluded(Rel, Excl) orelse excluded(<<Rel/binary, "/">>, Excl) of
+            Sub = <<Rel/binary, "/">>,
+            case excluded(Rel, Excl) orelse excluded(Sub, Excl) of
                 true -> Acc;
-                false -> walk(Abs, Rel, Excl, Acc)
+                false -> walk(Abs, Rel, below(Sub, Excl), Acc)
             end;
         {ok, #file_info{type = Type} = FI} when Type =:= regular; Type =:= symlink ->
             case excluded(Rel, Excl) orelse is_tmp_name(Name) of
@@ -110,6 +114,14 @@ walk_entry(Abs, Rel, Name, Excl, Acc) ->
         {error, enoent} -> Acc;                   % vanished while walking
         {error, R} -> throw({walk_error, Abs, R})
     end.
+
+child(<<"/">>, Name) -> <<"/", Name/binary>>;
+child(Dir, Name) -> <<Dir/binary, "/", Name/binary>>.
+
+%% The prefixes that can still match an entry below directory Sub ("a/b/").
+below(_Sub, []) -> [];
+below(Sub, Excl) ->
+    [P || P <- Excl, binary:longest_common_prefix([Sub, P]) =:= byte_size(Sub)].
 
 file_entry(Abs, Rel, #file_info{type = symlink}) ->
     case file:read_link_all(Abs) of
@@ -254,7 +266,8 @@ write_at(Tmp, Offset, Data) ->
               fun() -> with_fd(Tmp, [read, write, raw, binary],
                                fun(Fd) -> file:pwrite(Fd, Offset, Data) end) end]).
 
-%% Verify the staged file, fsync it, set its mode, rename it over Path.
+%% Verify the staged file, flush its data (fdatasync: enough for a new file's
+%% content and size to survive a power cut), set its mode, rename it over Path.
 finish(Tmp, Path, Mode, Sha) ->
     do_steps([fun() -> is_regular(Tmp) end,
               fun() -> with_fd(Tmp, [read, raw, binary],
@@ -264,7 +277,7 @@ finish(Tmp, Path, Mode, Sha) ->
 
 verify_and_sync(Fd, Sha) ->
     case hash_fd(Fd, crypto:hash_init(sha256)) of
-        {ok, Sha} -> file:sync(Fd);
+        {ok, Sha} -> file:datasync(Fd);
         {ok, _} -> {error, hash_mismatch};
         Err -> Err
     end.

@@ -199,7 +199,8 @@ class ErlTarget:
             if put.size > CHUNK:
                 await self._put_large(put, progress)
                 continue
-            data = put.local.read_bytes()
+            with open(put.local, "rb") as handle:
+                data = handle.read()
             batch.append((_path(put.path), put.mode, data, put.sha256))
             batch_bytes += len(data)
             if batch_bytes >= CHUNK:
@@ -214,7 +215,7 @@ class ErlTarget:
 
     async def _put_large(self, put: FilePut, progress: Progress) -> None:
         path = _path(put.path)
-        with put.local.open("rb") as handle:
+        with open(put.local, "rb") as handle:
             offset = 0
             while chunk := handle.read(CHUNK):
                 result = await self._call("put_chunk", [path, offset, chunk], FILE_TIMEOUT)

@@ -21,7 +21,7 @@ def local(files: dict[str, str], mode: int = 0o644) -> LocalRelease:
     for path, content in files.items():
         m = 0o755 if "/priv/" in path else mode
         rel.files[path] = LocalFile(
-            path, Path("/tmp/rel", path), len(content), m, sha(content), classify(path, m)
+            path, f"/tmp/rel/{path}", len(content), m, sha(content), classify(path, m)
         )
     return rel
 
