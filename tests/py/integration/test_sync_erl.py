@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -293,5 +294,43 @@ def test_bad_input_against_a_real_board(demo_release: Path, tmp_path: Path) -> N
         assert unknown.code == 3 and board.node.split("@")[0] in unknown.err  # names known nodes
         fine = await relsync(board, v2.root, "-q", str(board.rw_path))
         assert fine.code == 0, fine.err  # the board itself is fine afterwards
+
+    with_board(demo_release, tmp_path / "board", body)
+
+
+def test_new_app_gets_its_ebin_on_the_code_path(demo_release: Path, tmp_path: Path) -> None:
+    v2 = Variant(demo_release, tmp_path / "v2")
+    ebin = v2.root / "lib" / "extra-1.0" / "ebin"
+    ebin.mkdir(parents=True)
+    (ebin / "extra.app").write_text('{application, extra, [{vsn, "1.0"}, {modules, [extra]}]}.\n')
+    src = tmp_path / "extra.erl"
+    src.write_text("-module(extra).\n-export([hello/0]).\nhello() -> from_extra.\n")
+    subprocess.run(["erlc", "-o", str(ebin), str(src)], check=True)
+
+    async def body(board: LocalBoard) -> None:
+        run = await relsync(board, v2.root, "-q", str(board.rw_path), "--json")
+        assert run.code == 0, run.err
+        assert await call(board, "extra", "hello") == "from_extra"
+        path = await call(board, "code", "get_path")
+        assert isinstance(path, list)
+        assert str(board.rw_path / "lib/extra-1.0/ebin") in path
+        assert await call(board, "code", "lib_dir", [Atom("extra")]) == str(
+            board.rw_path / "lib/extra-1.0"
+        )
+
+    with_board(demo_release, tmp_path / "board", body)
+
+
+def test_hook_timeout(demo_release: Path, tmp_path: Path) -> None:
+    v2 = Variant(demo_release, tmp_path / "v2").counter_version(2)
+
+    async def body(board: LocalBoard) -> None:
+        hooks = _hooks(tmp_path, board.rw_path, presync_body="timer:sleep(60000)")
+        run = await relsync(
+            board, v2.root, "-q", str(board.rw_path), "-H", str(hooks), "--hook-timeout", "1"
+        )
+        assert run.code == 4 and "timeout" in run.err and run.err.count("\n") == 1
+        assert tree(board.rw_path) == {}
+        assert await call(board, "demo_counter", "version") == 1
 
     with_board(demo_release, tmp_path / "board", body)
