@@ -17,7 +17,7 @@
 %% cached, so a same-size rewrite within the same second is never missed.
 -module(relsync_target).
 
--export([info/0, manifest/2, put_files/1, put_chunk/3, commit/3,
+-export([info/0, list_dir/1, manifest/2, put_files/1, put_chunk/3, commit/3,
          delete_files/1, delete_dirs/1, make_symlinks/1, update_code_path/1,
          load_modules/2, delete_modules/2, loaded_shas/0, run_hook/3]).
 
@@ -58,6 +58,17 @@ ensure_crypto() ->
                 {error, _} -> false
             end
     end.
+
+%% Names in a directory ([] when it does not exist), sorted.
+-spec list_dir(binary()) -> {ok, [binary()]} | {error, posix()}.
+list_dir(Dir) when is_binary(Dir) ->
+    case prim_file:list_dir(Dir) of
+        {ok, Names} -> {ok, lists:sort([name_bin(N) || N <- Names])};
+        {error, enoent} -> {ok, []};
+        {error, _} = E -> E
+    end;
+list_dir(_) ->
+    {error, badarg}.
 
 %%% -------------------------------------------------------------- manifest
 

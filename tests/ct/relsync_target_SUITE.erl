@@ -9,7 +9,7 @@
 
 -export([all/0, init_per_suite/1, end_per_suite/1,
          init_per_testcase/2, end_per_testcase/2]).
--export([info/1,
+-export([info/1, list_dir/1,
          manifest_entries/1, manifest_excludes/1, manifest_missing_root/1,
          manifest_large_file/1, manifest_cache_hit/1, manifest_cache_racy/1,
          cache_owner/1,
@@ -26,7 +26,7 @@
 -define(T, relsync_target).
 
 all() ->
-    [info,
+    [info, list_dir,
      manifest_entries, manifest_excludes, manifest_missing_root,
      manifest_large_file, manifest_cache_hit, manifest_cache_racy,
      cache_owner,
@@ -67,6 +67,14 @@ info(_Config) ->
     ?assertEqual([list_to_binary(P) || P <- code:get_path()], Path).
 
 %%% -------------------------------------------------------------- manifest
+
+list_dir(Config) ->
+    Dir = ?config(dir, Config),
+    ok = file:make_dir(<<Dir/binary, "/b">>),
+    ok = file:write_file(<<Dir/binary, "/a">>, <<>>),
+    ?assertEqual({ok, [<<"a">>, <<"b">>]}, ?T:list_dir(Dir)),
+    ?assertEqual({ok, []}, ?T:list_dir(<<Dir/binary, "/missing">>)),
+    ?assertEqual({error, enotdir}, ?T:list_dir(<<Dir/binary, "/a">>)).
 
 manifest_entries(Config) ->
     Root = make_tree(Config),
