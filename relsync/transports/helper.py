@@ -1,0 +1,255 @@
+"""What every transport shares: the calls to relsync's target helper and their replies.
+
+A transport subclasses :class:`HelperTarget` and says how a helper function is called
+(``_call``) and how a module binary is loaded (``_load_binary``); it may also carry file bytes
+its own way (``put_files``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from relsync.dist.etf import Atom, Term
+from relsync.dist.pretty import format_term
+from relsync.errors import TargetError
+from relsync.target import (
+    FilePut,
+    HookResult,
+    ModuleResult,
+    Progress,
+    RemoteEntry,
+    RemoteFile,
+    RemoteLink,
+    TargetInfo,
+)
+
+HELPER = "relsync_target"
+#: Files up to this size travel in batches; larger ones in chunks of this size.
+CHUNK = 4 << 20
+#: Generous per-call timeout for file operations (a slow SD card fsyncs slowly).
+FILE_TIMEOUT = 120.0
+CALL_TIMEOUT = 60.0
+
+
+def _text(value: Term) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return str(value)
+
+
+def _path(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _proc(entry: Term) -> str:
+    if isinstance(entry, tuple) and len(entry) == 2:
+        pid, name = entry
+        label = format_term(pid)
+        return label if name == "undefined" else f"{label} {format_term(name)}"
+    return format_term(entry)
+
+
+def _module_result(module: str, result: Term) -> ModuleResult:
+    if isinstance(result, Atom):
+        return ModuleResult(module, str(result))
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], Atom):
+        status, extra = result
+        if isinstance(extra, list):
+            return ModuleResult(module, str(status), tuple(_proc(p) for p in extra))
+        return ModuleResult(module, str(status), detail=_text(extra))
+    return ModuleResult(module, "error", detail=format_term(result))
+
+
+class HelperTarget(ABC):
+    """A :class:`relsync.target.Target` driving ``relsync_target`` on the board."""
+
+    label: str
+
+    @abstractmethod
+    async def _call(self, function: str, args: list[Term], timeout: float = CALL_TIMEOUT) -> Term:
+        """Call ``relsync_target:function(args...)`` on the target."""
+
+    @abstractmethod
+    async def _load_binary(self, module: str, beam: bytes) -> Term:
+        """``code:load_binary/3`` on the target; returns its result."""
+
+    def _check(self, result: Term, what: str) -> None:
+        if result == "ok":
+            return
+        if isinstance(result, tuple) and result and result[0] == "error":
+            where = f" {_text(result[1])}" if len(result) == 3 else ""
+            reason = _text(result[-1])
+            hint = {
+                "enospc": "the target's disk is full; free space on it and sync again",
+                "erofs": "that path is read-only; give a writable --destination-rw-path",
+                "eacces": "permission denied; check the owner of that path on the target",
+                "hash_mismatch": "the data arrived corrupted; sync again",
+            }.get(reason, "check the path on the target")
+            raise TargetError(f"{what} failed on {self.label}:{where}: {reason}; {hint}")
+        raise TargetError(f"{what} failed on {self.label}: unexpected reply {format_term(result)}")
+
+    async def info(self) -> TargetInfo:
+        """See :class:`relsync.target.Target`."""
+        info = await self._call("info", [])
+        if not isinstance(info, dict):
+            raise TargetError(f"{self.label}: unexpected info reply {format_term(info)}")
+        if info.get(Atom("crypto")) != "true":
+            raise TargetError(
+                f"{self.label} has no crypto application, which relsync needs to compare files; "
+                "add crypto to the release (relx: {release, {Name, Vsn}, [crypto, ...]})"
+            )
+        paths = info.get(Atom("code_path"), [])
+        return TargetInfo(
+            otp_release=_text(info.get(Atom("otp_release"), b"?")),
+            node=_text(info.get(Atom("node"), self.label)),
+            code_path=tuple(_text(p) for p in paths) if isinstance(paths, list) else (),
+        )
+
+    async def manifest(self, root: str, exclude: Sequence[str]) -> dict[str, RemoteEntry]:
+        """See :class:`relsync.target.Target`."""
+        opts: dict[Term, Term] = {Atom("exclude"): [_path(p) for p in exclude]}
+        result = await self._call("manifest", [_path(root), opts], timeout=FILE_TIMEOUT)
+        if not (isinstance(result, tuple) and result[0] == "ok" and isinstance(result[1], list)):
+            self._check(result, f"reading {root}")
+            raise AssertionError("unreachable")
+        entries: dict[str, RemoteEntry] = {}
+        for item in result[1]:
+            assert isinstance(item, tuple)
+            rel = _text(item[0])
+            if item[1] == "regular":
+                size, mode, sha = item[2], item[3], item[4]
+                assert isinstance(size, int) and isinstance(mode, int) and isinstance(sha, bytes)
+                entries[rel] = RemoteFile(rel, size, mode, sha)
+            else:
+                entries[rel] = RemoteLink(rel, _text(item[2]))
+        return entries
+
+    async def list_dir(self, path: str) -> list[str]:
+        """See :class:`relsync.target.Target`."""
+        result = await self._call("list_dir", [_path(path)])
+        if isinstance(result, tuple) and result[0] == "ok" and isinstance(result[1], list):
+            return sorted(_text(n) for n in result[1])
+        return []
+
+    async def loaded_modules(self) -> dict[str, bytes]:
+        """See :class:`relsync.target.Target`."""
+        result = await self._call("loaded_shas", [])
+        if not isinstance(result, dict):
+            return {}
+        return {str(m): s for m, s in result.items() if isinstance(s, bytes)}
+
+    async def put_files(self, files: Sequence[FilePut], progress: Progress) -> None:
+        """See :class:`relsync.target.Target`."""
+        batch: list[Term] = []
+        batch_bytes = 0
+        for put in files:
+            if put.size > CHUNK:
+                await self._put_large(put, progress)
+                continue
+            with open(put.local, "rb") as handle:
+                data = handle.read()
+            batch.append((_path(put.path), put.mode, data, put.sha256))
+            batch_bytes += len(data)
+            if batch_bytes >= CHUNK:
+                await self._put_batch(batch, batch_bytes, progress)
+                batch, batch_bytes = [], 0
+        if batch:
+            await self._put_batch(batch, batch_bytes, progress)
+
+    async def _put_batch(self, batch: list[Term], nbytes: int, progress: Progress) -> None:
+        self._check(await self._call("put_files", [batch], FILE_TIMEOUT), "writing files")
+        progress(nbytes)
+
+    async def _put_large(self, put: FilePut, progress: Progress) -> None:
+        path = _path(put.path)
+        with open(put.local, "rb") as handle:
+            offset = 0
+            while chunk := handle.read(CHUNK):
+                result = await self._call("put_chunk", [path, offset, chunk], FILE_TIMEOUT)
+                self._check(result, f"writing {put.path}")
+                offset += len(chunk)
+                progress(len(chunk))
+        result = await self._call("commit", [path, put.mode, put.sha256], FILE_TIMEOUT)
+        self._check(result, f"writing {put.path}")
+
+    async def make_symlinks(self, links: Sequence[tuple[str, str]]) -> None:
+        """See :class:`relsync.target.Target`."""
+        args: list[Term] = [(_path(link), _path(dest)) for link, dest in links]
+        self._check(await self._call("make_symlinks", [args], FILE_TIMEOUT), "linking")
+
+    async def delete_files(self, paths: Sequence[str]) -> None:
+        """See :class:`relsync.target.Target`."""
+        args: list[Term] = [_path(p) for p in paths]
+        self._check(await self._call("delete_files", [args], FILE_TIMEOUT), "deleting")
+
+    async def delete_dirs(self, paths: Sequence[str]) -> list[str]:
+        """See :class:`relsync.target.Target`."""
+        stuck: list[str] = []
+        for path in paths:
+            result = await self._call("delete_dirs", [[_path(path)]], FILE_TIMEOUT)
+            if result != "ok":
+                stuck.append(path)
+        return stuck
+
+    async def update_code_path(
+        self, replace: tuple[str, str] | None, add: Sequence[str], remove: Sequence[str]
+    ) -> list[str]:
+        """See :class:`relsync.target.Target`."""
+        spec: dict[Term, Term] = {
+            Atom("replace_prefix"): (
+                (_path(replace[0]), _path(replace[1])) if replace else Atom("none")
+            ),
+            Atom("add"): [_path(p) for p in add],
+            Atom("remove"): [_path(p) for p in remove],
+        }
+        result = await self._call("update_code_path", [spec])
+        if isinstance(result, tuple) and result[0] == "ok" and isinstance(result[1], list):
+            return [_text(p) for p in result[1]]
+        self._check(result, "updating the code path")
+        return []
+
+    async def load_modules(
+        self, modules: Sequence[tuple[str, str, bytes]], brutal: bool
+    ) -> list[ModuleResult]:
+        """See :class:`relsync.target.Target`."""
+        args: list[Term] = [(Atom(m), _path(p), sha) for m, p, sha in modules]
+        purge = Atom("brutal" if brutal else "soft")
+        return self._module_results(await self._call("load_modules", [args, purge], FILE_TIMEOUT))
+
+    async def delete_modules(self, modules: Sequence[str], brutal: bool) -> list[ModuleResult]:
+        """See :class:`relsync.target.Target`."""
+        args: list[Term] = [Atom(m) for m in modules]
+        purge = Atom("brutal" if brutal else "soft")
+        return self._module_results(await self._call("delete_modules", [args, purge]))
+
+    def _module_results(self, result: Term) -> list[ModuleResult]:
+        if not isinstance(result, list):
+            raise TargetError(
+                f"reloading failed on {self.label}: unexpected reply {format_term(result)}"
+            )
+        out: list[ModuleResult] = []
+        for item in result:
+            assert isinstance(item, tuple) and len(item) == 2
+            out.append(_module_result(str(item[0]), item[1]))
+        return out
+
+    async def run_hook(self, module: str, function: str, beam: bytes, timeout: float) -> HookResult:
+        """See :class:`relsync.target.Target`."""
+        loaded = await self._load_binary(module, beam)
+        if not (isinstance(loaded, tuple) and loaded[0] == "module"):
+            return HookResult(
+                "error", "", f"the target refused to load {module}: {format_term(loaded)}"
+            )
+        result = await self._call(
+            "run_hook", [Atom(module), Atom(function), int(timeout * 1000)], timeout + 30.0
+        )
+        if not isinstance(result, tuple) or not result:
+            return HookResult("error", "", f"unexpected reply {format_term(result)}")
+        status, output = str(result[0]), _text(result[-1])
+        if status == "ok":
+            return HookResult("ok", output)
+        if status == "error" and len(result) == 3 and isinstance(result[1], tuple):
+            cls_, reason = result[1][0], result[1][1]
+            return HookResult("error", output, f"{format_term(cls_)}:{format_term(reason)}")
+        return HookResult(status, output, f"after {timeout:g} s" if status == "timeout" else "")
