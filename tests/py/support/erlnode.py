@@ -18,7 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -169,20 +169,30 @@ class ErlNode:
         workdir: str | Path | None = None,
         wait: bool = True,
         ready_timeout: float = 60.0,
+        erl: str | None = None,
+        command_prefix: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> Self:
         """Start ``erl -name name@host`` (or ``-sname name`` if ``short``) and wait until ready.
 
         ``net_ticktime`` None keeps the OTP default (60 s). ``extra_args`` go to ``erl`` as is.
         The node listens on 127.0.0.1 only and never starts an EPMD of its own.
+
+        To run another ``erl`` than the one on PATH (another OTP, e.g. inside a chroot), give
+        ``erl`` (used as is, not looked up) and ``command_prefix`` (e.g. ``["chroot", DIR]``),
+        and override environment entries with ``env`` (e.g. a ``HOME`` that exists in there).
+        The log stays in ``workdir`` on this side either way.
         """
-        erl = shutil.which("erl")
         if erl is None:
-            raise ErlNodeError("erl not found on PATH: install Erlang/OTP")
+            erl = shutil.which("erl")
+            if erl is None:
+                raise ErlNodeError("erl not found on PATH: install Erlang/OTP")
         name = name or unique_name()
         node = f"{name}@{short_hostname()}" if short else f"{name}@{host}"
         wd = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"erl_{name}_"))
         wd.mkdir(parents=True, exist_ok=True)
         args = [
+            *command_prefix,
             erl,
             "-noshell",
             "-noinput",
@@ -196,10 +206,10 @@ class ErlNode:
         for path in code_paths:
             args += ["-pa", str(path)]
         args += [*QUIET_VM_ARGS, *extra_args]
-        env = {**os.environ, "ERL_EPMD_PORT": str(epmd_port), "HOME": str(wd)}
+        full_env = {**os.environ, "ERL_EPMD_PORT": str(epmd_port), "HOME": str(wd), **(env or {})}
         with open(wd / "erl.log", "wb") as log:
             proc = subprocess.Popen(
-                args, cwd=wd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+                args, cwd=wd, env=full_env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
             )
         self = cls(node, cookie, epmd_port, proc, wd)
         if wait:
