@@ -25,6 +25,7 @@ lint: setup
 	$(VENV)/bin/mypy --strict relsync
 
 pytest: erlang examples
+	@scripts/setup.sh test
 	$(PY) -m pytest -rs tests/py
 
 ct: erlang

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Installs what relsync's demo and tests need: Debian packages (when root; otherwise prints the
 # exact command) and the Python dependencies into ./.venv. Safe to run again: it skips what is there.
+#   scripts/setup.sh        what `make demo` needs
+#   scripts/setup.sh test   also what `make test` needs (mmdebstrap builds the OTP 27 test rootfs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 debs=(erlang-nox erlang-dev erlang-src erlang-common-test rebar3 gcc make rsync openssh-client)
+if [ "${1:-}" = test ]; then
+  debs+=(mmdebstrap)
+fi
 missing=()
 for pkg in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
