@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Run the Common Test suite of the target-side helper (relsync_target).
+# Run the Common Test suites of the Erlang code: the target-side helper
+# (relsync_target) and the relsyncd application (ssh mode's daemon).
 #
-# The helper is compiled with the Makefile's flags into a private temporary
-# ebin, so the suite always tests the current source, whether called by
-# `make ct` or directly from a fresh clone. Prints one "CT summary:" line and
-# exits non-zero on any failure, auto-skip (e.g. a crashing init_per_suite),
-# suite compile error or missing result. User skips are allowed.
+# The helper and relsyncd are compiled with the Makefile's flags into a
+# private temporary ebin, so the suites always test the current source,
+# whether called by `make ct` or directly from a fresh clone. relsyncd ships a
+# byte-identical copy of the helper (relsyncd/src/relsync_target.erl); a copy
+# that differs from relsync/erlang/relsync_target.erl fails the run. ct_run
+# gets a per-run node name, so concurrent runs do not collide. Prints one
+# "CT summary:" line and exits non-zero on any failure, auto-skip (e.g. a
+# crashing init_per_suite), suite compile error or missing result. User skips
+# are allowed.
 set -uo pipefail
 
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -27,7 +32,23 @@ if ! erlc +deterministic +debug_info -o "$work/ebin" relsync/erlang/relsync_targ
     exit 2
 fi
 
-ct_run -noshell -dir tests/ct -logdir tests/ct/logs -pa "$work/ebin" </dev/null 2>&1 \
+if ! cmp -s relsync/erlang/relsync_target.erl relsyncd/src/relsync_target.erl; then
+    echo "CT summary: FAILED, relsyncd/src/relsync_target.erl differs from" \
+         "relsync/erlang/relsync_target.erl (refresh it:" \
+         "cp relsync/erlang/relsync_target.erl relsyncd/src/)"
+    exit 1
+fi
+relsyncd_src=()
+for f in relsyncd/src/*.erl; do
+    [ "$f" = relsyncd/src/relsync_target.erl ] || relsyncd_src+=("$f")
+done
+if ! erlc +deterministic +debug_info +warnings_as_errors -o "$work/ebin" "${relsyncd_src[@]}"; then
+    echo "CT summary: not run (relsyncd does not compile)"
+    exit 2
+fi
+cp relsyncd/src/relsyncd.app.src "$work/ebin/relsyncd.app"
+
+ct_run -noshell -sname "relsync_ct_$$" -dir tests/ct -logdir tests/ct/logs -pa "$work/ebin" </dev/null 2>&1 \
     | tee "$work/ct.out"
 rc=${PIPESTATUS[0]}
 

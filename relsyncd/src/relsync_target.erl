@@ -1,0 +1,676 @@
+%% relsync_target: target-side helper pushed by relsync with code:load_binary/3
+%% and driven through rpc. It only offers small, generic primitives; every sync
+%% decision is made on the Python side.
+%%
+%% Needs only kernel, stdlib and crypto. Compiled on OTP 25, must load on 25-27.
+%% Conventions: paths are absolute binaries; expected failures are returned as
+%% error tuples carrying posix atoms, never raised to the rpc caller.
+%%
+%% Hash cache: a named public ETS table (?CACHE) keyed by absolute path, value
+%% {Size, Mtime, Inode, Sha256}. It is owned by a process registered as ?CACHE,
+%% spawned unlinked (so it outlives the rpc worker) with init's group leader.
+%% Once the table exists, the owner hibernates into timer:sleep(infinity), so
+%% its stack and heap hold no reference to this module: reloading and purging
+%% relsync_target (which kills processes running old code) leaves it alone.
+%% Stop it with exit(whereis(relsync_target_cache), kill); the table goes too.
+%% A file whose mtime is within ?RACY_SECS of the clock is hashed but not
+%% cached, so a same-size rewrite within the same second is never missed.
+-module(relsync_target).
+
+-export([info/0, list_dir/1, manifest/2, put_files/1, put_chunk/3, commit/3,
+         delete_files/1, delete_dirs/1, make_symlinks/1, update_code_path/1,
+         load_modules/2, delete_modules/2, loaded_shas/0, run_hook/3]).
+
+-include_lib("kernel/include/file.hrl").
+
+-define(CACHE, relsync_target_cache).
+-define(TMP_PREFIX, ".relsync-tmp.").
+-define(CHUNK, (1024 * 1024)).
+-define(RACY_SECS, 2).
+-define(MAX_OUTPUT, (1024 * 1024)).
+
+-type posix() :: file:posix() | badarg.
+-type entry() :: {binary(), regular, non_neg_integer(), non_neg_integer(), binary()}
+               | {binary(), symlink, binary()}.
+-type procs() :: [{pid(), atom()}].
+-type purge() :: soft | brutal.
+
+%%% ------------------------------------------------------------------ info
+
+-spec info() -> #{otp_release := binary(), node := atom(), root_dir := binary(),
+                  code_path := [binary()], crypto := boolean(), helper_vsn := 1}.
+info() ->
+    #{otp_release => list_to_binary(erlang:system_info(otp_release)),
+      crypto => ensure_crypto(),
+      node => node(),
+      root_dir => name_bin(code:root_dir()),
+      code_path => [name_bin(P) || P <- code:get_path()],
+      helper_vsn => 1}.
+
+%% Hashing needs crypto. Embedded-mode targets (the usual case) load nothing on
+%% demand, so load it explicitly from the code path when it is not loaded yet.
+ensure_crypto() ->
+    case code:is_loaded(crypto) of
+        {file, _} -> true;
+        false ->
+            case code:load_file(crypto) of
+                {module, crypto} -> true;
+                {error, _} -> false
+            end
+    end.
+
+%% Names in a directory ([] when it does not exist), sorted.
+-spec list_dir(binary()) -> {ok, [binary()]} | {error, posix()}.
+list_dir(Dir) when is_binary(Dir) ->
+    case prim_file:list_dir(Dir) of
+        {ok, Names} -> {ok, lists:sort([name_bin(N) || N <- Names])};
+        {error, enoent} -> {ok, []};
+        {error, _} = E -> E
+    end;
+list_dir(_) ->
+    {error, badarg}.
+
+%%% -------------------------------------------------------------- manifest
+
+-spec manifest(binary(), #{exclude => [binary()]}) ->
+          {ok, [entry()]} | {error, {binary(), posix()}}.
+manifest(Root, Opts) when is_binary(Root), is_map(Opts) ->
+    Excl = maps:get(exclude, Opts, []),
+    ensure_cache(),
+    case file:read_file_info(Root, [raw]) of
+        {ok, #file_info{type = directory}} ->
+            try walk(strip_slash(Root), <<>>, Excl, []) of
+                Acc -> {ok, lists:keysort(1, Acc)}
+            catch throw:{walk_error, Path, Reason} -> {error, {Path, Reason}}
+            end;
+        {ok, _} -> {error, {Root, enotdir}};
+        {error, enoent} -> {ok, []};
+        {error, Reason} -> {error, {Root, Reason}}
+    end;
+manifest(Root, _Opts) ->
+    {error, {Root, badarg}}.
+
+%% Hot path (thousands of files on every sync): raw prim_file calls, no file
+%% server round trips, binary paths, and only the exclusion prefixes that can
+%% still match below the current directory.
+walk(Dir, RelDir, Excl, Acc0) ->
+    Names = case prim_file:list_dir(Dir) of
+                {ok, Ns} -> Ns;
+                {error, enoent} -> [];            % vanished while walking
+                {error, R} -> throw({walk_error, Dir, R})
+            end,
+    lists:foldl(fun(N, Acc) ->
+                        Name = name_bin(N),
+                        Rel = case RelDir of
+                                  <<>> -> Name;
+                                  _ -> <<RelDir/binary, "/", Name/binary>>
+                              end,
+                        walk_entry(child(Dir, Name), Rel, Name, Excl, Acc)
+                end, Acc0, Names).
+
+walk_entry(Abs, Rel, Name, Excl, Acc) ->
+    case file:read_link_info(Abs, [raw, {time, posix}]) of
+        {ok, #file_info{type = directory}} ->
+            Sub = <<Rel/binary, "/">>,
+            case excluded(Rel, Excl) orelse excluded(Sub, Excl) of
+                true -> Acc;
+                false -> walk(Abs, Rel, below(Sub, Excl), Acc)
+            end;
+        {ok, #file_info{type = Type} = FI} when Type =:= regular; Type =:= symlink ->
+            case excluded(Rel, Excl) orelse is_tmp_name(Name) of
+                true -> Acc;
+                false -> [file_entry(Abs, Rel, FI) | Acc]
+            end;
+        {ok, _} -> Acc;                           % devices, fifos, sockets
+        {error, enoent} -> Acc;                   % vanished while walking
+        {error, R} -> throw({walk_error, Abs, R})
+    end.
+
+child(<<"/">>, Name) -> <<"/", Name/binary>>;
+child(Dir, Name) -> <<Dir/binary, "/", Name/binary>>.
+
+%% The prefixes that can still match an entry below directory Sub ("a/b/").
+below(_Sub, []) -> [];
+below(Sub, Excl) ->
+    [P || P <- Excl, binary:longest_common_prefix([Sub, P]) =:= byte_size(Sub)].
+
+file_entry(Abs, Rel, #file_info{type = symlink}) ->
+    case file:read_link_all(Abs) of
+        {ok, Target} -> {Rel, symlink, name_bin(Target)};
+        {error, R} -> throw({walk_error, Abs, R})
+    end;
+file_entry(Abs, Rel, #file_info{size = Size, mode = Mode} = FI) ->
+    {Rel, regular, Size, Mode band 8#7777, cached_hash(Abs, FI)}.
+
+excluded(Rel, Prefixes) ->
+    lists:any(fun(P) -> binary:longest_common_prefix([Rel, P]) =:= byte_size(P) end,
+              Prefixes).
+
+is_tmp_name(Name) ->
+    binary:longest_common_prefix([Name, <<?TMP_PREFIX>>]) =:= byte_size(<<?TMP_PREFIX>>).
+
+cached_hash(Abs, #file_info{size = Size, mtime = Mtime, inode = Ino}) ->
+    case cache_lookup(Abs) of
+        [{_, {Size, Mtime, Ino, Hash}}] -> Hash;
+        _ ->
+            Hash = case hash_file(Abs) of
+                       {ok, H} -> H;
+                       {error, R} -> throw({walk_error, Abs, R})
+                   end,
+            %% Cache only if the file did not change while we read it.
+            case file:read_link_info(Abs, [raw, {time, posix}]) of
+                {ok, #file_info{size = Size, mtime = Mtime, inode = Ino}} ->
+                    cache_insert(Abs, Size, Mtime, Ino, Hash);
+                _ -> ok
+            end,
+            Hash
+    end.
+
+cache_lookup(Abs) ->
+    try ets:lookup(?CACHE, Abs) catch error:badarg -> [] end.  % owner was killed
+
+cache_insert(Abs, Size, Mtime, Ino, Hash) ->
+    case abs(erlang:system_time(second) - Mtime) =< ?RACY_SECS of
+        true -> ok;
+        false -> catch ets:insert(?CACHE, {Abs, {Size, Mtime, Ino, Hash}}), ok
+    end.
+
+%% After writing a file ourselves we know its hash (just verified, fresh
+%% inode): seed the cache, skipping the racy-mtime rule, so that the next
+%% manifest does not re-read what was just pushed.
+cache_known(Path0, Hash) ->
+    Path = filename:join([Path0]),              % same spelling as manifest's keys
+    case ets:whereis(?CACHE) =/= undefined andalso
+        file:read_link_info(Path, [raw, {time, posix}]) of
+        {ok, #file_info{type = regular, size = S, mtime = M, inode = I}} ->
+            catch ets:insert(?CACHE, {Path, {S, M, I, Hash}}), ok;
+        _ -> ok
+    end.
+
+ensure_cache() ->
+    case ets:whereis(?CACHE) of
+        undefined -> start_cache();
+        _ -> ok
+    end.
+
+%% Race-safe: creating the named table is the lock. A loser finds the table
+%% already there, which is all its caller needs.
+start_cache() ->
+    Ref = make_ref(),
+    Caller = self(),
+    {Pid, MRef} = spawn_monitor(fun() -> cache_owner(Caller, Ref) end),
+    receive
+        {Ref, Pid} -> erlang:demonitor(MRef, [flush]), ok;
+        {'DOWN', MRef, process, Pid, _} -> ok
+    end.
+
+cache_owner(Caller, Ref) ->
+    case whereis(init) of
+        undefined -> ok;
+        Init -> group_leader(Init, self())
+    end,
+    try ets:new(?CACHE, [named_table, public, set, {read_concurrency, true},
+                         {write_concurrency, true}]) of
+        _ ->
+            catch register(?CACHE, self()),
+            Caller ! {Ref, self()},
+            erlang:hibernate(timer, sleep, [infinity])
+    catch error:badarg ->
+            Caller ! {Ref, self()}              % someone else won the race
+    end.
+
+%%% ------------------------------------------------------------- put_files
+
+-spec put_files([{binary(), integer(), binary(), binary()}]) ->
+          ok | {error, binary(), posix() | hash_mismatch}.
+put_files([]) -> ok;
+put_files([{Path, Mode, Data, Sha} | Rest]) when is_binary(Path), is_integer(Mode),
+                                                 is_binary(Data), is_binary(Sha) ->
+    Tmp = tmp_path(Path),
+    Result = do_steps([fun() -> mkdir_p(filename:dirname(Path)) end,
+                       fun() -> write_new(Tmp, 0, Data) end,
+                       fun() -> finish(Tmp, Path, Mode, Sha) end]),
+    case Result of
+        ok -> cache_known(Path, Sha), put_files(Rest);
+        {error, Reason} -> _ = file:delete(Tmp), {error, Path, Reason}
+    end;
+put_files([Bad | _]) -> {error, Bad, badarg}.
+
+-spec put_chunk(binary(), non_neg_integer(), binary()) -> ok | {error, posix()}.
+put_chunk(Path, Offset, Data) when is_binary(Path), is_integer(Offset), Offset >= 0,
+                                   is_binary(Data) ->
+    Tmp = tmp_path(Path),
+    case Offset of
+        0 -> do_steps([fun() -> mkdir_p(filename:dirname(Path)) end,
+                       fun() -> write_new(Tmp, 0, Data) end]);
+        _ -> write_at(Tmp, Offset, Data)
+    end;
+put_chunk(_, _, _) -> {error, badarg}.
+
+-spec commit(binary(), integer(), binary()) -> ok | {error, posix() | hash_mismatch}.
+commit(Path, Mode, Sha) when is_binary(Path), is_integer(Mode), is_binary(Sha) ->
+    Tmp = tmp_path(Path),
+    case finish(Tmp, Path, Mode, Sha) of
+        ok -> cache_known(Path, Sha), ok;
+        {error, enoent} = E -> E;               % nothing staged
+        {error, _} = E -> _ = file:delete(Tmp), E
+    end;
+commit(_, _, _) -> {error, badarg}.
+
+tmp_path(Path) ->
+    filename:join(filename:dirname(Path), <<?TMP_PREFIX, (filename:basename(Path))/binary>>).
+
+%% Always a fresh inode: a leftover tmp (maybe a symlink) is removed first and
+%% the file is opened exclusive, so we never write through anything.
+write_new(Tmp, Offset, Data) ->
+    case file:delete(Tmp) of
+        R when R =:= ok; R =:= {error, enoent} ->
+            with_fd(Tmp, [write, raw, binary, exclusive],
+                    fun(Fd) -> file:pwrite(Fd, Offset, Data) end);
+        Err -> Err
+    end.
+
+%% Opening with `write` would create a missing file: a lost first chunk must
+%% show up as enoent instead.
+write_at(Tmp, Offset, Data) ->
+    do_steps([fun() -> is_regular(Tmp) end,
+              fun() -> with_fd(Tmp, [read, write, raw, binary],
+                               fun(Fd) -> file:pwrite(Fd, Offset, Data) end) end]).
+
+%% Verify the staged file, flush its data (fdatasync: enough for a new file's
+%% content and size to survive a power cut), set its mode, rename it over Path.
+finish(Tmp, Path, Mode, Sha) ->
+    do_steps([fun() -> is_regular(Tmp) end,
+              fun() -> with_fd(Tmp, [read, raw, binary],
+                               fun(Fd) -> verify_and_sync(Fd, Sha) end) end,
+              fun() -> file:write_file_info(Tmp, #file_info{mode = Mode band 8#7777}, [raw]) end,
+              fun() -> file:rename(Tmp, Path) end]).
+
+verify_and_sync(Fd, Sha) ->
+    case hash_fd(Fd, crypto:hash_init(sha256)) of
+        {ok, Sha} -> file:datasync(Fd);
+        {ok, _} -> {error, hash_mismatch};
+        Err -> Err
+    end.
+
+hash_file(Path) ->
+    with_fd(Path, [read, raw, binary], fun(Fd) -> hash_fd(Fd, crypto:hash_init(sha256)) end).
+
+hash_fd(Fd, Ctx) ->
+    case file:read(Fd, ?CHUNK) of
+        {ok, Bin} -> hash_fd(Fd, crypto:hash_update(Ctx, Bin));
+        eof -> {ok, crypto:hash_final(Ctx)};
+        {error, _} = E -> E
+    end.
+
+with_fd(Path, Modes, Fun) ->
+    case file:open(Path, Modes) of
+        {ok, Fd} ->
+            try Fun(Fd) of
+                ok -> file:close(Fd);           % close errors count (e.g. NFS)
+                Other -> _ = file:close(Fd), Other
+            catch C:R:St -> _ = file:close(Fd), erlang:raise(C, R, St)
+            end;
+        Err -> Err
+    end.
+
+%% The staged file must be our own regular file, never followed through a link.
+is_regular(Tmp) ->
+    case file:read_link_info(Tmp, [raw]) of
+        {ok, #file_info{type = regular}} -> ok;
+        {ok, _} -> {error, einval};
+        Err -> Err
+    end.
+
+%% Create Dir and its parents; an existing non-directory is enotdir.
+mkdir_p(Dir) ->
+    case file:read_file_info(Dir, [raw]) of
+        {ok, #file_info{type = directory}} -> ok;
+        {ok, _} -> {error, enotdir};
+        {error, enoent} ->
+            Parent = filename:dirname(Dir),
+            case Parent =:= Dir orelse mkdir_p(Parent) of
+                true -> {error, enoent};
+                ok -> case file:make_dir(Dir) of
+                          {error, eexist} -> mkdir_p(Dir); % lost a race, recheck
+                          R -> R
+                      end;
+                Err -> Err
+            end;
+        Err -> Err
+    end.
+
+do_steps([]) -> ok;
+do_steps([F | Fs]) ->
+    case F() of
+        ok -> do_steps(Fs);
+        {ok, _} -> do_steps(Fs);
+        {error, _} = E -> E
+    end.
+
+%%% ------------------------------------------------ deleting and symlinks
+
+-spec delete_files([binary()]) -> ok | {error, binary(), posix()}.
+delete_files([]) -> ok;
+delete_files([Path | Rest]) ->
+    case file:delete(Path) of
+        R when R =:= ok; R =:= {error, enoent} -> delete_files(Rest);
+        {error, Reason} -> {error, Path, Reason}
+    end.
+
+%% Deepest first, so a directory and its (empty) subdirectories can be given
+%% in any order. A non-empty directory is reported as enotempty.
+-spec delete_dirs([binary()]) -> ok | {error, binary(), posix()}.
+delete_dirs(Paths) ->
+    Sorted = lists:reverse(lists:sort([{length(filename:split(P)), P} || P <- Paths])),
+    del_dirs([P || {_, P} <- Sorted]).
+
+del_dirs([]) -> ok;
+del_dirs([Dir | Rest]) ->
+    case file:del_dir(Dir) of
+        R when R =:= ok; R =:= {error, enoent} -> del_dirs(Rest);
+        {error, eexist} -> {error, Dir, enotempty};
+        {error, Reason} -> {error, Dir, Reason}
+    end.
+
+-spec make_symlinks([{binary(), binary()}]) -> ok | {error, binary(), posix()}.
+make_symlinks([]) -> ok;
+make_symlinks([{Link, Target} | Rest]) ->
+    Tmp = tmp_path(Link),
+    Steps = [fun() -> mkdir_p(filename:dirname(Link)) end,
+             fun() -> case file:delete(Tmp) of {error, enoent} -> ok; R -> R end end,
+             fun() -> file:make_symlink(Target, Tmp) end,
+             fun() -> file:rename(Tmp, Link) end],
+    case do_steps(Steps) of
+        ok -> make_symlinks(Rest);
+        {error, Reason} -> _ = file:delete(Tmp), {error, Link, Reason}
+    end.
+
+%%% ------------------------------------------------------------- code path
+
+%% The new path is installed with one code:set_path/1 call, which validates
+%% every entry; non-directories are reported as {error, {bad_directory, Dirs}}.
+-spec update_code_path(#{replace_prefix => {binary(), binary()} | none,
+                         add => [binary()], remove => [binary()]}) ->
+          {ok, [binary()]} | {error, {bad_directory, [binary()]}}.
+update_code_path(Opts) when is_map(Opts) ->
+    Old = [name_bin(P) || P <- code:get_path()],
+    Replaced = case maps:get(replace_prefix, Opts, none) of
+                   none -> Old;
+                   {From, To} -> [rewrite(P, strip_slash(From), strip_slash(To)) || P <- Old]
+               end,
+    Remove = maps:get(remove, Opts, []),
+    Kept = [P || P <- Replaced, not lists:member(P, Remove)],
+    New = dedup(Kept ++ maps:get(add, Opts, [])),
+    case New =:= Old of
+        true -> {ok, Old};
+        false ->
+            case code:set_path([to_list(P) || P <- New]) of
+                true -> {ok, [name_bin(P) || P <- code:get_path()]};
+                _BadDirectory ->
+                    {error, {bad_directory, [P || P <- New, not filelib:is_dir(P)]}}
+            end
+    end.
+
+rewrite(From, From, To) -> To;
+rewrite(P, From, To) ->
+    N = byte_size(From),
+    case P of
+        <<From:N/binary, "/", Rest/binary>> -> <<To/binary, "/", Rest/binary>>;
+        _ -> P
+    end.
+
+strip_slash(<<"/">>) -> <<"/">>;
+strip_slash(P) ->
+    case binary:last(P) of
+        $/ -> strip_slash(binary:part(P, 0, byte_size(P) - 1));
+        _ -> P
+    end.
+
+dedup(L) -> dedup(L, #{}).
+dedup([], _) -> [];
+dedup([X | T], Seen) when is_map_key(X, Seen) -> dedup(T, Seen);
+dedup([X | T], Seen) -> [X | dedup(T, Seen#{X => true})].
+
+%%% ---------------------------------------------------------- code loading
+
+%% With {Module, BeamPath, Sha256} the file must have that hash, and the hash is
+%% recorded (in the cache table, as {{loaded, Module}, Sha256}) once it is loaded:
+%% loaded_shas/0 then tells the next sync what this VM really runs, even if an
+%% earlier sync died between writing files and reloading them. The record lives
+%% in memory only, so a reboot forgets it along with the code it describes.
+-spec load_modules([{module(), binary()} | {module(), binary(), binary()}], purge()) ->
+          [{module(), {loaded, procs()} | {not_purged, procs()} | sticky | {error, term()}}].
+load_modules(Mods, Purge) ->
+    ensure_cache(),
+    [{element(1, Mod), load_entry(Mod, Purge)} || Mod <- Mods].
+
+load_entry({M, Path}, Purge) -> load_module(M, Path, any, Purge);
+load_entry({M, Path, Sha}, Purge) -> load_module(M, Path, Sha, Purge).
+
+load_module(M, Path, Sha, Purge) ->
+    case code:is_sticky(M) of
+        true -> sticky;
+        false ->
+            case read_beam(Path, Sha) of
+                {ok, Bin} ->
+                    case purge_old(M, Purge) of
+                        ok -> record_loaded(M, Sha, load_binary(M, Path, Bin));
+                        NotPurged -> NotPurged
+                    end;
+                {error, _} = E -> E
+            end
+    end.
+
+read_beam(Path, Sha) ->
+    case file:read_file(Path) of
+        {ok, Bin} when Sha =:= any -> {ok, Bin};
+        {ok, Bin} ->
+            case crypto:hash(sha256, Bin) of
+                Sha -> {ok, Bin};
+                _ -> {error, hash_mismatch}
+            end;
+        {error, _} = E -> E
+    end.
+
+record_loaded(M, Sha, {loaded, _} = Result) when is_binary(Sha) ->
+    catch ets:insert(?CACHE, {{loaded, M}, Sha}),
+    Result;
+record_loaded(_M, _Sha, Result) ->
+    Result.
+
+%% Modules relsync loaded into this VM (and still loaded) -> SHA-256 of their beam.
+-spec loaded_shas() -> #{module() => binary()}.
+loaded_shas() ->
+    ensure_cache(),
+    Recorded = try ets:match(?CACHE, {{loaded, '$1'}, '$2'}) catch error:badarg -> [] end,
+    maps:from_list([{M, Sha} || [M, Sha] <- Recorded, code:is_loaded(M) =/= false]).
+
+load_binary(M, Path, Bin) ->
+    case code:load_binary(M, to_list(Path), Bin) of
+        {module, M} -> {loaded, lingering(M)};
+        {error, _} = E -> E
+    end.
+
+-spec delete_modules([module()], purge()) ->
+          [{module(), deleted | not_loaded | sticky | {not_purged, procs()}}].
+delete_modules(Mods, Purge) ->
+    [{M, delete_module(M, Purge)} || M <- Mods].
+
+%% A {not_purged, _} from the second purge means the current code is gone but
+%% the listed processes still run the (now old) code.
+delete_module(M, Purge) ->
+    case {code:is_sticky(M), code:is_loaded(M), erlang:check_old_code(M)} of
+        {true, _, _} -> sticky;
+        {_, false, false} -> not_loaded;
+        {_, Loaded, _} ->
+            catch ets:delete(?CACHE, {loaded, M}),
+            case purge_old(M, Purge) of
+                ok when Loaded =:= false -> deleted;
+                ok -> _ = code:delete(M),
+                      case purge_old(M, Purge) of
+                          ok -> deleted;
+                          NotPurged -> NotPurged
+                      end;
+                NotPurged -> NotPurged
+            end
+    end.
+
+purge_old(M, Purge) ->
+    case erlang:check_old_code(M) andalso not code:soft_purge(M) of
+        false -> ok;
+        true when Purge =:= brutal -> _ = code:purge(M), ok;
+        true -> {not_purged, lingering(M)}
+    end.
+
+%% Processes still executing the old code of M (none if it can be purged
+%% softly, in which case we do so right away: nothing needs it any more).
+lingering(M) ->
+    case erlang:check_old_code(M) andalso not code:soft_purge(M) of
+        false -> [];
+        true -> [{P, reg_name(P)} || P <- processes(), P =/= self(), uses_old(P, M)]
+    end.
+
+uses_old(Pid, M) ->
+    try erlang:check_process_code(Pid, M) catch error:_ -> false end.
+
+reg_name(Pid) ->
+    case process_info(Pid, registered_name) of
+        {registered_name, Name} -> Name;
+        _ -> undefined
+    end.
+
+%%% ------------------------------------------------------------------ hooks
+
+-spec run_hook(module(), atom(), non_neg_integer()) ->
+          {ok, term(), binary()} | {error, {atom(), term(), list()}, binary()}
+        | {timeout, binary()} | {not_exported, binary()}.
+run_hook(M, F, Timeout) when is_atom(M), is_atom(F), is_integer(Timeout), Timeout >= 0 ->
+    _ = (catch code:ensure_loaded(M)),
+    case erlang:function_exported(M, F, 0) of
+        false -> {not_exported, <<>>};
+        true -> run_hook_proc(M, F, Timeout)
+    end;
+run_hook(M, F, Timeout) ->
+    {error, {error, badarg, [{?MODULE, run_hook, [M, F, Timeout], []}]}, <<>>}.
+
+run_hook_proc(M, F, Timeout) ->
+    Caller = self(),
+    Ref = make_ref(),
+    Cap = spawn(fun() -> capture_init(Caller) end),
+    {Pid, MRef} = spawn_monitor(
+                    fun() ->
+                            group_leader(Cap, self()),
+                            Res = try {ok, M:F()} catch C:R:St -> {error, {C, R, St}} end,
+                            Caller ! {Ref, Res}
+                    end),
+    Cap ! {watch, Pid},
+    {Result, Down} = receive
+                         {Ref, Res} -> {Res, false};
+                         {'DOWN', MRef, process, Pid, Why} -> {{error, {exit, Why, []}}, true}
+                     after Timeout ->
+                             exit(Pid, kill),
+                             {timeout, false}
+                     end,
+    %% Return only once the hook process is gone (it exits right after
+    %% sending its result, or was killed).
+    Down orelse receive {'DOWN', MRef, process, Pid, _} -> true end,
+    Final = receive {Ref, Late} -> Late after 0 -> Result end, % finished just in time
+    Output = capture_stop(Cap),
+    case Final of
+        {ok, Value} -> {ok, Value, Output};
+        {error, Err} -> {error, Err, Output};
+        timeout -> {timeout, Output}
+    end.
+
+%% The capturing group leader. It watches the caller so that a killed rpc
+%% worker takes the hook process and the capturer down with it.
+capture_init(Caller) ->
+    _ = monitor(process, Caller),
+    capture_loop(Caller, undefined, [], 0).
+
+capture_loop(Caller, Hook, Acc, Size) ->
+    receive
+        {io_request, From, ReplyAs, Req} ->
+            {Reply, Acc1, Size1} = try io_request(Req, Acc, Size)
+                                   catch _:_ -> {{error, request}, Acc, Size}
+                                   end,
+            From ! {io_reply, ReplyAs, Reply},
+            capture_loop(Caller, Hook, Acc1, Size1);
+        {watch, Pid} ->
+            capture_loop(Caller, Pid, Acc, Size);
+        {stop, Caller, Ref} ->
+            Caller ! {Ref, iolist_to_binary(lists:reverse(Acc))};
+        {'DOWN', _, process, Caller, _} when is_pid(Hook) ->
+            exit(Hook, kill);
+        {'DOWN', _, process, Caller, _} ->
+            ok;
+        _ ->
+            capture_loop(Caller, Hook, Acc, Size)
+    end.
+
+capture_stop(Cap) ->
+    Ref = monitor(process, Cap),
+    Cap ! {stop, self(), Ref},
+    receive
+        {Ref, Bin} -> receive {'DOWN', Ref, process, Cap, _} -> Bin end; % gone when we return
+        {'DOWN', Ref, process, Cap, _} -> <<>>
+    end.
+
+io_request({put_chars, Enc, Chars}, Acc, Size) ->
+    case unicode:characters_to_binary(Chars, Enc, utf8) of
+        Bin when is_binary(Bin) -> append(Bin, Acc, Size);
+        _ -> {{error, put_chars}, Acc, Size}
+    end;
+io_request({put_chars, Enc, M, F, A}, Acc, Size) ->
+    try apply(M, F, A) of
+        Chars -> io_request({put_chars, Enc, Chars}, Acc, Size)
+    catch _:_ -> {{error, F}, Acc, Size}
+    end;
+io_request({put_chars, Chars}, Acc, Size) ->
+    io_request({put_chars, latin1, Chars}, Acc, Size);
+io_request({put_chars, M, F, A}, Acc, Size) ->
+    io_request({put_chars, latin1, M, F, A}, Acc, Size);
+io_request({requests, Reqs}, Acc, Size) ->
+    lists:foldl(fun(R, {ok, A, S}) -> io_request(R, A, S);
+                   (_, Err) -> Err
+                end, {ok, Acc, Size}, Reqs);
+io_request(getopts, Acc, Size) ->
+    {[{binary, false}, {encoding, unicode}], Acc, Size};
+io_request(Req, Acc, Size) when element(1, Req) =:= get_chars;
+                                element(1, Req) =:= get_line;
+                                element(1, Req) =:= get_until ->
+    {eof, Acc, Size};
+io_request(_, Acc, Size) ->
+    {{error, enotsup}, Acc, Size}.
+
+%% Output is capped so that a runaway hook cannot exhaust the target's memory.
+append(_Bin, Acc, Size) when Size >= ?MAX_OUTPUT -> {ok, Acc, Size};
+append(Bin, Acc, Size) when Size + byte_size(Bin) > ?MAX_OUTPUT ->
+    Head = case unicode:characters_to_binary(binary:part(Bin, 0, ?MAX_OUTPUT - Size)) of
+               {incomplete, Whole, _} -> Whole;   % do not cut a character in two
+               Whole -> Whole
+           end,
+    {ok, [<<"\n[relsync: output truncated]\n">>, Head | Acc], ?MAX_OUTPUT};
+append(Bin, Acc, Size) -> {ok, [Bin | Acc], Size + byte_size(Bin)}.
+
+%%% ------------------------------------------------------------- helpers
+
+%% File names from the file module are lists decoded with the native name
+%% encoding (binaries when undecodable); re-encode them the same way.
+name_bin(B) when is_binary(B) -> B;
+name_bin(L) ->
+    case unicode:characters_to_binary(L, unicode, file:native_name_encoding()) of
+        B when is_binary(B) -> B;
+        _ -> iolist_to_binary(L)
+    end.
+
+to_list(B) when is_binary(B) ->
+    case file:native_name_encoding() of
+        utf8 -> case unicode:characters_to_list(B) of
+                    L when is_list(L) -> L;
+                    _ -> binary_to_list(B)
+                end;
+        latin1 -> binary_to_list(B)
+    end;
+to_list(L) when is_list(L) -> L.

@@ -1,0 +1,145 @@
+%% relsyncd: the target side of relsync's ssh mode.
+%%
+%% The application (relsyncd_app) runs one daemon configured from its
+%% environment. The functions below are the same building blocks for other
+%% uses: start an extra daemon with explicit settings (tests do), or add the
+%% relsync subsystems to an ssh daemon you already run (e.g. nerves_ssh).
+%%
+%% Settings (application env of relsyncd, or a map given to start_daemon/1;
+%% every key is optional):
+%%   enabled                 boolean(), default true (app only)
+%%   ssh_port                0..65535, default 2228 (0: any free port, see port/1)
+%%   ip                      any | loopback | inet:ip_address() | string(), default any
+%%   user                    string(), default "relsync": the only user that may log in
+%%   authorized_keys         path of an OpenSSH authorized_keys file,
+%%                           default "/data/relsyncd/authorized_keys" (read at each login)
+%%   authorized_public_keys  [OpenSSH public key line], default []
+%%   host_key_dir            writable dir for ssh_host_ecdsa_key, default "/data/relsyncd"
+%%   allowed_paths           [dir], default [code:root_dir(), "/data"]: all SFTP and
+%%                           control-channel paths must be inside one of them
+%%   hook_timeout            ms, default 600000: run_hook timeouts are capped to it
+%%   max_frame               bytes, default 67108864: larger control frames close the channel
+%%   max_sessions            default 4: concurrent connections
+%%   retry_interval          ms, default 5000: the app retries a daemon that failed to start
+-module(relsyncd).
+
+-export([config/1, start_daemon/1, stop_daemon/1, port/1, daemon_options/1,
+         subsystems/1, host_key_fingerprint/1]).
+
+-type config() :: #{atom() => term()}.
+-export_type([config/0]).
+
+-define(KEYS, [enabled, ssh_port, ip, user, authorized_keys, authorized_public_keys,
+               host_key_dir, allowed_paths, hook_timeout, max_frame, max_sessions,
+               retry_interval]).
+
+%% Full settings: Overrides, then the relsyncd application env, then defaults.
+-spec config(config() | [{atom(), term()}]) -> config().
+config(Overrides) when is_list(Overrides) -> config(maps:from_list(Overrides));
+config(Overrides) when is_map(Overrides) ->
+    Env = maps:from_list([{K, V} || K <- ?KEYS, {ok, V} <- [application:get_env(relsyncd, K)]]),
+    maps:merge(maps:merge(defaults(), Env), Overrides).
+
+defaults() ->
+    #{enabled => true,
+      ssh_port => 2228,
+      ip => any,
+      user => "relsync",
+      authorized_keys => "/data/relsyncd/authorized_keys",
+      authorized_public_keys => [],
+      host_key_dir => "/data/relsyncd",
+      allowed_paths => [code:root_dir(), "/data"],
+      hook_timeout => 600000,
+      max_frame => 64 * 1024 * 1024,
+      max_sessions => 4,
+      retry_interval => 5000}.
+
+%% Start an ssh daemon serving the "relsync" control subsystem and SFTP.
+-spec start_daemon(config() | [{atom(), term()}]) -> {ok, ssh:daemon_ref()} | {error, term()}.
+start_daemon(Overrides) ->
+    Config = config(Overrides),
+    case application:ensure_all_started(ssh) of
+        {ok, _} ->
+            case daemon_options(Config) of
+                {ok, Opts} ->
+                    ssh:daemon(ip(maps:get(ip, Config)), maps:get(ssh_port, Config), Opts);
+                {error, _} = E -> E
+            end;
+        {error, _} = E -> E
+    end.
+
+-spec stop_daemon(ssh:daemon_ref()) -> ok.
+stop_daemon(Ref) ->
+    ssh:stop_daemon(Ref).
+
+-spec port(ssh:daemon_ref()) -> {ok, inet:port_number()} | {error, term()}.
+port(Ref) ->
+    case ssh:daemon_info(Ref) of
+        {ok, Info} -> {ok, proplists:get_value(port, Info)};
+        {error, _} = E -> E
+    end.
+
+%% The ssh:daemon/3 options for Config (loads or creates the host key).
+-spec daemon_options(config()) -> {ok, [ssh:daemon_option()]} | {error, term()}.
+daemon_options(Config0) ->
+    Config = config(Config0),
+    case relsyncd_keys:load_or_create_host_key(maps:get(host_key_dir, Config)) of
+        {ok, HostKey} ->
+            logger:info("relsyncd: host key ~ts", [relsyncd_keys:fingerprint(HostKey)]),
+            User = to_list(maps:get(user, Config)),
+            InlineKeys = lists:append([relsyncd_keys:decode_keys(K)
+                                       || K <- maps:get(authorized_public_keys, Config)]),
+            KeyCb = {relsyncd_keys, [{host_key, HostKey},
+                                     {user, User},
+                                     {authorized_keys, maps:get(authorized_keys, Config)},
+                                     {authorized_public_keys, InlineKeys}]},
+            {ok, [{key_cb, KeyCb},
+                  {auth_methods, "publickey"},
+                  {user_passwords, []},
+                  %% No CLI at all: shell, exec and pty requests get a
+                  %% channel failure (with only shell/exec disabled, OTP
+                  %% accepts them and answers "Prohibited.").
+                  {ssh_cli, no_cli},
+                  {shell, disabled},
+                  {exec, disabled},
+                  {tcpip_tunnel_in, false},
+                  {tcpip_tunnel_out, false},
+                  {subsystems, subsystems(Config)},
+                  {max_sessions, maps:get(max_sessions, Config)},
+                  {parallel_login, true},
+                  {failfun, fun(U, Peer, Reason) ->
+                                    logger:notice("relsyncd: login of ~p from ~p refused: ~p",
+                                                  [U, Peer, Reason])
+                            end}]};
+        {error, _} = E -> E
+    end.
+
+%% The control subsystem and the confined SFTP server, for ssh:daemon's
+%% `subsystems` option. Authentication is up to the daemon they are added to.
+-spec subsystems(config()) -> [ssh:subsystem_spec()].
+subsystems(Config0) ->
+    Config = config(Config0),
+    Allowed = [relsyncd_paths:to_bin(P) || P <- maps:get(allowed_paths, Config)],
+    [relsyncd_channel:subsystem_spec(#{allowed_paths => Allowed,
+                                       hook_timeout => maps:get(hook_timeout, Config),
+                                       max_frame => maps:get(max_frame, Config)}),
+     relsyncd_sftp:subsystem_spec(#{allowed_paths => Allowed})].
+
+%% "SHA256:..." of the host key in Dir (created if missing).
+-spec host_key_fingerprint(file:name_all()) -> {ok, string()} | {error, term()}.
+host_key_fingerprint(Dir) ->
+    case relsyncd_keys:load_or_create_host_key(Dir) of
+        {ok, Key} -> {ok, relsyncd_keys:fingerprint(Key)};
+        E -> E
+    end.
+
+ip(any) -> any;
+ip(loopback) -> loopback;
+ip(T) when is_tuple(T) -> T;
+ip(S) when is_list(S); is_binary(S) ->
+    {ok, A} = inet:parse_address(to_list(S)),
+    A.
+
+to_list(B) when is_binary(B) -> unicode:characters_to_list(B);
+to_list(A) when is_atom(A) -> atom_to_list(A);
+to_list(L) when is_list(L) -> L.

@@ -1,0 +1,271 @@
+%% relsyncd_channel: the "relsync" ssh subsystem, the control channel of ssh
+%% mode. Add it to an ssh daemon with `{subsystems, [subsystem_spec(Opts)]}`.
+%%
+%% Wire protocol (both directions, over the channel's normal data stream):
+%%   request: <<Len:32/big, Body:Len/binary>>, Body = term_to_binary({ReqId, Function, Args})
+%%            ReqId :: integer(), Function :: atom(), Args :: list()
+%%   reply:   <<Len:32/big, Body:Len/binary>>, Body = term_to_binary({ReqId, Result})
+%% Function/arity must be one of the relsync_target API functions (whitelisted
+%% below), load_binary/3 or ping/0; anything else is {error, unknown_function}.
+%% A decodable body of another shape that starts with an integer ReqId gets
+%% {error, bad_request}; an undecodable body, or one over max_frame bytes,
+%% closes the channel. Every path argument must pass relsyncd_paths:check/3
+%% against allowed_paths, otherwise {error, {forbidden, Path}} and nothing
+%% is done.
+%%
+%% Requests run one after the other, in order, in a worker process linked to
+%% the channel, which sends the replies itself: the channel process only frames
+%% and so stays responsive, and a long call (a hook, a big manifest) never
+%% blocks the connection's other channels (SFTP). When the channel closes, the
+%% worker is killed, and with it a running hook (relsync_target:run_hook/3
+%% watches its caller). After the client's EOF, queued requests are finished,
+%% then the channel is closed.
+-module(relsyncd_channel).
+
+-behaviour(ssh_server_channel).
+
+-export([subsystem_spec/1]).
+-export([init/1, handle_msg/2, handle_ssh_msg/2, terminate/2]).
+%% internal
+-export([worker_init/4, dispatch/3]).
+
+-define(NAME, "relsync").
+-define(DEFAULT_MAX_FRAME, (64 * 1024 * 1024)).
+-define(DEFAULT_HOOK_TIMEOUT, 600000).
+
+-type opts() :: #{allowed_paths := [file:name_all()],
+                  max_frame => pos_integer(),
+                  hook_timeout => non_neg_integer()}.
+-export_type([opts/0]).
+
+-record(st, {cm :: ssh:connection_ref() | undefined,
+             id :: ssh:channel_id() | undefined,
+             opts :: map(),
+             buf = <<>> :: binary(),
+             worker :: pid() | undefined,
+             pending = 0 :: non_neg_integer(),
+             eof = false :: boolean()}).
+
+%% ssh wants the channel's init argument to be a list: the options travel as
+%% a proplist.
+-spec subsystem_spec(opts() | [{atom(), term()}]) -> ssh:subsystem_spec().
+subsystem_spec(Opts) when is_map(Opts) ->
+    {?NAME, {?MODULE, maps:to_list(Opts)}};
+subsystem_spec(Opts) when is_list(Opts) ->
+    {?NAME, {?MODULE, Opts}}.
+
+%%% --------------------------------------------------- ssh_server_channel
+
+-spec init([{atom(), term()}]) -> {ok, #st{}}.
+init(Args) ->
+    Opts0 = maps:from_list(Args),
+    Opts = #{allowed_paths => [relsyncd_paths:to_bin(P)
+                               || P <- maps:get(allowed_paths, Opts0, [])],
+             max_frame => maps:get(max_frame, Opts0, ?DEFAULT_MAX_FRAME),
+             hook_timeout => maps:get(hook_timeout, Opts0, ?DEFAULT_HOOK_TIMEOUT)},
+    {ok, #st{opts = Opts}}.
+
+-spec handle_msg(term(), #st{}) -> {ok, #st{}} | {stop, ssh:channel_id(), #st{}}.
+handle_msg({ssh_channel_up, Id, CM}, #st{opts = Opts} = S) ->
+    Worker = spawn_link(?MODULE, worker_init, [self(), CM, Id, Opts]),
+    {ok, S#st{cm = CM, id = Id, worker = Worker}};
+handle_msg({relsyncd_done, W}, #st{worker = W, pending = N} = S) ->
+    maybe_close(S#st{pending = N - 1});
+handle_msg({'EXIT', W, Reason}, #st{worker = W, id = Id} = S) ->
+    %% The worker catches everything a call raises; it ends only when a reply
+    %% cannot be sent any more (the connection went away).
+    logger:info("relsyncd: control worker ended: ~p", [Reason]),
+    {stop, Id, S#st{worker = undefined}};
+handle_msg(_Msg, S) ->
+    {ok, S}.
+
+-spec handle_ssh_msg(term(), #st{}) -> {ok, #st{}} | {stop, ssh:channel_id(), #st{}}.
+handle_ssh_msg({ssh_cm, CM, {data, Id, 0, Data}}, #st{id = Id, buf = Buf} = S) ->
+    ssh_connection:adjust_window(CM, Id, byte_size(Data)),
+    frames(S#st{buf = <<Buf/binary, Data/binary>>});
+handle_ssh_msg({ssh_cm, CM, {data, Id, _Ext, Data}}, #st{id = Id} = S) ->
+    ssh_connection:adjust_window(CM, Id, byte_size(Data)),     % stderr: ignored
+    {ok, S};
+handle_ssh_msg({ssh_cm, _CM, {eof, Id}}, #st{id = Id} = S) ->
+    maybe_close(S#st{eof = true});
+handle_ssh_msg({ssh_cm, _CM, {signal, _, _}}, S) ->
+    {ok, S};
+handle_ssh_msg({ssh_cm, _CM, {exit_signal, Id, _, _, _}}, #st{id = Id} = S) ->
+    {stop, Id, S};
+handle_ssh_msg({ssh_cm, _CM, {exit_status, Id, _}}, #st{id = Id} = S) ->
+    {stop, Id, S};
+handle_ssh_msg(_Msg, S) ->
+    {ok, S}.
+
+-spec terminate(term(), #st{}) -> ok.
+terminate(_Reason, #st{worker = W}) ->
+    is_pid(W) andalso exit(W, kill),
+    ok.
+
+%%% -------------------------------------------------------------- framing
+
+frames(#st{buf = <<Len:32/big, Rest/binary>>, opts = #{max_frame := Max}} = S)
+  when Len > Max ->
+    logger:warning("relsyncd: control frame of ~b bytes exceeds max_frame ~b; closing",
+                   [Len, Max]),
+    close(S#st{buf = Rest});
+frames(#st{buf = <<Len:32/big, Body:Len/binary, Rest/binary>>} = S) ->
+    case decode(Body) of
+        {ok, Req} ->
+            S#st.worker ! {request, Req},
+            frames(S#st{buf = Rest, pending = S#st.pending + 1});
+        {bad_request, ReqId} ->
+            S#st.worker ! {reply, ReqId, {error, bad_request}},
+            frames(S#st{buf = Rest, pending = S#st.pending + 1});
+        undecodable ->
+            logger:warning("relsyncd: undecodable control frame; closing"),
+            close(S#st{buf = Rest})
+    end;
+frames(S) ->
+    {ok, S}.
+
+%% Atoms are created as needed: requests name modules and functions that may
+%% not exist yet (a hook module). Only authenticated clients get here, and
+%% they can load code anyway.
+decode(Body) ->
+    try binary_to_term(Body) of
+        {ReqId, F, Args} = Req when is_integer(ReqId), is_atom(F), is_list(Args) ->
+            {ok, Req};
+        T when is_tuple(T), tuple_size(T) >= 1, is_integer(element(1, T)) ->
+            {bad_request, element(1, T)};
+        _ -> undecodable
+    catch error:badarg -> undecodable
+    end.
+
+close(#st{cm = CM, id = Id} = S) ->
+    _ = ssh_connection:close(CM, Id),
+    {stop, Id, S}.
+
+maybe_close(#st{eof = true, pending = 0, cm = CM, id = Id} = S) ->
+    _ = ssh_connection:send_eof(CM, Id),
+    close(S);
+maybe_close(S) ->
+    {ok, S}.
+
+%%% --------------------------------------------------------------- worker
+
+-spec worker_init(pid(), ssh:connection_ref(), ssh:channel_id(), map()) -> no_return().
+worker_init(Channel, CM, Id, Opts) ->
+    worker_loop(Channel, CM, Id, Opts).
+
+worker_loop(Channel, CM, Id, Opts) ->
+    {ReqId, Result} =
+        receive
+            {request, {R, F, Args}} -> {R, safe_dispatch(F, Args, Opts)};
+            {reply, R, Res} -> {R, Res}
+        end,
+    Body = encode({ReqId, Result}),
+    case ssh_connection:send(CM, Id, [<<(byte_size(Body)):32/big>>, Body]) of
+        ok -> ok;
+        Err -> exit({send_failed, Err})
+    end,
+    Channel ! {relsyncd_done, self()},
+    worker_loop(Channel, CM, Id, Opts).
+
+%% minor_version 2 (UTF-8 atoms) is the default from OTP 26 on; asking for it
+%% makes replies identical on OTP 25, 26 and 27.
+encode(Term) ->
+    try term_to_binary(Term, [{minor_version, 2}])
+    catch error:badarg -> term_to_binary(Term)
+    end.
+
+safe_dispatch(F, Args, Opts) ->
+    try dispatch(F, Args, Opts)
+    catch C:R:St -> {error, {C, R, St}}
+    end.
+
+%%% ------------------------------------------------------------- dispatch
+
+%% The whitelist: every callable function with its arity, and the paths among
+%% its arguments that must be allowed before anything is done.
+-spec dispatch(atom(), list(), map()) -> term().
+dispatch(ping, [], _Opts) -> pong;
+dispatch(load_binary, [Mod, Filename, Bin], _Opts) ->
+    load_binary(Mod, Filename, Bin);
+dispatch(run_hook, [M, F, Timeout], #{hook_timeout := Max})
+  when is_integer(Timeout), Timeout > Max ->
+    relsync_target:run_hook(M, F, Max);
+dispatch(F, Args, Opts) ->
+    case lists:member({F, length(Args)}, api()) of
+        false -> {error, unknown_function};
+        true ->
+            case check_args(F, Args, maps:get(allowed_paths, Opts)) of
+                ok -> apply(relsync_target, F, Args);
+                {error, {forbidden, _}} = E -> E
+            end
+    end.
+
+api() ->
+    [{info, 0}, {list_dir, 1}, {manifest, 2}, {put_files, 1}, {put_chunk, 3}, {commit, 3},
+     {delete_files, 1}, {delete_dirs, 1}, {make_symlinks, 1},
+     {update_code_path, 1}, {load_modules, 2}, {delete_modules, 2},
+     {loaded_shas, 0}, {run_hook, 3}].
+
+check_args(manifest, [Root, _], A) -> one(Root, follow, A);
+check_args(list_dir, [Dir], A) -> one(Dir, follow, A);
+check_args(put_files, [Files], A) when is_list(Files) ->
+    each(fun({P, _Mode, _Data, _Sha}) -> one(P, nofollow, A);
+            (Bad) -> {error, {forbidden, Bad}}
+         end, Files);
+check_args(put_chunk, [Path, _, _], A) -> one(Path, nofollow, A);
+check_args(commit, [Path, _, _], A) -> one(Path, nofollow, A);
+check_args(delete_files, [Paths], A) -> relsyncd_paths:check_many(Paths, nofollow, A);
+check_args(delete_dirs, [Paths], A) -> relsyncd_paths:check_many(Paths, nofollow, A);
+%% Only where a link is made is checked: a link's text grants nothing by
+%% itself, and whatever later goes through it is resolved and checked again.
+check_args(make_symlinks, [Links], A) when is_list(Links) ->
+    each(fun({Link, _Target}) -> one(Link, nofollow, A);
+            (Bad) -> {error, {forbidden, Bad}}
+         end, Links);
+check_args(update_code_path, [Opts], A) when is_map(Opts) ->
+    To = case maps:get(replace_prefix, Opts, none) of
+             {_From, T} -> [T];
+             _ -> []
+         end,
+    relsyncd_paths:check_many(To ++ maps:get(add, Opts, []), follow, A);
+check_args(load_modules, [Mods, _], A) when is_list(Mods) ->
+    each(fun(M) when is_tuple(M), tuple_size(M) >= 2 -> one(element(2, M), follow, A);
+            (Bad) -> {error, {forbidden, Bad}}
+         end, Mods);
+check_args(F, _Args, _A) when F =:= info; F =:= loaded_shas; F =:= delete_modules;
+                              F =:= run_hook ->
+    ok;
+check_args(_F, [Bad | _], _A) ->
+    {error, {forbidden, Bad}}.          % a path list that is not a list, ...
+
+one(Path, Mode, A) ->
+    case relsyncd_paths:check(Path, Mode, A) of
+        {ok, _} -> ok;
+        E -> E
+    end.
+
+each(_Fun, []) -> ok;
+each(Fun, [X | Xs]) ->
+    case Fun(X) of
+        ok -> each(Fun, Xs);
+        E -> E
+    end;
+each(_Fun, Bad) -> {error, {forbidden, Bad}}.
+
+%% Load a module from a binary (a hook module pushed by the client). Old code
+%% is purged softly first; if a process still runs it, nothing is loaded.
+-spec load_binary(module(), file:filename_all(), binary()) ->
+          {module, module()} | {error, term()}.
+load_binary(Mod, Filename, Bin) when is_atom(Mod), is_binary(Bin),
+                                     (is_binary(Filename) orelse is_list(Filename)) ->
+    case code:soft_purge(Mod) of
+        false -> {error, not_purged};
+        true ->
+            Name = case Filename of
+                       B when is_binary(B) -> unicode:characters_to_list(B);
+                       L -> L
+                   end,
+            code:load_binary(Mod, Name, Bin)
+    end;
+load_binary(_, _, _) ->
+    {error, badarg}.

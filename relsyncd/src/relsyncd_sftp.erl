@@ -1,0 +1,159 @@
+%% relsyncd_sftp: an ssh_sftpd_file_api handler that performs file operations
+%% like ssh_sftpd_file but refuses, with eacces (SFTP "permission denied"),
+%% every path outside the allowed prefixes (see relsyncd_paths).
+%%
+%% Used as `{file_handler, {relsyncd_sftp, relsyncd_sftp:init_state(Allowed)}}`
+%% in ssh_sftpd:subsystem_spec/1; subsystem_spec/1 below builds that.
+-module(relsyncd_sftp).
+
+-behaviour(ssh_sftpd_file_api).
+
+-export([subsystem_spec/1, init_state/1]).
+-export([close/2, delete/2, del_dir/2, get_cwd/1, is_dir/2, list_dir/2,
+         make_dir/2, make_symlink/3, open/3, position/3, read/3,
+         read_file_info/2, read_link/2, read_link_info/2, rename/3,
+         write/3, write_file_info/3]).
+
+-include_lib("kernel/include/file.hrl").
+
+-record(st, {allowed :: [binary()], cwd :: string()}).
+-opaque state() :: #st{}.
+-export_type([state/0]).
+
+%% Opts: #{allowed_paths := [file:name_all()], sftp_cwd => file:name_all()}.
+-spec subsystem_spec(map()) -> ssh:subsystem_spec().
+subsystem_spec(#{allowed_paths := Allowed} = Opts) ->
+    State = init_state(Allowed),
+    Cwd = case maps:get(sftp_cwd, Opts, undefined) of
+              undefined -> State#st.cwd;
+              C -> to_list(relsyncd_paths:to_bin(C))
+          end,
+    ssh_sftpd:subsystem_spec([{file_handler, {?MODULE, State#st{cwd = Cwd}}},
+                              {cwd, Cwd}]).
+
+-spec init_state([file:name_all()]) -> state().
+init_state(Allowed0) ->
+    Allowed = [relsyncd_paths:to_bin(A) || A <- Allowed0],
+    Cwd = case Allowed of
+              [First | _] -> to_list(First);
+              [] -> "/"
+          end,
+    #st{allowed = Allowed, cwd = Cwd}.
+
+%%% ----------------------------------------------------------- callbacks
+
+-spec close(file:io_device(), state()) -> {ok | {error, term()}, state()}.
+close(Fd, S) -> {file:close(Fd), S}.
+
+-spec delete(file:name(), state()) -> {ok | {error, term()}, state()}.
+delete(Path, S) -> guarded(Path, nofollow, S, fun(P) -> file:delete(P) end).
+
+-spec del_dir(file:name(), state()) -> {ok | {error, term()}, state()}.
+del_dir(Path, S) -> guarded(Path, nofollow, S, fun(P) -> file:del_dir(P) end).
+
+-spec get_cwd(state()) -> {{ok, string()}, state()}.
+get_cwd(S) -> {{ok, S#st.cwd}, S}.
+
+-spec is_dir(file:name(), state()) -> {boolean(), state()}.
+is_dir(Path, S) ->
+    case allowed(Path, follow, S) of
+        {ok, _} -> {filelib:is_dir(Path), S};
+        error -> {false, S}
+    end.
+
+-spec list_dir(file:name(), state()) -> {{ok, [string()]} | {error, term()}, state()}.
+list_dir(Path, S) -> guarded(Path, follow, S, fun(P) -> file:list_dir(P) end).
+
+-spec make_dir(file:name(), state()) -> {ok | {error, term()}, state()}.
+make_dir(Path, S) -> guarded(Path, nofollow, S, fun(P) -> file:make_dir(P) end).
+
+%% The target must be allowed as well (ssh_sftpd hands it over made absolute).
+-spec make_symlink(file:name(), file:name(), state()) -> {ok | {error, term()}, state()}.
+make_symlink(Target, Link, S) ->
+    case allowed(Target, follow, S) of
+        {ok, _} -> guarded(Link, nofollow, S, fun(L) -> file:make_symlink(Target, L) end);
+        error -> {{error, eacces}, S}
+    end.
+
+-spec open(file:name(), [term()], state()) -> {{ok, file:io_device()} | {error, term()}, state()}.
+open(Path, Flags, S) -> guarded(Path, follow, S, fun(P) -> file:open(P, Flags) end).
+
+-spec position(file:io_device(), term(), state()) ->
+          {{ok, non_neg_integer()} | {error, term()}, state()}.
+position(Fd, Offs, S) -> {file:position(Fd, Offs), S}.
+
+-spec read(file:io_device(), non_neg_integer(), state()) ->
+          {{ok, string() | binary()} | eof | {error, term()}, state()}.
+read(Fd, Len, S) -> {file:read(Fd, Len), S}.
+
+%% ssh_sftpd's REALPATH reads the links of every ancestor of a path ("/",
+%% "/data", ...): allow that for the ancestors of the allowed prefixes, which
+%% reveals no more than where the allowed directories are.
+-spec read_link(file:name(), state()) -> {{ok, string()} | {error, term()}, state()}.
+read_link(Path, S) ->
+    case allowed(Path, nofollow, S) of
+        {ok, _} -> {file:read_link(Path), S};
+        error ->
+            case ancestor(Path, S) of
+                {ok, _} -> {file:read_link(Path), S};
+                error -> {{error, eacces}, S}
+            end
+    end.
+
+-spec read_link_info(file:name(), state()) -> {{ok, #file_info{}} | {error, term()}, state()}.
+read_link_info(Path, S) ->
+    guarded(Path, nofollow_or_root, S, fun(P) -> file:read_link_info(P) end).
+
+-spec read_file_info(file:name(), state()) -> {{ok, #file_info{}} | {error, term()}, state()}.
+read_file_info(Path, S) -> guarded(Path, follow, S, fun(P) -> file:read_file_info(P) end).
+
+-spec rename(file:name(), file:name(), state()) -> {ok | {error, term()}, state()}.
+rename(From, To, S) ->
+    case allowed(From, nofollow, S) of
+        {ok, _} -> guarded(To, nofollow, S, fun(T) -> file:rename(From, T) end);
+        error -> {{error, eacces}, S}
+    end.
+
+-spec write(file:io_device(), iodata(), state()) -> {ok | {error, term()}, state()}.
+write(Fd, Data, S) -> {file:write(Fd, Data), S}.
+
+-spec write_file_info(file:name(), #file_info{}, state()) -> {ok | {error, term()}, state()}.
+write_file_info(Path, Info, S) ->
+    guarded(Path, follow, S, fun(P) -> file:write_file_info(P, Info) end).
+
+%%% ------------------------------------------------------------- helpers
+
+guarded(Path, Mode, S, Fun) ->
+    case allowed(Path, Mode, S) of
+        {ok, _} -> {try Fun(Path) catch _:_ -> {error, eacces} end, S};
+        error -> {{error, eacces}, S}
+    end.
+
+%% lstat of an allowed prefix itself is fine (directory listings stat ".").
+allowed(Path, nofollow_or_root, S) ->
+    case allowed(Path, nofollow, S) of
+        {ok, _} = Ok -> Ok;
+        error -> allowed(Path, follow, S)
+    end;
+allowed(Path, Mode, #st{allowed = Allowed}) ->
+    case relsyncd_paths:check(Path, Mode, Allowed) of
+        {ok, P} -> {ok, P};
+        {error, _} -> error
+    end.
+
+ancestor(Path, #st{allowed = Allowed}) ->
+    case relsyncd_paths:normalize(Path) of
+        {ok, P} ->
+            case lists:any(fun(A) -> relsyncd_paths:is_ancestor(P, A) end,
+                           [N || A <- Allowed, {ok, N} <- [relsyncd_paths:normalize(A)]]) of
+                true -> {ok, P};
+                false -> error
+            end;
+        _ -> error
+    end.
+
+to_list(B) ->
+    case unicode:characters_to_list(B, file:native_name_encoding()) of
+        L when is_list(L) -> L;
+        _ -> binary_to_list(B)
+    end.
