@@ -17,7 +17,10 @@ from relsync.hooks import resolve_hook
 from relsync.progress import ProgressBar
 from relsync.release import default_cache_dir, find_release, scan_release
 from relsync.report import print_json, print_summary
+from relsync.target import Target
 from relsync.transports.erl import ErlTarget
+from relsync.transports.ssh import DEFAULT_PORT as SSH_PORT
+from relsync.transports.ssh import SshTarget
 
 EXIT_CODES = """exit codes:
   0  synced (or nothing to do)
@@ -117,8 +120,26 @@ def build_parser() -> argparse.ArgumentParser:
         default="erl",
         help="transfer over the Erlang distribution protocol or ssh [default: erl]",
     )
-    a("-P", "--port", type=_port, metavar="PORT", help="ssh port to use")
+    a("-P", "--port", type=_port, metavar="PORT", help="ssh port to use [default: 2228]")
     a("-u", "--user", metavar="USER", default="relsync", help="ssh user name [default: relsync]")
+    a(
+        "-i",
+        "--identity",
+        metavar="FILE",
+        help="ssh private key [default: ssh-agent, then ~/.ssh/id_*]",
+    )
+    a(
+        "--known-hosts",
+        metavar="FILE",
+        type=Path,
+        help="ssh known_hosts file [default: ~/.ssh/known_hosts]",
+    )
+    a(
+        "--accept-new-host-key",
+        action="store_true",
+        help="trust and record a board's host key seen for the first time (a changed key is "
+        "always refused)",
+    )
     a(
         "--epmd-port",
         type=_port,
@@ -178,11 +199,37 @@ def _check_destination(node: str) -> None:
         )
 
 
+async def open_target(args: argparse.Namespace) -> Target:
+    """Connect to the destination in the chosen mode."""
+    if args.mode == "ssh":
+        return await SshTarget.open(
+            args.destination_node,
+            port=args.port or SSH_PORT,
+            user=args.user,
+            identity=args.identity,
+            known_hosts=args.known_hosts,
+            accept_new_host_key=args.accept_new_host_key,
+            timeout=args.connect_timeout,
+        )
+    cookie = args.cookie or os.environ.get("RELSYNC_COOKIE") or "cookie"
+    return await ErlTarget.open(
+        args.destination_node,
+        cookie,
+        local_name=local_node_name(args, args.destination_node),
+        epmd_port=args.epmd_port,
+        timeout=args.connect_timeout,
+    )
+
+
 async def run(args: argparse.Namespace, cwd: Path) -> SyncReport:
     """Resolve the options, scan the release, connect and sync."""
-    if args.mode == "ssh":
-        raise UsageError("--mode ssh is not available in this version yet; use --mode erl")
-    _check_destination(args.destination_node)
+    if args.mode == "erl":
+        _check_destination(args.destination_node)
+    elif "@" in args.destination_node:
+        raise UsageError(
+            f"--mode ssh takes a host for --destination-node, not the node name "
+            f"{args.destination_node!r}; e.g. -d 192.0.2.7"
+        )
     if args.hook_timeout <= 0:
         raise UsageError("--hook-timeout must be a positive number of seconds")
     for opt in ("destination_path", "destination_rw_path"):
@@ -194,7 +241,6 @@ async def run(args: argparse.Namespace, cwd: Path) -> SyncReport:
         root, exclude_system_libs=args.exclude_system_libs, cache_dir=default_cache_dir()
     )
     hook = await resolve_hook(args.hooks, release, cwd) if args.hooks else None
-    cookie = args.cookie or os.environ.get("RELSYNC_COOKIE") or "cookie"
     options = SyncOptions(
         dest_path=args.destination_path,
         rw_path=args.destination_rw_path or None,
@@ -203,13 +249,7 @@ async def run(args: argparse.Namespace, cwd: Path) -> SyncReport:
         brutal_purge=args.purge == "brutal",
         dry_run=args.dry_run,
     )
-    target = await ErlTarget.open(
-        args.destination_node,
-        cookie,
-        local_name=local_node_name(args, args.destination_node),
-        epmd_port=args.epmd_port,
-        timeout=args.connect_timeout,
-    )
+    target = await open_target(args)
     bar = ProgressBar(f"{args.destination_node}", enabled=not (args.quiet or args.json))
     try:
         return await sync(target, release, options, on_transfer=bar.start, progress=bar.advance)

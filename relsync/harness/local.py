@@ -34,6 +34,7 @@ from typing import Any
 from relsync.dist.errors import DistError
 from relsync.dist.etf import Term
 from relsync.dist.node import connect
+from relsync.harness.relsyncd import SshAccess, start_relsyncd
 from relsync.release import OTP_APPS
 
 log = logging.getLogger(__name__)
@@ -352,6 +353,8 @@ class LocalBoard:
         self._epmd: asyncio.subprocess.Process | None = None
         self._mounted = False
         self._stopped = False
+        #: relsyncd beside the release, once :meth:`enable_ssh` was called.
+        self.ssh: SshAccess | None = None
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -416,13 +419,27 @@ class LocalBoard:
     async def reboot(self) -> None:
         """Stops the node and starts it again from the untouched read-only release.
 
-        The rw path is kept, ``data/run`` is wiped (like a tmpfs); returns when the node answers.
+        The rw path is kept, ``data/run`` is wiped (like a tmpfs); returns when the node answers
+        (and, once ssh was enabled, relsyncd answers on the same port again).
         """
         if self._stopped:
             raise BoardError("board is stopped; start a new one")
         await self._stop_node()
         await self._ensure_epmd()
         await self._boot("reboot")
+        if self.ssh is not None:
+            await self.enable_ssh(port=self.ssh.port)
+
+    async def enable_ssh(self, port: int = 0) -> SshAccess:
+        """Start relsyncd beside the release (which does not include it); see ``self.ssh``."""
+        self.ssh = await start_relsyncd(
+            self.rpc,
+            workdir=self.workdir / "ssh",
+            allowed_paths=[self.release_path, self.rw_path],
+            host_key_dir=self.workdir / "data" / "relsyncd",
+            port=port,
+        )
+        return self.ssh
 
     async def stop(self) -> None:
         """Stops the node (and the epmd this board started) and removes the mount. Idempotent."""

@@ -79,7 +79,8 @@ class HelperTarget(ABC):
             return
         if isinstance(result, tuple) and result and result[0] == "error":
             where = f" {_text(result[1])}" if len(result) == 3 else ""
-            reason = _text(result[-1])
+            last = result[-1]
+            reason = _text(last) if isinstance(last, bytes | str) else format_term(last)
             hint = {
                 "enospc": "the target's disk is full; free space on it and sync again",
                 "erofs": "that path is read-only; give a writable --destination-rw-path",

@@ -81,7 +81,7 @@ def _free_port() -> int:
 @pytest.mark.parametrize(
     ("argv", "code", "needle"),
     [
-        (["--mode", "ssh"], 2, "--mode ssh"),
+        (["--mode", "ssh", "-d", "node@host"], 2, "not the node name"),
         (["--mode", "ftp"], 2, "invalid choice"),
         (["-E", "maybe"], 2, "true or false"),
         (["-P", "99999"], 2, "port"),

@@ -1,7 +1,9 @@
 """The relsync command against a real board: the example release on a read-only bind mount.
 
 Each test boots a ``local`` board (a node started by the release's own script from a read-only
-copy), runs the real ``relsync`` command line as a user would, and checks the board.
+copy), runs the real ``relsync`` command line as a user would, and checks the board. Tests taking
+``mode`` run twice: over Erlang distribution, and over ssh through relsyncd started beside the
+release.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ def demo_release() -> Path:
     return build_example_release()
 
 
+@pytest.fixture(params=["erl", "ssh"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """The transport a test runs over."""
+    return str(request.param)
+
+
 class Run:
     """One relsync invocation's outcome."""
 
@@ -43,11 +51,16 @@ class Run:
 async def relsync(
     board: LocalBoard, local: Path, *args: str, cookie: str | None = None, node: str | None = None
 ) -> Run:
-    """Run the relsync command line against ``board``."""
-    argv = [
-        "-d", node or board.node, "-c", cookie or board.cookie, "--epmd-port", str(board.epmd_port),
-        "-p", str(board.release_path), "-l", str(local), *args,
-    ]  # fmt: skip
+    """Run the relsync command line against ``board`` (over ssh once the board has relsyncd)."""
+    if board.ssh is None or cookie or node:
+        target = ["-d", node or board.node, "-c", cookie or board.cookie,
+                  "--epmd-port", str(board.epmd_port)]  # fmt: skip
+    else:
+        ssh = board.ssh
+        target = ["-M", "ssh", "-d", "127.0.0.1", "-P", str(ssh.port), "-u", ssh.user,
+                  "-i", str(ssh.identity), "--known-hosts", str(ssh.known_hosts),
+                  "--accept-new-host-key"]  # fmt: skip
+    argv = [*target, "-p", str(board.release_path), "-l", str(local), *args]
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "relsync.cli", *argv,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -57,9 +70,13 @@ async def relsync(
     return Run(proc.returncode, out.decode(), err.decode())
 
 
-def with_board(release: Path, workdir: Path, body: Callable[[LocalBoard], Awaitable[None]]) -> None:
+def with_board(
+    release: Path, workdir: Path, body: Callable[[LocalBoard], Awaitable[None]], mode: str = "erl"
+) -> None:
     async def main() -> None:
         async with await LocalBoard.start(release, workdir=workdir) as board:
+            if mode == "ssh":
+                await board.enable_ssh()
             await body(board)
 
     asyncio.run(main())
@@ -86,7 +103,7 @@ async def call(
 
 
 def test_shadow_sync_reloads_changed_module_keeping_state(
-    demo_release: Path, tmp_path: Path
+    demo_release: Path, tmp_path: Path, mode: str
 ) -> None:
     v2 = Variant(demo_release, tmp_path / "v2").counter_version(2)
 
@@ -116,10 +133,10 @@ def test_shadow_sync_reloads_changed_module_keeping_state(
         ours = [p for p in path if str(board.release_path) in str(p) or str(rw) in str(p)]
         assert ours and all(str(p).startswith(str(rw)) for p in ours)
 
-    with_board(demo_release, tmp_path / "board", body)
+    with_board(demo_release, tmp_path / "board", body, mode)
 
 
-def test_dry_run_then_noop_resync(demo_release: Path, tmp_path: Path) -> None:
+def test_dry_run_then_noop_resync(demo_release: Path, tmp_path: Path, mode: str) -> None:
     v2 = Variant(demo_release, tmp_path / "v2").counter_version(2)
 
     async def body(board: LocalBoard) -> None:
@@ -140,10 +157,12 @@ def test_dry_run_then_noop_resync(demo_release: Path, tmp_path: Path) -> None:
         )  # fmt: skip
         assert r["reload"] == [] and r["bytes_sent"] == 0
 
-    with_board(demo_release, tmp_path / "board", body)
+    with_board(demo_release, tmp_path / "board", body, mode)
 
 
-def test_new_and_deleted_modules_in_embedded_mode(demo_release: Path, tmp_path: Path) -> None:
+def test_new_and_deleted_modules_in_embedded_mode(
+    demo_release: Path, tmp_path: Path, mode: str
+) -> None:
     extra = "-module(demo_extra).\n-export([hello/0]).\nhello() -> world.\n"
     with_extra = Variant(demo_release, tmp_path / "v2").compile("demo_extra", extra)
     without = Variant(demo_release, tmp_path / "v3")
@@ -160,7 +179,7 @@ def test_new_and_deleted_modules_in_embedded_mode(demo_release: Path, tmp_path: 
         assert await call(board, "code", "is_loaded", [Atom("demo_extra")]) == "false"
         assert f"{APP_DIR}/ebin/demo_extra.beam" not in tree(board.rw_path)
 
-    with_board(demo_release, tmp_path / "board", body)
+    with_board(demo_release, tmp_path / "board", body, mode)
 
 
 def _hooks(tmp_path: Path, rw: Path, presync_body: str = "ok = application:stop(demo)") -> Path:
@@ -179,7 +198,7 @@ postsync() ->
     return path
 
 
-def test_port_update_with_hooks_in_order(demo_release: Path, tmp_path: Path) -> None:
+def test_port_update_with_hooks_in_order(demo_release: Path, tmp_path: Path, mode: str) -> None:
     v2 = Variant(demo_release, tmp_path / "v2").counter_version(2).port_version("v2")
 
     async def body(board: LocalBoard) -> None:
@@ -194,10 +213,12 @@ def test_port_update_with_hooks_in_order(demo_release: Path, tmp_path: Path) -> 
         text = await relsync(board, v2.root, "-q", str(board.rw_path), "-H", str(hooks))
         assert "| presync: shadow exists=true" in text.out  # hook output reaches the host
 
-    with_board(demo_release, tmp_path / "board", body)
+    with_board(demo_release, tmp_path / "board", body, mode)
 
 
-def test_failing_presync_leaves_the_target_untouched(demo_release: Path, tmp_path: Path) -> None:
+def test_failing_presync_leaves_the_target_untouched(
+    demo_release: Path, tmp_path: Path, mode: str
+) -> None:
     v2 = Variant(demo_release, tmp_path / "v2").counter_version(2)
 
     async def body(board: LocalBoard) -> None:
@@ -208,11 +229,11 @@ def test_failing_presync_leaves_the_target_untouched(demo_release: Path, tmp_pat
         assert tree(board.rw_path) == {}
         assert await call(board, "demo_counter", "version") == 1
 
-    with_board(demo_release, tmp_path / "board", body)
+    with_board(demo_release, tmp_path / "board", body, mode)
 
 
 def test_reboot_comes_back_pristine_and_next_sync_reconciles(
-    demo_release: Path, tmp_path: Path
+    demo_release: Path, tmp_path: Path, mode: str
 ) -> None:
     extra = "-module(demo_extra).\n-export([hello/0]).\nhello() -> world.\n"
     v2 = Variant(demo_release, tmp_path / "v2").counter_version(2).compile("demo_extra", extra)
@@ -235,10 +256,12 @@ def test_reboot_comes_back_pristine_and_next_sync_reconciles(
         assert f"{APP_DIR}/ebin/demo_extra.beam" not in shadow
         assert shadow[COUNTER].startswith("file:")
 
-    with_board(demo_release, tmp_path / "board", body)
+    with_board(demo_release, tmp_path / "board", body, mode)
 
 
-def test_process_in_old_code_is_reported_not_killed(demo_release: Path, tmp_path: Path) -> None:
+def test_process_in_old_code_is_reported_not_killed(
+    demo_release: Path, tmp_path: Path, mode: str
+) -> None:
     def loop(tag: int) -> str:
         return (
             "-module(demo_loop).\n-export([start/0, tag/0]).\n"
@@ -272,7 +295,7 @@ def test_process_in_old_code_is_reported_not_killed(demo_release: Path, tmp_path
         assert await call(board, "demo_loop", "tag") == 3
         assert await call(board, "erlang", "whereis", [Atom("demo_loop")]) == "undefined"
 
-    with_board(demo_release, tmp_path / "board", body)
+    with_board(demo_release, tmp_path / "board", body, mode)
 
 
 def test_bad_input_against_a_real_board(demo_release: Path, tmp_path: Path) -> None:
@@ -298,7 +321,9 @@ def test_bad_input_against_a_real_board(demo_release: Path, tmp_path: Path) -> N
     with_board(demo_release, tmp_path / "board", body)
 
 
-def test_new_app_gets_its_ebin_on_the_code_path(demo_release: Path, tmp_path: Path) -> None:
+def test_new_app_gets_its_ebin_on_the_code_path(
+    demo_release: Path, tmp_path: Path, mode: str
+) -> None:
     v2 = Variant(demo_release, tmp_path / "v2")
     ebin = v2.root / "lib" / "extra-1.0" / "ebin"
     ebin.mkdir(parents=True)
@@ -318,10 +343,10 @@ def test_new_app_gets_its_ebin_on_the_code_path(demo_release: Path, tmp_path: Pa
             board.rw_path / "lib/extra-1.0"
         )
 
-    with_board(demo_release, tmp_path / "board", body)
+    with_board(demo_release, tmp_path / "board", body, mode)
 
 
-def test_hook_timeout(demo_release: Path, tmp_path: Path) -> None:
+def test_hook_timeout(demo_release: Path, tmp_path: Path, mode: str) -> None:
     v2 = Variant(demo_release, tmp_path / "v2").counter_version(2)
 
     async def body(board: LocalBoard) -> None:
@@ -333,4 +358,4 @@ def test_hook_timeout(demo_release: Path, tmp_path: Path) -> None:
         assert tree(board.rw_path) == {}
         assert await call(board, "demo_counter", "version") == 1
 
-    with_board(demo_release, tmp_path / "board", body)
+    with_board(demo_release, tmp_path / "board", body, mode)

@@ -1,0 +1,266 @@
+"""The ``ssh`` transport: file bytes over SFTP, everything else over relsyncd's ``relsync``
+subsystem channel, which runs the same ``relsync_target`` helper as erl mode.
+
+Control frames: ``<<Len:32, term_to_binary({ReqId, Function, Args})>>`` out,
+``<<Len:32, term_to_binary({ReqId, Result})>>`` back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import posixpath
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+
+import asyncssh
+
+from relsync.dist.etf import Atom, Charlist, EtfError, Term, binary_to_term, term_to_binary
+from relsync.errors import ConnectError, TargetError
+from relsync.target import FilePut, Progress
+from relsync.transports.helper import CALL_TIMEOUT, CHUNK, FILE_TIMEOUT, HelperTarget
+
+SUBSYSTEM = "relsync"
+DEFAULT_PORT = 2228
+DEFAULT_USER = "relsync"
+#: Files uploaded at once over SFTP (each then committed over the control channel).
+UPLOADS_IN_FLIGHT = 8
+_LEN = struct.Struct(">I")
+
+
+def default_known_hosts() -> Path:
+    """OpenSSH's per-user known_hosts file."""
+    return Path.home() / ".ssh" / "known_hosts"
+
+
+class _HostKeyPolicy(asyncssh.SSHClient):
+    """Checks the board's host key against known_hosts; trusts a first-seen key on request."""
+
+    def __init__(self, known: Path, host: str, port: int, accept_new: bool) -> None:
+        self._host, self._port, self._accept_new = host, port, accept_new
+        self._has_entry = False
+        self.new_key: asyncssh.SSHKey | None = None
+        self.refusal = ""
+        if known.is_file():
+            keys = asyncssh.read_known_hosts(str(known)).match(host, "", port)
+            self._has_entry = bool(keys[0] or keys[1])
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        """Called only for a key known_hosts does not trust."""
+        where = f"[{self._host}]:{self._port}"
+        if self._has_entry:
+            self.refusal = (
+                f"the host key of {where} CHANGED; if the board was re-flashed, remove its line "
+                "from known_hosts and connect again with --accept-new-host-key"
+            )
+            return False
+        if not self._accept_new:
+            self.refusal = (
+                f"unknown host key for {where}; trust it once with --accept-new-host-key "
+                "or add it to known_hosts"
+            )
+            return False
+        self.new_key = key
+        return True
+
+
+class _ControlSession(asyncssh.SSHClientSession[bytes]):
+    """The relsync subsystem: framed requests out, replies matched by request id."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.pending: dict[int, asyncio.Future[Term]] = {}
+        self.lost: Exception | None = None
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        """Collect bytes and resolve every complete reply frame."""
+        self._buf += data
+        while len(self._buf) >= 4:
+            (size,) = _LEN.unpack_from(self._buf)
+            if len(self._buf) < 4 + size:
+                return
+            frame = bytes(self._buf[4 : 4 + size])
+            del self._buf[: 4 + size]
+            try:
+                reply = binary_to_term(frame)
+            except EtfError as exc:
+                self.connection_lost(exc)
+                return
+            if isinstance(reply, tuple) and len(reply) == 2 and isinstance(reply[0], int):
+                future = self.pending.pop(reply[0], None)
+                if future is not None and not future.done():
+                    future.set_result(reply[1])
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Fail every pending call at once."""
+        self.lost = exc or ConnectionError("the relsync channel was closed")
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(self.lost)
+        self.pending.clear()
+
+
+class SshTarget(HelperTarget):
+    """A target reached over SSH through relsyncd."""
+
+    def __init__(
+        self,
+        conn: asyncssh.SSHClientConnection,
+        sftp: asyncssh.SFTPClient,
+        chan: asyncssh.SSHClientChannel[bytes],
+        session: _ControlSession,
+        label: str,
+    ) -> None:
+        self._conn, self._sftp, self._chan, self._session = conn, sftp, chan, session
+        self._ids = itertools.count(1)
+        self.label = label
+
+    @classmethod
+    async def open(
+        cls,
+        host: str,
+        *,
+        port: int = DEFAULT_PORT,
+        user: str = DEFAULT_USER,
+        identity: str | None = None,
+        known_hosts: Path | None = None,
+        accept_new_host_key: bool = False,
+        timeout: float = 10.0,
+    ) -> SshTarget:
+        """Connect, check the host key, authenticate with a key, open SFTP and the channel."""
+        known = known_hosts or default_known_hosts()
+        policy = _HostKeyPolicy(known, host, port, accept_new_host_key)
+        label = f"{user}@{host}:{port}"
+        try:
+            conn = await asyncio.wait_for(
+                asyncssh.connect(
+                    host, port, username=user,
+                    known_hosts=str(known) if known.is_file() else asyncssh.import_known_hosts(""),
+                    client_factory=lambda: policy, password=None, kbdint_auth=False,
+                    client_keys=[identity] if identity else (), agent_path=None if identity else (),
+                    preferred_auth="publickey",
+                ),
+                timeout,
+            )  # fmt: skip
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise ConnectError(f"ssh: {policy.refusal or exc.reason}") from exc
+        except asyncssh.PermissionDenied as exc:
+            raise ConnectError(
+                f"ssh: {label} refused our key; add your public key to relsyncd's "
+                "authorized_keys on the board, or choose the key with --identity"
+            ) from exc
+        except (OSError, TimeoutError, asyncssh.Error) as exc:
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            raise ConnectError(
+                f"ssh: cannot reach {label} ({reason}); is relsyncd running on the board "
+                "(enabled, ssh_port) and the port right (-P)?"
+            ) from exc
+        if policy.new_key is not None:
+            _record_host_key(known, host, port, policy.new_key)
+        try:
+            session = _ControlSession()
+            chan, _ = await conn.create_session(lambda: session, subsystem=SUBSYSTEM, encoding=None)
+            sftp = await conn.start_sftp_client()
+        except asyncssh.Error as exc:
+            conn.close()
+            raise ConnectError(
+                f"ssh: {label} has no relsync subsystem ({exc.reason}); add the relsyncd "
+                "application to the board's release"
+            ) from exc
+        return cls(conn, sftp, chan, session, label)
+
+    async def _call(self, function: str, args: list[Term], timeout: float = CALL_TIMEOUT) -> Term:
+        if self._session.lost is not None:
+            raise TargetError(f"the relsync channel to {self.label} is closed; run relsync again")
+        ident = next(self._ids)
+        future: asyncio.Future[Term] = asyncio.get_running_loop().create_future()
+        self._session.pending[ident] = future
+        frame = term_to_binary((ident, Atom(function), args))
+        self._chan.write(_LEN.pack(len(frame)) + frame)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError as exc:
+            self._session.pending.pop(ident, None)
+            raise TargetError(
+                f"{self.label} did not answer {function} within {timeout:g} s; "
+                "check the board, then run relsync again"
+            ) from exc
+        except (ConnectionError, EtfError, asyncssh.Error) as exc:
+            raise TargetError(
+                f"lost the relsync channel to {self.label} ({exc}); check the board and run "
+                "relsync again: the next sync converges"
+            ) from exc
+
+    async def _load_binary(self, module: str, beam: bytes) -> Term:
+        return await self._call("load_binary", [Atom(module), Charlist(f"{module}.beam"), beam])
+
+    async def put_files(self, files: Sequence[FilePut], progress: Progress) -> None:
+        """Upload over SFTP to a temp name beside each file, then commit (hash, rename)."""
+        made: dict[str, asyncio.Task[None]] = {}
+        slots = asyncio.Semaphore(UPLOADS_IN_FLIGHT)
+
+        async def upload(put: FilePut) -> None:
+            directory = posixpath.dirname(put.path)
+            tmp = f"{directory}/.relsync-tmp.{posixpath.basename(put.path)}"
+            async with slots:
+                try:
+                    if directory not in made:  # every upload into it waits for the one mkdir
+                        made[directory] = asyncio.create_task(
+                            self._sftp.makedirs(directory, exist_ok=True)
+                        )
+                    await made[directory]
+                    async with self._sftp.open(tmp, "wb") as remote:
+                        with open(put.local, "rb") as handle:
+                            while chunk := handle.read(CHUNK):
+                                await remote.write(chunk)
+                                progress(len(chunk))
+                except asyncssh.SFTPError as exc:
+                    raise TargetError(_sftp_message(self.label, put.path, exc)) from exc
+                result = await self._call(
+                    "commit", [put.path.encode(), put.mode, put.sha256], FILE_TIMEOUT
+                )
+                self._check(result, f"writing {put.path}")
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for put in files:
+                    group.create_task(upload(put))
+        except BaseExceptionGroup as group_error:
+            raise _first(group_error) from None
+
+    async def close(self) -> None:
+        """See :class:`relsync.target.Target`."""
+        self._sftp.exit()
+        self._chan.close()
+        self._conn.close()
+        await self._conn.wait_closed()
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first error of a task group, unwrapped (the others are its consequences)."""
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _sftp_message(label: str, path: str, exc: asyncssh.SFTPError) -> str:
+    if isinstance(exc, asyncssh.SFTPPermissionDenied | asyncssh.SFTPWriteProtect):
+        hint = "relsyncd refused the path or it is read-only; give a writable --destination-rw-path"
+    elif isinstance(exc, asyncssh.SFTPNoSpaceOnFilesystem):
+        hint = "the target's disk is full; free space on it and sync again"
+    else:
+        hint = "check the path on the target"
+    reason = exc.reason or type(exc).__name__.removeprefix("SFTP")
+    return f"writing {path} failed on {label}: {reason}; {hint}"
+
+
+def _record_host_key(known: Path, host: str, port: int, key: asyncssh.SSHKey) -> None:
+    known.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    name = host if port == 22 else f"[{host}]:{port}"
+    line = f"{name} {key.export_public_key('openssh').decode().strip()}\n"
+    with open(known, "a") as handle:
+        handle.write(line)
+    os.chmod(known, 0o600)
