@@ -34,7 +34,7 @@ from typing import Any
 from relsync.dist.errors import DistError
 from relsync.dist.etf import Term
 from relsync.dist.node import connect
-from relsync.harness.relsyncd import SshAccess, start_relsyncd
+from relsync.harness.relsyncd import SshAccess, build_relsyncd, start_relsyncd
 from relsync.release import OTP_APPS
 
 log = logging.getLogger(__name__)
@@ -434,9 +434,10 @@ class LocalBoard:
         """Start relsyncd beside the release (which does not include it); see ``self.ssh``."""
         self.ssh = await start_relsyncd(
             self.rpc,
-            workdir=self.workdir / "ssh",
-            allowed_paths=[self.release_path, self.rw_path],
-            host_key_dir=self.workdir / "data" / "relsyncd",
+            key_dir=self.workdir / "ssh",
+            ebin=str(await build_relsyncd()),
+            allowed_paths=[str(self.release_path), str(self.rw_path)],
+            host_key_dir=str(self.workdir / "data" / "relsyncd"),
             port=port,
         )
         return self.ssh

@@ -8,6 +8,7 @@ running node gets its ebin and OTP's ssh, public_key and asn1 on its code path, 
 from __future__ import annotations
 
 import asyncio
+import posixpath
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,6 @@ from relsync.dist.pretty import format_term
 
 REPO = Path(__file__).resolve().parents[2]
 RELSYNCD = REPO / "relsyncd"
-OTP_LIB = Path("/usr/lib/erlang/lib")
 SSH_APPS = ("asn1", "public_key", "ssh")
 
 Rpc = Callable[[str, str, list[Term]], Awaitable[Term]]
@@ -59,29 +59,50 @@ def ensure_key(workdir: Path) -> tuple[Path, str]:
     return private, public
 
 
+async def _target_ebins(rpc: Rpc) -> list[str]:
+    """The ebin dirs of OTP's asn1, public_key and ssh on the board (beside its ERTS)."""
+    bindir = await rpc("os", "getenv", [Charlist("BINDIR")])
+    if not isinstance(bindir, str):
+        raise RuntimeError("the board's VM has no BINDIR; cannot find OTP's libraries")
+    otp_lib = posixpath.join(posixpath.dirname(posixpath.dirname(bindir)), "lib")
+    found: list[str] = []
+    for app in SSH_APPS:
+        dirs = await rpc("filelib", "wildcard", [Charlist(f"{otp_lib}/{app}-*/ebin")])
+        if not (isinstance(dirs, list) and dirs):
+            package = "erlang-" + app.replace("_", "-")
+            raise RuntimeError(f"the board has no OTP {app} in {otp_lib}; install {package}")
+        found.append(str(sorted(str(d) for d in dirs)[-1]))
+    return found
+
+
 async def start_relsyncd(
     rpc: Rpc,
     *,
-    workdir: Path,
-    allowed_paths: list[Path],
-    host_key_dir: Path,
+    key_dir: Path,
+    ebin: str,
+    allowed_paths: list[str],
+    host_key_dir: str,
     port: int = 0,
+    listen_any: bool = False,
+    public_port: int | None = None,
 ) -> SshAccess:
-    """Start relsyncd on the node behind ``rpc`` (``port`` 0: any free one); say how to reach it."""
-    ebin = await build_relsyncd()
-    identity, public = ensure_key(workdir)
-    dirs = [ebin]
-    for app in SSH_APPS:
-        found = sorted(OTP_LIB.glob(f"{app}-*/ebin"))
-        if not found:
-            package = "erlang-" + app.replace("_", "-")
-            raise RuntimeError(f"OTP's {app} is not installed; apt-get install {package}")
-        dirs.append(found[-1])
-    added = await rpc("code", "add_pathsz", [[Charlist(str(d)) for d in dirs]])
+    """Start relsyncd (its ebin at ``ebin`` on the board) beside the release behind ``rpc``.
+
+    It listens on ``port`` (0: any free one) on 127.0.0.1, or on every interface with
+    ``listen_any`` (a container, reached through a published port ``public_port``), and trusts
+    one key pair kept in ``key_dir`` on this machine.
+    """
+    identity, public = ensure_key(key_dir)
+    dirs = [ebin, *await _target_ebins(rpc)]
+    added = await rpc("code", "add_pathsz", [[Charlist(d) for d in dirs]])
     if added != "ok":
         raise RuntimeError(f"the board refused relsyncd's code path: {format_term(added)}")
     # Boards run in embedded mode: nothing loads on demand, so load every module now.
-    modules: list[Term] = [Atom(b.stem) for d in dirs for b in sorted(d.glob("*.beam"))]
+    modules: list[Term] = []
+    for directory in dirs:
+        beams = await rpc("filelib", "wildcard", [Charlist("*.beam"), Charlist(directory)])
+        assert isinstance(beams, list)
+        modules += [Atom(str(b)[: -len(".beam")]) for b in beams]
     loaded = await rpc("code", "ensure_modules_loaded", [modules])
     # Modules with an on_load function are refused in bulk in embedded mode: load them singly.
     retry = loaded[1] if isinstance(loaded, tuple) and isinstance(loaded[1], list) else []
@@ -96,11 +117,11 @@ async def start_relsyncd(
         raise RuntimeError(f"the board could not start ssh: {format_term(started)}")
     config: dict[Term, Term] = {
         Atom("ssh_port"): port,
-        Atom("ip"): (127, 0, 0, 1),
-        Atom("host_key_dir"): str(host_key_dir).encode(),
-        Atom("authorized_keys"): str(host_key_dir / "authorized_keys").encode(),
+        Atom("ip"): Atom("any") if listen_any else (127, 0, 0, 1),
+        Atom("host_key_dir"): host_key_dir.encode(),
+        Atom("authorized_keys"): f"{host_key_dir}/authorized_keys".encode(),
         Atom("authorized_public_keys"): [public.encode()],
-        Atom("allowed_paths"): [str(p).encode() for p in allowed_paths],
+        Atom("allowed_paths"): [p.encode() for p in allowed_paths],
     }
     result = await rpc("relsyncd", "start_daemon", [config])
     if not (isinstance(result, tuple) and result[0] == "ok"):
@@ -108,4 +129,4 @@ async def start_relsyncd(
     answer = await rpc("relsyncd", "port", [result[1]])
     if not (isinstance(answer, tuple) and answer[0] == "ok" and isinstance(answer[1], int)):
         raise RuntimeError(f"relsyncd has no port: {format_term(answer)}")
-    return SshAccess(answer[1], "relsync", identity, workdir / "known_hosts")
+    return SshAccess(public_port or answer[1], "relsync", identity, key_dir / "known_hosts")

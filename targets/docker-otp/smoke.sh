@@ -81,24 +81,6 @@ for s in ss: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in ss])'
 }
 
-host_otp() { erl -noshell -eval 'io:put_chars(erlang:system_info(otp_release)), halt().' 2>/dev/null || true; }
-
-release_for() {  # release_for OTP -> host path of the example release built against OTP
-  local otp=$1 dir out
-  if [ "$(host_otp)" = "$otp" ]; then
-    "$root/examples/build.sh"
-    return
-  fi
-  "$here/build.sh" "$(flavor_of "$otp")-build" >&2
-  dir="$cache/examples-otp$otp"
-  mkdir -p "$dir"
-  # Sources only (keeps mtimes, so build.sh's own up-to-date check works on the copy).
-  rsync -a --delete --exclude=_build/ --exclude=priv/demo_port "$root/examples/" "$dir/examples/"
-  out="$(docker run --rm --network none --user "$(id -u):$(id -g)" -e HOME=/tmp \
-          -v "$dir:/w" -w /w "relsync/otp-build:$otp" examples/build.sh)"
-  echo "$dir/${out#/w/}"
-}
-
 flavor_of() { case "$1" in 25) echo bookworm ;; 27) echo trixie ;; *) die "no board for OTP $1 (25 or 27)" ;; esac; }
 
 smoke_one() {  # smoke_one OTP
@@ -106,7 +88,7 @@ smoke_one() {  # smoke_one OTP
   say "OTP $otp: images"
   "$here/build.sh" "$(flavor_of "$otp")" >&2
   say "OTP $otp: release"
-  rel="$(release_for "$otp")"
+  rel="$("$here/release.sh" "$otp")"
   [ -x "$rel/bin/demo" ] || die "no release at $rel"
   read -r dist epmd <<<"$(free_ports)"
   name="relsync-smoke-otp$otp-$$"
