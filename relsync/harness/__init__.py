@@ -5,11 +5,7 @@ a writable path for relsync's shadow tree (like ``/data``). The ``local`` kind r
 this machine; see :class:`relsync.harness.local.LocalBoard`.
 """
 
-from relsync.harness.local import (
-    BoardError,
-    LocalBoard,
-    ReleaseInfo,
-    read_release_info,
-)
+from relsync.harness.local import LocalBoard, ReleaseInfo, read_release_info
+from relsync.harness.ready import BoardError
 
 __all__ = ["BoardError", "LocalBoard", "ReleaseInfo", "read_release_info"]

@@ -31,9 +31,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from relsync.dist.errors import DistError
 from relsync.dist.etf import Term
 from relsync.dist.node import connect
+from relsync.harness.ready import BoardError, wait_ready
 from relsync.harness.relsyncd import SshAccess, build_relsyncd, start_relsyncd
 from relsync.release import OTP_APPS
 
@@ -43,8 +43,6 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT = 60.0
 #: How long a node may take to shut down after SIGTERM before it is killed.
 STOP_TIMEOUT = 20.0
-#: Pause between two readiness probes (the wait itself is bounded by READY_TIMEOUT).
-PROBE_INTERVAL = 0.2
 #: Lines of the console log quoted in error messages.
 LOG_TAIL_LINES = 40
 
@@ -59,10 +57,6 @@ _SCRUBBED_ENV = (
     "CODE_LOADING_MODE",
     "ERL_CRASH_DUMP",
 )
-
-
-class BoardError(RuntimeError):
-    """A board could not be started, answered wrongly or could not be stopped."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,15 +285,6 @@ def _find_epmd() -> str:
         for candidate in sorted(root.glob("erts-*/bin/epmd"), reverse=True):
             return str(candidate)
     raise BoardError("epmd not found on PATH nor next to erl: is Erlang/OTP installed?")
-
-
-def _app_names(which_applications: object) -> set[str]:
-    names: set[str] = set()
-    if isinstance(which_applications, list):
-        for item in which_applications:
-            if isinstance(item, tuple | list) and item:
-                names.add(str(item[0]))
-    return names
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -619,53 +604,12 @@ class LocalBoard:
                 start_new_session=True,
             )
         self._exited = asyncio.ensure_future(self._proc.wait())
-        await self._wait_ready()
-
-    async def _probe(self) -> bool:
-        conn = await connect(self.node, cookie=self.cookie, epmd_port=self.epmd_port, timeout=5.0)
-        try:
-            apps = await conn.call("application", "which_applications", [], timeout=5.0)
-        finally:
-            await conn.close()
-        return self.info.main_app in _app_names(apps)
-
-    async def _wait_ready(self) -> None:
-        exited = self._exited
-        assert exited is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.ready_timeout
-        last_error = "no answer yet"
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            probe: asyncio.Future[Any] = asyncio.ensure_future(self._probe())
-            waiters: set[asyncio.Future[Any]] = {probe, exited}
-            done, _ = await asyncio.wait(
-                waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-            )
-            if exited in done:
-                await _cancel(probe)
-                raise BoardError(
-                    f"node {self.node} exited with status {exited.result()} before it was "
-                    f"ready; end of {self.console_log}:\n{self.log_tail()}"
-                )
-            if probe not in done:
-                await _cancel(probe)
-                break
-            try:
-                if probe.result():
-                    return
-                last_error = f"application {self.info.main_app} not started yet"
-            except (DistError, OSError, TimeoutError) as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
-            # Pause before the next probe, but notice an exit at once.
-            await asyncio.wait({exited}, timeout=min(PROBE_INTERVAL, max(0.0, remaining)))
-        raise BoardError(
-            f"node {self.node} did not answer with {self.info.main_app} started within "
-            f"{self.ready_timeout:g}s (last: {last_error}); end of {self.console_log}:\n"
-            f"{self.log_tail()}"
-        )
+        assert self._exited is not None
+        await wait_ready(
+            self.node, self.cookie, self.epmd_port, self.info.main_app,
+            timeout=self.ready_timeout, died=self._exited,
+            describe=lambda: f"end of {self.console_log}:\n{self.log_tail()}",
+        )  # fmt: skip
 
     async def _stop_node(self) -> None:
         proc, exited = self._proc, self._exited

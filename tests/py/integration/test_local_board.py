@@ -15,12 +15,12 @@ import pytest
 
 from relsync.harness.example import build_example_release
 from relsync.harness.local import (
-    BoardError,
     LocalBoard,
     mount_points,
     parse_rel_file,
     read_release_info,
 )
+from relsync.harness.ready import BoardError
 
 T = TypeVar("T")
 

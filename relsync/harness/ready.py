@@ -1,0 +1,91 @@
+"""Waiting for a board: it is ready when its node answers with the release's main app started."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from relsync.dist.errors import DistError
+from relsync.dist.node import connect
+
+#: Pause between two readiness probes (the wait itself is bounded by its timeout).
+PROBE_INTERVAL = 0.2
+
+
+class BoardError(RuntimeError):
+    """A board could not be started, answered wrongly or could not be stopped."""
+
+
+def app_names(which_applications: object) -> set[str]:
+    """The names in an ``application:which_applications()`` reply."""
+    names: set[str] = set()
+    if isinstance(which_applications, list):
+        for item in which_applications:
+            if isinstance(item, tuple | list) and item:
+                names.add(str(item[0]))
+    return names
+
+
+async def _probe(node: str, cookie: str, epmd_port: int, main_app: str) -> bool:
+    conn = await connect(node, cookie=cookie, epmd_port=epmd_port, timeout=5.0)
+    try:
+        apps = await conn.call("application", "which_applications", [], timeout=5.0)
+    finally:
+        await conn.close()
+    return main_app in app_names(apps)
+
+
+async def _cancel(task: asyncio.Future[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+
+
+async def wait_ready(
+    node: str,
+    cookie: str,
+    epmd_port: int,
+    main_app: str,
+    *,
+    timeout: float,
+    describe: Callable[[], str],
+    died: asyncio.Future[int] | None = None,
+) -> None:
+    """Return once ``node`` answers with ``main_app`` started; fail at once if ``died`` is set.
+
+    ``describe()`` supplies what a person needs in the error (e.g. the console log's tail).
+    """
+    loop = asyncio.get_running_loop()
+    gone: asyncio.Future[int] = died if died is not None else loop.create_future()
+    deadline = loop.time() + timeout
+    last_error = "no answer yet"
+    while (remaining := deadline - loop.time()) > 0:
+        probe: asyncio.Future[bool] = asyncio.ensure_future(
+            _probe(node, cookie, epmd_port, main_app)
+        )
+        waiters: set[asyncio.Future[Any]] = {probe, gone}
+        done, _ = await asyncio.wait(
+            waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+        )
+        if gone in done:
+            await _cancel(probe)
+            raise BoardError(
+                f"node {node} exited with status {gone.result()} before it was ready; {describe()}"
+            )
+        if probe not in done:
+            await _cancel(probe)
+            break
+        try:
+            if probe.result():
+                return
+            last_error = f"application {main_app} not started yet"
+        except (DistError, OSError, TimeoutError) as exc:
+            last_error = f"{type(exc).__name__}: {exc}"
+        # Pause before the next probe, but notice an exit at once.
+        await asyncio.wait({gone}, timeout=min(PROBE_INTERVAL, max(0.0, remaining)))
+    raise BoardError(
+        f"node {node} did not answer with {main_app} started within {timeout:g}s "
+        f"(last: {last_error}); {describe()}"
+    )
