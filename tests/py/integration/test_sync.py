@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+from support.cli import relsync
 
 from relsync.dist.etf import Atom, Term
 from relsync.harness.example import APP_DIR, Variant, build_example_release
@@ -38,36 +36,6 @@ def demo_release() -> Path:
 def mode(request: pytest.FixtureRequest) -> str:
     """The transport a test runs over."""
     return str(request.param)
-
-
-class Run:
-    """One relsync invocation's outcome."""
-
-    def __init__(self, code: int, out: str, err: str) -> None:
-        self.code, self.out, self.err = code, out, err
-        self.report: dict[str, Any] = json.loads(out) if out.startswith("{") else {}
-
-
-async def relsync(
-    board: LocalBoard, local: Path, *args: str, cookie: str | None = None, node: str | None = None
-) -> Run:
-    """Run the relsync command line against ``board`` (over ssh once the board has relsyncd)."""
-    if board.ssh is None or cookie or node:
-        target = ["-d", node or board.node, "-c", cookie or board.cookie,
-                  "--epmd-port", str(board.epmd_port)]  # fmt: skip
-    else:
-        ssh = board.ssh
-        target = ["-M", "ssh", "-d", "127.0.0.1", "-P", str(ssh.port), "-u", ssh.user,
-                  "-i", str(ssh.identity), "--known-hosts", str(ssh.known_hosts),
-                  "--accept-new-host-key"]  # fmt: skip
-    argv = [*target, "-p", str(board.release_path), "-l", str(local), *args]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "relsync.cli", *argv,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
-    assert proc.returncode is not None
-    return Run(proc.returncode, out.decode(), err.decode())
 
 
 def with_board(
