@@ -6,7 +6,7 @@ EBIN  := relsync/erlang/ebin
 ERL_SRC := $(wildcard relsync/erlang/*.erl)
 BEAMS := $(patsubst relsync/erlang/%.erl,$(EBIN)/%.beam,$(ERL_SRC))
 
-.PHONY: setup erlang examples lint test pytest ct demo bench clean
+.PHONY: setup erlang examples images lint test pytest ct demo bench clean
 
 setup:
 	@scripts/setup.sh
@@ -19,6 +19,11 @@ $(EBIN)/%.beam: relsync/erlang/%.erl
 
 examples: setup
 	@examples/build.sh
+
+# docker-otp board images (Debian packages only; starts dockerd when needed, as root).
+images: setup
+	@scripts/docker-engine.sh
+	@targets/docker-otp/build.sh all
 
 lint: setup
 	$(VENV)/bin/ruff check relsync tests bench scripts

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from relsync import __version__
+from relsync import __version__, target_cli
 from relsync.engine import SyncOptions, SyncReport, sync
 from relsync.errors import ExitCode, RelsyncError, UsageError
 from relsync.hooks import resolve_hook
@@ -22,7 +22,9 @@ from relsync.transports.erl import ErlTarget
 from relsync.transports.ssh import DEFAULT_PORT as SSH_PORT
 from relsync.transports.ssh import SshTarget
 
-EXIT_CODES = """exit codes:
+EXIT_CODES = """boards to try a release on: relsync target --help
+
+exit codes:
   0  synced (or nothing to do)
   1  internal error (a bug: please report it)
   2  bad command line or local release; the target was not touched
@@ -259,7 +261,10 @@ async def run(args: argparse.Namespace, cwd: Path) -> SyncReport:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``relsync`` command."""
+    """Entry point of the ``relsync`` command (``relsync target ...`` manages boards)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["target"]:
+        return target_cli.main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         report = asyncio.run(run(args, Path.cwd()))

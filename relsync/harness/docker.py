@@ -10,7 +10,9 @@ come from ``targets/docker-otp/build.sh`` (Debian packages only, no registry).
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
@@ -18,7 +20,7 @@ from relsync.dist.etf import Term
 from relsync.dist.node import connect
 from relsync.harness.local import read_release_info
 from relsync.harness.ready import BoardError, wait_ready
-from relsync.harness.relsyncd import SshAccess, build_relsyncd, start_relsyncd
+from relsync.harness.relsyncd import SshAccess, build_relsyncd, ensure_key, start_relsyncd
 from relsync.transports.ssh import DEFAULT_PORT as SSH_PORT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,6 +57,10 @@ async def example_release(otp: int) -> Path:
     return Path(out.strip().splitlines()[-1])
 
 
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
 async def _free_ports(count: int) -> list[int]:
     servers = [await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0) for _ in range(count)]
     ports = [int(s.sockets[0].getsockname()[1]) for s in servers]
@@ -65,14 +71,26 @@ async def _free_ports(count: int) -> list[int]:
 
 
 class DockerBoard:
-    """A docker-otp board; ``async with await DockerBoard.start(release, otp=27) as board:``."""
+    """A docker-otp board; ``async with await DockerBoard.start(release, otp=27) as board:``.
+
+    Its description lives in the container's labels, so another process can find it again
+    with :meth:`attach` (``relsync target reboot ID``).
+    """
 
     kind = "docker-otp"
     release_path = RELEASE_PATH
     rw_path = RW_PATH
 
     def __init__(
-        self, *, name: str, otp: int, main_app: str, cookie: str, ports: list[int], log: Path
+        self,
+        *,
+        name: str,
+        otp: int,
+        main_app: str,
+        cookie: str,
+        ports: list[int],
+        workdir: Path,
+        ssh: bool,
     ) -> None:
         self.id = name
         self.otp = otp
@@ -80,26 +98,30 @@ class DockerBoard:
         self.node = "board@127.0.0.1"
         self.cookie = cookie
         self.dist_port, self.epmd_port, self.ssh_port = ports
-        self.console_log = log
+        self.workdir = workdir
+        self.console_log = workdir / "console.log"
+        self.has_ssh = ssh
         self.ssh: SshAccess | None = None
-        self._key_dir = log.parent / "ssh"
 
     @classmethod
     async def start(
         cls, release: Path, *, otp: int = 27, workdir: Path, ssh: bool = True
     ) -> DockerBoard:
-        """Create and start a board running ``release``; return when its node answers."""
+        """Create and start a board running ``release``; return when its node answers.
+
+        ``workdir/<id>`` on this machine keeps the board's ssh key and console log.
+        """
         await ensure_engine_and_image(otp)
         info = read_release_info(Path(release).resolve())
-        workdir.mkdir(parents=True, exist_ok=True)
         name = f"relsync-board-{secrets.token_hex(4)}"
         board = cls(
             name=name, otp=otp, main_app=info.main_app, cookie=secrets.token_hex(16),
-            ports=await _free_ports(3), log=workdir / f"{name}.log",
+            ports=await _free_ports(3), workdir=(workdir / name).resolve(), ssh=ssh,
         )  # fmt: skip
-        argv = [
-            "docker", "run", "-d", "--name", name, "--read-only",
-            "--label", "relsync.board=docker-otp",
+        argv = ["docker", "run", "-d", "--name", name, "--read-only"]
+        for key, value in board._labels().items():
+            argv += ["--label", f"{key}={value}"]
+        argv += [
             "--tmpfs", "/tmp:rw,nosuid,nodev,size=64m",
             "--mount", f"type=bind,src={info.root},dst={RELEASE_PATH},readonly",
             "--mount", f"type=volume,src={name}-data,dst=/data",
@@ -114,24 +136,72 @@ class DockerBoard:
                      "-p", f"127.0.0.1:{board.ssh_port}:{SSH_PORT}"]  # fmt: skip
         await _run(*argv, f"relsync/otp-board:{otp}")
         try:
-            await board._ready(ssh)
+            await board._follow_log()
+            await board._ready()
         except BaseException:
             await board.stop()
             raise
         return board
 
-    async def _ready(self, ssh: bool) -> None:
+    @classmethod
+    async def attach(cls, name: str) -> DockerBoard:
+        """The board ``name``, as :meth:`start` described it in the container's labels."""
+        out = await _run(
+            "docker", "inspect", "--format", "{{json .Config.Labels}}", name, check=False
+        )  # fmt: skip
+        try:
+            labels = json.loads(out)
+            board = cls(
+                name=name, otp=int(labels["relsync.otp"]), main_app=labels["relsync.main_app"],
+                cookie=labels["relsync.cookie"],
+                ports=[int(p) for p in labels["relsync.ports"].split(",")],
+                workdir=Path(labels["relsync.workdir"]), ssh=labels["relsync.ssh"] == "true",
+            )  # fmt: skip
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BoardError(f"no docker-otp board {name!r}; see relsync target list") from exc
+        if board.has_ssh:
+            identity, _ = ensure_key(board.workdir / "ssh")
+            known = identity.parent / "known_hosts"
+            board.ssh = SshAccess(board.ssh_port, "relsync", identity, known)
+        return board
+
+    @classmethod
+    async def list_ids(cls) -> list[str]:
+        """Names of every docker-otp board on this machine."""
+        out = await _run(
+            "docker", "ps", "-a", "--filter", f"label=relsync.board={cls.kind}",
+            "--format", "{{.Names}}",
+        )  # fmt: skip
+        return sorted(out.split())
+
+    def _labels(self) -> dict[str, str]:
+        return {
+            "relsync.board": self.kind, "relsync.otp": str(self.otp),
+            "relsync.main_app": self.main_app, "relsync.cookie": self.cookie,
+            "relsync.ports": f"{self.dist_port},{self.epmd_port},{self.ssh_port}",
+            "relsync.workdir": str(self.workdir), "relsync.ssh": str(self.has_ssh).lower(),
+        }  # fmt: skip
+
+    async def _follow_log(self, since: str = "") -> None:
+        """Append the container's console to ``console_log`` until the container stops."""
+        self.console_log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.console_log, "ab") as log:
+            await asyncio.create_subprocess_exec(
+                "docker", "logs", "-f", *(["--since", since] if since else []), self.id,
+                stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+
+    async def _ready(self) -> None:
         try:
             await wait_ready(
                 self.node, self.cookie, self.epmd_port, self.main_app, timeout=READY_TIMEOUT,
                 describe=lambda: f"container {self.id}",
             )  # fmt: skip
         except BoardError as exc:
-            await self.save_log()
             raise BoardError(f"{exc}; end of {self.console_log}:\n{self._log_tail()}") from exc
-        if ssh:
+        if self.has_ssh:
             self.ssh = await start_relsyncd(
-                self.rpc, key_dir=self._key_dir, ebin=RELSYNCD_EBIN,
+                self.rpc, key_dir=self.workdir / "ssh", ebin=RELSYNCD_EBIN,
                 allowed_paths=[RELEASE_PATH, "/data"], host_key_dir="/data/relsyncd",
                 port=SSH_PORT, listen_any=True, public_port=self.ssh_port,
             )  # fmt: skip
@@ -141,11 +211,6 @@ class DockerBoard:
             return "\n".join(self.console_log.read_text(errors="replace").splitlines()[-40:])
         except OSError:
             return "(no log captured)"
-
-    async def save_log(self) -> Path:
-        """Write the container's console output to ``console_log``."""
-        self.console_log.write_text(await _run("docker", "logs", self.id, check=False))
-        return self.console_log
 
     async def rpc(self, mod: str, fun: str, args: list[Term] | None = None) -> Term:
         """One ``mod:fun(args...)`` call on the board's node."""
@@ -172,18 +237,21 @@ class DockerBoard:
 
     async def reboot(self) -> None:
         """``docker restart``: a clean reboot; returns when the node (and relsyncd) answer."""
+        since = _now()
         await _run("docker", "restart", self.id)
-        await self._ready(self.ssh is not None)
+        await self._follow_log(since)  # the follower ended when the container stopped
+        await self._ready()
 
     async def power_cut(self) -> None:
         """``docker kill`` + ``docker start``: no clean shutdown; returns when it answers again."""
+        since = _now()
         await _run("docker", "kill", self.id)
         await _run("docker", "start", self.id)
-        await self._ready(self.ssh is not None)
+        await self._follow_log(since)
+        await self._ready()
 
     async def stop(self) -> None:
         """Remove the container and its data volume (keeps the console log). Idempotent."""
-        await self.save_log()
         await _run("docker", "rm", "-f", "-v", self.id, check=False)
         await _run("docker", "volume", "rm", "-f", f"{self.id}-data", check=False)
 
