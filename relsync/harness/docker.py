@@ -224,6 +224,17 @@ class DockerBoard:
         """Run a command inside the board and return its output (fails on a non-zero exit)."""
         return await _run("docker", "exec", self.id, *command)
 
+    async def read_file(self, path: str) -> bytes:
+        """The content of a file on the board."""
+        proc = await asyncio.create_subprocess_exec(
+            "docker", "exec", self.id, "cat", path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise BoardError(f"cannot read {path} on {self.id}: {err.decode().strip()}")
+        return out
+
     async def tree(self, root: str) -> dict[str, str]:
         """Files and symlinks below ``root`` on the board: 'file:<sha256>' or 'link:<target>'."""
         script = (

@@ -9,6 +9,7 @@ reconciles the stale tree.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from support.cli import relsync
 from relsync.dist.etf import Atom
 from relsync.harness.docker import RELEASE_PATH, RW_PATH, DockerBoard, example_release
 from relsync.harness.example import APP_DIR, Variant
+from relsync.harness.ready import BoardError
 
 pytestmark = pytest.mark.e2e
 
@@ -70,3 +72,19 @@ def test_sync_restart_resync(otp: int, mode: str, tmp_path: Path) -> None:
             assert noop.code == 0 and noop.report["written"] == [] and noop.report["reload"] == []
 
     asyncio.run(scenario())
+
+
+def test_board_fixture_read_file_and_power_cut(
+    docker_board: Callable[..., DockerBoard], tmp_path: Path
+) -> None:
+    release = asyncio.run(example_release(25))
+    board = docker_board(release, otp=25, ssh=False)
+    rel_file = asyncio.run(board.read_file(f"{RELEASE_PATH}/releases/start_erl.data"))
+    assert rel_file.split()[1] == b"0.1.0"
+    asyncio.run(board.exec("sh", "-c", "echo kept > /data/marker"))
+    asyncio.run(board.rpc("demo_counter", "bump"))
+    asyncio.run(board.power_cut())
+    assert asyncio.run(board.rpc("demo_counter", "value")) == 0  # a fresh boot
+    assert asyncio.run(board.read_file("/data/marker")) == b"kept\n"  # /data survives
+    with pytest.raises(BoardError, match="cannot read"):
+        asyncio.run(board.read_file("/nonexistent"))
