@@ -35,7 +35,11 @@ fi
 stamp=.venv/.relsync-deps
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing Python dependencies into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+         .venv/bin/python -m pip install -q -e '.[dev]'; } > .venv/pip.log 2>&1; then
+    cat .venv/pip.log >&2
+    echo "setup: installing the Python dependencies failed (log above)" >&2
+    exit 1
+  fi
   touch "$stamp"
 fi
