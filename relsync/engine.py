@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from relsync.errors import ExitCode, HookError
 from relsync.hooks import Hook
 from relsync.plan import SyncPlan, TargetState, build_plan
-from relsync.release import LocalRelease, Skipped
+from relsync.release import FileKind, LocalRelease, Skipped
 from relsync.target import HookResult, ModuleResult, Progress, RemoteEntry, Target
 
 
@@ -122,6 +122,7 @@ async def sync(
         if failure := _hook_failure("presync", hook.module, pre):
             raise HookError(f"{failure}; nothing was changed on the target")
 
+    report.warnings += await _busy_programs(target, release, options, plan)
     sent = 0
 
     def count(nbytes: int) -> None:
@@ -154,6 +155,24 @@ async def sync(
             report.exit_code = ExitCode.HOOK
     report.seconds = time.perf_counter() - started
     return report
+
+
+async def _busy_programs(
+    target: Target, release: LocalRelease, options: SyncOptions, plan: SyncPlan
+) -> list[str]:
+    """Warnings for port programs about to be replaced while they run (after presync)."""
+    ports = [r for r in plan.changed if release.files[r].kind is FileKind.PORT]
+    if not ports:
+        return []
+    roots = [options.dest_path.rstrip("/")] + ([plan.root] if options.rw_path else [])
+    by_path = {f"{root}/{rel}": rel for rel in ports for root in roots}
+    running = await target.running_programs(sorted(by_path))
+    return [
+        f"{by_path[p.path]} is running (OS pid {p.os_pid}, port of {p.owner}): it goes on "
+        "running the old program until its owner restarts it; restart it in a hook "
+        "(presync: stop, postsync: start)"
+        for p in running
+    ]
 
 
 async def _apply_files(target: Target, plan: SyncPlan, report: SyncReport, count: Progress) -> None:

@@ -71,6 +71,15 @@ class HookResult:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class RunningProgram:
+    """A file that runs right now as the program of one of the VM's ports."""
+
+    path: str
+    os_pid: int
+    owner: str
+
+
 Progress = Callable[[int], None]
 
 
@@ -90,6 +99,9 @@ class Target(Protocol):
 
     async def loaded_modules(self) -> dict[str, bytes]:
         """Modules relsync loaded into the running VM, with the SHA-256 of their beam files."""
+
+    async def running_programs(self, paths: Sequence[str]) -> list[RunningProgram]:
+        """Which of ``paths`` run now as port programs (so replacing them needs a restart)."""
 
     async def put_files(self, files: Sequence[FilePut], progress: Progress) -> None:
         """Write each file atomically (temp name, fsync, rename), calling ``progress(nbytes)``."""

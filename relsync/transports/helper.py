@@ -21,6 +21,7 @@ from relsync.target import (
     RemoteEntry,
     RemoteFile,
     RemoteLink,
+    RunningProgram,
     TargetInfo,
 )
 
@@ -139,6 +140,16 @@ class HelperTarget(ABC):
         if not isinstance(result, dict):
             return {}
         return {str(m): s for m, s in result.items() if isinstance(s, bytes)}
+
+    async def running_programs(self, paths: Sequence[str]) -> list[RunningProgram]:
+        """See :class:`relsync.target.Target`."""
+        result = await self._call("running_programs", [[_path(p) for p in paths]])
+        found: list[RunningProgram] = []
+        for item in result if isinstance(result, list) else []:
+            if isinstance(item, tuple) and len(item) == 4 and isinstance(item[1], int):
+                owner = _proc((item[2], item[3]))
+                found.append(RunningProgram(_text(item[0]), item[1], owner))
+        return found
 
     async def put_files(self, files: Sequence[FilePut], progress: Progress) -> None:
         """See :class:`relsync.target.Target`."""

@@ -19,7 +19,8 @@
 
 -export([info/0, list_dir/1, manifest/2, put_files/1, put_chunk/3, commit/3,
          delete_files/1, delete_dirs/1, make_symlinks/1, update_code_path/1,
-         load_modules/2, delete_modules/2, loaded_shas/0, run_hook/3]).
+         load_modules/2, delete_modules/2, loaded_shas/0, running_programs/1,
+         run_hook/3]).
 
 -include_lib("kernel/include/file.hrl").
 
@@ -431,6 +432,50 @@ dedup(L) -> dedup(L, #{}).
 dedup([], _) -> [];
 dedup([X | T], Seen) when is_map_key(X, Seen) -> dedup(T, Seen);
 dedup([X | T], Seen) -> [X | dedup(T, Seen#{X => true})].
+
+%%% ------------------------------------------------------- port programs
+
+%% Which of Paths are running right now as the program of one of this VM's
+%% ports (found through /proc/<os pid>/exe; [] where there is no /proc). A
+%% program replaced by rename keeps running its old binary until restarted.
+-spec running_programs([binary()]) -> [{binary(), integer(), pid() | undefined, atom()}].
+running_programs(Paths) when is_list(Paths) ->
+    Wanted = maps:from_list([{real_path(P), P} || P <- Paths, is_binary(P)]),
+    lists:filtermap(
+      fun(Port) ->
+              case {erlang:port_info(Port, os_pid), erlang:port_info(Port, connected)} of
+                  {{os_pid, OsPid}, {connected, Owner}} when is_integer(OsPid) ->
+                      Exe = exe_of(OsPid),
+                      case maps:find(Exe, Wanted) of
+                          {ok, Path} -> {true, {Path, OsPid, Owner, reg_name(Owner)}};
+                          error -> false
+                      end;
+                  _ -> false
+              end
+      end, erlang:ports());
+running_programs(_) ->
+    [].
+
+exe_of(OsPid) ->
+    case file:read_link_all("/proc/" ++ integer_to_list(OsPid) ++ "/exe") of
+        {ok, Exe} -> name_bin(Exe);
+        {error, _} -> undefined
+    end.
+
+%% The path with every symlink resolved (as /proc/PID/exe shows it).
+real_path(Path) -> real_path(filename:split(Path), <<"/">>, 0).
+
+real_path([], Acc, _) -> Acc;
+real_path(_, Acc, Depth) when Depth > 40 -> Acc;
+real_path([<<"/">> | Rest], _Acc, Depth) -> real_path(Rest, <<"/">>, Depth);
+real_path([Part | Rest], Acc, Depth) ->
+    Next = filename:join(Acc, Part),
+    case file:read_link_all(Next) of
+        {ok, Target} ->
+            Abs = filename:absname(name_bin(Target), Acc),
+            real_path(filename:split(Abs) ++ Rest, <<"/">>, Depth + 1);
+        {error, _} -> real_path(Rest, Next, Depth)
+    end.
 
 %%% ---------------------------------------------------------- code loading
 

@@ -204,7 +204,7 @@ api() ->
     [{info, 0}, {list_dir, 1}, {manifest, 2}, {put_files, 1}, {put_chunk, 3}, {commit, 3},
      {delete_files, 1}, {delete_dirs, 1}, {make_symlinks, 1},
      {update_code_path, 1}, {load_modules, 2}, {delete_modules, 2},
-     {loaded_shas, 0}, {run_hook, 3}].
+     {loaded_shas, 0}, {running_programs, 1}, {run_hook, 3}].
 
 check_args(manifest, [Root, _], A) -> one(Root, follow, A);
 check_args(list_dir, [Dir], A) -> one(Dir, follow, A);
@@ -232,8 +232,9 @@ check_args(load_modules, [Mods, _], A) when is_list(Mods) ->
     each(fun(M) when is_tuple(M), tuple_size(M) >= 2 -> one(element(2, M), follow, A);
             (Bad) -> {error, {forbidden, Bad}}
          end, Mods);
+%% running_programs only compares its paths with /proc/<os pid>/exe of ports.
 check_args(F, _Args, _A) when F =:= info; F =:= loaded_shas; F =:= delete_modules;
-                              F =:= run_hook ->
+                              F =:= run_hook; F =:= running_programs ->
     ok;
 check_args(_F, [Bad | _], _A) ->
     {error, {forbidden, Bad}}.          % a path list that is not a list, ...

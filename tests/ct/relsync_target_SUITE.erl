@@ -14,7 +14,7 @@
          manifest_large_file/1, manifest_cache_hit/1, manifest_cache_racy/1,
          cache_owner/1,
          put_files_basic/1, put_files_replaces_symlink/1,
-         put_files_running_executable/1, put_files_hash_mismatch/1,
+         put_files_running_executable/1, running_programs/1, put_files_hash_mismatch/1,
          put_files_unwritable/1, chunked_put_commit/1,
          delete_files/1, delete_dirs/1, make_symlinks/1,
          update_code_path/1,
@@ -31,7 +31,7 @@ all() ->
      manifest_large_file, manifest_cache_hit, manifest_cache_racy,
      cache_owner,
      put_files_basic, put_files_replaces_symlink,
-     put_files_running_executable, put_files_hash_mismatch,
+     put_files_running_executable, running_programs, put_files_hash_mismatch,
      put_files_unwritable, chunked_put_commit,
      delete_files, delete_dirs, make_symlinks,
      update_code_path,
@@ -231,6 +231,30 @@ put_files_replaces_symlink(Config) ->
 
 %% A running executable cannot be opened for writing (etxtbsy on Linux); the
 %% rename-based replace works and leaves the running program alone.
+%% A port's program is found by its path, also through a symlink to it (a
+%% shadow tree), and only while it runs.
+running_programs(Config) ->
+    Dir = ?config(dir, Config),
+    Prog = <<Dir/binary, "/prog">>,
+    Link = <<Dir/binary, "/shadow-prog">>,
+    {ok, _} = file:copy(os:find_executable("sleep"), Prog),
+    ok = file:change_mode(Prog, 8#755),
+    ok = file:make_symlink(Prog, Link),
+    ?assertEqual([], ?T:running_programs([Prog, Link])),
+    Port = open_port({spawn_executable, Prog}, [{args, ["60"]}, exit_status]),
+    {os_pid, OsPid} = erlang:port_info(Port, os_pid),
+    Exe = "/proc/" ++ integer_to_list(OsPid) ++ "/exe",
+    try
+        wait_until(fun() -> file:read_link(Exe) =:= {ok, binary_to_list(Prog)} end, 5000),
+        Self = self(),
+        ?assertMatch([{Prog, OsPid, Self, _}], ?T:running_programs([Prog])),
+        ?assertMatch([{Link, OsPid, Self, _}], ?T:running_programs([Link])),
+        ?assertEqual([], ?T:running_programs([<<Dir/binary, "/other">>]))
+    after
+        os:cmd("kill " ++ integer_to_list(OsPid))
+    end,
+    receive {Port, {exit_status, _}} -> ok after 5000 -> ct:fail(sleep_not_killed) end.
+
 put_files_running_executable(Config) ->
     Dir = ?config(dir, Config),
     Prog = <<Dir/binary, "/prog">>,

@@ -327,3 +327,33 @@ def test_hook_timeout(demo_release: Path, tmp_path: Path, mode: str) -> None:
         assert await call(board, "demo_counter", "version") == 1
 
     with_board(demo_release, tmp_path / "board", body, mode)
+
+
+def test_running_port_program_is_reported_not_corrupted(
+    demo_release: Path, tmp_path: Path, mode: str
+) -> None:
+    v2 = Variant(demo_release, tmp_path / "v2").port_version("v2")
+
+    async def body(board: LocalBoard) -> None:
+        assert await call(board, "demo_port", "ask", [b"x"]) == b"v1:x"
+        run = await relsync(board, v2.root, "-q", str(board.rw_path), "--json")
+        assert run.code == 0, run.err
+        [warning] = run.report["warnings"]
+        assert warning.startswith(f"{APP_DIR}/priv/demo_port is running (OS pid ")
+        assert await call(board, "demo_port", "ask", [b"x"]) == b"v1:x"  # still the old one
+        shadow_port = board.rw_path / APP_DIR / "priv" / "demo_port"
+        assert shadow_port.read_bytes() == (v2.root / APP_DIR / "priv" / "demo_port").read_bytes()
+        owner = await call(board, "erlang", "whereis", [Atom("demo_port")])
+        await call(board, "erlang", "exit", [owner, Atom("kill")])  # its supervisor restarts it
+        for _ in range(100):
+            if await call(board, "erlang", "whereis", [Atom("demo_port")]) not in (
+                "undefined",
+                owner,
+            ):
+                break
+            await asyncio.sleep(0.05)
+        assert await call(board, "demo_port", "ask", [b"x"]) == b"v2:x"
+        text = await relsync(board, v2.root, "-q", str(board.rw_path))
+        assert "is running" not in text.out  # nothing changed: nothing to warn about
+
+    with_board(demo_release, tmp_path / "board", body, mode)
