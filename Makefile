@@ -6,7 +6,7 @@ EBIN  := relsync/erlang/ebin
 ERL_SRC := $(wildcard relsync/erlang/*.erl)
 BEAMS := $(patsubst relsync/erlang/%.erl,$(EBIN)/%.beam,$(ERL_SRC))
 
-.PHONY: setup erlang examples images lint test pytest ct demo bench clean
+.PHONY: setup erlang examples images arm-image lint test test-arm pytest ct demo bench clean
 
 setup:
 	@scripts/setup.sh
@@ -25,9 +25,18 @@ images: setup
 	@scripts/docker-engine.sh
 	@targets/docker-otp/build.sh all
 
+# The qemu-arm board's base image (Debian armhf packages; seconds when the .deb cache is warm).
+arm-image: setup
+	@targets/qemu-arm/build.sh >/dev/null
+
+# The e2e suite on the emulated 32-bit ARM board, both modes (also part of `make test`).
+test-arm: erlang arm-image
+	@scripts/setup.sh test
+	$(PY) -m pytest -rs -m arm tests/py
+
 lint: setup
-	$(VENV)/bin/ruff check relsync tests bench scripts
-	$(VENV)/bin/mypy --strict relsync
+	$(VENV)/bin/ruff check relsync tests bench scripts targets
+	$(VENV)/bin/mypy --strict relsync targets/qemu-arm/boardctl.py
 
 pytest: erlang examples
 	@scripts/setup.sh test

@@ -19,7 +19,7 @@ from types import TracebackType
 from relsync.dist.etf import Term
 from relsync.dist.node import connect
 from relsync.harness.local import read_release_info
-from relsync.harness.ready import BoardError, wait_ready
+from relsync.harness.ready import BoardError, parse_tree, tree_command, wait_ready
 from relsync.harness.relsyncd import SshAccess, build_relsyncd, ensure_key, start_relsyncd
 from relsync.transports.ssh import DEFAULT_PORT as SSH_PORT
 
@@ -237,14 +237,7 @@ class DockerBoard:
 
     async def tree(self, root: str) -> dict[str, str]:
         """Files and symlinks below ``root`` on the board: 'file:<sha256>' or 'link:<target>'."""
-        script = (
-            f'cd "{root}" 2>/dev/null || exit 0; '
-            "find . \\( -type f -o -type l \\) | sort | while read -r p; do "
-            'if [ -L "$p" ]; then printf "%s link:%s\\n" "${p#./}" "$(readlink "$p")"; '
-            'else printf "%s file:%s\\n" "${p#./}" "$(sha256sum < "$p" | cut -d" " -f1)"; fi; done'
-        )
-        out = await self.exec("sh", "-c", script)
-        return dict(line.split(" ", 1) for line in out.splitlines() if line)
+        return parse_tree(await self.exec("sh", "-c", tree_command(root)))
 
     async def reboot(self) -> None:
         """``docker restart``: a clean reboot; returns when the node (and relsyncd) answer."""

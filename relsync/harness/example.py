@@ -62,14 +62,14 @@ class Variant:
         (self.ebin / f"{module}.beam").unlink()
         return self
 
-    def port_version(self, version: str) -> Variant:
-        """Rebuild priv/demo_port answering ``<version>:<request>``."""
+    def port_version(self, version: str, cc: str = "cc") -> Variant:
+        """Rebuild priv/demo_port answering ``<version>:<request>`` (with compiler ``cc``)."""
         source = (EXAMPLE / "c_src" / "demo_port.c").read_text()
         source = source.replace('#define PORT_VERSION "v1"', f'#define PORT_VERSION "{version}"')
         path = self._src / "demo_port.c"
         path.write_text(source)
         out = self.root / APP_DIR / "priv" / "demo_port"
         tmp = out.with_name("demo_port.new")
-        subprocess.run(["cc", "-O2", "-o", str(tmp), str(path)], check=True, capture_output=True)
+        subprocess.run([cc, "-O2", "-o", str(tmp), str(path)], check=True, capture_output=True)
         tmp.replace(out)
         return self

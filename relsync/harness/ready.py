@@ -1,4 +1,5 @@
-"""Waiting for a board: it is ready when its node answers with the release's main app started."""
+"""What every board kind shares: waiting until it is ready (its node answers with the release's
+main app started), and reading a directory tree on it with a shell one-liner."""
 
 from __future__ import annotations
 
@@ -89,3 +90,18 @@ async def wait_ready(
         f"node {node} did not answer with {main_app} started within {timeout:g}s "
         f"(last: {last_error}); {describe()}"
     )
+
+
+def tree_command(root: str) -> str:
+    """A POSIX shell command listing every file and symlink below ``root`` (see parse_tree)."""
+    return (
+        f'cd "{root}" 2>/dev/null || exit 0; '
+        "find . \\( -type f -o -type l \\) | sort | while read -r p; do "
+        'if [ -L "$p" ]; then printf "%s link:%s\\n" "${p#./}" "$(readlink "$p")"; '
+        'else printf "%s file:%s\\n" "${p#./}" "$(sha256sum < "$p" | cut -d" " -f1)"; fi; done'
+    )
+
+
+def parse_tree(output: str) -> dict[str, str]:
+    """``tree_command``'s output as {relative path: 'file:<sha256>' | 'link:<target>'}."""
+    return dict(line.split(" ", 1) for line in output.splitlines() if " " in line)

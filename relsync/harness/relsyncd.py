@@ -1,6 +1,6 @@
 """Give a board ssh mode when its release does not include relsyncd: start it beside the release.
 
-The relsyncd application (``relsyncd/`` in this repository) is compiled once with rebar3; a
+The relsyncd application (``relsyncd/`` in this repository) is compiled once by its build.sh; a
 running node gets its ebin and OTP's ssh, public_key and asn1 on its code path, then a daemon on
 127.0.0.1 that trusts one key pair generated for the board.
 """
@@ -36,15 +36,14 @@ class SshAccess:
 
 
 async def build_relsyncd() -> Path:
-    """Compile relsyncd with rebar3 (quick when up to date); return its ebin directory."""
+    """Compile relsyncd (quick when up to date); return its ebin directory."""
     proc = await asyncio.create_subprocess_exec(
-        "rebar3", "compile", cwd=RELSYNCD,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
+        str(RELSYNCD / "build.sh"), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
     out, _ = await proc.communicate()
     if proc.returncode != 0:
-        raise RuntimeError(f"rebar3 compile of relsyncd failed:\n{out.decode(errors='replace')}")
-    return RELSYNCD / "_build" / "default" / "lib" / "relsyncd" / "ebin"
+        raise RuntimeError(f"building relsyncd failed:\n{out.decode(errors='replace')}")
+    return RELSYNCD / "ebin"
 
 
 def ensure_key(workdir: Path) -> tuple[Path, str]:
@@ -64,7 +63,11 @@ async def _target_ebins(rpc: Rpc) -> list[str]:
     bindir = await rpc("os", "getenv", [Charlist("BINDIR")])
     if not isinstance(bindir, str):
         raise RuntimeError("the board's VM has no BINDIR; cannot find OTP's libraries")
-    otp_lib = posixpath.join(posixpath.dirname(posixpath.dirname(bindir)), "lib")
+    erts = posixpath.dirname(bindir)
+    link = await rpc("file", "read_link_all", [Charlist(erts)])  # a release may link to ERTS
+    if isinstance(link, tuple) and link[0] == "ok" and isinstance(link[1], str):
+        erts = posixpath.normpath(posixpath.join(posixpath.dirname(erts), link[1]))
+    otp_lib = posixpath.join(posixpath.dirname(erts), "lib")
     found: list[str] = []
     for app in SSH_APPS:
         dirs = await rpc("filelib", "wildcard", [Charlist(f"{otp_lib}/{app}-*/ebin")])

@@ -27,20 +27,10 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/relsync-ct.XXXXXX")" || exit 2
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/ebin" tests/ct/logs
 
-if ! erlc +deterministic +debug_info -o "$work/ebin" relsync/erlang/relsync_target.erl; then
-    echo "CT summary: not run (relsync/erlang/relsync_target.erl does not compile)"
+if ! relsyncd/build.sh "$work/ebin"; then
+    echo "CT summary: not run (relsyncd or relsync_target does not compile)"
     exit 2
 fi
-
-relsyncd_src=()
-for f in relsyncd/src/*.erl; do
-    [ "$f" = relsyncd/src/relsync_target.erl ] || relsyncd_src+=("$f")
-done
-if ! erlc +deterministic +debug_info +warnings_as_errors -o "$work/ebin" "${relsyncd_src[@]}"; then
-    echo "CT summary: not run (relsyncd does not compile)"
-    exit 2
-fi
-cp relsyncd/src/relsyncd.app.src "$work/ebin/relsyncd.app"
 
 ct_run -noshell -sname "relsync_ct_$$" -dir tests/ct -logdir tests/ct/logs -pa "$work/ebin" </dev/null 2>&1 \
     | tee "$work/ct.out"

@@ -1,0 +1,201 @@
+"""The ``qemu-arm`` board kind: a 32-bit ARM board (QEMU ``virt``, Cortex-A15) like a Beaglebone.
+
+Read-only squashfs root, the release as a second read-only squashfs at ``/srv/erlang``, an ext4
+data disk at ``/data`` kept across reboots, the node respawned by init. ``targets/qemu-arm``
+builds the images (Debian armhf packages, no ARM code run at build time) and ``run.sh`` runs
+QEMU; this class drives it with the same API as the other kinds. Ports are forwarded on
+127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from pathlib import Path
+from types import TracebackType
+
+from relsync.dist.etf import Charlist, Term
+from relsync.dist.node import connect
+from relsync.harness.local import read_release_info
+from relsync.harness.ready import BoardError, parse_tree, tree_command, wait_ready
+from relsync.harness.relsyncd import SshAccess, ensure_key, start_relsyncd
+from relsync.transports.ssh import DEFAULT_PORT as SSH_PORT
+
+REPO = Path(__file__).resolve().parents[2]
+TARGET = REPO / "targets" / "qemu-arm"
+RELEASE_PATH = "/srv/erlang"
+RW_PATH = "/data/relsync"
+RELSYNCD_EBIN = "/opt/relsyncd/ebin"
+#: The initramfs prints this first: a new boot has begun (so an old node is not taken for it).
+BOOT_MARKER = b"relsync-initramfs: loading modules"
+READY_TIMEOUT = 180.0
+CROSS_CC = "arm-linux-gnueabihf-gcc"
+
+
+async def _run(*argv: str | Path) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *(str(a) for a in argv), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        cmd = " ".join(str(a) for a in argv)
+        raise BoardError(f"`{cmd}` failed (exit {proc.returncode}): {err.decode().strip()}")
+    return out.decode()
+
+
+async def ensure_image() -> None:
+    """Build the board's base image if needed (seconds when the .deb cache is warm)."""
+    await _run(TARGET / "build.sh")
+
+
+async def example_release() -> Path:
+    """The example release cross-built for armhf (its port program is an ARM binary)."""
+    await ensure_image()
+    await _run(TARGET / "release.sh", "example")
+    return TARGET / "_build" / "example-src" / "demo" / "_build" / "default" / "rel" / "demo"
+
+
+class QemuBoard:
+    """A qemu-arm board; ``async with await QemuBoard.start(release, workdir=...) as board:``."""
+
+    kind = "qemu-arm"
+    release_path = RELEASE_PATH
+    rw_path = RW_PATH
+    otp = 25
+
+    def __init__(self, state: Path, main_app: str, ssh: bool) -> None:
+        env = dict(
+            line.split("=", 1)
+            for line in (state / "board.env").read_text().splitlines()
+            if "=" in line
+        )
+        self.id = state.name
+        self.state = state
+        self.main_app = main_app
+        self.node = env["NODE"]
+        self.cookie = env["COOKIE"]
+        self.epmd_port = int(env["EPMD_PORT"])
+        self.ssh_port = int(env["SSH_PORT"])
+        self.console_log = state / "console.log"
+        self.has_ssh = ssh
+        self.ssh: SshAccess | None = None
+
+    @classmethod
+    async def start(cls, release: Path, *, workdir: Path, ssh: bool = True) -> QemuBoard:
+        """Pack ``release`` (built for armhf) and boot a board on it; return when it answers."""
+        await ensure_image()
+        info = read_release_info(Path(release).resolve())
+        state = (workdir / f"relsync-qemu-{secrets.token_hex(4)}").resolve()
+        state.mkdir(parents=True)
+        image = await _run(
+            TARGET / "release.sh", "pack", info.root, "-o", state / "release.squashfs"
+        )
+        (state / "main_app").write_text(info.main_app)
+        (state / "ssh").mkdir()
+        (state / "ssh" / "enabled").write_text("yes" if ssh else "no")
+        await _run(
+            TARGET / "run.sh", "start", "--state", state, "--name", state.name,
+            "--release", image.strip().splitlines()[-1], "--cookie", secrets.token_hex(12),
+        )  # fmt: skip
+        board = cls(state, info.main_app, ssh)
+        try:
+            await board._ready(after=0)
+        except BaseException:
+            await board.stop()
+            raise
+        return board
+
+    @classmethod
+    async def attach(cls, ident: str, workdir: Path) -> QemuBoard:
+        """The board ``ident`` started by :meth:`start` with the same ``workdir``."""
+        state = workdir / ident
+        if not (state / "board.env").is_file():
+            raise BoardError(f"no qemu-arm board {ident!r} in {workdir}")
+        ssh = (state / "ssh" / "enabled").read_text() == "yes"
+        board = cls(state, (state / "main_app").read_text(), ssh)
+        if ssh:
+            identity, _ = ensure_key(state / "ssh")
+            board.ssh = SshAccess(
+                board.ssh_port, "relsync", identity, state / "ssh" / "known_hosts"
+            )
+        return board
+
+    def _log_size(self) -> int:
+        try:
+            return self.console_log.stat().st_size
+        except OSError:
+            return 0
+
+    async def _ready(self, after: int) -> None:
+        """Wait for a boot that began after byte ``after`` of the console, then for the node."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READY_TIMEOUT
+        while True:
+            with open(self.console_log, "rb") as log:
+                log.seek(after)
+                if BOOT_MARKER in log.read():
+                    break
+            if loop.time() > deadline:
+                raise BoardError(f"{self.id} did not boot; see {self.console_log}")
+            await asyncio.sleep(0.2)
+        await wait_ready(
+            self.node, self.cookie, self.epmd_port, self.main_app,
+            timeout=max(1.0, deadline - loop.time()), describe=self._describe,
+        )  # fmt: skip
+        if self.has_ssh:
+            self.ssh = await start_relsyncd(
+                self.rpc, key_dir=self.state / "ssh", ebin=RELSYNCD_EBIN,
+                allowed_paths=[RELEASE_PATH, "/data"], host_key_dir="/data/relsyncd",
+                port=SSH_PORT, listen_any=True, public_port=self.ssh_port,
+            )  # fmt: skip
+
+    def _describe(self) -> str:
+        lines = self.console_log.read_text(errors="replace").splitlines()[-40:]
+        return f"end of {self.console_log}:\n" + "\n".join(lines)
+
+    async def rpc(self, mod: str, fun: str, args: list[Term] | None = None) -> Term:
+        """One ``mod:fun(args...)`` call on the board's node."""
+        conn = await connect(self.node, cookie=self.cookie, epmd_port=self.epmd_port, timeout=5.0)
+        try:
+            return await conn.call(mod, fun, list(args or []), timeout=60.0)
+        finally:
+            await conn.close()
+
+    async def exec(self, command: str) -> str:
+        """Run a shell command on the board (through the node) and return its output."""
+        out = await self.rpc("os", "cmd", [Charlist(command)])
+        return out if isinstance(out, str) else str(out)
+
+    async def tree(self, root: str) -> dict[str, str]:
+        """Files and symlinks below ``root`` on the board: 'file:<sha256>' or 'link:<target>'."""
+        return parse_tree(await self.exec(tree_command(root)))
+
+    async def _control(self, command: str) -> None:
+        after = self._log_size()
+        await _run(TARGET / "run.sh", command, "--state", self.state)
+        await self._ready(after)
+
+    async def reboot(self) -> None:
+        """A clean guest reboot; returns when the node (and relsyncd) answer again."""
+        await self._control("reboot")
+
+    async def power_cut(self) -> None:
+        """QMP ``system_reset``: the guest loses its page cache like on a power cut."""
+        await self._control("reset")
+
+    async def stop(self) -> None:
+        """Pull the plug (QEMU quits). Idempotent; the state directory is kept."""
+        with contextlib.suppress(BoardError):  # already off
+            await _run(TARGET / "run.sh", "kill", "--state", self.state)
+
+    async def __aenter__(self) -> QemuBoard:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
