@@ -56,11 +56,11 @@ async def read_state(target: Target, release: LocalRelease, options: SyncOptions
     """Ask the target, concurrently, for everything the plan needs."""
     dest, rw = options.dest_path.rstrip("/"), (options.rw_path or "").rstrip("/") or None
     excl = release.exclude_prefixes
-    info, original, shadow, loaded, top, libs = await asyncio.gather(
+    info, original, shadow, code, top, libs = await asyncio.gather(
         target.info(),
         target.manifest(dest, excl),
         target.manifest(rw, ()) if rw else _empty_manifest(),
-        target.loaded_modules(),
+        target.code_state(),
         target.list_dir(dest) if rw else _no_names(),
         target.list_dir(f"{dest}/lib") if rw else _no_names(),
     )
@@ -76,7 +76,8 @@ async def read_state(target: Target, release: LocalRelease, options: SyncOptions
         shadow=shadow,
         shadow_active=active,
         excluded_dirs=excluded,
-        loaded=loaded,
+        loaded=code.recorded,
+        pending=code.pending,
     )
 
 
@@ -123,6 +124,8 @@ async def sync(
             raise HookError(f"{failure}; nothing was changed on the target")
 
     report.warnings += await _busy_programs(target, release, options, plan)
+    if plan.reload or plan.purge:  # so a sync killed from here on is finished by the next one
+        await target.mark_pending([m for m, _, _ in plan.reload] + plan.purge)
     sent = 0
 
     def count(nbytes: int) -> None:

@@ -34,6 +34,8 @@ class TargetState:
     excluded_dirs: tuple[str, ...] = ()
     #: Modules relsync loaded into the running VM -> SHA-256 of the beam it loaded.
     loaded: dict[str, bytes] = field(default_factory=dict)
+    #: Modules an unfinished sync meant to load or delete: handled whatever the files say.
+    pending: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -200,11 +202,10 @@ def _plan_code(
         _module(rel): lf for rel, lf in release.files.items() if lf.kind is FileKind.BEAM
     }
     for module, lf in sorted(local_modules.items()):
-        if running.get(module) != lf.sha256:
+        if module in state.pending or running.get(module) != lf.sha256:
             plan.reload.append((module, _join(root, lf.rel), lf.sha256))
-    plan.purge = sorted(
-        _module(rel) for rel in plan.deleted if _is_beam(rel) and _module(rel) not in local_modules
-    )
+    gone = {_module(rel) for rel in plan.deleted if _is_beam(rel)} | state.pending
+    plan.purge = sorted(gone - local_modules.keys())
 
     local_ebins = {d for rel in release.files if (d := _ebin_dir(rel))}
     current_ebins = {d for rel in current if (d := _ebin_dir(rel))}

@@ -72,6 +72,15 @@ class HookResult:
 
 
 @dataclass(frozen=True, slots=True)
+class CodeState:
+    """Modules relsync loaded (-> SHA-256 of the beam) and modules left pending by a sync that
+    did not finish (they are loaded or deleted next time, whatever the files say)."""
+
+    recorded: dict[str, bytes]
+    pending: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class RunningProgram:
     """A file that runs right now as the program of one of the VM's ports."""
 
@@ -97,8 +106,11 @@ class Target(Protocol):
     async def list_dir(self, path: str) -> list[str]:
         """Names in a directory (empty when it does not exist)."""
 
-    async def loaded_modules(self) -> dict[str, bytes]:
-        """Modules relsync loaded into the running VM, with the SHA-256 of their beam files."""
+    async def code_state(self) -> CodeState:
+        """What relsync loaded into the running VM, and modules an unfinished sync left."""
+
+    async def mark_pending(self, modules: Sequence[str]) -> None:
+        """Record, before writing, the modules this sync will load or delete."""
 
     async def running_programs(self, paths: Sequence[str]) -> list[RunningProgram]:
         """Which of ``paths`` run now as port programs (so replacing them needs a restart)."""

@@ -14,6 +14,7 @@ from relsync.dist.etf import Atom, Term
 from relsync.dist.pretty import format_term
 from relsync.errors import TargetError
 from relsync.target import (
+    CodeState,
     FilePut,
     HookResult,
     ModuleResult,
@@ -79,7 +80,7 @@ class HelperTarget(ABC):
         if result == "ok":
             return
         if isinstance(result, tuple) and result and result[0] == "error":
-            where = f" {_text(result[1])}" if len(result) == 3 else ""
+            where = f" {_text(result[1])}:" if len(result) == 3 else ""
             last = result[-1]
             reason = _text(last) if isinstance(last, bytes | str) else format_term(last)
             hint = {
@@ -88,7 +89,7 @@ class HelperTarget(ABC):
                 "eacces": "permission denied; check the owner of that path on the target",
                 "hash_mismatch": "the data arrived corrupted; sync again",
             }.get(reason, "check the path on the target")
-            raise TargetError(f"{what} failed on {self.label}:{where}: {reason}; {hint}")
+            raise TargetError(f"{what} failed on {self.label}:{where} {reason}; {hint}")
         raise TargetError(f"{what} failed on {self.label}: unexpected reply {format_term(result)}")
 
     async def info(self) -> TargetInfo:
@@ -134,12 +135,21 @@ class HelperTarget(ABC):
             return sorted(_text(n) for n in result[1])
         return []
 
-    async def loaded_modules(self) -> dict[str, bytes]:
+    async def code_state(self) -> CodeState:
         """See :class:`relsync.target.Target`."""
-        result = await self._call("loaded_shas", [])
-        if not isinstance(result, dict):
-            return {}
-        return {str(m): s for m, s in result.items() if isinstance(s, bytes)}
+        result = await self._call("code_state", [])
+        recorded = result.get(Atom("recorded"), {}) if isinstance(result, dict) else {}
+        pending = result.get(Atom("pending"), []) if isinstance(result, dict) else []
+        return CodeState(
+            {str(m): s for m, s in recorded.items() if isinstance(s, bytes)}
+            if isinstance(recorded, dict)
+            else {},
+            frozenset(str(m) for m in pending) if isinstance(pending, list) else frozenset(),
+        )
+
+    async def mark_pending(self, modules: Sequence[str]) -> None:
+        """See :class:`relsync.target.Target`."""
+        self._check(await self._call("mark_pending", [[Atom(m) for m in modules]]), "marking")
 
     async def running_programs(self, paths: Sequence[str]) -> list[RunningProgram]:
         """See :class:`relsync.target.Target`."""

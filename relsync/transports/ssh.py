@@ -25,8 +25,10 @@ from relsync.transports.helper import CALL_TIMEOUT, CHUNK, FILE_TIMEOUT, HelperT
 SUBSYSTEM = "relsync"
 DEFAULT_PORT = 2228
 DEFAULT_USER = "relsync"
-#: Files uploaded at once over SFTP (each then committed over the control channel).
-UPLOADS_IN_FLIGHT = 8
+#: Files uploaded at once over SFTP (each then committed over the control channel). OTP's SFTP
+#: server (ssh 4.15, OTP 25) hands out a handle still in use once three files are open, mixing
+#: their data (the hash check catches it): never keep more than two open.
+UPLOADS_IN_FLIGHT = 2
 _LEN = struct.Struct(">I")
 
 
@@ -199,13 +201,14 @@ class SshTarget(HelperTarget):
         return await self._call("load_binary", [Atom(module), Charlist(f"{module}.beam"), beam])
 
     async def put_files(self, files: Sequence[FilePut], progress: Progress) -> None:
-        """Upload over SFTP to a temp name beside each file, then commit (hash, rename)."""
+        """Upload over SFTP to ``.relsync-tmp.<name>.part`` beside each file, then commit it
+        (hash checked, renamed into place) over the control channel."""
         made: dict[str, asyncio.Task[None]] = {}
         slots = asyncio.Semaphore(UPLOADS_IN_FLIGHT)
 
         async def upload(put: FilePut) -> None:
             directory = posixpath.dirname(put.path)
-            tmp = f"{directory}/.relsync-tmp.{posixpath.basename(put.path)}"
+            tmp = f"{directory}/.relsync-tmp.{posixpath.basename(put.path)}.part"
             async with slots:
                 try:
                     if directory not in made:  # every upload into it waits for the one mkdir
@@ -218,6 +221,11 @@ class SshTarget(HelperTarget):
                             while chunk := handle.read(CHUNK):
                                 await remote.write(chunk)
                                 progress(len(chunk))
+                except asyncssh.SFTPFailure:
+                    # SFTP v3 says only "failure" (a full disk, among others): send this file
+                    # over the control channel instead, which tells the exact cause.
+                    await self._put_large(put, progress)
+                    return
                 except asyncssh.SFTPError as exc:
                     raise TargetError(_sftp_message(self.label, put.path, exc)) from exc
                 result = await self._call(

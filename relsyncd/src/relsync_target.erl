@@ -19,7 +19,8 @@
 
 -export([info/0, list_dir/1, manifest/2, put_files/1, put_chunk/3, commit/3,
          delete_files/1, delete_dirs/1, make_symlinks/1, update_code_path/1,
-         load_modules/2, delete_modules/2, loaded_shas/0, running_programs/1,
+         load_modules/2, delete_modules/2, loaded_shas/0, mark_pending/1, code_state/0,
+         running_programs/1,
          run_hook/3]).
 
 -include_lib("kernel/include/file.hrl").
@@ -241,10 +242,14 @@ put_files([Bad | _]) -> {error, Bad, badarg}.
 put_chunk(Path, Offset, Data) when is_binary(Path), is_integer(Offset), Offset >= 0,
                                    is_binary(Data) ->
     Tmp = tmp_path(Path),
-    case Offset of
-        0 -> do_steps([fun() -> mkdir_p(filename:dirname(Path)) end,
-                       fun() -> write_new(Tmp, 0, Data) end]);
-        _ -> write_at(Tmp, Offset, Data)
+    Written = case Offset of
+                  0 -> do_steps([fun() -> mkdir_p(filename:dirname(Path)) end,
+                                 fun() -> write_new(Tmp, 0, Data) end]);
+                  _ -> write_at(Tmp, Offset, Data)
+              end,
+    case Written of
+        ok -> ok;
+        {error, _} = E -> _ = file:delete(Tmp), E     % e.g. enospc: free what it took
     end;
 put_chunk(_, _, _) -> {error, badarg}.
 
@@ -258,8 +263,10 @@ commit(Path, Mode, Sha) when is_binary(Path), is_integer(Mode), is_binary(Sha) -
     end;
 commit(_, _, _) -> {error, badarg}.
 
+%% Dir/.relsync-tmp.<Base>.part: never named like a module (*.beam) or an app file.
 tmp_path(Path) ->
-    filename:join(filename:dirname(Path), <<?TMP_PREFIX, (filename:basename(Path))/binary>>).
+    Base = filename:basename(Path),
+    filename:join(filename:dirname(Path), <<?TMP_PREFIX, Base/binary, ".part">>).
 
 %% Always a fresh inode: a leftover tmp (maybe a symlink) is removed first and
 %% the file is opened exclusive, so we never write through anything.
@@ -518,11 +525,32 @@ read_beam(Path, Sha) ->
         {error, _} = E -> E
     end.
 
-record_loaded(M, Sha, {loaded, _} = Result) when is_binary(Sha) ->
-    catch ets:insert(?CACHE, {{loaded, M}, Sha}),
+record_loaded(M, Sha, {loaded, _} = Result) ->
+    clear_pending(M),
+    is_binary(Sha) andalso ets:insert(?CACHE, {{loaded, M}, Sha}),
     Result;
 record_loaded(_M, _Sha, Result) ->
     Result.
+
+%% Before it writes anything, a sync marks the modules it will load or delete as
+%% pending; loading or deleting one clears its mark. A sync that died half way
+%% leaves its modules pending, so the next one handles them whatever the files
+%% on disk say. In memory only: a reboot clears the marks with the code.
+-spec mark_pending([module()]) -> ok.
+mark_pending(Mods) when is_list(Mods) ->
+    ensure_cache(),
+    catch ets:insert(?CACHE, [{{pending, M}, true} || M <- Mods, is_atom(M)]),
+    ok.
+
+-spec code_state() -> #{recorded := #{module() => binary()}, pending := [module()]}.
+code_state() ->
+    ensure_cache(),
+    Pending = try ets:match(?CACHE, {{pending, '$1'}, '_'}) catch error:badarg -> [] end,
+    #{recorded => loaded_shas(), pending => lists:sort([M || [M] <- Pending])}.
+
+clear_pending(M) ->
+    catch ets:delete(?CACHE, {pending, M}),
+    ok.
 
 %% Modules relsync loaded into this VM (and still loaded) -> SHA-256 of their beam.
 -spec loaded_shas() -> #{module() => binary()}.
@@ -540,7 +568,14 @@ load_binary(M, Path, Bin) ->
 -spec delete_modules([module()], purge()) ->
           [{module(), deleted | not_loaded | sticky | {not_purged, procs()}}].
 delete_modules(Mods, Purge) ->
-    [{M, delete_module(M, Purge)} || M <- Mods].
+    ensure_cache(),
+    [{M, settled(M, delete_module(M, Purge))} || M <- Mods].
+
+settled(M, Result) when Result =:= deleted; Result =:= not_loaded ->
+    clear_pending(M),
+    Result;
+settled(_M, Result) ->
+    Result.
 
 %% A {not_purged, _} from the second purge means the current code is gone but
 %% the listed processes still run the (now old) code.

@@ -204,7 +204,8 @@ api() ->
     [{info, 0}, {list_dir, 1}, {manifest, 2}, {put_files, 1}, {put_chunk, 3}, {commit, 3},
      {delete_files, 1}, {delete_dirs, 1}, {make_symlinks, 1},
      {update_code_path, 1}, {load_modules, 2}, {delete_modules, 2},
-     {loaded_shas, 0}, {running_programs, 1}, {run_hook, 3}].
+     {loaded_shas, 0}, {mark_pending, 1}, {code_state, 0}, {running_programs, 1},
+     {run_hook, 3}].
 
 check_args(manifest, [Root, _], A) -> one(Root, follow, A);
 check_args(list_dir, [Dir], A) -> one(Dir, follow, A);
@@ -234,7 +235,8 @@ check_args(load_modules, [Mods, _], A) when is_list(Mods) ->
          end, Mods);
 %% running_programs only compares its paths with /proc/<os pid>/exe of ports.
 check_args(F, _Args, _A) when F =:= info; F =:= loaded_shas; F =:= delete_modules;
-                              F =:= run_hook; F =:= running_programs ->
+                              F =:= run_hook; F =:= running_programs;
+                              F =:= mark_pending; F =:= code_state ->
     ok;
 check_args(_F, [Bad | _], _A) ->
     {error, {forbidden, Bad}}.          % a path list that is not a list, ...

@@ -197,7 +197,7 @@ put_files_basic(Config) ->
     B = <<Dir/binary, "/b">>,
     Victim = write(<<Dir/binary, "/victim">>, <<"untouched">>),
     %% A leftover tmp file that is a symlink must be replaced, not written through.
-    ok = file:make_symlink(Victim, <<Dir/binary, "/.relsync-tmp.b">>),
+    ok = file:make_symlink(Victim, <<Dir/binary, "/.relsync-tmp.b.part">>),
     _ = write(B, <<"old b">>),
     {ok, _} = ?T:manifest(Dir, #{}),              % the cache exists
     ?assertEqual(ok, ?T:put_files([{A, 8#755, <<"aaa">>, sha(<<"aaa">>)},
@@ -390,9 +390,10 @@ chunked_put_commit(Config) ->
     ?assertEqual([], tmp_files(filename:dirname(Path))),
     %% A staged name that is not our regular file is never followed.
     Other = write(<<Dir/binary, "/other">>, <<"abcd">>),
-    ok = file:make_symlink(Other, <<Dir/binary, "/sub/.relsync-tmp.big.bin">>),
+    ok = file:make_symlink(Other, <<Dir/binary, "/sub/.relsync-tmp.big.bin.part">>),
     ?assertEqual({error, einval}, ?T:put_chunk(Path, 2, <<"xx">>)),
-    ?assertEqual({error, einval}, ?T:commit(Path, 8#777, sha(<<"abcd">>))),
+    %% The refused chunk removed the bogus staged link (the link, not its target).
+    ?assertEqual({error, enoent}, ?T:commit(Path, 8#777, sha(<<"abcd">>))),
     ?assertEqual({ok, <<"abcd">>}, file:read_file(Other)),
     ?assertEqual(8#644, mode(Other)),
     ?assertEqual([], tmp_files(filename:dirname(Path))).
@@ -549,7 +550,17 @@ load_modules_recorded(Config) ->
     ?assertEqual([{rs_rec, {loaded, []}}], ?T:load_modules([{rs_rec, V1, Sha}], soft)),
     ?assertEqual(Sha, maps:get(rs_rec, ?T:loaded_shas())),
     ?assertEqual([{rs_rec, deleted}], ?T:delete_modules([rs_rec], soft)),
-    ?assertNot(maps:is_key(rs_rec, ?T:loaded_shas())).
+    ?assertNot(maps:is_key(rs_rec, ?T:loaded_shas())),
+    %% Pending marks: set before a sync writes, cleared by a load or a delete.
+    ok = ?T:mark_pending([rs_rec, rs_gone]),
+    ?assertMatch(#{pending := [rs_gone, rs_rec]}, ?T:code_state()),
+    [{rs_rec, {loaded, []}}] = ?T:load_modules([{rs_rec, V1, Sha}], soft),
+    ?assertEqual(#{recorded => #{rs_rec => Sha}, pending => [rs_gone]},
+                 maps:map(fun(recorded, R) -> maps:with([rs_rec], R); (_, V) -> V end,
+                          ?T:code_state())),
+    [{rs_gone, not_loaded}] = ?T:delete_modules([rs_gone], soft),
+    [{rs_rec, deleted}] = ?T:delete_modules([rs_rec], soft),
+    ?assertMatch(#{pending := []}, ?T:code_state()).
 
 load_modules_gen_server(Config) ->
     Dir = ?config(dir, Config),

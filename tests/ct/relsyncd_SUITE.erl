@@ -355,7 +355,7 @@ ctl_manifest(Config) ->
     {2, {ok, []}} = call(C, Ch, 2, manifest, [<<D/binary, "/missing">>, #{}]),
     {3, {ok, [<<"f">>, <<"l">>]}} = call(C, Ch, 3, list_dir, [D]).
 
-%% Exactly how the Python client uploads: SFTP to Dir/.relsync-tmp.Base, then
+%% Exactly how the Python client uploads: SFTP to Dir/.relsync-tmp.Base.part, then
 %% commit(Path, Mode, Sha256) renames it into place after checking the hash.
 ctl_put_commit(Config) ->
     D = ?config(d, Config),
@@ -364,7 +364,7 @@ ctl_put_commit(Config) ->
     Ch = open_ctl(C),
     Data = crypto:strong_rand_bytes(100000),
     Path = bin(filename:join(D, "app.beam")),
-    Tmp = filename:join(D, ".relsync-tmp.app.beam"),
+    Tmp = filename:join(D, ".relsync-tmp.app.beam.part"),
     ok = ssh_sftp:write_file(S, Tmp, Data),
     {1, ok} = call(C, Ch, 1, commit, [Path, 8#640, crypto:hash(sha256, Data)]),
     {ok, Data} = file:read_file(Path),

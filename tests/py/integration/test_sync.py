@@ -357,3 +357,24 @@ def test_running_port_program_is_reported_not_corrupted(
         assert "is running" not in text.out  # nothing changed: nothing to warn about
 
     with_board(demo_release, tmp_path / "board", body, mode)
+
+
+def test_many_files_at_once(demo_release: Path, tmp_path: Path, mode: str) -> None:
+    v2 = Variant(demo_release, tmp_path / "v2").counter_version(2)
+    names = [f"demo_many_{i}" for i in range(24)]
+    for name in names:
+        v2.compile(name, f"-module({name}).\n-export([n/0]).\nn() -> {len(name)}.\n")
+
+    async def body(board: LocalBoard) -> None:
+        run = await relsync(board, v2.root, "-q", str(board.rw_path), "--json")
+        assert run.code == 0, run.err
+        assert len(run.report["written"]) == 25
+        for name in names:
+            assert await call(board, name, "n") == len(name)
+        shadow = tree(board.rw_path)
+        for name in names:
+            rel = f"{APP_DIR}/ebin/{name}.beam"
+            digest = hashlib.sha256((v2.ebin / f"{name}.beam").read_bytes()).hexdigest()
+            assert shadow[rel] == f"file:{digest}"
+
+    with_board(demo_release, tmp_path / "board", body, mode)

@@ -227,3 +227,15 @@ def test_classify() -> None:
     assert classify("lib/a-1/priv/port", 0o755) is FileKind.PORT
     assert classify("lib/a-1/priv/data.txt", 0o644) is FileKind.PRIV
     assert classify("releases/1/sys.config", 0o644) is FileKind.OTHER
+
+
+def test_modules_left_pending_are_handled_whatever_the_files_say() -> None:
+    v2 = {**BASE, "lib/demo-0.1.0/ebin/demo_counter.beam": "counter v2"}
+    shadow = _shadow_after(build_plan(local(v2), TargetState(DEST, RW, remote(BASE))), {})
+    # A sync wrote everything and died before loading demo_counter and deleting `old`.
+    state = TargetState(
+        DEST, RW, remote(BASE), shadow, True, pending=frozenset({"demo_counter", "old"})
+    )
+    plan = build_plan(local(v2), state)
+    assert plan.writes == [] and [m for m, _, _ in plan.reload] == ["demo_counter"]
+    assert plan.purge == ["old"]
