@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from relsync import __version__, target_cli
+from relsync import __version__
 from relsync.engine import SyncOptions, SyncReport, sync
 from relsync.errors import ExitCode, RelsyncError, UsageError
 from relsync.hooks import resolve_hook
@@ -19,8 +19,6 @@ from relsync.release import default_cache_dir, find_release, scan_release
 from relsync.report import print_json, print_summary
 from relsync.target import Target
 from relsync.transports.erl import ErlTarget
-from relsync.transports.ssh import DEFAULT_PORT as SSH_PORT
-from relsync.transports.ssh import SshTarget
 
 EXIT_CODES = """boards to try a release on: relsync target --help
 
@@ -204,9 +202,12 @@ def _check_destination(node: str) -> None:
 async def open_target(args: argparse.Namespace) -> Target:
     """Connect to the destination in the chosen mode."""
     if args.mode == "ssh":
+        # Imported here: asyncssh costs ~0.15 s of start-up that erl mode does not need.
+        from relsync.transports.ssh import DEFAULT_PORT, SshTarget
+
         return await SshTarget.open(
             args.destination_node,
-            port=args.port or SSH_PORT,
+            port=args.port or DEFAULT_PORT,
             user=args.user,
             identity=args.identity,
             known_hosts=args.known_hosts,
@@ -263,7 +264,9 @@ async def run(args: argparse.Namespace, cwd: Path) -> SyncReport:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``relsync`` command (``relsync target ...`` manages boards)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["target"]:
+    if argv[:1] == ["target"]:  # imported here: the board harness is not needed to sync
+        from relsync import target_cli
+
         return target_cli.main(argv[1:])
     try:
         args = build_parser().parse_args(argv)

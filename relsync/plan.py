@@ -150,6 +150,8 @@ def _plan_in_place(release: LocalRelease, state: TargetState, plan: SyncPlan) ->
         lf = release.files[rel]
         plan.writes.append(FilePut(_join(state.dest, rel), lf.path, lf.size, lf.mode, lf.sha256))
     plan.delete_paths = [_join(state.dest, rel) for rel in plan.deleted]
+    if not plan.deleted:  # no file goes, so no directory empties
+        return
     before = {d for rel in state.original for d in _parents(rel)}
     after = {d for rel in set(state.original) - set(plan.deleted) for d in _parents(rel)}
     after |= {d for rel in release.files for d in _parents(rel)}
@@ -185,6 +187,8 @@ def _plan_shadow(release: LocalRelease, state: TargetState, plan: SyncPlan) -> N
             plan.links.append((_join(rw, rel), target))
     wanted = desired_files.keys() | desired_links.keys()
     plan.delete_paths = [_join(rw, rel) for rel in sorted(state.shadow) if rel not in wanted]
+    if not plan.delete_paths:  # every entry stays, so every directory keeps one
+        return
     have_dirs = {d for rel in state.shadow for d in _parents(rel)}
     want_dirs = {d for rel in wanted for d in _parents(rel)}
     plan.delete_dirs = [_join(rw, d) for d in sorted(have_dirs - want_dirs, key=_depth_first)]

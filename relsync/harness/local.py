@@ -31,9 +31,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from relsync.dist.etf import Term
+from relsync.dist.etf import Atom, Term
 from relsync.dist.node import connect
-from relsync.harness.ready import BoardError, wait_ready
+from relsync.harness.ready import BoardError, parse_tree, tree_command, wait_ready
 from relsync.harness.relsyncd import SshAccess, build_relsyncd, start_relsyncd
 from relsync.release import OTP_APPS
 
@@ -208,8 +208,8 @@ async def _port_open(port: int) -> bool:
     return True
 
 
-async def _run(*argv: str | Path) -> None:
-    """Runs a short command; raises BoardError with its output when it fails."""
+async def _run(*argv: str | Path) -> str:
+    """Runs a short command and returns its output; raises BoardError with it when it fails."""
     proc = await asyncio.create_subprocess_exec(
         *(str(a) for a in argv),
         stdin=asyncio.subprocess.DEVNULL,
@@ -221,6 +221,7 @@ async def _run(*argv: str | Path) -> None:
         cmd = " ".join(str(a) for a in argv)
         text = out.decode(errors="replace").strip()
         raise BoardError(f"`{cmd}` failed (exit {proc.returncode}): {text}")
+    return out.decode(errors="replace")
 
 
 def mount_points() -> set[Path]:
@@ -308,8 +309,12 @@ class LocalBoard:
     """A release running on this machine from a read-only path, with a writable rw path.
 
     Use ``board = await LocalBoard.start(release, workdir=...)`` and ``await board.stop()``, or
-    ``async with await LocalBoard.start(...) as board: ...``.
+    ``async with await LocalBoard.start(...) as board: ...``. Its paths are this machine's, so
+    ``release_path`` and ``rw_path`` are :class:`Path` objects (``str()`` them to compare with
+    the other kinds).
     """
+
+    kind = "local"
 
     def __init__(
         self,
@@ -333,6 +338,8 @@ class LocalBoard:
         self.ready_timeout = ready_timeout
         #: "bind-mount" (read-only bind mount) or "chmod" (chmod -R a-w; root may still write).
         self.read_only_mode = ""
+        #: The OTP release the node runs (this machine's Erlang), known once it booted.
+        self.otp = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._exited: asyncio.Future[int] | None = None
         self._epmd: asyncio.subprocess.Process | None = None
@@ -380,10 +387,22 @@ class LocalBoard:
             await board._install(release)
             await board._ensure_epmd()
             await board._boot("start")
+            otp = await board.rpc("erlang", "system_info", [Atom("otp_release")])
+            board.otp = int(str(otp))
         except BaseException:
             await board.stop()
             raise
         return board
+
+    @property
+    def id(self) -> str:
+        """The board's name: its workdir's."""
+        return self.workdir.name
+
+    @property
+    def main_app(self) -> str:
+        """The application whose start means the release is up."""
+        return self.info.main_app
 
     @property
     def pid(self) -> int | None:
@@ -414,6 +433,24 @@ class LocalBoard:
         await self._boot("reboot")
         if self.ssh is not None:
             await self.enable_ssh(port=self.ssh.port)
+
+    async def power_cut(self) -> None:
+        """SIGKILLs the node (no clean shutdown, port programs included) and boots it again."""
+        if self._stopped:
+            raise BoardError("board is stopped; start a new one")
+        await self._stop_node(clean=False)
+        await self._ensure_epmd()
+        await self._boot("power cut")
+        if self.ssh is not None:
+            await self.enable_ssh(port=self.ssh.port)
+
+    async def exec(self, *command: str) -> str:
+        """Runs a command on the board (this machine) and returns its output."""
+        return await _run(*command)
+
+    async def tree(self, root: str | Path) -> dict[str, str]:
+        """Files and symlinks below ``root``: 'file:<sha256>' or 'link:<target>'."""
+        return parse_tree(await self.exec("sh", "-c", tree_command(str(root))))
 
     async def enable_ssh(self, port: int = 0) -> SshAccess:
         """Start relsyncd beside the release (which does not include it); see ``self.ssh``."""
@@ -611,7 +648,7 @@ class LocalBoard:
             describe=lambda: f"end of {self.console_log}:\n{self.log_tail()}",
         )  # fmt: skip
 
-    async def _stop_node(self) -> None:
+    async def _stop_node(self, *, clean: bool = True) -> None:
         proc, exited = self._proc, self._exited
         self._proc = self._exited = None
         if proc is None or exited is None:
@@ -619,6 +656,12 @@ class LocalBoard:
         pid = proc.pid
         # Port programs may run in sessions of their own: remember them to kill stragglers.
         tree = _descendants(pid) if proc.returncode is None else []
+        if proc.returncode is None and not clean:
+            _signal_group(pid, signal.SIGKILL)
+            for child, _start in tree:  # port programs in sessions of their own
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(child, signal.SIGKILL)
+            await exited
         if proc.returncode is None:
             # The VM handles SIGTERM as init:stop(): a clean shutdown that closes its ports.
             with contextlib.suppress(ProcessLookupError):

@@ -502,7 +502,7 @@ load_entry({M, Path, Sha}, Purge) -> load_module(M, Path, Sha, Purge).
 
 load_module(M, Path, Sha, Purge) ->
     case code:is_sticky(M) of
-        true -> sticky;
+        true -> clear_pending(M), sticky;           % final: never loadable here
         false ->
             case read_beam(Path, Sha) of
                 {ok, Bin} ->
@@ -571,7 +571,7 @@ delete_modules(Mods, Purge) ->
     ensure_cache(),
     [{M, settled(M, delete_module(M, Purge))} || M <- Mods].
 
-settled(M, Result) when Result =:= deleted; Result =:= not_loaded ->
+settled(M, Result) when Result =:= deleted; Result =:= not_loaded; Result =:= sticky ->
     clear_pending(M),
     Result;
 settled(_M, Result) ->

@@ -559,6 +559,8 @@ load_modules_recorded(Config) ->
                  maps:map(fun(recorded, R) -> maps:with([rs_rec], R); (_, V) -> V end,
                           ?T:code_state())),
     [{rs_gone, not_loaded}] = ?T:delete_modules([rs_gone], soft),
+    ok = ?T:mark_pending([lists]),
+    [{lists, sticky}] = ?T:load_modules([{lists, V1}], soft),   % final: no longer pending
     [{rs_rec, deleted}] = ?T:delete_modules([rs_rec], soft),
     ?assertMatch(#{pending := []}, ?T:code_state()).
 
