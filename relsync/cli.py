@@ -11,12 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from relsync import __version__
+from relsync.boards import Board, boards_from_file, check_destination
 from relsync.engine import SyncOptions, SyncReport, sync
 from relsync.errors import ExitCode, RelsyncError, UsageError
-from relsync.hooks import resolve_hook
+from relsync.hooks import Hook, resolve_hook
+from relsync.plan import SyncPlan
 from relsync.progress import ProgressBar
-from relsync.release import default_cache_dir, find_release, scan_release
-from relsync.report import print_json, print_summary
+from relsync.release import LocalRelease, default_cache_dir, find_release, scan_release
+from relsync.report import print_boards_json, print_json, print_summary, print_table
 from relsync.target import Target
 from relsync.transports.erl import ErlTarget
 
@@ -29,7 +31,8 @@ exit codes:
   3  could not connect to the target; it was not touched
   4  a hook failed (presync: nothing was changed; postsync: files and code were updated)
   5  a file operation on the target failed; run relsync again, it converges
-  6  synced, but some modules could not be reloaded (processes still run old code)"""
+  6  synced, but some modules could not be reloaded (processes still run old code)
+with several boards, the highest of their codes (0 only when every board synced)"""
 
 
 def _bool(text: str) -> bool:
@@ -65,9 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "-d",
         "--destination-node",
-        default="node@other",
+        action="append",
         metavar="NODE",
-        help="destination node (erl mode) or host (ssh mode) [default: node@other]",
+        help="destination node (erl mode) or host (ssh mode); repeat it to sync several boards "
+        "at once [default: node@other]",
+    )
+    a(
+        "--targets",
+        type=Path,
+        metavar="FILE",
+        help="a TOML file naming boards to sync at once ([[board]] tables: see README)",
     )
     a(
         "-p",
@@ -190,49 +200,80 @@ def local_node_name(args: argparse.Namespace, destination: str) -> str | None:
     return None
 
 
-def _check_destination(node: str) -> None:
-    name, at, host = node.partition("@")
-    if not (name and at and host) or not name.replace("_", "").replace("-", "").isalnum():
-        raise UsageError(
-            f"--destination-node {node!r} is not a node name; write it as name@host, "
-            "e.g. demo@192.0.2.7 or demo@127.0.0.1"
-        )
+def boards_from_args(args: argparse.Namespace) -> list[Board]:
+    """Every board this run syncs: from ``--targets`` and each ``-d``."""
+    boards = boards_from_file(args.targets, args.mode) if args.targets else []
+    named = args.destination_node or ([] if boards else ["node@other"])
+    for destination in named:
+        board = Board(destination, args.mode)
+        check_destination(board)
+        boards.append(board)
+    return boards
 
 
-async def open_target(args: argparse.Namespace) -> Target:
-    """Connect to the destination in the chosen mode."""
-    if args.mode == "ssh":
+async def open_target(board: Board, args: argparse.Namespace) -> Target:
+    """Connect to one board in its mode (its own settings first, then the command line's)."""
+    if board.mode == "ssh":
         # Imported here: asyncssh costs ~0.15 s of start-up that erl mode does not need.
         from relsync.transports.ssh import DEFAULT_PORT, SshTarget
 
+        identity = board.identity or args.identity
         return await SshTarget.open(
-            args.destination_node,
-            port=args.port or DEFAULT_PORT,
-            user=args.user,
-            identity=args.identity,
+            board.destination,
+            port=board.port or args.port or DEFAULT_PORT,
+            user=board.user or args.user,
+            identity=str(Path(identity).expanduser()) if identity else None,
             known_hosts=args.known_hosts,
             accept_new_host_key=args.accept_new_host_key,
             timeout=args.connect_timeout,
         )
-    cookie = args.cookie or os.environ.get("RELSYNC_COOKIE") or "cookie"
+    cookie = board.cookie or args.cookie or os.environ.get("RELSYNC_COOKIE") or "cookie"
     return await ErlTarget.open(
-        args.destination_node,
+        board.destination,
         cookie,
-        local_name=local_node_name(args, args.destination_node),
-        epmd_port=args.epmd_port,
+        local_name=local_node_name(args, board.destination),
+        epmd_port=board.epmd_port or args.epmd_port,
         timeout=args.connect_timeout,
     )
 
 
-async def run(args: argparse.Namespace, cwd: Path) -> SyncReport:
-    """Resolve the options, scan the release, connect and sync."""
-    if args.mode == "erl":
-        _check_destination(args.destination_node)
-    elif "@" in args.destination_node:
-        raise UsageError(
-            f"--mode ssh takes a host for --destination-node, not the node name "
-            f"{args.destination_node!r}; e.g. -d 192.0.2.7"
+async def sync_board(
+    board: Board, args: argparse.Namespace, release: LocalRelease, hook: Hook | None, bar: bool
+) -> SyncReport:
+    """Connect to one board and sync it."""
+    options = SyncOptions(
+        dest_path=board.dest_path or args.destination_path,
+        rw_path=board.rw_path or args.destination_rw_path or None,
+        hook=hook,
+        hook_timeout=args.hook_timeout,
+        brutal_purge=args.purge == "brutal",
+        dry_run=args.dry_run,
+    )
+    target = await open_target(board, args)
+    progress = ProgressBar(board.destination, enabled=bar)
+    try:
+        return await sync(
+            target, release, options, on_transfer=progress.start, progress=progress.advance
         )
+    finally:
+        progress.finish()
+        await target.close()
+
+
+async def _guarded(
+    board: Board, args: argparse.Namespace, release: LocalRelease, hook: Hook | None
+) -> SyncReport:
+    try:
+        return await sync_board(board, args, release, hook, bar=False)
+    except RelsyncError as exc:
+        report = SyncReport(board.destination, SyncPlan(root=board.rw_path or ""), [])
+        report.error, report.exit_code = str(exc), exc.exit_code
+        return report
+
+
+async def run(args: argparse.Namespace, cwd: Path) -> list[SyncReport]:
+    """Resolve the options, scan the release once, then sync every board concurrently."""
+    boards = boards_from_args(args)
     if args.hook_timeout <= 0:
         raise UsageError("--hook-timeout must be a positive number of seconds")
     for opt in ("destination_path", "destination_rw_path"):
@@ -244,21 +285,10 @@ async def run(args: argparse.Namespace, cwd: Path) -> SyncReport:
         root, exclude_system_libs=args.exclude_system_libs, cache_dir=default_cache_dir()
     )
     hook = await resolve_hook(args.hooks, release, cwd) if args.hooks else None
-    options = SyncOptions(
-        dest_path=args.destination_path,
-        rw_path=args.destination_rw_path or None,
-        hook=hook,
-        hook_timeout=args.hook_timeout,
-        brutal_purge=args.purge == "brutal",
-        dry_run=args.dry_run,
-    )
-    target = await open_target(args)
-    bar = ProgressBar(f"{args.destination_node}", enabled=not (args.quiet or args.json))
-    try:
-        return await sync(target, release, options, on_transfer=bar.start, progress=bar.advance)
-    finally:
-        bar.finish()
-        await target.close()
+    if len(boards) == 1:  # one board: its failure is the command's one-line error
+        bar = not (args.quiet or args.json)
+        return [await sync_board(boards[0], args, release, hook, bar)]
+    return list(await asyncio.gather(*(_guarded(b, args, release, hook) for b in boards)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -270,18 +300,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return target_cli.main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
-        report = asyncio.run(run(args, Path.cwd()))
+        reports = asyncio.run(run(args, Path.cwd()))
     except RelsyncError as exc:
         print(f"relsync: error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
     except KeyboardInterrupt:
         print("relsync: interrupted; run it again to finish the sync", file=sys.stderr)
         return int(ExitCode.SYNC)
-    if args.json:
-        print_json(report)
-    elif not args.quiet or report.exit_code:
-        print_summary(report, verbose=args.verbose)
-    return int(report.exit_code)
+    code = max(r.exit_code for r in reports)
+    if len(reports) > 1:
+        if args.json:
+            print_boards_json(reports)
+        else:
+            print_table(reports, verbose=args.verbose)
+    elif args.json:
+        print_json(reports[0])
+    elif not args.quiet or code:
+        print_summary(reports[0], verbose=args.verbose)
+    return int(code)
 
 
 if __name__ == "__main__":

@@ -137,3 +137,34 @@ def print_summary(report: SyncReport, *, verbose: bool = False, out: TextIO = sy
         w(f"  warning: {warning}\n")
     if report.error:
         w(f"  error: {report.error}\n")
+
+
+def print_boards_json(reports: list[SyncReport], out: TextIO = sys.stdout) -> None:
+    """Several boards as one JSON object: ``{"ok": ..., "boards": [...]}``."""
+    ok = all(r.exit_code == 0 for r in reports)
+    out.write(json.dumps({"ok": ok, "boards": [as_dict(r) for r in reports]}) + "\n")
+
+
+def print_table(
+    reports: list[SyncReport], *, verbose: bool = False, out: TextIO = sys.stdout
+) -> None:
+    """One line a board, then each failure's message."""
+    failed = [r for r in reports if r.exit_code]
+    out.write(f"relsync: {len(reports)} boards, {len(reports) - len(failed)} synced, "
+              f"{len(failed)} failed\n")  # fmt: skip
+    rows = [("board", "result", "added", "changed", "deleted", "reloaded", "sent", "time")]
+    for r in reports:
+        loaded = sum(1 for m in r.modules if m.status == "loaded")
+        result = "ok" if not r.exit_code else f"FAILED ({int(r.exit_code)})"
+        rows.append((r.label, result, str(len(r.plan.added)), str(len(r.plan.changed)),
+                     str(len(r.plan.deleted)), str(loaded), _size(r.bytes_sent),
+                     f"{r.seconds:.2f} s"))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out.write("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        out.write("\n")
+    for r in reports:
+        if r.error:
+            out.write(f"  {r.label}: {r.error}\n")
+        for warning in r.warnings if verbose else []:
+            out.write(f"  {r.label}: warning: {warning}\n")

@@ -20,7 +20,7 @@ from relsync.release import scan_release
 
 def test_defaults_match_the_original() -> None:
     args = build_parser().parse_args([])
-    assert args.destination_node == "node@other"
+    assert args.destination_node is None  # node@other unless a targets file names boards
     assert args.destination_path == "/srv/erlang"
     assert args.destination_rw_path == ""
     assert args.exclude_system_libs is True
@@ -56,7 +56,7 @@ def test_short_forms_match_the_original() -> None:
         ]
     )
     assert (args.destination_node, args.destination_path, args.destination_rw_path) == (
-        "a@b",
+        ["a@b"],
         "/x",
         "/y",
     )
