@@ -18,6 +18,7 @@
 -module(relsync_target).
 
 -export([info/0, list_dir/1, manifest/2, put_files/1, put_chunk/3, commit/3,
+         block_signatures/2, put_delta/5,
          delete_files/1, delete_dirs/1, make_symlinks/1, update_code_path/1,
          load_modules/2, delete_modules/2, loaded_shas/0, mark_pending/1, code_state/0,
          running_programs/1,
@@ -262,6 +263,64 @@ commit(Path, Mode, Sha) when is_binary(Path), is_integer(Mode), is_binary(Sha) -
         {error, _} = E -> _ = file:delete(Tmp), E
     end;
 commit(_, _, _) -> {error, badarg}.
+
+%% Block delta (see relsync/delta.py): the sums of Path's consecutive full
+%% blocks, then a new file built from copies of Base's bytes and literal data.
+-spec block_signatures(binary(), pos_integer()) ->
+          {ok, [{non_neg_integer(), binary()}]} | {error, posix()}.
+block_signatures(Path, Block) when is_binary(Path), is_integer(Block), Block > 0 ->
+    with_fd(Path, [read, raw, binary, read_ahead],
+            fun(Fd) -> {ok, block_sums(Fd, Block, [])} end);
+block_signatures(_, _) ->
+    {error, badarg}.
+
+block_sums(Fd, Block, Acc) ->
+    case file:read(Fd, Block) of
+        {ok, Data} when byte_size(Data) =:= Block ->
+            block_sums(Fd, Block, [{erlang:adler32(Data), erlang:md5(Data)} | Acc]);
+        _ -> lists:reverse(Acc)                   % a short tail block is sent as data
+    end.
+
+-spec put_delta(binary(), binary(), [{copy, non_neg_integer(), non_neg_integer()} | binary()],
+                integer(), binary()) -> ok | {error, posix() | hash_mismatch}.
+put_delta(Path, Base, Ops, Mode, Sha) when is_binary(Path), is_binary(Base), is_list(Ops),
+                                           is_integer(Mode), is_binary(Sha) ->
+    Tmp = tmp_path(Path),
+    Built = with_fd(Base, [read, raw, binary],
+                    fun(In) ->
+                            _ = file:delete(Tmp),
+                            with_fd(Tmp, [write, raw, binary, exclusive],
+                                    fun(Out) -> apply_ops(Ops, In, Out) end)
+                    end),
+    Result = case Built of
+                 ok -> finish(Tmp, Path, Mode, Sha);
+                 {error, _} = E -> E
+             end,
+    case Result of
+        ok -> cache_known(Path, Sha), ok;
+        {error, _} = Err -> _ = file:delete(Tmp), Err
+    end;
+put_delta(_, _, _, _, _) ->
+    {error, badarg}.
+
+apply_ops([], _In, _Out) -> ok;
+apply_ops([{copy, Offset, Len} | Ops], In, Out) ->
+    case file:pread(In, Offset, Len) of
+        {ok, Data} when byte_size(Data) =:= Len -> write_then(Out, Data, Ops, In);
+        {ok, _} -> {error, einval};               % the base is shorter than announced
+        eof -> {error, einval};
+        {error, _} = E -> E
+    end;
+apply_ops([Data | Ops], In, Out) when is_binary(Data) ->
+    write_then(Out, Data, Ops, In);
+apply_ops(_, _In, _Out) ->
+    {error, badarg}.
+
+write_then(Out, Data, Ops, In) ->
+    case file:write(Out, Data) of
+        ok -> apply_ops(Ops, In, Out);
+        {error, _} = E -> E
+    end.
 
 %% Dir/.relsync-tmp.<Base>.part: never named like a module (*.beam) or an app file.
 tmp_path(Path) ->

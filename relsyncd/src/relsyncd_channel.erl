@@ -201,7 +201,8 @@ dispatch(F, Args, Opts) ->
     end.
 
 api() ->
-    [{info, 0}, {list_dir, 1}, {manifest, 2}, {put_files, 1}, {put_chunk, 3}, {commit, 3},
+    [{info, 0}, {list_dir, 1}, {manifest, 2}, {put_files, 1}, {block_signatures, 2},
+     {put_delta, 5}, {put_chunk, 3}, {commit, 3},
      {delete_files, 1}, {delete_dirs, 1}, {make_symlinks, 1},
      {update_code_path, 1}, {load_modules, 2}, {delete_modules, 2},
      {loaded_shas, 0}, {mark_pending, 1}, {code_state, 0}, {running_programs, 1},
@@ -209,6 +210,12 @@ api() ->
 
 check_args(manifest, [Root, _], A) -> one(Root, follow, A);
 check_args(list_dir, [Dir], A) -> one(Dir, follow, A);
+check_args(block_signatures, [Path, _], A) -> one(Path, follow, A);
+check_args(put_delta, [Path, Base | _], A) ->
+    case one(Path, nofollow, A) of
+        ok -> one(Base, follow, A);
+        E -> E
+    end;
 check_args(put_files, [Files], A) when is_list(Files) ->
     each(fun({P, _Mode, _Data, _Sha}) -> one(P, nofollow, A);
             (Bad) -> {error, {forbidden, Bad}}

@@ -15,7 +15,7 @@
          cache_owner/1,
          put_files_basic/1, put_files_replaces_symlink/1,
          put_files_running_executable/1, running_programs/1, put_files_hash_mismatch/1,
-         put_files_unwritable/1, chunked_put_commit/1,
+         put_files_unwritable/1, chunked_put_commit/1, delta/1,
          delete_files/1, delete_dirs/1, make_symlinks/1,
          update_code_path/1,
          load_modules_basic/1, load_modules_recorded/1, load_modules_gen_server/1,
@@ -32,7 +32,7 @@ all() ->
      cache_owner,
      put_files_basic, put_files_replaces_symlink,
      put_files_running_executable, running_programs, put_files_hash_mismatch,
-     put_files_unwritable, chunked_put_commit,
+     put_files_unwritable, chunked_put_commit, delta,
      delete_files, delete_dirs, make_symlinks,
      update_code_path,
      load_modules_basic, load_modules_recorded, load_modules_gen_server,
@@ -362,6 +362,27 @@ readonly_mount(Mnt) ->
             ct:pal("no read-only mount (~p): erofs not tested", [Other]),
             false
     end.
+
+%% Block sums of full blocks only; a file rebuilt from copies and literals is
+%% checked against its hash before it replaces the old one.
+delta(Config) ->
+    Dir = ?config(dir, Config),
+    Old = crypto:strong_rand_bytes(10000),
+    Base = write(<<Dir/binary, "/base">>, Old),
+    {ok, Sums} = ?T:block_signatures(Base, 4096),
+    ?assertEqual([{erlang:adler32(binary:part(Old, 0, 4096)), erlang:md5(binary:part(Old, 0, 4096))},
+                  {erlang:adler32(binary:part(Old, 4096, 4096)),
+                   erlang:md5(binary:part(Old, 4096, 4096))}], Sums),
+    New = <<(binary:part(Old, 4096, 4096))/binary, "middle", (binary:part(Old, 0, 4096))/binary>>,
+    Ops = [{copy, 4096, 4096}, <<"middle">>, {copy, 0, 4096}],
+    ?assertEqual({error, hash_mismatch}, ?T:put_delta(Base, Base, Ops, 8#600, sha(<<"x">>))),
+    ?assertEqual({ok, Old}, file:read_file(Base)),
+    ?assertEqual(ok, ?T:put_delta(Base, Base, Ops, 8#600, sha(New))),
+    ?assertEqual({ok, New}, file:read_file(Base)),
+    ?assertEqual(8#600, mode(Base)),
+    ?assertEqual({error, einval}, ?T:put_delta(Base, Base, [{copy, 9000, 4096}], 8#600, sha(New))),
+    ?assertEqual({error, enoent}, ?T:block_signatures(<<Dir/binary, "/missing">>, 4096)),
+    ?assertEqual([], tmp_files(Dir)).
 
 chunked_put_commit(Config) ->
     Dir = ?config(dir, Config),
