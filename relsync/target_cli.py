@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,10 +20,11 @@ from typing import Any
 from relsync.errors import ExitCode, RelsyncError, UsageError
 from relsync.harness.docker import DockerBoard
 from relsync.harness.local import read_release_info
+from relsync.harness.qemu import QemuBoard
 from relsync.harness.ready import BoardError
 from relsync.release import default_cache_dir
 
-KINDS = ("docker-otp",)
+KINDS = ("docker-otp", "qemu-arm")
 #: ERTS major version -> OTP release, to pick a board image matching a release.
 ERTS_TO_OTP = {"13": 25, "14": 26, "15": 27}
 
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=(25, 27),
         help="the board's OTP [default: the one the release was built with]",
     )
-    up.add_argument("--workdir", type=Path, default=default_cache_dir() / "boards",
+    up.add_argument("--workdir", type=Path, default=BOARDS_DIR,
                     help="where boards keep keys and console logs")  # fmt: skip
     up.add_argument("--json", action="store_true")
     reboot = sub.add_parser("reboot", help="reboot a board; returns when it answers again")
@@ -59,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def describe(board: DockerBoard) -> dict[str, Any]:
+def describe(board: DockerBoard | QemuBoard) -> dict[str, Any]:
     """The board as ``--json`` prints it."""
     ssh = board.ssh
     return {
@@ -78,7 +80,7 @@ def describe(board: DockerBoard) -> dict[str, Any]:
     }
 
 
-def _print_board(board: DockerBoard, as_json: bool) -> None:
+def _print_board(board: DockerBoard | QemuBoard, as_json: bool) -> None:
     info = describe(board)
     if as_json:
         print(json.dumps(info))
@@ -106,7 +108,16 @@ def _otp_of(release: Path) -> int:
     return otp
 
 
-async def _find(ident: str) -> DockerBoard:
+BOARDS_DIR = default_cache_dir() / "boards"
+
+
+async def _qemu_ids() -> list[str]:
+    return sorted(p.parent.name for p in BOARDS_DIR.glob("relsync-qemu-*/board.env"))
+
+
+async def _find(ident: str) -> DockerBoard | QemuBoard:
+    if ident in await _qemu_ids():
+        return await QemuBoard.attach(ident, BOARDS_DIR)
     if ident not in await DockerBoard.list_ids():
         raise UsageError(f"no board {ident!r} on this machine; see relsync target list")
     return await DockerBoard.attach(ident)
@@ -118,8 +129,12 @@ async def run(args: argparse.Namespace) -> None:
         release = args.release.resolve()
         if not (release / "releases").is_dir():
             raise UsageError(f"--release {args.release}: not a release directory (no releases/)")
-        otp = args.otp or _otp_of(release)
-        board = await DockerBoard.start(release, otp=otp, workdir=args.workdir)
+        board: DockerBoard | QemuBoard
+        if args.kind == "qemu-arm":
+            board = await QemuBoard.start(release, workdir=args.workdir)
+        else:
+            otp = args.otp or _otp_of(release)
+            board = await DockerBoard.start(release, otp=otp, workdir=args.workdir)
         _print_board(board, args.json)
     elif args.command == "reboot":
         board = await _find(args.id)
@@ -128,9 +143,14 @@ async def run(args: argparse.Namespace) -> None:
     elif args.command == "down":
         board = await _find(args.id)
         await board.stop()
+        if isinstance(board, QemuBoard):  # its disks and keys go with it, like a container's
+            shutil.rmtree(board.state)
         print(f"board {args.id} removed")
     else:
-        boards = [await DockerBoard.attach(name) for name in await DockerBoard.list_ids()]
+        boards: list[DockerBoard | QemuBoard] = [
+            await DockerBoard.attach(name) for name in await DockerBoard.list_ids()
+        ]
+        boards += [await QemuBoard.attach(name, BOARDS_DIR) for name in await _qemu_ids()]
         if args.json:
             print(json.dumps([describe(b) for b in boards]))
         for b in [] if args.json else boards:
