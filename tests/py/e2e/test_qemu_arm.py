@@ -10,6 +10,9 @@ converges.
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,3 +74,25 @@ def test_arm_board_both_modes_reboot_and_power_cut(tmp_path: Path) -> None:
             assert await board.tree(RW_PATH) == after
 
     asyncio.run(scenario())
+
+
+def test_board_command_for_qemu_arm(tmp_path: Path) -> None:
+    release = asyncio.run(example_release())
+
+    def target(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "relsync.cli", "target", *argv],
+                              capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+
+    up = target("up", "qemu-arm", "--release", str(release), "--json")
+    assert up.returncode == 0, up.stderr
+    board = json.loads(up.stdout)
+    try:
+        assert board["kind"] == "qemu-arm" and board["release_path"] == RELEASE_PATH
+        assert board["id"] in target("list").stdout
+        reboot = target("reboot", board["id"], "--power-cut", "--json")
+        assert reboot.returncode == 0, reboot.stderr
+        assert json.loads(reboot.stdout)["ssh_port"] == board["ssh_port"]
+    finally:
+        down = target("down", board["id"])
+    assert down.returncode == 0, down.stderr
+    assert board["id"] not in target("list").stdout
