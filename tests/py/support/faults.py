@@ -4,6 +4,7 @@ SIGKILL at a chosen moment, and look at a board's files the way its VM would see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import sys
@@ -43,7 +44,8 @@ async def run_and_kill(argv: list[str], after: float) -> tuple[bool, float]:
         await asyncio.wait_for(proc.wait(), after)
         return False, loop.time() - started
     except TimeoutError:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):  # it may end just as the timer fires
+            proc.kill()
         await proc.wait()
         return True, loop.time() - started
 
