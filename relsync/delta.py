@@ -15,6 +15,8 @@ import zlib
 from dataclasses import dataclass
 
 BLOCK = 16 * 1024
+#: Places :func:`make_delta` looks for a shared block before scanning a whole file.
+PROBES = 8
 _MOD = 65521
 
 
@@ -34,24 +36,35 @@ def _strong(data: bytes | memoryview) -> bytes:
 
 
 def make_delta(
-    new: bytes, signatures: list[tuple[int, bytes]], block: int = BLOCK, max_literal: float = 0.5
+    new: bytes,
+    signatures: list[tuple[int, bytes]],
+    block: int = BLOCK,
+    max_literal: float = 0.5,
+    probes: int = PROBES,
 ) -> list[Op] | None:
     """Ops rebuilding ``new`` from the target's copy, or None when a delta would not pay.
 
-    ``signatures`` are (adler32, md5) of the copy's consecutive ``block``-sized blocks.
+    ``signatures`` are (adler32, md5) of the copy's consecutive ``block``-sized blocks. Unless
+    any literal is fine (``max_literal >= 1``), a file of at least ``2 * probes`` blocks must
+    first find one of the copy's blocks near one of ``probes`` evenly spaced places: a file
+    that shares nothing then costs milliseconds, not seconds of rolling.
     """
     weak: dict[int, int] = {}
     strong: dict[bytes, int] = {}
     for number, (w, s) in enumerate(signatures):
         weak.setdefault(w, number)
         strong.setdefault(s, number)
+    size = len(new)
+    view = memoryview(new)
+    probing = max_literal < 1 and probes and size >= 2 * probes * block
+    if probing and not _shares_a_block(view, block, weak, strong, probes):
+        return None
     ops: list[Op] = []
     literal_start = pos = literal_done = 0
-    size = len(new)
     budget = int(size * max_literal)
-    view = memoryview(new)
+    last = size - block  # where the last full window starts
     a = b = -1  # rolling Adler-32 halves of new[pos:pos+block]; -1: not computed
-    while pos + block <= size:
+    while pos <= last:
         if a < 0:
             value = zlib.adler32(view[pos : pos + block])
             a, b = value & 0xFFFF, value >> 16
@@ -65,16 +78,51 @@ def make_delta(
             literal_start = pos
             a = -1
             continue
-        if literal_done + pos - literal_start > budget:
+        room = budget - literal_done  # literal bytes still allowed
+        if pos - literal_start > room:
             return None
-        out, into = new[pos], (new[pos + block] if pos + block < size else 0)
-        a = (a - out + into) % _MOD
-        b = (b - block * out + a - 1) % _MOD
-        pos += 1
+        if pos == last:
+            break
+        stop = min(last, literal_start + room + 1)
+        pos, a, b = _roll(view, pos, stop, a, b, block, weak)
     if literal_start < size:
         ops.append(bytes(view[literal_start:]))
         literal_done += size - literal_start
     return ops if literal_done <= budget else None
+
+
+def _roll(
+    view: memoryview, pos: int, stop: int, a: int, b: int, block: int, weak: dict[int, int]
+) -> tuple[int, int, int]:
+    """Roll the weak sum of the window at ``pos`` forward, one byte at a time, to the first
+    window whose weak sum the target has, or to ``stop``; return (position, a, b)."""
+    for out, into in zip(view[pos:stop], view[pos + block : stop + block], strict=True):
+        a = (a - out + into) % _MOD
+        b = (b - block * out + a - 1) % _MOD
+        pos += 1
+        if ((b << 16) | a) in weak:
+            break
+    return pos, a, b
+
+
+def _shares_a_block(
+    view: memoryview, block: int, weak: dict[int, int], strong: dict[bytes, int], probes: int
+) -> bool:
+    """Whether one of ``probes`` windows spread over ``view``, each rolled over a block's worth
+    of positions (so a shifted copy still lines up), is one of the target's blocks."""
+    last = len(view) - block
+    for number in range(probes):
+        pos = number * (last - block) // max(probes - 1, 1)
+        stop = pos + block
+        value = zlib.adler32(view[pos : pos + block])
+        a, b = value & 0xFFFF, value >> 16
+        while True:
+            if ((b << 16) | a) in weak and _strong(view[pos : pos + block]) in strong:
+                return True
+            if pos >= stop:
+                break
+            pos, a, b = _roll(view, pos, stop, a, b, block, weak)
+    return False
 
 
 def _add_copy(ops: list[Op], offset: int, length: int) -> None:

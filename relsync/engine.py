@@ -7,12 +7,15 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from relsync.errors import ExitCode, HookError
-from relsync.hooks import Hook
 from relsync.plan import SyncPlan, TargetState, build_plan
 from relsync.release import FileKind, LocalRelease, Skipped
 from relsync.target import HookResult, ModuleResult, Progress, RemoteEntry, Target
+
+if TYPE_CHECKING:  # relsync.hooks (tempfile, erlc) is imported only when there is a hook
+    from relsync.hooks import Hook
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +57,13 @@ def _excluded(rel: str, prefixes: tuple[str, ...]) -> bool:
 
 async def read_state(target: Target, release: LocalRelease, options: SyncOptions) -> TargetState:
     """Ask the target, concurrently, for everything the plan needs."""
+    return await read_target(target, release.exclude_prefixes, options)
+
+
+async def read_target(target: Target, excl: tuple[str, ...], options: SyncOptions) -> TargetState:
+    """:func:`read_state` before the release is scanned: it needs only the release's
+    ``exclude_prefixes`` (:func:`relsync.release.system_lib_prefixes` or none)."""
     dest, rw = options.dest_path.rstrip("/"), (options.rw_path or "").rstrip("/") or None
-    excl = release.exclude_prefixes
     info, original, shadow, code, top, libs = await asyncio.gather(
         target.info(),
         target.manifest(dest, excl),
@@ -106,10 +114,16 @@ async def sync(
     *,
     on_transfer: TransferStart | None = None,
     progress: Progress | None = None,
+    state: TargetState | None = None,
 ) -> SyncReport:
-    """Bring the target in line with ``release``; raise only for failures before any change."""
+    """Bring the target in line with ``release``; raise only for failures before any change.
+
+    ``state`` is the target's state when it was read already (:func:`read_target`, for the
+    same ``options`` and the release's ``exclude_prefixes``), e.g. while scanning the release.
+    """
     started = time.perf_counter()
-    state = await read_state(target, release, options)
+    if state is None:
+        state = await read_state(target, release, options)
     plan = build_plan(release, state)
     report = SyncReport(target.label, plan, list(release.skipped), dry_run=options.dry_run)
     if options.dry_run:
@@ -124,6 +138,10 @@ async def sync(
             raise HookError(f"{failure}; nothing was changed on the target")
 
     report.warnings += await _busy_programs(target, release, options, plan)
+    if plan.stale_temps:
+        report.warnings.append(
+            f"removing {len(plan.stale_temps)} temporary file(s) an interrupted sync left behind"
+        )
     if plan.reload or plan.purge:  # so a sync killed from here on is finished by the next one
         await target.mark_pending([m for m, _, _ in plan.reload] + plan.purge)
     sent = 0

@@ -11,10 +11,14 @@ one symlink each) and the VM's code path is re-pointed there.
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from relsync.release import FileKind, LocalFile, LocalRelease, is_shared_lib
-from relsync.target import FilePut, RemoteEntry, RemoteFile, RemoteLink
+from relsync.target import TEMP_PREFIX, FilePut, RemoteEntry, RemoteFile, RemoteLink
+
+#: A changed file at least this big is sent as a block delta against a copy the target has
+#: (when the delta pays; see :mod:`relsync.delta`); smaller files always go whole.
+DELTA_MIN = 1 << 20
 
 #: Only files below this prefix are ever deleted (``releases/`` and ``bin/`` are never pruned,
 #: so a board's boot configuration keeps what it needs).
@@ -55,6 +59,8 @@ class SyncPlan:
     code_path_remove: list[str] = field(default_factory=list)
     reload: list[tuple[str, str, bytes]] = field(default_factory=list)
     purge: list[str] = field(default_factory=list)
+    #: Temporary files an interrupted sync left in the tree being written (removed).
+    stale_temps: list[str] = field(default_factory=list)
 
     @property
     def bytes_to_send(self) -> int:
@@ -119,9 +125,33 @@ def _same(local: LocalFile, remote: RemoteEntry | None) -> bool:
     )
 
 
+def _delta_base(lf: LocalFile, candidates: list[tuple[str, RemoteEntry | None]]) -> str | None:
+    """The first candidate ``(path, manifest entry)`` that is a regular file worth a delta
+    against: ``lf`` is big, and the base at least half its size (a delta must copy half)."""
+    if lf.size < DELTA_MIN:
+        return None
+    for path, entry in candidates:
+        if isinstance(entry, RemoteFile) and 2 * entry.size >= lf.size:
+            return path
+    return None
+
+
+def is_temp(rel: str) -> bool:
+    """Whether ``rel`` names one of relsync's temporary files."""
+    return posixpath.basename(rel).startswith(TEMP_PREFIX)
+
+
+def _without_temps(entries: dict[str, RemoteEntry]) -> dict[str, RemoteEntry]:
+    return {rel: entry for rel, entry in entries.items() if not is_temp(rel)}
+
+
 def build_plan(release: LocalRelease, state: TargetState) -> SyncPlan:
     """Decide what to write, link, delete and reload so the target runs ``release``."""
     root = state.rw or state.dest
+    temps = sorted(rel for rel in (state.shadow if state.rw else state.original) if is_temp(rel))
+    state = replace(
+        state, original=_without_temps(state.original), shadow=_without_temps(state.shadow)
+    )
     plan = SyncPlan(root=root)
     current = effective_files(state)
     local = release.files
@@ -142,13 +172,17 @@ def build_plan(release: LocalRelease, state: TargetState) -> SyncPlan:
     else:
         _plan_in_place(release, state, plan)
     _plan_code(release, state, current, plan)
+    plan.stale_temps = temps
+    plan.delete_paths = [_join(root, rel) for rel in temps] + plan.delete_paths
     return plan
 
 
 def _plan_in_place(release: LocalRelease, state: TargetState, plan: SyncPlan) -> None:
     for rel in plan.added + plan.changed:
         lf = release.files[rel]
-        plan.writes.append(FilePut(_join(state.dest, rel), lf.path, lf.size, lf.mode, lf.sha256))
+        path = _join(state.dest, rel)
+        base = _delta_base(lf, [(path, state.original.get(rel))])
+        plan.writes.append(FilePut(path, lf.path, lf.size, lf.mode, lf.sha256, base))
     plan.delete_paths = [_join(state.dest, rel) for rel in plan.deleted]
     if not plan.deleted:  # no file goes, so no directory empties
         return
@@ -180,7 +214,11 @@ def _plan_shadow(release: LocalRelease, state: TargetState, plan: SyncPlan) -> N
 
     for rel, lf in sorted(desired_files.items()):
         if not _same(lf, state.shadow.get(rel)):
-            plan.writes.append(FilePut(_join(rw, rel), lf.path, lf.size, lf.mode, lf.sha256))
+            path = _join(rw, rel)
+            # The shadow's own copy is the latest one sent; else the original it linked to.
+            bases = [(path, state.shadow.get(rel)), (_join(dest, rel), state.original.get(rel))]
+            base = _delta_base(lf, bases)
+            plan.writes.append(FilePut(path, lf.path, lf.size, lf.mode, lf.sha256, base))
     for rel, target in sorted(desired_links.items()):
         have = state.shadow.get(rel)
         if not (isinstance(have, RemoteLink) and have.target == target):

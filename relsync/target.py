@@ -27,6 +27,9 @@ class RemoteLink:
 
 RemoteEntry = RemoteFile | RemoteLink
 
+#: Name prefix of the temporary files a write goes through before it is renamed into place.
+TEMP_PREFIX = ".relsync-tmp."
+
 
 @dataclass(frozen=True, slots=True)
 class TargetInfo:
@@ -39,13 +42,18 @@ class TargetInfo:
 
 @dataclass(frozen=True, slots=True)
 class FilePut:
-    """A local file to be written at ``path`` on the target (atomically, with ``mode``)."""
+    """A local file to be written at ``path`` on the target (atomically, with ``mode``).
+
+    ``base`` is a regular file on the target similar enough to serve as the base of a block
+    delta (the file being replaced, or the original beside a shadow tree); None: send it whole.
+    """
 
     path: str
     local: str
     size: int
     mode: int
     sha256: bytes
+    base: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +124,8 @@ class Target(Protocol):
         """Which of ``paths`` run now as port programs (so replacing them needs a restart)."""
 
     async def put_files(self, files: Sequence[FilePut], progress: Progress) -> None:
-        """Write each file atomically (temp name, fsync, rename), calling ``progress(nbytes)``."""
+        """Write each file atomically (temp name, fsync, rename), calling ``progress(nbytes)``
+        with the bytes actually sent (a file with a ``base`` may go as a block delta)."""
 
     async def make_symlinks(self, links: Sequence[tuple[str, str]]) -> None:
         """Create or atomically replace ``(link, target)`` symlinks."""

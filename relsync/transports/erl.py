@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from relsync.dist.connection import Connection
-from relsync.dist.errors import ConnectionLost, DistError
+from relsync.dist.errors import BadRpc, ConnectionLost, DistError
 from relsync.dist.etf import Atom, Charlist, Term
 from relsync.dist.node import connect
 from relsync.dist.pretty import format_term
@@ -48,20 +48,27 @@ class ErlTarget(HelperTarget):
 
     async def _ensure_helper(self) -> None:
         beam = await helper_beam(HELPER)
-        wanted, loaded = await asyncio.gather(
-            self._call_raw("beam_lib", "md5", [beam]),
-            self._call_raw("erlang", "module_loaded", [Atom(HELPER)]),
+        # One round trip: the md5 of our beam and of the loaded helper (none: not loaded).
+        wanted, md5 = await asyncio.gather(
+            self._call_raw("beam_lib", "md5", [beam]), self._loaded_md5(HELPER)
         )
-        if loaded == "true":
-            md5 = await self._call_raw("erlang", "get_module_info", [Atom(HELPER), Atom("md5")])
-            if isinstance(wanted, tuple) and wanted[1:] == ((Atom(HELPER), md5),):
-                return
+        if md5 is not None and isinstance(wanted, tuple) and wanted[1:] == ((Atom(HELPER), md5),):
+            return  # the same helper is loaded already
         result = await self._load_binary(HELPER, beam)
         if not (isinstance(result, tuple) and result[0] == "module"):
             raise ConnectError(
                 f"{self.label} refused relsync's helper module ({format_term(result)}); it needs "
                 "the kernel, stdlib and crypto applications"
             )
+
+    async def _loaded_md5(self, module: str) -> Term | None:
+        """The md5 of ``module`` as loaded on the target; None when it is not loaded."""
+        try:
+            return await self._call_raw("erlang", "get_module_info", [Atom(module), Atom("md5")])
+        except TargetError as exc:
+            if isinstance(exc.__cause__, BadRpc):  # badarg: not loaded
+                return None
+            raise
 
     async def _call_raw(
         self, module: str, function: str, args: list[Term], timeout: float = CALL_TIMEOUT

@@ -7,12 +7,14 @@ its own way (``put_files``).
 
 from __future__ import annotations
 
+import struct
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
+from relsync.delta import BLOCK, Copy, Op, make_delta
 from relsync.dist.etf import Atom, Term
 from relsync.dist.pretty import format_term
-from relsync.errors import TargetError
+from relsync.errors import TargetError, UsageError
 from relsync.target import (
     CodeState,
     FilePut,
@@ -32,6 +34,82 @@ CHUNK = 4 << 20
 #: Generous per-call timeout for file operations (a slow SD card fsyncs slowly).
 FILE_TIMEOUT = 120.0
 CALL_TIMEOUT = 60.0
+
+
+def read_chunks(path: str) -> Iterator[bytes]:
+    """A local file's bytes in chunks of :data:`CHUNK`; a file that cannot be read (changed
+    since the scan) is a :class:`UsageError`, not a fault of the target."""
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(CHUNK):
+                yield chunk
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read {path} ({exc.strerror}); rebuild the release and sync again"
+        ) from exc
+
+
+_ENTRY_HEAD = struct.Struct(">BI").unpack_from
+_FILE_FIELDS = struct.Struct(">QHB").unpack_from
+_LENGTH = struct.Struct(">I").unpack_from
+
+
+def unpack_manifest(blob: bytes) -> dict[str, RemoteEntry]:
+    """Decode the helper's packed manifest (``format => packed``): entries one after the
+    other, each ``<<0, RelLen:32, Rel, Size:64, Mode:16, HashLen:8, Hash>>`` (a file) or
+    ``<<1, RelLen:32, Rel, TargetLen:32, Target>>`` (a symlink)."""
+    entries: dict[str, RemoteEntry] = {}
+    pos, end = 0, len(blob)
+    try:
+        while pos < end:
+            kind, size = _ENTRY_HEAD(blob, pos)
+            pos += 5 + size
+            rel = blob[pos - size : pos].decode("utf-8", "surrogateescape")
+            if kind == 0:
+                nbytes, mode, size = _FILE_FIELDS(blob, pos)
+                pos += 11 + size
+                entries[rel] = RemoteFile(rel, nbytes, mode, blob[pos - size : pos])
+            elif kind == 1:
+                (size,) = _LENGTH(blob, pos)
+                pos += 4 + size
+                target = blob[pos - size : pos].decode("utf-8", "surrogateescape")
+                entries[rel] = RemoteLink(rel, target)
+            else:
+                raise ValueError(f"entry kind {kind}")
+    except (struct.error, ValueError) as exc:
+        raise TargetError(f"malformed manifest from the target ({exc})") from exc
+    if pos != end:
+        raise TargetError("malformed manifest from the target (truncated)")
+    return entries
+
+
+def _signatures(reply: Term) -> list[tuple[int, bytes]] | None:
+    """The block sums of a ``block_signatures`` reply; None for an error (no base)."""
+    if not (isinstance(reply, tuple) and len(reply) == 2 and reply[0] == "ok"):
+        return None
+    sums = reply[1]
+    if not isinstance(sums, list):
+        return None
+    out: list[tuple[int, bytes]] = []
+    for item in sums:
+        if not (isinstance(item, tuple) and len(item) == 2):
+            return None
+        weak, strong = item
+        if not (isinstance(weak, int) and isinstance(strong, bytes)):
+            return None
+        out.append((weak, strong))
+    return out
+
+
+def _op(op: Op) -> Term:
+    return (Atom("copy"), op.offset, op.length) if isinstance(op, Copy) else op
+
+
+def delta_bytes(put: FilePut, ops: list[Op]) -> int:
+    """About the bytes a ``put_delta`` call puts on the wire: its term encoding (a literal's
+    data plus 5, a copy 18, paths, mode, hash and framing)."""
+    fixed = 64 + len(_path(put.path)) + len(_path(put.base or ""))
+    return fixed + sum(len(op) + 5 if isinstance(op, bytes) else 18 for op in ops)
 
 
 def _text(value: Term) -> str:
@@ -111,12 +189,17 @@ class HelperTarget(ABC):
 
     async def manifest(self, root: str, exclude: Sequence[str]) -> dict[str, RemoteEntry]:
         """See :class:`relsync.target.Target`."""
-        opts: dict[Term, Term] = {Atom("exclude"): [_path(p) for p in exclude]}
+        opts: dict[Term, Term] = {
+            Atom("exclude"): [_path(p) for p in exclude],
+            Atom("format"): Atom("packed"),
+        }
         result = await self._call("manifest", [_path(root), opts], timeout=FILE_TIMEOUT)
+        if isinstance(result, tuple) and result[0] == "ok" and isinstance(result[1], bytes):
+            return unpack_manifest(result[1])
         if not (isinstance(result, tuple) and result[0] == "ok" and isinstance(result[1], list)):
             self._check(result, f"reading {root}")
             raise AssertionError("unreachable")
-        entries: dict[str, RemoteEntry] = {}
+        entries: dict[str, RemoteEntry] = {}  # a helper older than format => packed
         for item in result[1]:
             assert isinstance(item, tuple)
             rel = _text(item[0])
@@ -166,6 +249,8 @@ class HelperTarget(ABC):
         batch: list[Term] = []
         batch_bytes = 0
         for put in files:
+            if await self._put_delta(put, progress):
+                continue
             if put.size > CHUNK:
                 await self._put_large(put, progress)
                 continue
@@ -179,19 +264,39 @@ class HelperTarget(ABC):
         if batch:
             await self._put_batch(batch, batch_bytes, progress)
 
+    async def _put_delta(self, put: FilePut, progress: Progress) -> bool:
+        """Send ``put`` as a block delta against ``put.base`` when that pays (the target
+        rebuilds it, checks its SHA-256 and renames it into place). False: send it whole, as
+        there is no base, no delta worth it, or the target could not read the base or rebuild
+        the file (it changed meanwhile: the whole file then gets it right)."""
+        if put.base is None:
+            return False
+        base = _path(put.base)
+        signatures = _signatures(await self._call("block_signatures", [base, BLOCK], FILE_TIMEOUT))
+        if signatures is None:
+            return False
+        data = b"".join(read_chunks(put.local))
+        # Literal data in one call stays within a chunk (a message must not outlast a tick).
+        ops = make_delta(data, signatures, BLOCK, max_literal=min(0.5, CHUNK / max(len(data), 1)))
+        if ops is None:
+            return False
+        args: list[Term] = [_path(put.path), base, [_op(op) for op in ops], put.mode, put.sha256]
+        result = await self._call("put_delta", args, FILE_TIMEOUT)
+        progress(delta_bytes(put, ops))
+        return result == "ok"
+
     async def _put_batch(self, batch: list[Term], nbytes: int, progress: Progress) -> None:
         self._check(await self._call("put_files", [batch], FILE_TIMEOUT), "writing files")
         progress(nbytes)
 
     async def _put_large(self, put: FilePut, progress: Progress) -> None:
         path = _path(put.path)
-        with open(put.local, "rb") as handle:
-            offset = 0
-            while chunk := handle.read(CHUNK):
-                result = await self._call("put_chunk", [path, offset, chunk], FILE_TIMEOUT)
-                self._check(result, f"writing {put.path}")
-                offset += len(chunk)
-                progress(len(chunk))
+        offset = 0
+        for chunk in read_chunks(put.local):
+            result = await self._call("put_chunk", [path, offset, chunk], FILE_TIMEOUT)
+            self._check(result, f"writing {put.path}")
+            offset += len(chunk)
+            progress(len(chunk))
         result = await self._call("commit", [path, put.mode, put.sha256], FILE_TIMEOUT)
         self._check(result, f"writing {put.path}")
 

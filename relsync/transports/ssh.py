@@ -8,6 +8,7 @@ Control frames: ``<<Len:32, term_to_binary({ReqId, Function, Args})>>`` out,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import posixpath
@@ -19,8 +20,8 @@ import asyncssh
 
 from relsync.dist.etf import Atom, Charlist, EtfError, Term, binary_to_term, term_to_binary
 from relsync.errors import ConnectError, TargetError
-from relsync.target import FilePut, Progress
-from relsync.transports.helper import CALL_TIMEOUT, CHUNK, FILE_TIMEOUT, HelperTarget
+from relsync.target import TEMP_PREFIX, FilePut, Progress
+from relsync.transports.helper import CALL_TIMEOUT, FILE_TIMEOUT, HelperTarget, read_chunks
 
 SUBSYSTEM = "relsync"
 DEFAULT_PORT = 2228
@@ -177,13 +178,13 @@ class SshTarget(HelperTarget):
 
     async def _call(self, function: str, args: list[Term], timeout: float = CALL_TIMEOUT) -> Term:
         if self._session.lost is not None:
-            raise TargetError(f"the relsync channel to {self.label} is closed; run relsync again")
+            raise self._lost(self._session.lost)
         ident = next(self._ids)
         future: asyncio.Future[Term] = asyncio.get_running_loop().create_future()
         self._session.pending[ident] = future
         frame = term_to_binary((ident, Atom(function), args))
-        self._chan.write(_LEN.pack(len(frame)) + frame)
         try:
+            self._chan.write(_LEN.pack(len(frame)) + frame)
             return await asyncio.wait_for(future, timeout)
         except TimeoutError as exc:
             self._session.pending.pop(ident, None)
@@ -191,25 +192,33 @@ class SshTarget(HelperTarget):
                 f"{self.label} did not answer {function} within {timeout:g} s; "
                 "check the board, then run relsync again"
             ) from exc
-        except (ConnectionError, EtfError, asyncssh.Error) as exc:
-            raise TargetError(
-                f"lost the relsync channel to {self.label} ({exc}); check the board and run "
-                "relsync again: the next sync converges"
-            ) from exc
+        except (OSError, EtfError, asyncssh.Error) as exc:
+            raise self._lost(exc) from exc
+
+    def _lost(self, exc: BaseException) -> TargetError:
+        """The one-line error for a connection to the board that broke mid-sync."""
+        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        return TargetError(
+            f"lost the connection to {self.label} ({reason}); check the board and run "
+            "relsync again: the next sync converges"
+        )
 
     async def _load_binary(self, module: str, beam: bytes) -> Term:
         return await self._call("load_binary", [Atom(module), Charlist(f"{module}.beam"), beam])
 
     async def put_files(self, files: Sequence[FilePut], progress: Progress) -> None:
         """Upload over SFTP to ``.relsync-tmp.<name>.part`` beside each file, then commit it
-        (hash checked, renamed into place) over the control channel."""
+        (hash checked, renamed into place) over the control channel; a file with a delta base
+        goes as a block delta over the control channel when that pays."""
         made: dict[str, asyncio.Task[None]] = {}
         slots = asyncio.Semaphore(UPLOADS_IN_FLIGHT)
 
         async def upload(put: FilePut) -> None:
             directory = posixpath.dirname(put.path)
-            tmp = f"{directory}/.relsync-tmp.{posixpath.basename(put.path)}.part"
-            async with slots:
+            tmp = f"{directory}/{TEMP_PREFIX}{posixpath.basename(put.path)}.part"
+            async with slots:  # (also bounds the whole files read for a delta)
+                if await self._put_delta(put, progress):
+                    return
                 try:
                     if directory not in made:  # every upload into it waits for the one mkdir
                         made[directory] = asyncio.create_task(
@@ -217,10 +226,9 @@ class SshTarget(HelperTarget):
                         )
                     await made[directory]
                     async with self._sftp.open(tmp, "wb") as remote:
-                        with open(put.local, "rb") as handle:
-                            while chunk := handle.read(CHUNK):
-                                await remote.write(chunk)
-                                progress(len(chunk))
+                        for chunk in read_chunks(put.local):
+                            await remote.write(chunk)
+                            progress(len(chunk))
                 except asyncssh.SFTPFailure:
                     # SFTP v3 says only "failure" (a full disk, among others): send this file
                     # over the control channel instead, which tells the exact cause.
@@ -228,6 +236,8 @@ class SshTarget(HelperTarget):
                     return
                 except asyncssh.SFTPError as exc:
                     raise TargetError(_sftp_message(self.label, put.path, exc)) from exc
+                except (OSError, asyncssh.Error) as exc:  # the board went away mid-upload
+                    raise self._lost(exc) from exc
                 result = await self._call(
                     "commit", [put.path.encode(), put.mode, put.sha256], FILE_TIMEOUT
                 )
@@ -245,7 +255,8 @@ class SshTarget(HelperTarget):
         self._sftp.exit()
         self._chan.close()
         self._conn.close()
-        await self._conn.wait_closed()
+        with contextlib.suppress(OSError, asyncssh.Error):  # already gone with the board
+            await self._conn.wait_closed()
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

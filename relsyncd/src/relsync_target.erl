@@ -30,6 +30,11 @@
 -define(TMP_PREFIX, ".relsync-tmp.").
 -define(CHUNK, (1024 * 1024)).
 -define(RACY_SECS, 2).
+%% Directories down to this depth below a manifest's root are walked by
+%% processes of their own (lib/APP in a release is depth 2), at most this many
+%% at a time (each may hold a 1 MiB read buffer while it hashes).
+-define(FAN_OUT_DEPTH, 2).
+-define(MAX_WALKERS, 16).
 -define(MAX_OUTPUT, (1024 * 1024)).
 
 -type posix() :: file:posix() | badarg.
@@ -75,28 +80,46 @@ list_dir(_) ->
 
 %%% -------------------------------------------------------------- manifest
 
--spec manifest(binary(), #{exclude => [binary()]}) ->
-          {ok, [entry()]} | {error, {binary(), posix()}}.
+%% With format => packed the entries come as one binary (see pack_entry/1),
+%% which the client decodes far faster than thousands of tuples. A helper that
+%% predates the option ignores it and sends the list: clients accept both.
+-spec manifest(binary(), #{exclude => [binary()], format => list | packed}) ->
+          {ok, [entry()] | binary()} | {error, {binary(), posix()}}.
 manifest(Root, Opts) when is_binary(Root), is_map(Opts) ->
     Excl = maps:get(exclude, Opts, []),
     ensure_cache(),
     case file:read_file_info(Root, [raw]) of
         {ok, #file_info{type = directory}} ->
-            try walk(strip_slash(Root), <<>>, Excl, []) of
-                Acc -> {ok, lists:keysort(1, Acc)}
+            Slots = atomics:new(1, []),
+            ok = atomics:put(Slots, 1, ?MAX_WALKERS),
+            try joined(walk(strip_slash(Root), <<>>, Excl, {0, Slots}, [])) of
+                Acc -> {ok, format(maps:get(format, Opts, list), lists:keysort(1, Acc))}
             catch throw:{walk_error, Path, Reason} -> {error, {Path, Reason}}
+            after abandon_walkers()
             end;
         {ok, _} -> {error, {Root, enotdir}};
-        {error, enoent} -> {ok, []};
+        {error, enoent} -> {ok, format(maps:get(format, Opts, list), [])};
         {error, Reason} -> {error, {Root, Reason}}
     end;
 manifest(Root, _Opts) ->
     {error, {Root, badarg}}.
 
+format(packed, Entries) -> << <<(pack_entry(E))/binary>> || E <- Entries >>;
+format(_, Entries) -> Entries.
+
+%% One entry, lengths and numbers big-endian:
+%%   regular: <<0, RelLen:32, Rel, Size:64, Mode:16, HashLen:8, Hash>>
+%%   symlink: <<1, RelLen:32, Rel, TargetLen:32, Target>>
+pack_entry({Rel, regular, Size, Mode, Hash}) ->
+    <<0, (byte_size(Rel)):32, Rel/binary, Size:64, Mode:16, (byte_size(Hash)):8, Hash/binary>>;
+pack_entry({Rel, symlink, Target}) ->
+    <<1, (byte_size(Rel)):32, Rel/binary, (byte_size(Target)):32, Target/binary>>.
+
 %% Hot path (thousands of files on every sync): raw prim_file calls, no file
 %% server round trips, binary paths, and only the exclusion prefixes that can
-%% still match below the current directory.
-walk(Dir, RelDir, Excl, Acc0) ->
+%% still match below the current directory. Fan is {Depth, Slots}: Dir's depth
+%% below the root and the free walker slots (see walk_job/4).
+walk(Dir, RelDir, Excl, Fan, Acc0) ->
     Names = case prim_file:list_dir(Dir) of
                 {ok, Ns} -> Ns;
                 {error, enoent} -> [];            % vanished while walking
@@ -108,26 +131,103 @@ walk(Dir, RelDir, Excl, Acc0) ->
                                   <<>> -> Name;
                                   _ -> <<RelDir/binary, "/", Name/binary>>
                               end,
-                        walk_entry(child(Dir, Name), Rel, Name, Excl, Acc)
+                        walk_entry(child(Dir, Name), Rel, Name, Excl, Fan, Acc)
                 end, Acc0, Names).
 
-walk_entry(Abs, Rel, Name, Excl, Acc) ->
-    case file:read_link_info(Abs, [raw, {time, posix}]) of
+walk_entry(Abs, Rel, Name, Excl, {Depth, Slots} = Fan, Acc) ->
+    case prim_file:read_link_info(Abs, [{time, posix}]) of
         {ok, #file_info{type = directory}} ->
             Sub = <<Rel/binary, "/">>,
             case excluded(Rel, Excl) orelse excluded(Sub, Excl) of
                 true -> Acc;
-                false -> walk(Abs, Rel, below(Sub, Excl), Acc)
+                false ->
+                    Below = {Depth + 1, Slots},
+                    case Depth < ?FAN_OUT_DEPTH andalso take_slot(Fan) of
+                        true -> [walk_job(Abs, Rel, below(Sub, Excl), Below) | Acc];
+                        false -> walk(Abs, Rel, below(Sub, Excl), Below, Acc)
+                    end
             end;
         {ok, #file_info{type = Type} = FI} when Type =:= regular; Type =:= symlink ->
-            case excluded(Rel, Excl) orelse is_tmp_name(Name) of
-                true -> Acc;
-                false -> [file_entry(Abs, Rel, FI) | Acc]
+            case {excluded(Rel, Excl), is_tmp_name(Name)} of
+                {true, _} -> Acc;
+                {false, true} -> [tmp_entry(Rel, FI) | Acc];
+                {false, false} -> [file_entry(Abs, Rel, FI) | Acc]
             end;
         {ok, _} -> Acc;                           % devices, fifos, sockets
         {error, enoent} -> Acc;                   % vanished while walking
         {error, R} -> throw({walk_error, Abs, R})
     end.
+
+%% A directory walked by a process of its own (a walker), so that the stat
+%% calls (each a round trip to a dirty I/O scheduler) of several directories
+%% overlap. Its part stands in the accumulator as {'$walk', Pid, MRef} until
+%% joined/1 collects it. It is linked, so it dies with its caller (an rpc that
+%% timed out), and it catches everything: what it throws or raises is thrown or
+%% raised again in its caller, as if the walk had run there. It is recorded in
+%% the caller's process dictionary until collected, for abandon_walkers/0.
+walk_job(Abs, Rel, Excl, Fan) ->
+    Parent = self(),
+    {Pid, MRef} = spawn_opt(fun() -> Parent ! {self(), walker(Abs, Rel, Excl, Fan)} end,
+                            [link, monitor]),
+    put({?MODULE, walker, Pid}, MRef),
+    {'$walk', Pid, MRef}.
+
+%% A walker holds one of the walk's slots (taken by its caller, take_slot/1)
+%% while it walks its own part, then gives it back before it waits for the
+%% walkers it started in turn.
+walker(Abs, Rel, Excl, {_, Slots} = Fan) ->
+    try
+        Own = try walk(Abs, Rel, Excl, Fan, []) after atomics:add(Slots, 1, 1) end,
+        {ok, joined(Own)}
+    catch throw:{walk_error, _, _} = E -> E;
+          C:R:St -> {raised, C, R, St}
+    after abandon_walkers()
+    end.
+
+take_slot({_, Slots}) ->
+    case atomics:sub_get(Slots, 1, 1) >= 0 of
+        true -> true;
+        false -> ok = atomics:add(Slots, 1, 1), false   % none free: walk it in line
+    end.
+
+%% The accumulator with every walker's part in place of its {'$walk', ...}.
+%% The first failure is thrown (or raised) at once; the caller's `after` then
+%% stops the walkers not collected yet (abandon_walkers/0).
+joined(Acc) -> joined(Acc, []).
+
+joined([{'$walk', Pid, MRef} | Rest], Acc) ->
+    receive
+        {Pid, Result} ->
+            erlang:demonitor(MRef, [flush]),
+            forget_walker(Pid),
+            case Result of
+                {ok, Part} -> joined(Rest, Part ++ Acc);
+                {raised, Class, Reason, Stack} -> erlang:raise(Class, Reason, Stack);
+                Error -> throw(Error)
+            end;
+        {'DOWN', MRef, process, Pid, Reason} ->         % killed from outside
+            forget_walker(Pid),
+            exit({walk_failed, Reason})
+    end;
+joined([Entry | Rest], Acc) -> joined(Rest, [Entry | Acc]);
+joined([], Acc) -> Acc.
+
+forget_walker(Pid) ->
+    unlink(Pid),
+    receive {'EXIT', Pid, _} -> ok after 0 -> ok end,   % a caller trapping exits
+    erase({?MODULE, walker, Pid}).
+
+%% Stop the walkers of this process not collected yet (after a failure; their
+%% own walkers die with them through the link) and leave no trace of them: no
+%% message in the mailbox, no entry in the process dictionary.
+abandon_walkers() ->
+    lists:foreach(fun({{?MODULE, walker, Pid}, MRef}) ->
+                          forget_walker(Pid),
+                          exit(Pid, kill),
+                          receive {'DOWN', MRef, process, Pid, _} -> ok end,
+                          receive {Pid, _} -> ok after 0 -> ok end;
+                     (_) -> ok
+                  end, get()).
 
 child(<<"/">>, Name) -> <<"/", Name/binary>>;
 child(Dir, Name) -> <<Dir/binary, "/", Name/binary>>.
@@ -144,6 +244,11 @@ file_entry(Abs, Rel, #file_info{type = symlink}) ->
     end;
 file_entry(Abs, Rel, #file_info{size = Size, mode = Mode} = FI) ->
     {Rel, regular, Size, Mode band 8#7777, cached_hash(Abs, FI)}.
+
+%% A temp file left by an interrupted sync (client killed, power cut): listed
+%% as a regular file with an empty hash and never hashed, so the plan removes it.
+tmp_entry(Rel, #file_info{size = Size, mode = Mode}) ->
+    {Rel, regular, Size, Mode band 8#7777, <<>>}.
 
 excluded(Rel, Prefixes) ->
     lists:any(fun(P) -> binary:longest_common_prefix([Rel, P]) =:= byte_size(P) end,
@@ -286,12 +391,14 @@ block_sums(Fd, Block, Acc) ->
 put_delta(Path, Base, Ops, Mode, Sha) when is_binary(Path), is_binary(Base), is_list(Ops),
                                            is_integer(Mode), is_binary(Sha) ->
     Tmp = tmp_path(Path),
-    Built = with_fd(Base, [read, raw, binary],
-                    fun(In) ->
-                            _ = file:delete(Tmp),
-                            with_fd(Tmp, [write, raw, binary, exclusive],
-                                    fun(Out) -> apply_ops(Ops, In, Out) end)
-                    end),
+    Build = fun(In) ->
+                    _ = file:delete(Tmp),
+                    with_fd(Tmp, [write, raw, binary, exclusive],
+                            fun(Out) -> apply_ops(Ops, In, Out) end)
+            end,
+    %% A shadow tree may not have Path's directory yet (its base is the original).
+    Built = do_steps([fun() -> mkdir_p(filename:dirname(Path)) end,
+                      fun() -> with_fd(Base, [read, raw, binary], Build) end]),
     Result = case Built of
                  ok -> finish(Tmp, Path, Mode, Sha);
                  {error, _} = E -> E

@@ -12,6 +12,7 @@
 -export([info/1, list_dir/1,
          manifest_entries/1, manifest_excludes/1, manifest_missing_root/1,
          manifest_large_file/1, manifest_cache_hit/1, manifest_cache_racy/1,
+         manifest_packed/1, manifest_fan_out/1, manifest_walker_fails/1,
          cache_owner/1,
          put_files_basic/1, put_files_replaces_symlink/1,
          put_files_running_executable/1, running_programs/1, put_files_hash_mismatch/1,
@@ -29,6 +30,7 @@ all() ->
     [info, list_dir,
      manifest_entries, manifest_excludes, manifest_missing_root,
      manifest_large_file, manifest_cache_hit, manifest_cache_racy,
+     manifest_packed, manifest_fan_out, manifest_walker_fails,
      cache_owner,
      put_files_basic, put_files_replaces_symlink,
      put_files_running_executable, running_programs, put_files_hash_mismatch,
@@ -83,13 +85,16 @@ manifest_entries(Config) ->
        [{<<"bin/start">>, regular, 5, 8#755, sha(<<"start">>)},
         {<<"erts-13.1/bin/beam">>, regular, 4, 8#644, sha(<<"beam">>)},
         {<<"lib/app-1/ebin/app.beam">>, regular, 3, 8#600, sha(<<"app">>)},
+        {<<"lib/app-1/priv/.relsync-tmp.l">>, regular, 1, 8#777, <<>>},
         {<<"lib/app-1/priv/dangling">>, symlink, <<"/nonexistent/x">>},
         {<<"lib/app-1/priv/link">>, symlink, <<"../ebin/app.beam">>},
         {<<"lib/kernel-8.5/ebin/kernel.app">>, regular, 1, 8#644, sha(<<"k">>)},
         {<<"lib/kernel-8.5x/ebin/other">>, regular, 1, 8#644, sha(<<"o">>)},
+        {<<"releases/1/.relsync-tmp.sys.config">>, regular, 4, 8#644, <<>>},
         {<<"releases/1/sys.config">>, regular, 3, 8#640, sha(<<"[].">>)},
         {<<"symdir">>, symlink, <<"lib">>}],
        Entries),
+    %% Temp files (left by an interrupted sync) are listed unhashed, for removal.
     %% A trailing slash on Root changes nothing.
     ?assertEqual({ok, Entries}, ?T:manifest(<<Root/binary, "/">>, #{})).
 
@@ -99,12 +104,14 @@ manifest_excludes(Config) ->
                                                      <<"lib/app-1/priv">>, <<"bin/st">>]}),
     %% "lib/kernel-8.5/" excludes that directory but not its look-alike sibling.
     ?assertEqual([<<"lib/app-1/ebin/app.beam">>, <<"lib/kernel-8.5x/ebin/other">>,
-                  <<"releases/1/sys.config">>, <<"symdir">>],
+                  <<"releases/1/.relsync-tmp.sys.config">>, <<"releases/1/sys.config">>,
+                  <<"symdir">>],
                  [element(1, E) || E <- Entries]),
     %% A prefix without the slash matches by string: both kernel dirs go.
     {ok, Entries2} = ?T:manifest(Root, #{exclude => [<<"lib/kernel-">>, <<"symdir">>]}),
     ?assertEqual([<<"bin/start">>, <<"erts-13.1/bin/beam">>, <<"lib/app-1/ebin/app.beam">>,
-                  <<"lib/app-1/priv/dangling">>, <<"lib/app-1/priv/link">>,
+                  <<"lib/app-1/priv/.relsync-tmp.l">>, <<"lib/app-1/priv/dangling">>,
+                  <<"lib/app-1/priv/link">>, <<"releases/1/.relsync-tmp.sys.config">>,
                   <<"releases/1/sys.config">>],
                  [element(1, E) || E <- Entries2]).
 
@@ -156,6 +163,123 @@ manifest_cache_racy(Config) ->
     set_mtime(F, Now),
     {ok, [{_, _, _, _, H2}]} = ?T:manifest(Dir, #{}),
     ?assertEqual(sha(<<"dddd">>), H2).
+
+%% format => packed: the same entries, as one binary (unpack/1 below decodes
+%% it the way the client does).
+manifest_packed(Config) ->
+    Root = make_tree(Config),
+    {ok, Entries} = ?T:manifest(Root, #{}),
+    {ok, Packed} = ?T:manifest(Root, #{format => packed}),
+    ?assert(is_binary(Packed)),
+    ?assertEqual(Entries, unpack(Packed)),
+    ?assertEqual({ok, Packed},
+                 ?T:manifest(Root, #{format => packed, exclude => [<<"nothing/">>]})),
+    Dir = ?config(dir, Config),
+    ok = file:make_dir(<<Dir/binary, "/empty">>),
+    ?assertEqual({ok, <<>>}, ?T:manifest(<<Dir/binary, "/empty">>, #{format => packed})),
+    ?assertEqual({ok, <<>>}, ?T:manifest(<<Dir/binary, "/nope">>, #{format => packed})),
+    ?assertEqual({ok, Entries}, ?T:manifest(Root, #{format => list})).
+
+%% Directories near the root are walked by processes of their own (more of
+%% them than may run at once here): the tree comes out whole and sorted, and
+%% nothing of those processes is left behind, also for a caller that traps
+%% exits: no process, no message, no process dictionary entry.
+manifest_fan_out(Config) ->
+    Root = <<(?config(dir, Config))/binary, "/wide">>,
+    Files = [<<"lib/app", (integer_to_binary(A))/binary, "/", Sub/binary, "/f",
+               (integer_to_binary(F))/binary>>
+             || A <- lists:seq(1, 40), Sub <- [<<"ebin">>, <<"priv/bin">>], F <- [1, 2, 3]]
+        ++ [<<"releases/1/sys.config">>, <<"top">>],
+    [write(<<Root/binary, "/", F/binary>>, F) || F <- Files],
+    Expected = lists:sort([{F, regular, byte_size(F), 8#644, sha(F)} || F <- Files]),
+    {ok, _} = ?T:manifest(Root, #{}),               % the cache owner exists
+    {Result, Walkers} = started_by(fun() -> ?T:manifest(Root, #{}) end),
+    ?assertEqual({ok, Expected}, Result),
+    ?assert(length(Walkers) > 2),                   % lib/, releases/, lib/app1, ...
+    ?assertEqual({ok, Expected}, ?T:manifest(Root, #{exclude => [<<"lib/none">>]})),
+    ?assertEqual({messages, []}, process_info(self(), messages)),
+    ?assertEqual([], walker_keys(get())),
+    {Trapped, Started} = started_by(fun() -> trapping_exits(fun() -> ?T:manifest(Root, #{}) end)
+                                    end),
+    ?assertEqual({ok, Expected}, Trapped),
+    ok = wait_for_exit(Walkers ++ Started).
+
+%% A walker that fails (here: a path too long for the OS, deep below app7)
+%% fails the manifest as a walk in the caller would; the other walkers are
+%% stopped and nothing of them is left.
+manifest_walker_fails(Config) ->
+    Root = <<(?config(dir, Config))/binary, "/deep">>,
+    [write(<<Root/binary, "/app", (integer_to_binary(A))/binary, "/ebin/f">>, <<"f">>)
+     || A <- lists:seq(1, 30)],
+    Half = lists:join($/, lists:duplicate(11, lists:duplicate(200, $d))),   % 2210 bytes
+    %% The deep tree goes whatever happens: tools walking the logs may choke on it.
+    try
+        ok = cmd_ok("cd " ++ binary_to_list(Root) ++ "/app7 && mkdir -p " ++ Half ++
+                    " && cd " ++ Half ++ " && mkdir -p " ++ Half),             % > PATH_MAX
+        walker_fails(Root)
+    after
+        ok = cmd_ok("rm -rf " ++ binary_to_list(Root))
+    end.
+
+walker_fails(Root) ->
+    {ok, _} = ?T:manifest(<<Root/binary, "/app1">>, #{}),       % the cache owner exists
+    {Result, Walkers} = started_by(fun() -> ?T:manifest(Root, #{}) end),
+    ?assertMatch({error, {_, enametoolong}}, Result),
+    ?assertMatch({error, {_, enametoolong}}, ?T:manifest(Root, #{format => packed})),
+    ?assertEqual({messages, []}, process_info(self(), messages)),
+    ?assertEqual([], walker_keys(get())),
+    {Trapped, Started} = started_by(fun() -> trapping_exits(fun() -> ?T:manifest(Root, #{}) end)
+                                    end),
+    ?assertMatch({error, {_, enametoolong}}, Trapped),
+    ok = wait_for_exit(Walkers ++ Started).
+
+%% Fun() in a process that traps exits; its result once that process has found
+%% its mailbox empty and no walker left in its process dictionary.
+trapping_exits(Fun) ->
+    Self = self(),
+    {Pid, Ref} = spawn_monitor(
+                   fun() ->
+                           process_flag(trap_exit, true),
+                           Result = Fun(),
+                           timer:sleep(50),                   % late 'EXIT's would be here now
+                           {messages, []} = process_info(self(), messages),
+                           [] = walker_keys(get()),
+                           Self ! {self(), Result}
+                   end),
+    receive
+        {Pid, Result} -> erlang:demonitor(Ref, [flush]), Result;
+        {'DOWN', Ref, process, Pid, Why} -> error({trapping_caller_failed, Why})
+    end.
+
+walker_keys(Dict) -> [K || {{?T, walker, _} = K, _} <- Dict].
+
+%% Fun()'s result and every process it started, directly or not (traced).
+started_by(Fun) ->
+    Tracer = spawn_link(fun() -> tracer([]) end),
+    erlang:trace(self(), true, [procs, set_on_spawn, {tracer, Tracer}]),
+    Result = try Fun() after erlang:trace(self(), false, [procs, set_on_spawn]) end,
+    Ref = erlang:trace_delivered(all),
+    receive {trace_delivered, all, Ref} -> ok end,
+    Tracer ! {started, self()},
+    receive {Tracer, Pids} -> {Result, Pids} end.
+
+tracer(Pids) ->
+    receive
+        {trace, _, spawn, Pid, _} -> tracer([Pid | Pids]);
+        {started, From} -> From ! {self(), Pids};
+        _ -> tracer(Pids)
+    end.
+
+wait_for_exit(Pids) ->
+    Refs = [monitor(process, P) || P <- Pids],
+    [receive {'DOWN', R, process, _, _} -> ok after 5000 -> error(walker_left) end || R <- Refs],
+    ok.
+
+unpack(<<>>) -> [];
+unpack(<<0, N:32, Rel:N/binary, Size:64, Mode:16, H:8, Hash:H/binary, Rest/binary>>) ->
+    [{Rel, regular, Size, Mode, Hash} | unpack(Rest)];
+unpack(<<1, N:32, Rel:N/binary, T:32, Target:T/binary, Rest/binary>>) ->
+    [{Rel, symlink, Target} | unpack(Rest)].
 
 %% The cache owner starts on demand exactly once even when many callers race,
 %% is not linked to them, and survives reloading + purging relsync_target.
@@ -382,7 +506,15 @@ delta(Config) ->
     ?assertEqual(8#600, mode(Base)),
     ?assertEqual({error, einval}, ?T:put_delta(Base, Base, [{copy, 9000, 4096}], 8#600, sha(New))),
     ?assertEqual({error, enoent}, ?T:block_signatures(<<Dir/binary, "/missing">>, 4096)),
-    ?assertEqual([], tmp_files(Dir)).
+    %% Into a directory that does not exist yet (a shadow tree's first copy of the file).
+    Deep = <<Dir/binary, "/new/sub/file">>,
+    ?assertEqual(ok, ?T:put_delta(Deep, Base, [{copy, 0, 4096}, <<"!">>], 8#644,
+                                  sha(<<(binary:part(New, 0, 4096))/binary, "!">>))),
+    ?assertEqual({ok, <<(binary:part(New, 0, 4096))/binary, "!">>}, file:read_file(Deep)),
+    ?assertEqual({error, enoent}, ?T:put_delta(Base, <<Dir/binary, "/missing">>, Ops, 8#600,
+                                               sha(New))),
+    ?assertEqual([], tmp_files(Dir)),
+    ?assertEqual([], tmp_files(<<Dir/binary, "/new/sub">>)).
 
 chunked_put_commit(Config) ->
     Dir = ?config(dir, Config),

@@ -64,3 +64,22 @@ def test_any_edit_round_trips(base: bytes, edits: list[tuple[int, bytes]]) -> No
         new = new[:at] + text + new[at + len(text) // 2 :]
     ops = make_delta(new, signatures_of(base, 512), block=512, max_literal=1.0)
     assert ops is not None and apply_delta(base, ops) == new
+
+
+def test_probes_find_a_shifted_copy_even_when_the_front_changed(old: bytes) -> None:
+    # The first 40 % is new and everything after it moved by 7 bytes: the probes over the
+    # rest still line up with the target's blocks, so the scan runs and pays.
+    cut = 4 * MB
+    new = random.Random(10).randbytes(cut + 7) + old[cut:]
+    ops = make_delta(new, signatures_of(old))
+    assert ops is not None and apply_delta(old, ops) == new
+    assert literal(ops) <= cut + 7 + BLOCK
+
+
+def test_probes_only_ever_give_up_early(old: bytes) -> None:
+    unrelated = random.Random(11).randbytes(2 * MB)
+    sums = signatures_of(old)
+    assert make_delta(unrelated, sums) is None
+    assert make_delta(unrelated, sums, probes=0) is None  # the full scan agrees
+    ops = make_delta(unrelated, sums, max_literal=1.0)  # any literal is fine: no probing
+    assert ops == [unrelated]

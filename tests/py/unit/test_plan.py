@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from relsync.plan import SyncPlan, TargetState, build_plan, effective_files
+from relsync.plan import DELTA_MIN, SyncPlan, TargetState, build_plan, effective_files
 from relsync.release import FileKind, LocalFile, LocalRelease, classify
 from relsync.target import RemoteEntry, RemoteFile, RemoteLink
 
@@ -239,3 +239,109 @@ def test_modules_left_pending_are_handled_whatever_the_files_say() -> None:
     plan = build_plan(local(v2), state)
     assert plan.writes == [] and [m for m, _, _ in plan.reload] == ["demo_counter"]
     assert plan.purge == ["old"]
+
+
+def _temp(rel: str, size: int = 3) -> RemoteFile:
+    """A temp file as the target lists it: unhashed (an empty hash)."""
+    return RemoteFile(rel, size, 0o644, b"")
+
+
+def test_temp_files_left_by_an_interrupted_sync_are_removed_in_place() -> None:
+    part = "lib/demo-0.1.0/priv/.relsync-tmp.demo_port.part"
+    top = "releases/0.1.0/.relsync-tmp.demo.rel"
+    plan = build_plan(
+        local(BASE), TargetState(DEST, None, {**remote(BASE), part: _temp(part), top: _temp(top)})
+    )
+    assert plan.stale_temps == [part, top]
+    assert plan.delete_paths == [f"{DEST}/{part}", f"{DEST}/{top}"]
+    assert (plan.added, plan.changed, plan.deleted, plan.writes) == ([], [], [], [])
+    assert plan.touches_target
+
+
+def test_temp_files_in_the_shadow_tree_are_removed_not_in_the_original() -> None:
+    first = build_plan(local(BASE), TargetState(DEST, RW, remote(BASE)))
+    shadow = _shadow_after(first, {})
+    part = "lib/demo-0.1.0/ebin/.relsync-tmp.demo_counter.beam.part"
+    in_original = "lib/demo-0.1.0/ebin/.relsync-tmp.x"
+    plan = build_plan(
+        local(BASE),
+        TargetState(
+            DEST, RW, {**remote(BASE), in_original: _temp(in_original)},
+            {**shadow, part: _temp(part)}, True,
+        ),
+    )  # fmt: skip
+    assert plan.stale_temps == [part]
+    assert plan.delete_paths == [f"{RW}/{part}"]
+    assert (plan.writes, plan.links, plan.deleted) == ([], [], [])
+
+
+BIG = "lib/demo-0.1.0/priv/big.bin"
+
+
+def big(release: LocalRelease, content: str, size: int) -> LocalRelease:
+    """``release`` with BIG holding ``content`` but claiming ``size`` bytes."""
+    release.files[BIG] = LocalFile(BIG, f"/tmp/rel/{BIG}", size, 0o644, sha(content),
+                                   classify(BIG, 0o644))  # fmt: skip
+    return release
+
+
+def big_remote(content: str, size: int) -> RemoteFile:
+    return RemoteFile(BIG, size, 0o644, sha(content))
+
+
+def test_in_place_a_big_changed_file_has_the_file_it_replaces_as_base() -> None:
+    target = {**remote(BASE), BIG: big_remote("big v1", DELTA_MIN)}
+    plan = build_plan(big(local(BASE), "big v2", DELTA_MIN), TargetState(DEST, None, target))
+    assert [(w.path, w.base) for w in plan.writes] == [(f"{DEST}/{BIG}", f"{DEST}/{BIG}")]
+
+
+def test_small_new_and_shrunken_files_go_whole() -> None:
+    new = {**BASE, "lib/demo-0.1.0/ebin/demo_counter.beam": "counter v2"}
+    # Just under the threshold; a file the target lacks; a base too small to copy half from.
+    cases = [
+        ({**remote(BASE), BIG: big_remote("v1", DELTA_MIN)}, DELTA_MIN - 1),
+        (remote(BASE), 4 * DELTA_MIN),
+        ({**remote(BASE), BIG: big_remote("v1", DELTA_MIN)}, 2 * DELTA_MIN + 1),
+    ]
+    for target, size in cases:
+        for rw in (None, RW):
+            plan = build_plan(big(local(new), "v2", size), TargetState(DEST, rw, target))
+            assert len(plan.writes) == 2
+            assert [w.base for w in plan.writes] == [None, None], (size, rw)
+
+
+def test_in_place_a_symlink_is_no_base() -> None:
+    target = {**remote(BASE), BIG: RemoteLink(BIG, "/elsewhere/big.bin")}
+    plan = build_plan(big(local(BASE), "big v2", DELTA_MIN), TargetState(DEST, None, target))
+    assert [(w.path, w.base) for w in plan.writes] == [(f"{DEST}/{BIG}", None)]
+
+
+def test_shadow_first_sync_takes_the_original_as_base() -> None:
+    original = {**remote(BASE), BIG: big_remote("big v1", 3 * DELTA_MIN)}
+    plan = build_plan(big(local(BASE), "big v2", 3 * DELTA_MIN), TargetState(DEST, RW, original))
+    assert [(w.path, w.base) for w in plan.writes] == [(f"{RW}/{BIG}", f"{DEST}/{BIG}")]
+
+
+def test_shadow_prefers_its_own_copy_then_the_original_behind_a_link() -> None:
+    original = {**remote(BASE), BIG: big_remote("big v1", DELTA_MIN)}
+    v2 = big(local(BASE), "big v2", DELTA_MIN)
+    shadow = _shadow_after(build_plan(v2, TargetState(DEST, RW, original)), {})
+    assert isinstance(shadow[BIG], RemoteFile)  # v2 is a real file in the shadow now
+    v3 = build_plan(
+        big(local(BASE), "big v3", DELTA_MIN), TargetState(DEST, RW, original, shadow, True)
+    )
+    assert [(w.path, w.base) for w in v3.writes] == [(f"{RW}/{BIG}", f"{RW}/{BIG}")]
+    # Back to v1 links the original again; a later v4 then deltas against that original.
+    v1 = big(local(BASE), "big v1", DELTA_MIN)
+    linked = _shadow_after(build_plan(v1, TargetState(DEST, RW, original, shadow, True)), shadow)
+    assert linked[BIG] == RemoteLink(BIG, f"{DEST}/{BIG}")
+    v4 = build_plan(
+        big(local(BASE), "big v4", DELTA_MIN), TargetState(DEST, RW, original, linked, True)
+    )
+    assert [(w.path, w.base) for w in v4.writes] == [(f"{RW}/{BIG}", f"{DEST}/{BIG}")]
+
+
+def test_shadow_without_any_regular_copy_sends_whole() -> None:
+    original = {**remote(BASE), BIG: RemoteLink(BIG, "/elsewhere/big.bin")}
+    plan = build_plan(big(local(BASE), "big v2", DELTA_MIN), TargetState(DEST, RW, original))
+    assert [(w.path, w.base) for w in plan.writes] == [(f"{RW}/{BIG}", None)]
