@@ -19,7 +19,6 @@ from the command line::
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +73,8 @@ def _int(entry: dict[str, Any], key: str, where: str) -> int | None:
 
 def boards_from_file(path: Path, default_mode: str) -> list[Board]:
     """The ``[[board]]`` entries of a targets file."""
+    import tomllib  # here: ~10 ms of start-up that a run without --targets does not need
+
     try:
         data = tomllib.loads(path.read_text())
     except OSError as exc:

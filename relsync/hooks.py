@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from relsync.erlc import compile_erl
 from relsync.errors import UsageError
-from relsync.release import LocalRelease
+
+if TYPE_CHECKING:
+    from relsync.release import LocalRelease
 
 HOOK_FUNCTIONS = ("presync", "postsync")
 
@@ -21,13 +23,15 @@ class Hook:
     beam: bytes
 
 
-async def resolve_hook(spec: str, release: LocalRelease, cwd: Path) -> Hook:
-    """``--hooks MOD`` (a module of the release, else ``MOD.erl``) or ``--hooks file.erl``."""
+async def resolve_hook(spec: str, release: LocalRelease | Path, cwd: Path) -> Hook:
+    """``--hooks MOD`` (a module of the release, else ``MOD.erl``) or ``--hooks file.erl``;
+    ``release`` is the local release or its directory (it need not be scanned)."""
+    root = release if isinstance(release, Path) else release.root
     if spec.endswith(".erl"):
         return await _compile(cwd / spec, spec)
     if not spec.isidentifier():
         raise UsageError(f"--hooks {spec!r} is neither a module name nor a .erl file")
-    for beam in sorted(release.root.glob(f"lib/*/ebin/{spec}.beam")):
+    for beam in sorted(root.glob(f"lib/*/ebin/{spec}.beam")):
         return Hook(spec, beam.read_bytes())
     source = cwd / f"{spec}.erl"
     if source.is_file():
@@ -41,6 +45,7 @@ async def resolve_hook(spec: str, release: LocalRelease, cwd: Path) -> Hook:
 async def _compile(source: Path, spec: str) -> Hook:
     if not source.is_file():
         raise UsageError(f"--hooks {spec}: no such file; give the path of the hooks .erl file")
+    import tempfile  # here: a run without hooks does not need it at start-up
     with tempfile.TemporaryDirectory(prefix="relsync-hooks-") as out:
         beam = await compile_erl(source, Path(out))
     return Hook(source.stem, beam)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import secrets
+import os
 import socket
 import struct
 from collections import deque
@@ -74,8 +74,8 @@ class Connection:
         self.peer_flags: Final = peer_flags
         self.creation: Final = creation
         self.pid: Final = Pid(Atom(local_name), 1, 0, creation)
-        self._ref_seq = itertools.count(secrets.randbits(40))
-        self._ref_salt = secrets.randbits(32)
+        self._ref_seq = itertools.count(int.from_bytes(os.urandom(5), "big"))  # 40 bits
+        self._ref_salt = int.from_bytes(os.urandom(4), "big")
         self._pending: dict[tuple[int, ...], asyncio.Future[Term]] = {}
         self._lost: str | None = None
         self._tick = tick_interval

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import secrets
+import os
 import socket
 import struct
 from dataclasses import dataclass
@@ -83,7 +83,8 @@ def digest(cookie: str, challenge: int) -> bytes:
 
 def new_creation() -> int:
     """A random non-zero 32-bit creation (OTP uses values above 3 for real nodes)."""
-    return 4 + secrets.randbelow(0xFFFFFFFF - 4)
+    # os.urandom, not secrets: that module (and random) costs start-up time for two numbers.
+    return 4 + int.from_bytes(os.urandom(4), "big") % (0xFFFFFFFF - 4)
 
 
 async def _recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int) -> bytes:
@@ -159,7 +160,7 @@ async def client_handshake(
             raise HandshakeRefused(peer_name, "peer lacks the OTP 23 handshake flag")
 
         stage = "reply"
-        my_challenge = secrets.randbits(32)
+        my_challenge = int.from_bytes(os.urandom(4), "big")
         await _send_msg(
             loop, sock, b"r" + struct.pack(">I", my_challenge) + digest(cookie, challenge)
         )

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import ipaddress
 import os
-import secrets
 import socket
 
 from relsync.dist import epmd
@@ -51,7 +50,7 @@ def default_local_name(peer_host: str) -> str:
         host = "127.0.0.1" if loopback else socket.getfqdn()
     else:
         host = socket.gethostname().split(".")[0]
-    return f"relsync_{os.getpid()}_{secrets.token_hex(3)}@{host}"
+    return f"relsync_{os.getpid()}_{os.urandom(3).hex()}@{host}"
 
 
 async def connect(
