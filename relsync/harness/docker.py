@@ -102,14 +102,17 @@ class DockerBoard:
         self.console_log = workdir / "console.log"
         self.has_ssh = ssh
         self.ssh: SshAccess | None = None
+        #: OpenSSH's sshd as root (``start(openssh=True)``), e.g. for rsync; not kept by attach.
+        self.openssh: SshAccess | None = None
 
     @classmethod
     async def start(
-        cls, release: Path, *, otp: int = 27, workdir: Path, ssh: bool = True
+        cls, release: Path, *, otp: int = 27, workdir: Path, ssh: bool = True, openssh: bool = False
     ) -> DockerBoard:
         """Create and start a board running ``release``; return when its node answers.
 
-        ``workdir/<id>`` on this machine keeps the board's ssh key and console log.
+        ``workdir/<id>`` on this machine keeps the board's ssh keys and console log. With
+        ``openssh`` the board also runs OpenSSH's sshd for root, key only (:attr:`openssh`).
         """
         await ensure_engine_and_image(otp)
         info = read_release_info(Path(release).resolve())
@@ -134,8 +137,13 @@ class DockerBoard:
             ebin = await build_relsyncd()
             argv += ["--mount", f"type=bind,src={ebin},dst={RELSYNCD_EBIN},readonly",
                      "-p", f"127.0.0.1:{board.ssh_port}:{SSH_PORT}"]  # fmt: skip
-        await _run(*argv, f"relsync/otp-board:{otp}")
-        try:
+        if openssh:
+            (port,) = await _free_ports(1)
+            identity, public = ensure_key(board.workdir / "openssh")
+            board.openssh = SshAccess(port, "root", identity, identity.parent / "known_hosts")
+            argv += ["-e", f"RELSYNC_SSHD_KEY={public}", "-p", f"127.0.0.1:{port}:22"]
+        try:  # a failed `docker run` may still leave a created container and its volume
+            await _run(*argv, f"relsync/otp-board:{otp}")
             await board._follow_log()
             await board._ready()
         except BaseException:

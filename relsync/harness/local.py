@@ -25,6 +25,7 @@ import secrets
 import shutil
 import signal
 import socket
+import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -340,9 +341,10 @@ class LocalBoard:
         self.read_only_mode = ""
         #: The OTP release the node runs (this machine's Erlang), known once it booted.
         self.otp = 0
-        self._proc: asyncio.subprocess.Process | None = None
-        self._exited: asyncio.Future[int] | None = None
-        self._epmd: asyncio.subprocess.Process | None = None
+        # Plain Popen objects (not asyncio ones): the board may be driven from one event loop
+        # after another (``asyncio.run`` per call), like the other kinds.
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._epmd: subprocess.Popen[bytes] | None = None
         self._mounted = False
         self._stopped = False
         #: relsyncd beside the release, once :meth:`enable_ssh` was called.
@@ -408,7 +410,7 @@ class LocalBoard:
     def pid(self) -> int | None:
         """OS pid of the running node (the start script execs into beam), None when stopped."""
         proc = self._proc
-        return proc.pid if proc is not None and proc.returncode is None else None
+        return proc.pid if proc is not None and proc.poll() is None else None
 
     async def rpc(
         self, mod: str, fun: str, args: list[Term] | None = None, *, timeout: float = 30.0
@@ -553,26 +555,21 @@ class LocalBoard:
     async def _ensure_epmd(self) -> None:
         if await _port_open(self.epmd_port):
             return
-        if self._epmd is not None and self._epmd.returncode is None:
+        if self._epmd is not None and self._epmd.poll() is None:
             self._epmd.kill()
-            await self._epmd.wait()
+            await _exit_status(self._epmd)
         epmd_log = self.workdir / "epmd.log"
         env = dict(os.environ, ERL_EPMD_ADDRESS="127.0.0.1")
         with open(epmd_log, "ab") as out:
-            self._epmd = await asyncio.create_subprocess_exec(
-                _find_epmd(),
-                "-port",
-                str(self.epmd_port),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                env=env,
+            self._epmd = subprocess.Popen(
+                [_find_epmd(), "-port", str(self.epmd_port)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True,
-            )
+            )  # fmt: skip
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10.0
         while not await _port_open(self.epmd_port):
-            if self._epmd.returncode is not None or loop.time() > deadline:
+            if self._epmd.poll() is not None or loop.time() > deadline:
                 raise BoardError(
                     f"epmd on port {self.epmd_port} did not come up:\n{tail(epmd_log)}"
                 )
@@ -581,14 +578,14 @@ class LocalBoard:
 
     async def _stop_epmd(self) -> None:
         proc, self._epmd = self._epmd, None
-        if proc is None or proc.returncode is not None:
+        if proc is None or proc.poll() is not None:
             return
         proc.terminate()
         try:
-            await asyncio.wait_for(proc.wait(), timeout=5.0)
+            await asyncio.wait_for(_exit_status(proc), timeout=5.0)
         except TimeoutError:
             proc.kill()
-            await proc.wait()
+            await _exit_status(proc)
 
     # -- the node --------------------------------------------------------------------------------
 
@@ -630,50 +627,53 @@ class LocalBoard:
                 f"(node {self.node}, epmd port {self.epmd_port}) ====\n".encode()
             )
             out.flush()
-            self._proc = await asyncio.create_subprocess_exec(
-                str(script),
-                "foreground",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                env=self._node_env(),
-                cwd=str(run),
-                start_new_session=True,
-            )
-        self._exited = asyncio.ensure_future(self._proc.wait())
-        assert self._exited is not None
-        await wait_ready(
-            self.node, self.cookie, self.epmd_port, self.info.main_app,
-            timeout=self.ready_timeout, died=self._exited,
-            describe=lambda: f"end of {self.console_log}:\n{self.log_tail()}",
-        )  # fmt: skip
+            self._proc = subprocess.Popen(
+                [str(script), "foreground"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env=self._node_env(), cwd=str(run), start_new_session=True,
+            )  # fmt: skip
+        exited = asyncio.ensure_future(_exit_status(self._proc))
+        try:
+            await wait_ready(
+                self.node, self.cookie, self.epmd_port, self.info.main_app,
+                timeout=self.ready_timeout, died=exited,
+                describe=lambda: f"end of {self.console_log}:\n{self.log_tail()}",
+            )  # fmt: skip
+        finally:
+            await _cancel(exited)
 
     async def _stop_node(self, *, clean: bool = True) -> None:
-        proc, exited = self._proc, self._exited
-        self._proc = self._exited = None
-        if proc is None or exited is None:
+        proc, self._proc = self._proc, None
+        if proc is None:
             return
         pid = proc.pid
         # Port programs may run in sessions of their own: remember them to kill stragglers.
-        tree = _descendants(pid) if proc.returncode is None else []
-        if proc.returncode is None and not clean:
+        tree = _descendants(pid) if proc.poll() is None else []
+        if proc.poll() is None and not clean:
             _signal_group(pid, signal.SIGKILL)
             for child, _start in tree:  # port programs in sessions of their own
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(child, signal.SIGKILL)
-            await exited
-        if proc.returncode is None:
+            await _exit_status(proc)
+        if proc.poll() is None:
             # The VM handles SIGTERM as init:stop(): a clean shutdown that closes its ports.
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(asyncio.shield(exited), timeout=STOP_TIMEOUT)
+                await asyncio.wait_for(_exit_status(proc), timeout=STOP_TIMEOUT)
             except TimeoutError:
                 log.warning("node %s ignored SIGTERM for %gs: killing it", self.node, STOP_TIMEOUT)
                 _signal_group(pid, signal.SIGKILL)
-                await exited
+                await _exit_status(proc)
         _signal_group(pid, signal.SIGKILL)
         await _reap(tree)
+
+
+async def _exit_status(proc: subprocess.Popen[bytes]) -> int:
+    """Waits for a process started with Popen to exit (from any event loop); its status."""
+    while (status := proc.poll()) is None:
+        await asyncio.sleep(0.05)
+    return status
 
 
 async def _cancel(task: asyncio.Future[Any]) -> None:

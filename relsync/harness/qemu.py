@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import shlex
 from pathlib import Path
 from types import TracebackType
 
@@ -31,6 +32,7 @@ RELSYNCD_EBIN = "/opt/relsyncd/ebin"
 BOOT_MARKER = b"relsync-initramfs: loading modules"
 READY_TIMEOUT = 180.0
 CROSS_CC = "arm-linux-gnueabihf-gcc"
+_STATUS = "relsync-exit-status="
 
 
 async def _run(*argv: str | Path) -> str:
@@ -162,14 +164,20 @@ class QemuBoard:
         finally:
             await conn.close()
 
-    async def exec(self, command: str) -> str:
-        """Run a shell command on the board (through the node) and return its output."""
-        out = await self.rpc("os", "cmd", [Charlist(command)])
-        return out if isinstance(out, str) else str(out)
+    async def exec(self, *command: str) -> str:
+        """Run a command on the board (through the node's ``os:cmd``) and return its output
+        (stdout and stderr); fails on a non-zero exit like the other kinds."""
+        line = f'{shlex.join(command)} 2>&1; printf "\\n{_STATUS}%s" "$?"'
+        out = await self.rpc("os", "cmd", [Charlist(line)])
+        text = out if isinstance(out, str) else str(out)
+        body, _, status = text.rpartition(f"\n{_STATUS}")
+        if status.strip() != "0":
+            raise BoardError(f"`{shlex.join(command)}` failed on {self.id} ({status!r}): {body}")
+        return body
 
     async def tree(self, root: str) -> dict[str, str]:
         """Files and symlinks below ``root`` on the board: 'file:<sha256>' or 'link:<target>'."""
-        return parse_tree(await self.exec(tree_command(root)))
+        return parse_tree(await self.exec("sh", "-c", tree_command(root)))
 
     async def _control(self, command: str) -> None:
         after = self._log_size()

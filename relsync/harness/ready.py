@@ -93,12 +93,17 @@ async def wait_ready(
 
 
 def tree_command(root: str) -> str:
-    """A POSIX shell command listing every file and symlink below ``root`` (see parse_tree)."""
+    """A POSIX shell command listing every file and symlink below ``root`` (see parse_tree).
+
+    Entries that vanish while it runs (a sync still going on) are left out, and nothing but
+    entries is printed, whatever the command's stderr is merged into.
+    """
     return (
         f'cd "{root}" 2>/dev/null || exit 0; '
-        "find . \\( -type f -o -type l \\) | sort | while read -r p; do "
-        'if [ -L "$p" ]; then printf "%s link:%s\\n" "${p#./}" "$(readlink "$p")"; '
-        'else printf "%s file:%s\\n" "${p#./}" "$(sha256sum < "$p" | cut -d" " -f1)"; fi; done'
+        "find . \\( -type f -o -type l \\) 2>/dev/null | sort | while read -r p; do "
+        'if [ -L "$p" ]; then t=$(readlink "$p") && printf "%s link:%s\\n" "${p#./}" "$t"; '
+        'elif h=$( { sha256sum < "$p"; } 2>/dev/null ); then '
+        'printf "%s file:%s\\n" "${p#./}" "${h%% *}"; fi; done'
     )
 
 

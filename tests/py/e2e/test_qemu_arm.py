@@ -35,7 +35,7 @@ def test_arm_board_both_modes_reboot_and_power_cut(tmp_path: Path) -> None:
         v2 = Variant(release, tmp_path / "v2").counter_version(2).port_version("v2", CROSS_CC)
         v3 = Variant(release, tmp_path / "v3").counter_version(3)
         async with await QemuBoard.start(release, workdir=tmp_path / "boards") as board:
-            assert (await board.exec("uname -m")).strip().startswith("armv7")
+            assert (await board.exec("uname", "-m")).strip().startswith("armv7")
             pristine = await board.tree(RELEASE_PATH)
             await board.rpc("demo_counter", "bump")
             run = await relsync(board, v2.root, "-q", RW_PATH, "-H", str(HOOKS), "--json",

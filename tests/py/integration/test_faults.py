@@ -10,14 +10,12 @@ exactly what a clean sync produces.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import random
 import signal
 import subprocess
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -25,19 +23,25 @@ from support.cli import relsync
 from support.faults import (
     TMP_PREFIX,
     cli_argv,
+    cut_offsets,
+    expected_shadow,
+    phase,
     port_programs,
     release_files,
     run_and_kill,
     sha,
     timed,
     tmp_leftovers,
+    tree,
+    without_tmp,
 )
+from support.local_board import with_board
 
 from relsync.dist.etf import Term
 from relsync.engine import SyncOptions, sync
-from relsync.harness.example import APP_DIR, Variant, build_example_release
+from relsync.harness.example import APP_DIR, Variant
 from relsync.harness.local import LocalBoard, mount_points
-from relsync.release import OTP_APPS, scan_release
+from relsync.release import scan_release
 from relsync.target import ModuleResult
 from relsync.transports.erl import ErlTarget
 
@@ -46,74 +50,10 @@ pytestmark = pytest.mark.integration
 PORT = f"{APP_DIR}/priv/demo_port"
 #: Cut points per transport. ssh mode syncs a variant of only two files (see big_variant).
 CUTS = {"erl": 50, "ssh": 20}
-#: Share of the cut points spread over the start of the command (before it touches the target).
-EARLY_SHARE = 0.1
 GEN_MODULES = [f"demo_gen{i:02d}" for i in range(40)]
 
 
-@pytest.fixture(scope="session")
-def demo_release() -> Path:
-    return build_example_release()
 
-
-@pytest.fixture(params=["erl", "ssh"])
-def mode(request: pytest.FixtureRequest) -> str:
-    """The transport a test runs over."""
-    return str(request.param)
-
-
-def with_board(
-    release: Path, workdir: Path, body: Callable[[LocalBoard], Awaitable[None]], mode: str
-) -> None:
-    async def main() -> None:
-        async with await LocalBoard.start(release, workdir=workdir) as board:
-            if mode == "ssh":
-                await board.enable_ssh()
-            await body(board)
-
-    asyncio.run(main())
-
-
-def tree(root: Path) -> dict[str, str]:
-    """Every entry below root: 'file:<sha>' for files, 'link:<target>' for symlinks, 'tmp' for
-    relsync's temporary files. The board may still be writing: what vanishes is left out."""
-    out: dict[str, str] = {}
-    for dirpath, dirs, files in os.walk(root):
-        for name in files + [d for d in dirs if Path(dirpath, d).is_symlink()]:
-            path = Path(dirpath, name)
-            rel = path.relative_to(root).as_posix()
-            if name.startswith(TMP_PREFIX):
-                out[rel] = "tmp"
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                out[rel] = f"link:{os.readlink(path)}" if path.is_symlink() else f"file:{sha(path)}"
-    return out
-
-
-def without_tmp(entries: dict[str, str]) -> dict[str, str]:
-    return {r: e for r, e in entries.items() if e != "tmp"}
-
-
-def _system_lib(rel: str) -> str | None:
-    parts = rel.split("/")
-    if parts[0] == "lib" and len(parts) > 2 and parts[1].rsplit("-", 1)[0] in OTP_APPS:
-        return "/".join(parts[:2])
-    return None
-
-
-def expected_shadow(release: Path, base: dict[str, str], new: dict[str, str]) -> dict[str, str]:
-    """The shadow tree a clean sync of ``new`` builds over the board's ``base`` release (the
-    plan's rules: changed and added files are real, unchanged ones and files outside lib/ that
-    the new release lacks are links, each excluded system lib is one directory link)."""
-    out: dict[str, str] = {}
-    for rel in new.keys() | {r for r in base if not r.startswith("lib/")}:
-        if (lib := _system_lib(rel)) is not None:
-            out[lib] = f"link:{release}/{lib}"
-        elif rel not in new or base.get(rel) == new[rel]:
-            out[rel] = f"link:{release}/{rel}"
-        else:
-            out[rel] = f"file:{new[rel]}"
-    return out
 
 
 def big_variant(base: Path, root: Path, tag: int, *, many_files: bool) -> Variant:
@@ -213,16 +153,6 @@ async def check_converged(
     return leftovers
 
 
-def cut_offsets(count: int, start: float, end: float) -> list[float]:
-    """``count`` kill times: a few over the command's start-up (``0..start``), the rest evenly
-    over the sync itself (``start..end``)."""
-    early = max(1, round(count * EARLY_SHARE))
-    late = count - early
-    return [start * (i + 0.5) / early for i in range(early)] + [
-        start + (end - start) * (i + 0.5) / late for i in range(late)
-    ]
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_client_killed_mid_sync_never_leaves_half_written_files(
@@ -296,14 +226,6 @@ def tree_entry(path: Path) -> str:
     if path.is_symlink():
         return f"link:{os.readlink(path)}"
     return f"file:{sha(path)}" if path.is_file() else "absent"
-
-
-def phase(killed: bool, reloaded: bool, written: int) -> str:
-    if not killed:
-        return "finished before the kill"
-    if reloaded:
-        return "killed after the reload"
-    return "killed before any write" if written == 0 else "killed after writing"
 
 
 # --------------------------------------------------------------------------------------------

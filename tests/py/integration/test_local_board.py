@@ -13,7 +13,6 @@ from typing import TypeVar
 
 import pytest
 
-from relsync.harness.example import build_example_release
 from relsync.harness.local import (
     LocalBoard,
     mount_points,
@@ -24,11 +23,6 @@ from relsync.harness.ready import BoardError
 
 T = TypeVar("T")
 
-
-@pytest.fixture(scope="session")
-def demo_release() -> Path:
-    """The example release, built by examples/build.sh if missing or out of date."""
-    return build_example_release()
 
 
 def run(coro_fn: Callable[[], Awaitable[T]]) -> T:

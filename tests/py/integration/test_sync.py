@@ -12,14 +12,14 @@ import asyncio
 import hashlib
 import os
 import subprocess
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from support.cli import relsync
+from support.local_board import with_board
 
 from relsync.dist.etf import Atom, Term
-from relsync.harness.example import APP_DIR, Variant, build_example_release
+from relsync.harness.example import APP_DIR, Variant
 from relsync.harness.local import LocalBoard
 
 pytestmark = pytest.mark.integration
@@ -27,27 +27,7 @@ pytestmark = pytest.mark.integration
 COUNTER = f"{APP_DIR}/ebin/demo_counter.beam"
 
 
-@pytest.fixture(scope="session")
-def demo_release() -> Path:
-    return build_example_release()
 
-
-@pytest.fixture(params=["erl", "ssh"])
-def mode(request: pytest.FixtureRequest) -> str:
-    """The transport a test runs over."""
-    return str(request.param)
-
-
-def with_board(
-    release: Path, workdir: Path, body: Callable[[LocalBoard], Awaitable[None]], mode: str = "erl"
-) -> None:
-    async def main() -> None:
-        async with await LocalBoard.start(release, workdir=workdir) as board:
-            if mode == "ssh":
-                await board.enable_ssh()
-            await body(board)
-
-    asyncio.run(main())
 
 
 def tree(root: Path) -> dict[str, str]:

@@ -1,5 +1,7 @@
 """Fault injection around the real relsync command line: start it as a process that a test can
-SIGKILL at a chosen moment, and look at a board's files the way its VM would see them."""
+SIGKILL at a chosen moment, spread such moments over a sync, and tell what a shadow tree should
+hold (``expected_shadow``) and whether one holds only complete files (``check_tree``). Shared by
+``integration/test_faults.py`` (local board) and ``e2e/test_scenarios.py`` (every board kind)."""
 
 from __future__ import annotations
 
@@ -7,26 +9,17 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import sys
 from pathlib import Path
 
-from support.cli import Board
+from relsync.harness.client import cli_argv
+from relsync.plan import is_temp
+from relsync.release import OTP_APPS
+from relsync.target import TEMP_PREFIX as TMP_PREFIX
 
-TMP_PREFIX = ".relsync-tmp."
+__all__ = ["TMP_PREFIX", "cli_argv", "is_temp"]
 
-
-def cli_argv(board: Board, local: Path, *args: str, mode: str) -> list[str]:
-    """The ``python -m relsync.cli`` command line that :func:`support.cli.relsync` runs."""
-    if mode == "erl":
-        target = ["-d", board.node, "-c", board.cookie, "--epmd-port", str(board.epmd_port)]
-    else:
-        ssh = board.ssh
-        assert ssh is not None
-        target = ["-M", "ssh", "-d", "127.0.0.1", "-P", str(ssh.port), "-u", ssh.user,
-                  "-i", str(ssh.identity), "--known-hosts", str(ssh.known_hosts),
-                  "--accept-new-host-key"]  # fmt: skip
-    argv = [*target, "-p", str(board.release_path), "-l", str(local), *args]
-    return [sys.executable, "-m", "relsync.cli", *argv]
+#: Share of the cut points spread over the start of the command (before it touches the target).
+EARLY_SHARE = 0.1
 
 
 async def run_and_kill(argv: list[str], after: float) -> tuple[bool, float]:
@@ -102,3 +95,84 @@ def port_programs(under: Path) -> dict[int, str]:
             if exe.startswith(f"{under}/"):
                 found[int(entry)] = exe
     return found
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every entry below root on this machine: 'file:<sha>' for files, 'link:<target>' for
+    symlinks, 'tmp' for relsync's temporary files. The board may still be writing: what
+    vanishes is left out."""
+    out: dict[str, str] = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in files + [d for d in dirs if Path(dirpath, d).is_symlink()]:
+            path = Path(dirpath, name)
+            rel = path.relative_to(root).as_posix()
+            if name.startswith(TMP_PREFIX):
+                out[rel] = "tmp"
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                out[rel] = f"link:{os.readlink(path)}" if path.is_symlink() else f"file:{sha(path)}"
+    return out
+
+
+def without_tmp(entries: dict[str, str]) -> dict[str, str]:
+    """A tree (from :func:`tree` or a board's ``tree()``) without relsync's temporary files."""
+    return {r: e for r, e in entries.items() if e != "tmp" and not is_temp(r)}
+
+
+def system_lib(rel: str) -> str | None:
+    """``lib/<otp app>-<vsn>`` when ``rel`` lies in one of OTP's own libraries."""
+    parts = rel.split("/")
+    if parts[0] == "lib" and len(parts) > 2 and parts[1].rsplit("-", 1)[0] in OTP_APPS:
+        return "/".join(parts[:2])
+    return None
+
+
+def expected_shadow(
+    release: Path | str, base: dict[str, str], new: dict[str, str]
+) -> dict[str, str]:
+    """The shadow tree a clean sync of ``new`` builds over the board's ``base`` release (the
+    plan's rules: changed and added files are real, unchanged ones and files outside lib/ that
+    the new release lacks are links, each excluded system lib is one directory link)."""
+    out: dict[str, str] = {}
+    for rel in new.keys() | {r for r in base if not r.startswith("lib/")}:
+        if (lib := system_lib(rel)) is not None:
+            out[lib] = f"link:{release}/{lib}"
+        elif rel not in new or base.get(rel) == new[rel]:
+            out[rel] = f"link:{release}/{rel}"
+        else:
+            out[rel] = f"file:{new[rel]}"
+    return out
+
+
+def check_tree(
+    entries: dict[str, str], release: Path | str, known: list[dict[str, str]], when: str
+) -> None:
+    """No half-written file in a shadow tree: every file is byte-identical to one of the
+    ``known`` versions of its path, every link points at that path in the release."""
+    for rel, entry in without_tmp(entries).items():
+        kind, _, value = entry.partition(":")
+        if kind == "link":
+            assert value == f"{release}/{rel}", f"{when}: {rel} -> {value}"
+        else:
+            assert value in {k.get(rel) for k in known}, (
+                f"{when}: {rel} in the shadow tree is no known version (half-written?)"
+            )
+
+
+def cut_offsets(count: int, start: float, end: float) -> list[float]:
+    """``count`` kill times: a few over the command's start-up (``0..start``), the rest evenly
+    over the sync itself (``start..end``)."""
+    early = max(1, round(count * EARLY_SHARE))
+    late = count - early
+    return [start * (i + 0.5) / early for i in range(early)] + [
+        start + (end - start) * (i + 0.5) / late for i in range(late)
+    ]
+
+
+def phase(killed: bool, reloaded: bool, written: int) -> str:
+    """Where a kill hit the sync, for the summary a fault test prints."""
+    if not killed:
+        return "finished before the kill"
+    if reloaded:
+        return "killed after the reload"
+    return "killed before any write" if written == 0 else "killed after writing"

@@ -1,0 +1,104 @@
+"""Every board kind behind one small API, and a factory that starts a board of a given kind.
+
+Kinds: ``local`` (this machine, :class:`~relsync.harness.local.LocalBoard`), ``docker-otp-25``
+and ``docker-otp-27`` (:class:`~relsync.harness.docker.DockerBoard`; ``docker-otp`` picks the
+OTP from the release), ``qemu-arm`` (:class:`~relsync.harness.qemu.QemuBoard`, OTP 25, armhf).
+Every method opens fresh connections, so a board may be driven from any event loop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from relsync.dist.etf import Term
+from relsync.harness import docker, qemu
+from relsync.harness.example import build_example_release
+from relsync.harness.local import LocalBoard, read_release_info
+from relsync.harness.ready import BoardError
+from relsync.harness.relsyncd import SshAccess
+from relsync.target_cli import ERTS_TO_OTP
+
+KINDS = ("local", "docker-otp-25", "docker-otp-27", "qemu-arm")
+#: What users pick from (``--relsync-target``, ``relsync validate --target``).
+TARGETS = ("local", "docker-otp", "qemu-arm")
+
+
+class Board(Protocol):
+    """What every board kind offers."""
+
+    kind: str
+    node: str
+    cookie: str
+    epmd_port: int
+    otp: int
+    console_log: Path
+    ssh: SshAccess | None
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def main_app(self) -> str: ...
+    @property
+    def release_path(self) -> Path | str: ...
+    @property
+    def rw_path(self) -> Path | str: ...
+
+    async def rpc(self, mod: str, fun: str, args: list[Term] | None = None) -> Term: ...
+    async def exec(self, *command: str) -> str: ...
+    async def tree(self, root: str) -> dict[str, str]: ...
+    async def reboot(self) -> None: ...
+    async def power_cut(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+def otp_of(release: Path) -> int:
+    """The OTP release ``release`` was built with (from its ERTS version)."""
+    erts = read_release_info(release).erts_version.split(".")[0]
+    otp = ERTS_TO_OTP.get(erts)
+    if otp is None:
+        raise BoardError(f"{release}: unknown ERTS {erts}; known: {sorted(ERTS_TO_OTP)}")
+    return otp
+
+
+async def example_release(kind: str) -> Path:
+    """The example release built for ``kind``: this machine's OTP for ``local`` and
+    ``docker-otp-25``, OTP 27 in a builder image, armhf (cross-compiled port) for qemu-arm."""
+    if kind in ("local", "docker-otp-25"):
+        return build_example_release()
+    if kind == "docker-otp-27":
+        return await docker.example_release(27)
+    if kind == "qemu-arm":
+        return await qemu.example_release()
+    raise BoardError(f"unknown board kind {kind!r}; choose one of {', '.join(KINDS)}")
+
+
+def port_cc(kind: str) -> str:
+    """The C compiler that builds port programs for ``kind``."""
+    return qemu.CROSS_CC if kind == "qemu-arm" else "cc"
+
+
+async def start_board(
+    kind: str, release: Path, *, workdir: Path, ssh: bool = True, otp: int | None = None
+) -> Board:
+    """Boot a board of ``kind`` running ``release`` read-only; return when it answers.
+
+    ``ssh``: also start relsyncd beside the release (ssh mode). ``otp`` only matters for
+    ``docker-otp`` (default: the release's own).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    if kind == "local":
+        board = await LocalBoard.start(release, workdir=workdir / "local")
+        if ssh:
+            try:
+                await board.enable_ssh()
+            except BaseException:
+                await board.stop()
+                raise
+        return board
+    if kind.startswith("docker-otp"):
+        version = int(kind.rsplit("-", 1)[1]) if kind != "docker-otp" else otp or otp_of(release)
+        return await docker.DockerBoard.start(release, otp=version, workdir=workdir, ssh=ssh)
+    if kind == "qemu-arm":
+        return await qemu.QemuBoard.start(release, workdir=workdir, ssh=ssh)
+    raise BoardError(f"unknown board kind {kind!r}; choose one of {', '.join(KINDS)}")

@@ -1,0 +1,64 @@
+"""``relsync validate RELEASE --target KIND``: the one-command check of a user's release, run as
+a user would (a subprocess), on every board kind; a broken release fails with the board's
+console attached, bad input is one line."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relsync.harness.example import Variant
+from relsync.harness.kinds import example_release
+
+pytestmark = pytest.mark.e2e
+
+#: Booting, syncing and rebooting qemu-arm twice takes a few minutes on emulated ARM.
+TIMEOUT = 900
+
+
+def validate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "relsync.cli", "validate", *args],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TIMEOUT, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "kind", ["local", "docker-otp-27", pytest.param("qemu-arm", marks=pytest.mark.arm)]
+)
+@pytest.mark.timeout(TIMEOUT)
+def test_validate_passes_on_a_good_release(kind: str) -> None:
+    release = asyncio.run(example_release(kind))
+    target = kind.removesuffix("-27")
+    done = validate(str(release), "--target", target)
+    assert done.returncode == 0, done.stdout + done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"relsync validate: demo 0.1.0 on {target} (erl): all 4 checks"), last
+    assert "relsync report" in done.stdout
+    assert "reboot: back on the untouched release" in done.stdout
+
+
+@pytest.mark.timeout(TIMEOUT)
+def test_validate_fails_on_a_release_that_does_not_start(tmp_path: Path) -> None:
+    release = asyncio.run(example_release("local"))
+    broken = Variant(release, tmp_path / "broken").compile(
+        "demo_app",
+        "-module(demo_app).\n-behaviour(application).\n-export([start/2, stop/1]).\n"
+        "start(_, _) -> {error, relsync_validate_broken}.\nstop(_) -> ok.\n",
+    )
+    done = validate(str(broken.root), "--target", "local")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAILED" in done.stderr.strip().splitlines()[-1]
+    # What a person needs to see why: the board's console, with the application's own error.
+    assert "relsync_validate_broken" in done.stdout
+
+
+def test_validate_refuses_what_is_not_a_release(tmp_path: Path) -> None:
+    done = validate(str(tmp_path), "--target", "local")
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "not a release" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
