@@ -5,13 +5,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import dist_bench, sync_bench
+from bench import boards_bench, compare_bench, delta_bench, dist_bench, sync_bench
 from bench.table import Row, print_table
 
 #: name -> benchmark returning table rows.
 BENCHMARKS: dict[str, Callable[[], list[Row]]] = {
     "dist": dist_bench.run,
     "sync": sync_bench.run,
+    "delta": delta_bench.run,
+    "compare": compare_bench.run,
+    "boards": boards_bench.run,
 }
 
 

@@ -38,8 +38,8 @@ die() { echo "build.sh: $*" >&2; exit 1; }
 # flavor -> suite, OTP major, image name, package sets
 flavor_info() {
   case "$1" in
-    bookworm)       echo "bookworm 25 relsync/otp-base:25 base" ;;
-    trixie)         echo "trixie 27 relsync/otp-base:27 base" ;;
+    bookworm)       echo "bookworm 25 relsync/otp-base:25 base board" ;;
+    trixie)         echo "trixie 27 relsync/otp-base:27 base board" ;;
     bookworm-build) echo "bookworm 25 relsync/otp-build:25 base build" ;;
     trixie-build)   echo "trixie 27 relsync/otp-build:27 base build" ;;
     *) return 1 ;;
@@ -93,7 +93,8 @@ build_rootfs() {  # build_rootfs FLAVOR SUITE PACKAGES TARBALL
   t0=$(date +%s.%N)
   tmp="$tar.tmp"
   say "mmdebstrap $suite ($pkgs) -> $tar"
-  # Docs, man pages and locales are dead weight on a board; copyright files stay.
+  # Docs, man pages and locales are dead weight on a board; copyright files stay. The ssh host
+  # keys openssh-server's postinst makes are random: removed (the entrypoint makes its own).
   # .debs are kept per suite in $cache/debs-SUITE and fed back in (only a recipe change or a
   # mirror update downloads anything): the sync-in/sync-out idiom from mmdebstrap(1).
   local debs="$cache/debs-$suite"
@@ -111,7 +112,7 @@ build_rootfs() {  # build_rootfs FLAVOR SUITE PACKAGES TARBALL
     --dpkgopt='path-exclude=/usr/share/info/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' \
     --dpkgopt='path-exclude=/usr/share/lintian/*' \
-    --customize-hook='rm -f "$1"/etc/hostname "$1"/etc/resolv.conf' \
+    --customize-hook='rm -f "$1"/etc/hostname "$1"/etc/resolv.conf "$1"/etc/ssh/ssh_host_*' \
     "$suite" "$tmp" \
     "deb $mirror $suite main" \
     "deb $mirror $suite-updates main" \

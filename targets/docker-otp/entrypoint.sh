@@ -13,6 +13,8 @@
 #   RELSYNC_RELEASE_NAME release name, default: read from releases/<vsn>/<name>.rel
 #   RELSYNC_DATA_DIR     persistent writable dir, default /data (a volume; survives restarts)
 #   RELSYNC_ERL_FLAGS    extra emulator flags appended to ERL_ZFLAGS
+#   RELSYNC_SSHD_KEY     unset (default): no sshd. Set to a public key line: OpenSSH's sshd runs
+#                        on port 22 for root, that key only (no passwords), e.g. for rsync
 # Arguments: the start script command, default "foreground".
 set -eu
 
@@ -50,6 +52,22 @@ else
   export ERL_CRASH_DUMP=/tmp/erl_crash.dump
 fi
 [ -z "${RELSYNC_EPMD_PORT:-}" ] || export ERL_EPMD_PORT="$RELSYNC_EPMD_PORT"
+
+if [ -n "${RELSYNC_SSHD_KEY:-}" ]; then
+  # Host key on /data (kept across reboots) when it is writable; the rest on the /tmp tmpfs.
+  keys="$data/sshd"; mkdir -p "$keys" 2>/dev/null || keys=/tmp/sshd
+  mkdir -p /tmp/sshd "$keys" && chmod 700 /tmp/sshd "$keys"
+  [ -f "$keys/host_ed25519" ] \
+    || ssh-keygen -q -t ed25519 -N "" -C relsync-board -f "$keys/host_ed25519" \
+    || die "cannot make an ssh host key in $keys"
+  printf '%s\n' "$RELSYNC_SSHD_KEY" >/tmp/sshd/authorized_keys
+  # -f /dev/null: none of Debian's sshd_config (PAM needs an audit capability a container lacks).
+  /usr/sbin/sshd -f /dev/null -h "$keys/host_ed25519" -E /tmp/sshd/log \
+    -o PidFile=/tmp/sshd/pid -o UsePAM=no -o PermitRootLogin=prohibit-password \
+    -o PasswordAuthentication=no -o KbdInteractiveAuthentication=no -o StrictModes=no \
+    -o AuthorizedKeysFile=/tmp/sshd/authorized_keys \
+    || die "sshd did not start: $(cat /tmp/sshd/log 2>/dev/null)"
+fi
 
 # A fixed distribution port, so it can be published 1:1 on 127.0.0.1.
 export ERL_ZFLAGS="${ERL_ZFLAGS:-} -kernel inet_dist_listen_min $RELSYNC_DIST_PORT inet_dist_listen_max $RELSYNC_DIST_PORT ${RELSYNC_ERL_FLAGS:-}"

@@ -1,0 +1,248 @@
+"""relsync next to rsync on one docker-otp board, every figure measured side by side in one run.
+
+The release is sync_bench's (a copy of this machine's OTP lib dir, ~3.4k files, ~100 MB, plus
+one small app), synced with ``-E false`` in place into the board's ``/data`` volume, each tool
+into its own directory from its own local copy: relsync in erl mode, relsync in ssh mode
+(relsyncd), and ``rsync -a --checksum`` over OpenSSH (the board's optional sshd):
+
+* bulk first sync: MB/s as a share of raw loopback TCP (dist_bench's measure), and the peak
+  RSS (ru_maxrss, through RUSAGE_SHIM) of the syncing process and its children;
+* no-op resync, CLI start to exit;
+* one changed beam, CLI start to exit: relsync has reloaded the module, rsync only copied it.
+
+The board runs this machine's OTP: a first sync loads every beam of the release into its VM.
+It is rebooted before each relsync bulk sync, so each starts from a VM that loaded nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.dist_bench import MIB, _raw_tcp_mb_s
+from bench.sync_bench import _compile_probe, _make_release
+from bench.table import Row
+from relsync.harness.docker import DockerBoard, example_release
+
+ROUNDS = 5
+CLI_TIMEOUT_S = 300.0
+BOARD_TIMEOUT_S = 180.0
+TOOLS = ("relsync erl", "relsync ssh", "rsync")
+
+#: One tool's command line for syncing a local release into a board directory: argv, env.
+Command = Callable[[Path, str], tuple[list[str], dict[str, str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One command run: wall time (start to exit), CPU time and peak RSS of the process (and
+    its children), its --json report."""
+
+    wall: float
+    cpu: float
+    max_rss_mb: float
+    report: dict[str, object]
+
+
+def host_otp() -> int:
+    """This machine's OTP release (the boards must run the same to load its beams)."""
+    out = subprocess.run(
+        ["erl", "-noshell", "-eval", "io:put_chars(erlang:system_info(otp_release)), halt()."],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    return int(out)
+
+
+#: Runs argv (sys.argv[2:]) and writes "wall cpu maxrss_kb exit" to sys.argv[1]. A small process
+#: forks the command: Linux carries the RSS peak of the process that spawned a command over
+#: exec into its ru_maxrss, and this benchmark's own process is far larger than relsync's.
+RUSAGE_SHIM = """
+import os, sys, time
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - started
+with open(sys.argv[1], "w") as out:
+    cpu = usage.ru_utime + usage.ru_stime
+    out.write(f"{wall} {cpu} {usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}")
+"""
+
+
+def run_cli(argv: list[str], env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,)) -> Run:
+    """Run ``argv`` to its exit (wall time from its fork to its exit); its stdout is parsed as
+    JSON when it is a relsync report."""
+    with tempfile.TemporaryDirectory(prefix="relsync-bench-run-") as tmp:
+        out, err, usage = (Path(tmp) / name for name in ("out", "err", "usage"))
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            shim = [sys.executable, "-c", RUSAGE_SHIM, str(usage), *argv]
+            proc = subprocess.Popen(shim, env=env, stdout=stdout, stderr=stderr,
+                                    start_new_session=True)  # fmt: skip
+            try:
+                proc.wait(CLI_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        text, errors = out.read_text(errors="replace"), err.read_text(errors="replace")
+        if proc.returncode != 0 or not usage.exists():
+            raise RuntimeError(f"{argv[0]} ... did not finish within {CLI_TIMEOUT_S:.0f} s")
+        wall, cpu, rss_kb, code = usage.read_text().split()
+    if int(code) not in ok:
+        raise RuntimeError(f"{' '.join(argv[:4])} ... failed ({code}): {errors.strip()}")
+    report = json.loads(text) if text.startswith("{") else {}
+    return Run(float(wall), float(cpu), int(rss_kb) / 1024, report)
+
+
+def installed_env(pycache: Path) -> dict[str, str]:
+    """The environment for relsync runs: bytecode cached in ``pycache``, as an installed relsync
+    has it (like sync_bench: ``PYTHONDONTWRITEBYTECODE`` would recompile it on every run)."""
+    env = dict(os.environ, PYTHONPYCACHEPREFIX=str(pycache))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def _tools(board: DockerBoard, pycache: Path) -> dict[str, Command]:
+    assert board.ssh is not None and board.openssh is not None
+    relsync = [sys.executable, "-m", "relsync.cli", "-E", "false", "--json"]
+    ssh, sshd = board.ssh, board.openssh
+    env = installed_env(pycache)
+
+    def erl(local: Path, dest: str) -> tuple[list[str], dict[str, str]]:
+        argv = [*relsync, "-d", board.node, "--epmd-port", str(board.epmd_port)]
+        return [*argv, "-p", dest, "-l", str(local)], dict(env, RELSYNC_COOKIE=board.cookie)
+
+    def relsyncd(local: Path, dest: str) -> tuple[list[str], dict[str, str]]:
+        argv = [*relsync, "-M", "ssh", "-d", "127.0.0.1", "-P", str(ssh.port), "-u", ssh.user,
+                "-i", str(ssh.identity), "--known-hosts", str(ssh.known_hosts),
+                "--accept-new-host-key"]  # fmt: skip
+        return [*argv, "-p", dest, "-l", str(local)], env
+
+    def rsync(local: Path, dest: str) -> tuple[list[str], dict[str, str]]:
+        shell = (
+            f"ssh -p {sshd.port} -i {sshd.identity} -o IdentitiesOnly=yes -o BatchMode=yes"
+            f" -o UserKnownHostsFile={sshd.known_hosts} -o StrictHostKeyChecking=accept-new"
+        )
+        remote = f"{sshd.user}@127.0.0.1:{dest}/"
+        return ["rsync", "-a", "--checksum", "-e", shell, f"{local}/", remote], dict(os.environ)
+
+    return dict(zip(TOOLS, (erl, relsyncd, rsync), strict=True))
+
+
+def _loaded(report: dict[str, object]) -> int:
+    modules = report.get("modules")
+    assert isinstance(modules, list)
+    return sum(1 for m in modules if m["status"] == "loaded")
+
+
+def _probe(tool: str) -> str:
+    return "relsync_bench_probe_" + tool.replace("relsync ", "").replace(" ", "_")
+
+
+async def _measure(work: Path, raw_mb_s: float) -> list[Row]:
+    base = work / "base"
+    _make_release(base)
+    locals_ = {tool: work / f"rel-{n}" for n, tool in enumerate(TOOLS)}
+    for tool, local in locals_.items():
+        shutil.copytree(base, local, symlinks=True)
+        _compile_probe(local, 1, work, _probe(tool))
+    nbytes = sum(p.stat().st_size for p in base.rglob("*") if p.is_file())
+    nfiles = sum(1 for p in base.rglob("*") if p.is_file())
+    shutil.rmtree(base)
+    otp = host_otp()
+    board = await asyncio.wait_for(
+        DockerBoard.start(await example_release(otp), otp=otp, workdir=work / "boards",
+                          ssh=True, openssh=True),
+        BOARD_TIMEOUT_S,
+    )  # fmt: skip
+    try:
+        tools = _tools(board, work / "pycache")
+        dests = {tool: f"/data/bench-{n}" for n, tool in enumerate(TOOLS)}
+
+        def sync(tool: str) -> Run:
+            argv, env = tools[tool](locals_[tool], dests[tool])
+            return run_cli(argv, env, ok=(0,) if tool == "rsync" else (0, 6))
+
+        bulk: dict[str, Run] = {}
+        for tool in TOOLS:
+            if tool != "rsync":
+                await board.reboot()  # a VM that has loaded nothing yet
+            bulk[tool] = sync(tool)
+        noop: dict[str, list[float]] = {tool: [] for tool in TOOLS}
+        one: dict[str, list[float]] = {tool: [] for tool in TOOLS}
+        retried: set[str] = set()  # modules whose load failed before, tried again every sync
+        for _ in range(ROUNDS):  # interleaved: the machine's load hits every tool alike
+            for tool in TOOLS:
+                noop[tool].append(sync(tool).wall)
+        for version in range(2, 2 + ROUNDS):
+            for tool in TOOLS:
+                _compile_probe(locals_[tool], version, work, _probe(tool))
+                run = sync(tool)
+                if tool != "rsync":
+                    reload = run.report.get("reload")
+                    assert isinstance(reload, list)
+                    if _probe(tool) not in reload:
+                        raise RuntimeError(f"{tool}: {_probe(tool)} not reloaded: {reload}")
+                    retried.update(m for m in reload if m != _probe(tool))
+                one[tool].append(run.wall)
+    finally:
+        await board.stop()
+
+    floor = run_cli(["true"]).max_rss_mb  # what the measure itself shows for a tiny command
+
+    def rss(mb: float) -> str:
+        return f"{mb:.0f} MB" if mb > 1.2 * floor else f"<= {floor:.0f} MB (the measure's floor)"
+
+    release = f"{nfiles} files, {nbytes / 1e6:.0f} MB"
+    rows: list[Row] = []
+    rs_bulk = bulk["rsync"]
+    for tool in TOOLS[:2]:
+        run = bulk[tool]
+        mb_s = nbytes / run.wall / 1e6
+        loaded = _loaded(run.report)
+        rows += [
+            Row("compare", f"bulk first sync ({release}), {tool}",
+                f"{run.wall:.2f} s = {mb_s:.0f} MB/s = {mb_s / raw_mb_s:.1%} of raw TCP",
+                f"raw loopback TCP {raw_mb_s:,.0f} MB/s; rsync {rs_bulk.wall:.2f} s = "
+                f"{nbytes / rs_bulk.wall / 1e6:.0f} MB/s; relsync also loads {loaded} modules, "
+                f"its CPU {run.cpu:.1f} s"),
+            Row("compare", f"peak RSS during bulk sync, {tool} process", rss(run.max_rss_mb),
+                f"rsync + its ssh {rss(rs_bulk.max_rss_mb)}"),
+        ]  # fmt: skip
+    for label, samples in (("no-op resync, CLI start to exit", noop),
+                           ("one changed beam, CLI start to reloaded", one)):  # fmt: skip
+        rs = statistics.median(samples["rsync"])
+        note = " (copies only: cannot reload)" if samples is one else ""
+        for tool in TOOLS[:2]:
+            ours = statistics.median(samples[tool])
+            rows.append(
+                Row("compare", f"{label}, {tool} (median of {ROUNDS})", f"{ours:.3f} s",
+                    f"rsync -a --checksum over ssh {rs:.3f} s" + note)
+            )  # fmt: skip
+    if retried:
+        rows.append(
+            Row("compare", "note: modules relsync loads again on every sync",
+                ", ".join(sorted(retried)),
+                "their load failed on the board (gl: on_load needs libGL; exit code 6)")
+        )  # fmt: skip
+    return rows
+
+
+def run() -> list[Row]:
+    """Start one board, measure, stop it; return the table rows."""
+    raw = max(max(asyncio.run(_raw_tcp_mb_s([100 * MIB]))) for _ in range(3))
+    with tempfile.TemporaryDirectory(prefix="relsync-bench-compare-") as tmp:
+        return asyncio.run(_measure(Path(tmp), raw))
