@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from relsync import __version__
 from relsync.boards import Board, boards_from_file, check_destination
-from relsync.engine import SyncOptions, SyncReport, read_target, sync
+from relsync.engine import SyncOptions, SyncReport, read_state, sync
 from relsync.errors import ExitCode, RelsyncError, UsageError
 from relsync.plan import SyncPlan, TargetState
 from relsync.progress import ProgressBar
@@ -305,7 +305,7 @@ async def scan_while_reading(
 ) -> tuple[LocalRelease, TargetState]:
     """Scan the local release while the target lists its own files: the requests go out
     first, the scan lets the event loop run now and then, and the replies are read meanwhile."""
-    reading = asyncio.ensure_future(read_target(target, local.exclude_prefixes, options))
+    reading = asyncio.ensure_future(read_state(target, local.exclude_prefixes, options))
     try:
         release = await local.release()
     except BaseException:

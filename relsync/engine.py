@@ -55,14 +55,9 @@ def _excluded(rel: str, prefixes: tuple[str, ...]) -> bool:
     return rel.startswith(prefixes)
 
 
-async def read_state(target: Target, release: LocalRelease, options: SyncOptions) -> TargetState:
-    """Ask the target, concurrently, for everything the plan needs."""
-    return await read_target(target, release.exclude_prefixes, options)
-
-
-async def read_target(target: Target, excl: tuple[str, ...], options: SyncOptions) -> TargetState:
-    """:func:`read_state` before the release is scanned: it needs only the release's
-    ``exclude_prefixes`` (:func:`relsync.release.system_lib_prefixes` or none)."""
+async def read_state(target: Target, excl: tuple[str, ...], options: SyncOptions) -> TargetState:
+    """Ask the target, concurrently, for everything the plan needs. Only the release's
+    ``exclude_prefixes`` are needed, so it may run while the release is still being scanned."""
     dest, rw = options.dest_path.rstrip("/"), (options.rw_path or "").rstrip("/") or None
     info, original, shadow, code, top, libs = await asyncio.gather(
         target.info(),
@@ -118,12 +113,12 @@ async def sync(
 ) -> SyncReport:
     """Bring the target in line with ``release``; raise only for failures before any change.
 
-    ``state`` is the target's state when it was read already (:func:`read_target`, for the
+    ``state`` is the target's state when it was read already (:func:`read_state`, for the
     same ``options`` and the release's ``exclude_prefixes``), e.g. while scanning the release.
     """
     started = time.perf_counter()
     if state is None:
-        state = await read_state(target, release, options)
+        state = await read_state(target, release.exclude_prefixes, options)
     plan = build_plan(release, state)
     report = SyncReport(target.label, plan, list(release.skipped), dry_run=options.dry_run)
     if options.dry_run:

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from relsync.erlc import compile_erl
 from relsync.errors import UsageError
-
-if TYPE_CHECKING:
-    from relsync.release import LocalRelease
 
 HOOK_FUNCTIONS = ("presync", "postsync")
 
@@ -23,10 +19,9 @@ class Hook:
     beam: bytes
 
 
-async def resolve_hook(spec: str, release: LocalRelease | Path, cwd: Path) -> Hook:
-    """``--hooks MOD`` (a module of the release, else ``MOD.erl``) or ``--hooks file.erl``;
-    ``release`` is the local release or its directory (it need not be scanned)."""
-    root = release if isinstance(release, Path) else release.root
+async def resolve_hook(spec: str, root: Path, cwd: Path) -> Hook:
+    """``--hooks MOD`` (a module of the release in directory ``root``, else ``MOD.erl``) or
+    ``--hooks file.erl``."""
     if spec.endswith(".erl"):
         return await _compile(cwd / spec, spec)
     if not spec.isidentifier():

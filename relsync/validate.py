@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from relsync.harness.kinds import TARGETS
+from relsync.harness.kinds import BOARD_OPTIONS
 from relsync.harness.local import read_release_info
 from relsync.harness.ready import BoardError
 
@@ -49,12 +49,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Boot RELEASE on an emulated board, sync a rebuilt copy, reboot, check.",
     )
     parser.add_argument("release", type=Path, help="the built release, e.g. _build/prod/rel/app")
-    parser.add_argument("--target", choices=TARGETS, default="local",
-                        help="board kind (default: local)")  # fmt: skip
-    parser.add_argument("--otp", type=int, choices=(25, 27),
-                        help="docker-otp: the board's OTP (default: the release's)")  # fmt: skip
-    parser.add_argument("--mode", choices=("erl", "ssh"), default="erl",
-                        help="how relsync reaches the board (default: erl)")  # fmt: skip
+    for name, kwargs in BOARD_OPTIONS.items():
+        parser.add_argument(f"--{name}", **kwargs)
     parser.add_argument("-v", "--verbose", action="store_true", help="pytest's verbose output")
     return parser
 

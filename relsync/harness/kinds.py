@@ -9,7 +9,7 @@ Every method opens fresh connections, so a board may be driven from any event lo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from relsync.dist.etf import Term
 from relsync.harness import docker, qemu
@@ -22,6 +22,15 @@ from relsync.target_cli import ERTS_TO_OTP
 KINDS = ("local", "docker-otp-25", "docker-otp-27", "qemu-arm")
 #: What users pick from (``--relsync-target``, ``relsync validate --target``).
 TARGETS = ("local", "docker-otp", "qemu-arm")
+#: The board options ``relsync validate`` (``--NAME``) and the pytest plugin
+#: (``--relsync-NAME``) share: name -> keyword arguments of ``add_argument``/``addoption``.
+BOARD_OPTIONS: dict[str, dict[str, Any]] = {
+    "target": {"choices": TARGETS, "default": "local", "help": "board kind (default: local)"},
+    "otp": {"type": int, "choices": (25, 27),
+            "help": "docker-otp: the board's OTP (default: the release's)"},
+    "mode": {"choices": ("erl", "ssh"), "default": "erl",
+             "help": "how relsync reaches the board (default: erl)"},
+}  # fmt: skip
 
 
 class Board(Protocol):

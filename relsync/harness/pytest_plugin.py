@@ -53,7 +53,7 @@ import pytest
 
 from relsync.harness.client import Run, run_relsync
 from relsync.harness.docker import DockerBoard
-from relsync.harness.kinds import TARGETS, Board, start_board
+from relsync.harness.kinds import BOARD_OPTIONS, Board, start_board
 from relsync.harness.ready import BoardError
 
 #: Lines of a board's console attached to a failure.
@@ -74,12 +74,8 @@ _STATE = pytest.StashKey[_State]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("relsync", "relsync: check a release on an emulated board")
     group.addoption("--relsync-release", metavar="PATH", help="the built release to check")
-    group.addoption("--relsync-target", choices=TARGETS, default="local",
-                    help="board kind (default: local)")  # fmt: skip
-    group.addoption("--relsync-otp", type=int, choices=(25, 27),
-                    help="docker-otp: the board's OTP (default: the release's)")  # fmt: skip
-    group.addoption("--relsync-mode", choices=("erl", "ssh"), default="erl",
-                    help="transport relsync uses (default: erl)")  # fmt: skip
+    for name, kwargs in BOARD_OPTIONS.items():
+        group.addoption(f"--relsync-{name}", **kwargs)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -15,7 +15,6 @@ from support.fake_release import make_release
 from relsync.cli import build_parser, main
 from relsync.hooks import resolve_hook
 from relsync.progress import ProgressBar
-from relsync.release import scan_release
 
 
 def test_defaults_match_the_original() -> None:
@@ -140,11 +139,11 @@ def test_hooks_module_is_found_in_the_release(tmp_path: Path) -> None:
     root = make_release(tmp_path / "rel")
     beam = root / "lib/demo-0.1.0/ebin/my_hooks.beam"
     beam.write_bytes(b"FOR1 fake beam")
-    hook = asyncio.run(resolve_hook("my_hooks", scan_release(root), tmp_path))
+    hook = asyncio.run(resolve_hook("my_hooks", root, tmp_path))
     assert (hook.module, hook.beam) == ("my_hooks", b"FOR1 fake beam")
     (tmp_path / "other_hooks.erl").write_text("-module(other_hooks).\n-export([presync/0]).\n"
                                                "presync() -> ok.\n")  # fmt: skip
-    compiled = asyncio.run(resolve_hook("other_hooks", scan_release(root), tmp_path))
+    compiled = asyncio.run(resolve_hook("other_hooks", root, tmp_path))
     assert compiled.module == "other_hooks" and compiled.beam.startswith(b"FOR1")
 
 

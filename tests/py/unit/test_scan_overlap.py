@@ -73,7 +73,7 @@ def test_async_scan_lets_the_event_loop_run(tmp_path: Path) -> None:
 
 
 class _FakeTarget:
-    """Answers read_target's calls; records whether the scan was done when asked."""
+    """Answers read_state's calls; records whether the scan was done when asked."""
 
     label = "fake"
 
