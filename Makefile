@@ -36,6 +36,7 @@ test-arm: erlang arm-image
 
 lint: setup
 	$(VENV)/bin/ruff check relsync tests bench scripts targets
+	$(VENV)/bin/ruff format --check relsync tests bench scripts targets
 	$(VENV)/bin/mypy --strict relsync targets/qemu-arm/boardctl.py
 
 pytest: erlang examples

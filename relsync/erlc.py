@@ -15,6 +15,7 @@ _PACKAGE_ERLANG = Path(__file__).parent / "erlang"
 async def compile_erl(source: Path, outdir: Path) -> bytes:
     """Compile ``source`` into ``outdir`` and return the beam; compiler errors are verbatim."""
     import shutil  # here: a sync that compiles nothing does not need it at start-up
+
     erlc = shutil.which("erlc")
     if erlc is None:
         raise UsageError(

@@ -41,6 +41,7 @@ async def _compile(source: Path, spec: str) -> Hook:
     if not source.is_file():
         raise UsageError(f"--hooks {spec}: no such file; give the path of the hooks .erl file")
     import tempfile  # here: a run without hooks does not need it at start-up
+
     with tempfile.TemporaryDirectory(prefix="relsync-hooks-") as out:
         beam = await compile_erl(source, Path(out))
     return Hook(source.stem, beam)

@@ -96,8 +96,10 @@ async def wait(args: argparse.Namespace) -> int:
         marker = args.marker.encode()
         while not _marker_seen(args.log, args.after, marker):
             if time.monotonic() > deadline:
-                print(f"boardctl: no {args.marker!r} in {args.log} after {args.timeout:g} s",
-                      file=sys.stderr)
+                print(
+                    f"boardctl: no {args.marker!r} in {args.log} after {args.timeout:g} s",
+                    file=sys.stderr,
+                )
                 return 1
             await asyncio.sleep(0.1)
     last = ""
@@ -114,8 +116,10 @@ async def wait(args: argparse.Namespace) -> int:
         except Exception as exc:  # every failure means "not yet"
             last = f"{type(exc).__name__}: {exc}"
             await asyncio.sleep(0.3)
-    print(f"boardctl: {args.node} did not answer {args.call} in {args.timeout:g} s ({last})",
-          file=sys.stderr)
+    print(
+        f"boardctl: {args.node} did not answer {args.call} in {args.timeout:g} s ({last})",
+        file=sys.stderr,
+    )
     return 1
 
 

@@ -265,11 +265,13 @@ def test_erlang_reads_a_large_zero_copy_binary(vm: EchoVM) -> None:
         ("3.25.", 3.25),
         ("'héllo'.", Atom("héllo")),
         ("'日本'.", Atom("日本")),
-        ("\"hello\".", Charlist("hello")),
+        ('"hello".', Charlist("hello")),
         ("[1, 2 | 3].", ImproperList((1, 2), 3)),
         ("list_to_tuple(lists:seq(1, 300)).", tuple(range(1, 301))),
-        ("#{a => 1, <<\"b\">> => [1, 2], {c} => #{}}.",
-         {Atom("a"): 1, b"b": Charlist("\x01\x02"), (Atom("c"),): {}}),
+        (
+            '#{a => 1, <<"b">> => [1, 2], {c} => #{}}.',
+            {Atom("a"): 1, b"b": Charlist("\x01\x02"), (Atom("c"),): {}},
+        ),
         ("{true, false, undefined}.", (Atom("true"), Atom("false"), Atom("undefined"))),
     ],
 )
@@ -283,14 +285,14 @@ def test_decode_terms_erlang_encodes(vm: EchoVM, expression: str, expected: Any)
     ("expression", "expected"),
     [
         ("lists:seq(1, 1000)", list(range(1, 1001))),
-        ("lists:duplicate(2000, {a, <<\"bin\">>, 1.5})", [(Atom("a"), b"bin", 1.5)] * 2000),
-        ("[1 bsl 3000, fun erlang:abs/1, <<5:5>>]",
-         [2**3000, ExportFun(Atom("erlang"), Atom("abs"), 1), BitBinary(b"\x28", 5)]),
+        ('lists:duplicate(2000, {a, <<"bin">>, 1.5})', [(Atom("a"), b"bin", 1.5)] * 2000),
+        (
+            "[1 bsl 3000, fun erlang:abs/1, <<5:5>>]",
+            [2**3000, ExportFun(Atom("erlang"), Atom("abs"), 1), BitBinary(b"\x28", 5)],
+        ),
     ],
 )
-def test_decode_compressed_terms_erlang_encodes(
-    vm: EchoVM, expression: str, expected: Any
-) -> None:
+def test_decode_compressed_terms_erlang_encodes(vm: EchoVM, expression: str, expected: Any) -> None:
     data = vm.eval(f"term_to_binary({expression}, [compressed]).")
     assert isinstance(data, bytes)
     assert data[:2] == bytes([VERSION, COMPRESSED])
@@ -299,8 +301,14 @@ def test_decode_compressed_terms_erlang_encodes(
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("0.1", 0.1), ("-2.5e-300", -2.5e-300), ("1.0e300", 1e300), ("-0.0", -0.0),
-     ("4.9406564584124654e-324", 5e-324), ("1.7976931348623157e308", 1.7976931348623157e308)],
+    [
+        ("0.1", 0.1),
+        ("-2.5e-300", -2.5e-300),
+        ("1.0e300", 1e300),
+        ("-0.0", -0.0),
+        ("4.9406564584124654e-324", 5e-324),
+        ("1.7976931348623157e308", 1.7976931348623157e308),
+    ],
 )
 def test_decode_float_ext_erlang_encodes(vm: EchoVM, text: str, value: float) -> None:
     data = vm.eval(f"term_to_binary({text}, [{{minor_version, 0}}]).")
@@ -311,7 +319,7 @@ def test_decode_float_ext_erlang_encodes(vm: EchoVM, text: str, value: float) ->
 
 
 def test_decode_a_term_erlang_encodes_at_an_offset(vm: EchoVM) -> None:
-    data = vm.eval("term_to_binary({a, [1, 2, 3], <<\"x\">>}).")
+    data = vm.eval('term_to_binary({a, [1, 2, 3], <<"x">>}).')
     view = memoryview(b"prefix" + data[1:] + b"suffix")
     assert decode(view, 6) == ((Atom("a"), Charlist("\x01\x02\x03"), b"x"), len(view) - 6)
 

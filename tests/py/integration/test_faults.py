@@ -53,9 +53,6 @@ CUTS = {"erl": 50, "ssh": 20}
 GEN_MODULES = [f"demo_gen{i:02d}" for i in range(40)]
 
 
-
-
-
 def big_variant(base: Path, root: Path, tag: int, *, many_files: bool) -> Variant:
     """demo_counter at version ``tag`` plus megabytes of priv data (different for every tag).
 

@@ -24,7 +24,6 @@ from relsync.harness.ready import BoardError
 T = TypeVar("T")
 
 
-
 def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     async def main() -> T:
         return await coro_fn()

@@ -27,9 +27,6 @@ pytestmark = pytest.mark.integration
 COUNTER = f"{APP_DIR}/ebin/demo_counter.beam"
 
 
-
-
-
 def tree(root: Path) -> dict[str, str]:
     """Every entry below root: 'file:<sha>' for files, 'link:<target>' for symlinks."""
     out: dict[str, str] = {}
