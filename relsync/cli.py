@@ -9,9 +9,9 @@ import gc
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from relsync import __version__
 from relsync.boards import Board, boards_from_file, check_destination
@@ -355,9 +355,24 @@ async def _guarded(
         return report
 
 
+def _orphan_errors(verbose: bool) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    """The loop's handler for errors nobody awaited. A lost connection fails every request in
+    flight, and asyncssh awaits only the first of a file's parallel writes: that failure is
+    reported once, as relsync's one-line error, and its echoes only with ``-v``."""
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        echo = isinstance(exc, OSError) or type(exc).__module__.startswith("asyncssh.")
+        if verbose or not echo:
+            loop.default_exception_handler(context)
+
+    return handle
+
+
 async def run(args: argparse.Namespace, cwd: Path) -> list[SyncReport]:
     """Resolve the options, then sync every board concurrently; the release is scanned once,
     while the boards list their files."""
+    asyncio.get_running_loop().set_exception_handler(_orphan_errors(args.verbose))
     boards = boards_from_args(args)
     if args.hook_timeout <= 0:
         raise UsageError("--hook-timeout must be a positive number of seconds")

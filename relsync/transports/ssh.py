@@ -30,6 +30,10 @@ DEFAULT_USER = "relsync"
 #: server (ssh 4.15, OTP 25) hands out a handle still in use once three files are open, mixing
 #: their data (the hash check catches it): never keep more than two open.
 UPLOADS_IN_FLIGHT = 2
+# A board that loses power leaves our TCP connection open with nothing coming back; ask every
+# 15 s and give up after 4 unanswered, like an Erlang node's net_ticktime of 60 s in erl mode.
+KEEPALIVE_INTERVAL = 15.0
+KEEPALIVE_COUNT_MAX = 4
 _LEN = struct.Struct(">I")
 
 
@@ -146,6 +150,7 @@ class SshTarget(HelperTarget):
                     client_factory=lambda: policy, password=None, kbdint_auth=False,
                     client_keys=[identity] if identity else (), agent_path=None if identity else (),
                     preferred_auth="publickey",
+                    keepalive_interval=KEEPALIVE_INTERVAL, keepalive_count_max=KEEPALIVE_COUNT_MAX,
                 ),
                 timeout,
             )  # fmt: skip

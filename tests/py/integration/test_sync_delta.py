@@ -17,16 +17,14 @@ from typing import Any
 import pytest
 from support.big_file import BIG, SIZE, changed, random_bytes, with_big_file
 from support.cli import relsync
-from support.local_board import with_board
+from support.local_board import open_target, with_board
 
 from relsync.delta import BLOCK
 from relsync.dist.etf import Term
 from relsync.harness.local import LocalBoard
 from relsync.harness.relsyncd import SshAccess
 from relsync.target import FilePut
-from relsync.transports.erl import ErlTarget
-from relsync.transports.helper import CALL_TIMEOUT, HelperTarget
-from relsync.transports.ssh import SshTarget
+from relsync.transports.helper import CALL_TIMEOUT
 
 pytestmark = pytest.mark.integration
 
@@ -36,8 +34,6 @@ GOAL = 64 << 10
 ONE_BLOCK = BLOCK + 8192
 #: Where the edits go: inside one block each (5 MiB and 2 MiB are multiples of a block).
 MIDDLE, QUARTER, ELSEWHERE = (5 << 20) + 100, (2 << 20) + 100, (7 << 20) + 100
-
-
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +48,6 @@ def big_release(
 ) -> Path:
     """The example release with a 10 MiB priv file."""
     return with_big_file(demo_release, tmp_path_factory.mktemp("big") / "rel", original)
-
 
 
 @dataclass(frozen=True)
@@ -130,17 +125,6 @@ def test_in_place_delta_against_what_the_target_really_holds(
     with_board(big_release, tmp_path / "board", body, mode)
 
 
-async def _open(board: LocalBoard, mode: str) -> HelperTarget:
-    if mode == "erl":
-        return await ErlTarget.open(board.node, board.cookie, epmd_port=board.epmd_port)
-    assert board.ssh is not None
-    ssh = board.ssh
-    return await SshTarget.open(
-        "127.0.0.1", port=ssh.port, user=ssh.user, identity=str(ssh.identity),
-        known_hosts=ssh.known_hosts, accept_new_host_key=True,
-    )  # fmt: skip
-
-
 def test_a_base_that_changes_or_vanishes_still_ends_right(
     big_release: Path, original: bytes, tmp_path: Path, mode: str
 ) -> None:
@@ -153,7 +137,7 @@ def test_a_base_that_changes_or_vanishes_still_ends_right(
         base = board.rw_path / "base.bin"
         base.parent.mkdir(parents=True, exist_ok=True)
         base.write_bytes(original)
-        target = await _open(board, mode)
+        target = await open_target(board, mode)
         calls: list[tuple[str, Term]] = []
         real = target._call
 

@@ -7,6 +7,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from relsync.harness.local import LocalBoard
+from relsync.transports.erl import ErlTarget
+from relsync.transports.helper import HelperTarget
+from relsync.transports.ssh import SshTarget
 
 
 def with_board(
@@ -21,3 +24,15 @@ def with_board(
             await body(board)
 
     asyncio.run(main())
+
+
+async def open_target(board: LocalBoard, mode: str) -> HelperTarget:
+    """A transport connected to ``board`` in ``mode`` (``ssh`` needs ``enable_ssh`` first)."""
+    if mode == "erl":
+        return await ErlTarget.open(board.node, board.cookie, epmd_port=board.epmd_port)
+    assert board.ssh is not None
+    ssh = board.ssh
+    return await SshTarget.open(
+        "127.0.0.1", port=ssh.port, user=ssh.user, identity=str(ssh.identity),
+        known_hosts=ssh.known_hosts, accept_new_host_key=True,
+    )  # fmt: skip
