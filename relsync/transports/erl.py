@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-
+from relsync.beam import attributes, vsn
 from relsync.dist.connection import Connection
 from relsync.dist.errors import BadRpc, ConnectionLost, DistError
 from relsync.dist.etf import Atom, Charlist, Term
@@ -48,11 +47,8 @@ class ErlTarget(HelperTarget):
 
     async def _ensure_helper(self) -> None:
         beam = await helper_beam(HELPER)
-        # One round trip: the md5 of our beam and of the loaded helper (none: not loaded).
-        wanted, md5 = await asyncio.gather(
-            self._call_raw("beam_lib", "md5", [beam]), self._loaded_md5(HELPER)
-        )
-        if md5 is not None and isinstance(wanted, tuple) and wanted[1:] == ((Atom(HELPER), md5),):
+        loaded = await self._loaded_attributes(HELPER)
+        if loaded is not None and vsn(loaded) == vsn(attributes(beam)):
             return  # the same helper is loaded already
         result = await self._load_binary(HELPER, beam)
         if not (isinstance(result, tuple) and result[0] == "module"):
@@ -61,10 +57,12 @@ class ErlTarget(HelperTarget):
                 "the kernel, stdlib and crypto applications"
             )
 
-    async def _loaded_md5(self, module: str) -> Term | None:
-        """The md5 of ``module`` as loaded on the target; None when it is not loaded."""
+    async def _loaded_attributes(self, module: str) -> Term | None:
+        """The attributes of ``module`` as loaded on the target; None when it is not loaded."""
         try:
-            return await self._call_raw("erlang", "get_module_info", [Atom(module), Atom("md5")])
+            return await self._call_raw(
+                "erlang", "get_module_info", [Atom(module), Atom("attributes")]
+            )
         except TargetError as exc:
             if isinstance(exc.__cause__, BadRpc):  # badarg: not loaded
                 return None

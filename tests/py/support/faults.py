@@ -20,6 +20,8 @@ __all__ = ["TMP_PREFIX", "cli_argv", "is_temp"]
 
 #: Share of the cut points spread over the start of the command (before it touches the target).
 EARLY_SHARE = 0.1
+#: Cut points reach this far past the start of the sync, relative to its clean duration.
+OVERRUN = 1.15
 
 
 async def run_and_kill(argv: list[str], after: float) -> tuple[bool, float]:
@@ -161,9 +163,11 @@ def check_tree(
 
 def cut_offsets(count: int, start: float, end: float) -> list[float]:
     """``count`` kill times: a few over the command's start-up (``0..start``), the rest evenly
-    over the sync itself (``start..end``)."""
+    over the sync itself (``start..end``) and a little past its usual end, as files are
+    renamed into place and modules reloaded in its last milliseconds."""
     early = max(1, round(count * EARLY_SHARE))
     late = count - early
+    end = start + (end - start) * OVERRUN
     return [start * (i + 0.5) / early for i in range(early)] + [
         start + (end - start) * (i + 0.5) / late for i in range(late)
     ]
@@ -175,4 +179,4 @@ def phase(killed: bool, reloaded: bool, written: int) -> str:
         return "finished before the kill"
     if reloaded:
         return "killed after the reload"
-    return "killed before any write" if written == 0 else "killed after writing"
+    return "killed before a file was replaced" if written == 0 else "killed after replacing files"
