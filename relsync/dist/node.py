@@ -53,6 +53,20 @@ def default_local_name(peer_host: str) -> str:
     return f"relsync_{os.getpid()}_{os.urandom(3).hex()}@{host}"
 
 
+async def _resolve(
+    loop: asyncio.AbstractEventLoop, address: str, port: int
+) -> tuple[int, int, tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes]]:
+    """(family, protocol, socket address) to dial; an IP literal (the usual case) without
+    asking the resolver, which runs in a thread of its own."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        infos = await loop.getaddrinfo(address, port, type=socket.SOCK_STREAM)
+        family, _, proto, _, sockaddr = infos[0]
+        return family, proto, sockaddr
+    return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), 0, (address, port)
+
+
 async def connect(
     node: str,
     cookie: str,
@@ -84,10 +98,7 @@ async def connect(
                     "use a target on OTP 25 or later",
                 )
             step, address = "TCP connect", f"{host}:{found.port}"
-            infos = await loop.getaddrinfo(
-                epmd.host_address(host), found.port, type=socket.SOCK_STREAM
-            )
-            family, _, proto, _, sockaddr = infos[0]
+            family, proto, sockaddr = await _resolve(loop, epmd.host_address(host), found.port)
             sock = socket.socket(family, socket.SOCK_STREAM, proto)
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

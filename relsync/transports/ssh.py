@@ -30,6 +30,9 @@ DEFAULT_USER = "relsync"
 #: server (ssh 4.15, OTP 25) hands out a handle still in use once three files are open, mixing
 #: their data (the hash check catches it): never keep more than two open.
 UPLOADS_IN_FLIGHT = 2
+#: Files from this size on are streamed over SFTP; smaller ones are batched on the control
+#: channel.
+SFTP_MIN = 64 << 10
 # A board that loses power leaves our TCP connection open with nothing coming back; ask every
 # 15 s and give up after 4 unanswered, like an Erlang node's net_ticktime of 60 s in erl mode.
 KEEPALIVE_INTERVAL = 15.0
@@ -117,12 +120,12 @@ class SshTarget(HelperTarget):
     def __init__(
         self,
         conn: asyncssh.SSHClientConnection,
-        sftp: asyncssh.SFTPClient,
         chan: asyncssh.SSHClientChannel[bytes],
         session: _ControlSession,
         label: str,
     ) -> None:
-        self._conn, self._sftp, self._chan, self._session = conn, sftp, chan, session
+        self._conn, self._chan, self._session = conn, chan, session
+        self._sftp_started: asyncio.Future[asyncssh.SFTPClient] | None = None
         self._ids = itertools.count(1)
         self.label = label
 
@@ -172,14 +175,13 @@ class SshTarget(HelperTarget):
         try:
             session = _ControlSession()
             chan, _ = await conn.create_session(lambda: session, subsystem=SUBSYSTEM, encoding=None)
-            sftp = await conn.start_sftp_client()
         except asyncssh.Error as exc:
             conn.close()
             raise ConnectError(
                 f"ssh: {label} has no relsync subsystem ({exc.reason}); add the relsyncd "
                 "application to the board's release"
             ) from exc
-        return cls(conn, sftp, chan, session, label)
+        return cls(conn, chan, session, label)
 
     async def _call(self, function: str, args: list[Term], timeout: float = CALL_TIMEOUT) -> Term:
         if self._session.lost is not None:
@@ -211,10 +213,27 @@ class SshTarget(HelperTarget):
     async def _load_binary(self, module: str, beam: bytes) -> Term:
         return await self._call("load_binary", [Atom(module), Charlist(f"{module}.beam"), beam])
 
+    async def _sftp(self) -> asyncssh.SFTPClient:
+        """The SFTP session, opened on first use (a sync of small files needs none)."""
+        if self._sftp_started is None:
+            self._sftp_started = asyncio.ensure_future(self._conn.start_sftp_client())
+        try:
+            return await asyncio.shield(self._sftp_started)
+        except asyncssh.ChannelOpenError as exc:
+            raise TargetError(
+                f"{self.label} refused an SFTP session ({exc.reason}); check that the board "
+                "runs relsyncd, which serves SFTP beside the relsync subsystem"
+            ) from exc
+        except (OSError, asyncssh.Error) as exc:
+            raise self._lost(exc) from exc
+
     async def put_files(self, files: Sequence[FilePut], progress: Progress) -> None:
-        """Upload over SFTP to ``.relsync-tmp.<name>.part`` beside each file, then commit it
-        (hash checked, renamed into place) over the control channel; a file with a delta base
-        goes as a block delta over the control channel when that pays."""
+        """Files under ``SFTP_MIN`` bytes go in batches over the control channel (one round
+        trip for many). Bigger ones are uploaded over SFTP to ``.relsync-tmp.<name>.part``
+        beside each file, then committed (hash checked, renamed into place) over the control
+        channel; a file with a delta base goes as a block delta there when that pays."""
+        await super().put_files([p for p in files if p.size < SFTP_MIN], progress)
+        files = [p for p in files if p.size >= SFTP_MIN]
         made: dict[str, asyncio.Task[None]] = {}
         slots = asyncio.Semaphore(UPLOADS_IN_FLIGHT)
 
@@ -224,13 +243,14 @@ class SshTarget(HelperTarget):
             async with slots:  # (also bounds the whole files read for a delta)
                 if await self._put_delta(put, progress):
                     return
+                sftp = await self._sftp()
                 try:
                     if directory not in made:  # every upload into it waits for the one mkdir
                         made[directory] = asyncio.create_task(
-                            self._sftp.makedirs(directory, exist_ok=True)
+                            sftp.makedirs(directory, exist_ok=True)
                         )
                     await made[directory]
-                    async with self._sftp.open(tmp, "wb") as remote:
+                    async with sftp.open(tmp, "wb") as remote:
                         for chunk in read_chunks(put.local):
                             await remote.write(chunk)
                             progress(len(chunk))
@@ -257,7 +277,14 @@ class SshTarget(HelperTarget):
 
     async def close(self) -> None:
         """See :class:`relsync.target.Target`."""
-        self._sftp.exit()
+        started = self._sftp_started
+        if (
+            started is not None
+            and started.done()
+            and not started.cancelled()
+            and not started.exception()
+        ):
+            started.result().exit()
         self._chan.close()
         self._conn.close()
         with contextlib.suppress(OSError, asyncssh.Error):  # already gone with the board
