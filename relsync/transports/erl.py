@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from relsync.beam import attributes, vsn
 from relsync.dist.connection import Connection
 from relsync.dist.errors import BadRpc, ConnectionLost, DistError
@@ -19,6 +22,7 @@ class ErlTarget(HelperTarget):
     def __init__(self, conn: Connection, label: str) -> None:
         self._conn = conn
         self.label = label
+        self._helper: asyncio.Future[bool] | None = None
 
     @classmethod
     async def open(
@@ -30,7 +34,8 @@ class ErlTarget(HelperTarget):
         epmd_port: int | None = None,
         timeout: float = 10.0,
     ) -> ErlTarget:
-        """Connect to ``node`` and make sure our helper module runs there."""
+        """Connect to ``node`` and start making sure our helper module runs there (the calls
+        wait for it, see :meth:`_call`)."""
         try:
             conn = await connect(
                 node, cookie=cookie, local_name=local_name, epmd_port=epmd_port, timeout=timeout
@@ -38,24 +43,22 @@ class ErlTarget(HelperTarget):
         except DistError as exc:
             raise ConnectError(str(exc)) from exc
         target = cls(conn, node)
-        try:
-            await target._ensure_helper()
-        except BaseException:
-            await conn.close()
-            raise
+        target._helper = asyncio.ensure_future(target._ensure_helper())
         return target
 
-    async def _ensure_helper(self) -> None:
+    async def _ensure_helper(self) -> bool:
+        """Load our helper unless the same one is loaded already; whether it was loaded now."""
         beam = await helper_beam(HELPER)
         loaded = await self._loaded_attributes(HELPER)
         if loaded is not None and vsn(loaded) == vsn(attributes(beam)):
-            return  # the same helper is loaded already
+            return False
         result = await self._load_binary(HELPER, beam)
         if not (isinstance(result, tuple) and result[0] == "module"):
             raise ConnectError(
                 f"{self.label} refused relsync's helper module ({format_term(result)}); it needs "
                 "the kernel, stdlib and crypto applications"
             )
+        return True
 
     async def _loaded_attributes(self, module: str) -> Term | None:
         """The attributes of ``module`` as loaded on the target; None when it is not loaded."""
@@ -81,6 +84,21 @@ class ErlTarget(HelperTarget):
             raise TargetError(str(exc)) from exc
 
     async def _call(self, function: str, args: list[Term], timeout: float = CALL_TIMEOUT) -> Term:
+        """Call our helper once it is known to be loaded. The first reads of a sync go out
+        with the check instead of a round trip after it: their answers count when the helper
+        was loaded already (as on every sync but the first), else they are asked again."""
+        assert self._helper is not None
+        early = None
+        if not self._helper.done() and function in _READ_ONLY:
+            early = asyncio.ensure_future(self._call_raw(HELPER, function, args, timeout))
+        try:
+            pushed = await asyncio.shield(self._helper)
+        except BaseException:
+            await _discard(early)
+            raise
+        if early is not None and not pushed:
+            return await early
+        await _discard(early)  # answered by another helper, or by none
         return await self._call_raw(HELPER, function, args, timeout)
 
     async def _load_binary(self, module: str, beam: bytes) -> Term:
@@ -90,4 +108,16 @@ class ErlTarget(HelperTarget):
 
     async def close(self) -> None:
         """See :class:`relsync.target.Target`."""
+        await _discard(self._helper)
         await self._conn.close()
+
+
+#: Helper functions that only read, in every version of it: safe to call before the check.
+_READ_ONLY = frozenset({"info", "manifest", "code_state", "list_dir"})
+
+
+async def _discard(call: asyncio.Future[Any] | None) -> None:
+    """Cancel ``call`` unless it is done, and drop its result or error."""
+    if call is not None:
+        call.cancel()
+        await asyncio.gather(call, return_exceptions=True)

@@ -1,8 +1,10 @@
 """relsync's helper module is pushed to an erl target only when the one loaded there is not the
-same code: its ``vsn`` (read from our beam file without a VM) is compared with the loaded one's."""
+same code: its ``vsn`` (read from our beam file without a VM) is compared with the loaded one's.
+The first reads are sent along with that check, and asked again when the helper was replaced."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -41,9 +43,14 @@ def test_helper_pushed_once_and_replaced_when_it_differs(
                 "code", "load_binary", [Atom(HELPER), Charlist(f"{HELPER}.beam"), stand_in]
             )
             assert loaded == (Atom("module"), Atom(HELPER))
+
             async def open_close() -> None:
                 target = await ErlTarget.open(node.node, node.cookie, epmd_port=node.epmd_port)
-                await target.close()
+                try:  # the first reads go out before the check: the stand-in has none of them
+                    info, listing = await asyncio.gather(target.info(), target.list_dir("/"))
+                    assert info.node == node.node and "proc" in listing
+                finally:
+                    await target.close()
 
             await open_close()
             attrs = await conn.call("erlang", "get_module_info", [Atom(HELPER), Atom("attributes")])
