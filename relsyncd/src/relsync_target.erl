@@ -15,6 +15,7 @@
 %% Stop it with exit(whereis(relsync_target_cache), kill); the table goes too.
 %% A file whose mtime is within ?RACY_SECS of the clock is hashed but not
 %% cached, so a same-size rewrite within the same second is never missed.
+%% The same table keeps directory listings, keyed by {dir, Path}, see walk/6.
 -module(relsync_target).
 
 -export([info/0, list_dir/1, manifest/2, put_files/1, put_chunk/3, commit/3,
@@ -88,11 +89,11 @@ list_dir(_) ->
 manifest(Root, Opts) when is_binary(Root), is_map(Opts) ->
     Excl = maps:get(exclude, Opts, []),
     ensure_cache(),
-    case file:read_file_info(Root, [raw]) of
-        {ok, #file_info{type = directory}} ->
+    case file:read_file_info(Root, [raw, {time, posix}]) of
+        {ok, #file_info{type = directory} = FI} ->
             Slots = atomics:new(1, []),
             ok = atomics:put(Slots, 1, ?MAX_WALKERS),
-            try joined(walk(strip_slash(Root), <<>>, Excl, {0, Slots}, [])) of
+            try joined(walk(strip_slash(Root), FI, <<>>, Excl, {0, Slots}, [])) of
                 Acc -> {ok, format(maps:get(format, Opts, list), lists:keysort(1, Acc))}
             catch throw:{walk_error, Path, Reason} -> {error, {Path, Reason}}
             after abandon_walkers()
@@ -118,43 +119,92 @@ pack_entry({Rel, symlink, Target}) ->
 %% Hot path (thousands of files on every sync): raw prim_file calls, no file
 %% server round trips, binary paths, and only the exclusion prefixes that can
 %% still match below the current directory. Fan is {Depth, Slots}: Dir's depth
-%% below the root and the free walker slots (see walk_job/4).
-walk(Dir, RelDir, Excl, Fan, Acc0) ->
-    Names = case prim_file:list_dir(Dir) of
-                {ok, Ns} -> Ns;
-                {error, enoent} -> [];            % vanished while walking
-                {error, R} -> throw({walk_error, Dir, R})
+%% below the root and the free walker slots (see walk_job/5).
+%%
+%% Each file call is a round trip to a dirty I/O scheduler (~25 us on a board
+%% whose schedulers sleep at once), so a directory's listing is cached: which
+%% names it holds, and the target of each symlink. Names cannot come or go, and
+%% a symlink cannot be re-pointed, without changing the directory's mtime and
+%% ctime, so while its stamp (device, inode, mtime, ctime) is unchanged the
+%% listing is reused and its symlinks cost no call at all. Other entries are
+%% still stat'ed: a regular file may be rewritten in place. As for hashes, a
+%% directory changed within ?RACY_SECS of the clock is not cached.
+walk(Dir, DirFI, RelDir, Excl, Fan, Acc0) ->
+    Stamp = dir_stamp(DirFI),
+    Entry = fun(Name, Acc) ->
+                    walk_entry(child(Dir, Name), rel(RelDir, Name), Name, Excl, Fan, Acc)
             end,
-    lists:foldl(fun(N, Acc) ->
-                        Name = name_bin(N),
-                        Rel = case RelDir of
-                                  <<>> -> Name;
-                                  _ -> <<RelDir/binary, "/", Name/binary>>
-                              end,
-                        walk_entry(child(Dir, Name), Rel, Name, Excl, Fan, Acc)
-                end, Acc0, Names).
+    case cache_lookup({dir, Dir}) of
+        [{_, Stamp, Listing}] ->
+            lists:foldl(fun({Name, {symlink, Target}}, Acc) ->
+                                Rel = rel(RelDir, Name),
+                                case excluded(Rel, Excl) of
+                                    true -> Acc;
+                                    false -> [{Rel, symlink, Target} | Acc]
+                                end;
+                           ({Name, stat}, Acc) ->
+                                element(2, Entry(Name, Acc))
+                        end, Acc0, Listing);
+        _ ->
+            case prim_file:list_dir(Dir) of
+                {ok, Names} ->
+                    {Listing, Acc} = lists:mapfoldl(fun(N, A) ->
+                                                            Name = name_bin(N),
+                                                            {Kind, A1} = Entry(Name, A),
+                                                            {{Name, Kind}, A1}
+                                                    end, Acc0, Names),
+                    cache_listing(Dir, Stamp, Listing),
+                    Acc;
+                {error, enoent} -> Acc0;          % vanished while walking
+                {error, R} -> throw({walk_error, Dir, R})
+            end
+    end.
 
-walk_entry(Abs, Rel, Name, Excl, {Depth, Slots} = Fan, Acc) ->
+rel(<<>>, Name) -> Name;
+rel(RelDir, Name) -> <<RelDir/binary, "/", Name/binary>>.
+
+dir_stamp(#file_info{major_device = Dev, inode = Ino, mtime = M, ctime = C}) ->
+    {Dev, Ino, M, C}.
+
+cache_listing(Dir, {_, _, M, C} = Stamp, Listing) ->
+    case erlang:system_time(second) - max(M, C) > ?RACY_SECS of
+        true -> catch ets:insert(?CACHE, {{dir, Dir}, Stamp, Listing}), ok;
+        false -> ok
+    end.
+
+%% The entries for one name of a directory (added to Acc), and how the listing
+%% cache keeps it: {symlink, Target} for a symlink whose target was read, else
+%% stat (looked at again on every walk). An excluded name is not even stat'ed.
+walk_entry(Abs, Rel, Name, Excl, Fan, Acc) ->
+    case excluded(Rel, Excl) of
+        true -> {stat, Acc};
+        false -> walk_included(Abs, Rel, Name, Excl, Fan, Acc)
+    end.
+
+walk_included(Abs, Rel, Name, Excl, {Depth, Slots} = Fan, Acc) ->
     case prim_file:read_link_info(Abs, [{time, posix}]) of
-        {ok, #file_info{type = directory}} ->
+        {ok, #file_info{type = directory} = FI} ->
             Sub = <<Rel/binary, "/">>,
-            case excluded(Rel, Excl) orelse excluded(Sub, Excl) of
-                true -> Acc;
+            case excluded(Sub, Excl) of
+                true -> {stat, Acc};
                 false ->
                     Below = {Depth + 1, Slots},
                     case Depth < ?FAN_OUT_DEPTH andalso take_slot(Fan) of
-                        true -> [walk_job(Abs, Rel, below(Sub, Excl), Below) | Acc];
-                        false -> walk(Abs, Rel, below(Sub, Excl), Below, Acc)
+                        true -> {stat, [walk_job(Abs, FI, Rel, below(Sub, Excl), Below) | Acc]};
+                        false -> {stat, walk(Abs, FI, Rel, below(Sub, Excl), Below, Acc)}
                     end
             end;
         {ok, #file_info{type = Type} = FI} when Type =:= regular; Type =:= symlink ->
-            case {excluded(Rel, Excl), is_tmp_name(Name)} of
-                {true, _} -> Acc;
-                {false, true} -> [tmp_entry(Rel, FI) | Acc];
-                {false, false} -> [file_entry(Abs, Rel, FI) | Acc]
+            case is_tmp_name(Name) of
+                true -> {stat, [tmp_entry(Rel, FI) | Acc]};
+                false ->
+                    case file_entry(Abs, Rel, FI) of
+                        {_, symlink, Target} = E -> {{symlink, Target}, [E | Acc]};
+                        E -> {stat, [E | Acc]}
+                    end
             end;
-        {ok, _} -> Acc;                           % devices, fifos, sockets
-        {error, enoent} -> Acc;                   % vanished while walking
+        {ok, _} -> {stat, Acc};                   % devices, fifos, sockets
+        {error, enoent} -> {stat, Acc};           % vanished while walking
         {error, R} -> throw({walk_error, Abs, R})
     end.
 
@@ -165,9 +215,9 @@ walk_entry(Abs, Rel, Name, Excl, {Depth, Slots} = Fan, Acc) ->
 %% timed out), and it catches everything: what it throws or raises is thrown or
 %% raised again in its caller, as if the walk had run there. It is recorded in
 %% the caller's process dictionary until collected, for abandon_walkers/0.
-walk_job(Abs, Rel, Excl, Fan) ->
+walk_job(Abs, FI, Rel, Excl, Fan) ->
     Parent = self(),
-    {Pid, MRef} = spawn_opt(fun() -> Parent ! {self(), walker(Abs, Rel, Excl, Fan)} end,
+    {Pid, MRef} = spawn_opt(fun() -> Parent ! {self(), walker(Abs, FI, Rel, Excl, Fan)} end,
                             [link, monitor]),
     put({?MODULE, walker, Pid}, MRef),
     {'$walk', Pid, MRef}.
@@ -175,9 +225,9 @@ walk_job(Abs, Rel, Excl, Fan) ->
 %% A walker holds one of the walk's slots (taken by its caller, take_slot/1)
 %% while it walks its own part, then gives it back before it waits for the
 %% walkers it started in turn.
-walker(Abs, Rel, Excl, {_, Slots} = Fan) ->
+walker(Abs, FI, Rel, Excl, {_, Slots} = Fan) ->
     try
-        Own = try walk(Abs, Rel, Excl, Fan, []) after atomics:add(Slots, 1, 1) end,
+        Own = try walk(Abs, FI, Rel, Excl, Fan, []) after atomics:add(Slots, 1, 1) end,
         {ok, joined(Own)}
     catch throw:{walk_error, _, _} = E -> E;
           C:R:St -> {raised, C, R, St}

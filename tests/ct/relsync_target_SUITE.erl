@@ -12,6 +12,7 @@
 -export([info/1, list_dir/1,
          manifest_entries/1, manifest_excludes/1, manifest_missing_root/1,
          manifest_large_file/1, manifest_cache_hit/1, manifest_cache_racy/1,
+         manifest_listing_cache/1,
          manifest_packed/1, manifest_fan_out/1, manifest_walker_fails/1,
          cache_owner/1,
          put_files_basic/1, put_files_replaces_symlink/1,
@@ -30,6 +31,7 @@ all() ->
     [info, list_dir,
      manifest_entries, manifest_excludes, manifest_missing_root,
      manifest_large_file, manifest_cache_hit, manifest_cache_racy,
+     manifest_listing_cache,
      manifest_packed, manifest_fan_out, manifest_walker_fails,
      cache_owner,
      put_files_basic, put_files_replaces_symlink,
@@ -163,6 +165,40 @@ manifest_cache_racy(Config) ->
     set_mtime(F, Now),
     {ok, [{_, _, _, _, H2}]} = ?T:manifest(Dir, #{}),
     ?assertEqual(sha(<<"dddd">>), H2).
+
+%% A directory left alone for over 2 s has its listing cached (its symlinks
+%% are not read again); one changed within 2 s is not. A cached listing still
+%% sees names added and removed, a re-pointed symlink, a file rewritten in
+%% place, and exclusions other than those of the walk that cached it.
+manifest_listing_cache(Config) ->
+    Root = make_tree(Config),
+    Priv = <<Root/binary, "/lib/app-1/priv">>,
+    Excl = #{exclude => [<<"erts-">>, <<"lib/kernel-8.5/">>, <<"lib/app-1/priv/link">>]},
+    {ok, All} = ?T:manifest(Root, #{}),
+    {ok, Some} = ?T:manifest(Root, Excl),
+    ?assertEqual([], listing(Priv)),                       % changed just now
+    timer:sleep(3100),
+    ?assertEqual({ok, Some}, ?T:manifest(Root, Excl)),     % caches what it walks
+    ?assertMatch([{_, _, [_ | _]}], listing(Priv)),
+    ?assertEqual([], listing(<<Root/binary, "/erts-13.1">>)),  % excluded: not walked
+    ?assertEqual({ok, All}, ?T:manifest(Root, #{})),       % through the cached listings
+    ?assertEqual({ok, Some}, ?T:manifest(Root, Excl)),
+    ok = file:delete(<<Priv/binary, "/link">>),
+    ok = file:make_symlink(<<"../ebin/other.beam">>, <<Priv/binary, "/link">>),
+    ok = file:delete(<<Root/binary, "/bin/start">>),
+    _ = write(<<Root/binary, "/bin/stop">>, <<"stop">>),
+    App = <<Root/binary, "/lib/app-1/ebin/app.beam">>,
+    {ok, #file_info{inode = Ino}} = file:read_file_info(App),
+    ok = file:write_file(App, <<"APP">>),                  % in place
+    {ok, #file_info{inode = Ino}} = file:read_file_info(App),
+    {ok, Now} = ?T:manifest(Root, #{}),
+    ?assertEqual(lists:keydelete(<<"bin/start">>, 1, All) -- Now,
+                 [{<<"lib/app-1/ebin/app.beam">>, regular, 3, 8#600, sha(<<"app">>)},
+                  {<<"lib/app-1/priv/link">>, symlink, <<"../ebin/app.beam">>}]),
+    ?assertEqual(Now -- All,
+                 [{<<"bin/stop">>, regular, 4, 8#644, sha(<<"stop">>)},
+                  {<<"lib/app-1/ebin/app.beam">>, regular, 3, 8#600, sha(<<"APP">>)},
+                  {<<"lib/app-1/priv/link">>, symlink, <<"../ebin/other.beam">>}]).
 
 %% format => packed: the same entries, as one binary (unpack/1 below decodes
 %% it the way the client does).
@@ -880,6 +916,10 @@ write(Path, Data) ->
 mode(Path) ->
     {ok, #file_info{mode = M}} = file:read_file_info(Path),
     M band 8#7777.
+
+%% The cached listing of directory Dir ([] when there is none).
+listing(Dir) ->
+    ets:lookup(relsync_target_cache, {dir, Dir}).
 
 set_mtime(Path, T) ->
     ok = file:write_file_info(Path, #file_info{mtime = T, atime = T}, [{time, posix}]).
