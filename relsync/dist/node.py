@@ -15,6 +15,7 @@ import socket
 from relsync.dist import epmd
 from relsync.dist.connection import DEFAULT_TICK, Connection
 from relsync.dist.errors import ConnectTimeout, HandshakeRefused
+from relsync.dist.etf import Term
 from relsync.dist.handshake import VERSION, client_handshake, new_creation
 
 __all__ = ["Connection", "connect", "split_node_name"]
@@ -131,3 +132,20 @@ async def connect(
         peer_flags=peer.flags,
         tick_interval=tick_interval,
     )
+
+
+async def call_once(
+    node: str,
+    cookie: str,
+    epmd_port: int | None,
+    call: tuple[str, str, list[Term]],
+    *,
+    connect_timeout: float = 5.0,
+    timeout: float = 30.0,
+) -> Term:
+    """``module:function(args...)`` on ``node`` over a connection of its own, closed after."""
+    conn = await connect(node, cookie=cookie, epmd_port=epmd_port, timeout=connect_timeout)
+    try:
+        return await conn.call(*call, timeout=timeout)
+    finally:
+        await conn.close()

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from relsync.dist.etf import Term
-from relsync.dist.node import connect
+from relsync.dist.node import call_once
 from relsync.harness.local import read_release_info
 from relsync.harness.ready import BoardError, parse_tree, tree_command, wait_ready
 from relsync.harness.relsyncd import SshAccess, build_relsyncd, ensure_key, start_relsyncd
@@ -222,11 +222,7 @@ class DockerBoard:
 
     async def rpc(self, mod: str, fun: str, args: list[Term] | None = None) -> Term:
         """One ``mod:fun(args...)`` call on the board's node."""
-        conn = await connect(self.node, cookie=self.cookie, epmd_port=self.epmd_port)
-        try:
-            return await conn.call(mod, fun, list(args or []), timeout=30.0)
-        finally:
-            await conn.close()
+        return await call_once(self.node, self.cookie, self.epmd_port, (mod, fun, args or []))
 
     async def exec(self, *command: str) -> str:
         """Run a command inside the board and return its output (fails on a non-zero exit)."""

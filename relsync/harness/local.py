@@ -33,7 +33,7 @@ from types import TracebackType
 from typing import Any
 
 from relsync.dist.etf import Atom, Term
-from relsync.dist.node import connect
+from relsync.dist.node import call_once
 from relsync.harness.ready import BoardError, parse_tree, tree_command, wait_ready
 from relsync.harness.relsyncd import SshAccess, build_relsyncd, start_relsyncd
 from relsync.release import OTP_APPS
@@ -416,11 +416,8 @@ class LocalBoard:
         self, mod: str, fun: str, args: list[Term] | None = None, *, timeout: float = 30.0
     ) -> Term:
         """One ``mod:fun(args...)`` call on the node over a fresh distribution connection."""
-        conn = await connect(self.node, cookie=self.cookie, epmd_port=self.epmd_port)
-        try:
-            return await conn.call(mod, fun, list(args or []), timeout=timeout)
-        finally:
-            await conn.close()
+        call = (mod, fun, args or [])
+        return await call_once(self.node, self.cookie, self.epmd_port, call, timeout=timeout)
 
     async def reboot(self) -> None:
         """Stops the node and starts it again from the untouched read-only release.

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from relsync.dist.etf import Charlist, Term
-from relsync.dist.node import connect
+from relsync.dist.node import call_once
 from relsync.harness.local import read_release_info
 from relsync.harness.ready import BoardError, parse_tree, tree_command, wait_ready
 from relsync.harness.relsyncd import SshAccess, ensure_key, start_relsyncd
@@ -158,11 +158,8 @@ class QemuBoard:
 
     async def rpc(self, mod: str, fun: str, args: list[Term] | None = None) -> Term:
         """One ``mod:fun(args...)`` call on the board's node."""
-        conn = await connect(self.node, cookie=self.cookie, epmd_port=self.epmd_port, timeout=5.0)
-        try:
-            return await conn.call(mod, fun, list(args or []), timeout=60.0)
-        finally:
-            await conn.close()
+        call = (mod, fun, args or [])
+        return await call_once(self.node, self.cookie, self.epmd_port, call, timeout=60.0)
 
     async def exec(self, *command: str) -> str:
         """Run a command on the board (through the node's ``os:cmd``) and return its output

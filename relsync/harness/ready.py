@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from relsync.dist.errors import DistError
-from relsync.dist.node import connect
+from relsync.dist.node import call_once
 
 #: Pause between two readiness probes (the wait itself is bounded by its timeout).
 PROBE_INTERVAL = 0.2
@@ -30,11 +30,9 @@ def app_names(which_applications: object) -> set[str]:
 
 
 async def _probe(node: str, cookie: str, epmd_port: int, main_app: str) -> bool:
-    conn = await connect(node, cookie=cookie, epmd_port=epmd_port, timeout=5.0)
-    try:
-        apps = await conn.call("application", "which_applications", [], timeout=5.0)
-    finally:
-        await conn.close()
+    apps = await call_once(
+        node, cookie, epmd_port, ("application", "which_applications", []), timeout=5.0
+    )
     return main_app in app_names(apps)
 
 
