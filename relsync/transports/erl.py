@@ -48,9 +48,9 @@ class ErlTarget(HelperTarget):
 
     async def _ensure_helper(self) -> bool:
         """Load our helper unless the same one is loaded already; whether it was loaded now."""
-        beam = await helper_beam(HELPER)
+        beam, version = await _helper_code()
         loaded = await self._loaded_attributes(HELPER)
-        if loaded is not None and vsn(loaded) == vsn(attributes(beam)):
+        if loaded is not None and vsn(loaded) == version:
             return False
         result = await self._load_binary(HELPER, beam)
         if not (isinstance(result, tuple) and result[0] == "module"):
@@ -110,6 +110,17 @@ class ErlTarget(HelperTarget):
         """See :class:`relsync.target.Target`."""
         await _discard(self._helper)
         await self._conn.close()
+
+
+#: Our helper's beam and vsn, read once per process (not once per board).
+_HELPER_CODE: dict[str, tuple[bytes, Term | None]] = {}
+
+
+async def _helper_code() -> tuple[bytes, Term | None]:
+    if HELPER not in _HELPER_CODE:
+        beam = await helper_beam(HELPER)
+        _HELPER_CODE[HELPER] = (beam, vsn(attributes(beam)))
+    return _HELPER_CODE[HELPER]
 
 
 #: Helper functions that only read, in every version of it: safe to call before the check.

@@ -26,7 +26,7 @@ import sys
 import time
 
 from relsync.dist.etf import Atom, Charlist, Term
-from relsync.dist.node import Connection, connect
+from relsync.dist.node import call_once, connect
 
 BOOT_MARKER = b"relsync-initramfs: loading modules"
 
@@ -75,10 +75,6 @@ def console(path: str, text: str) -> None:
         time.sleep(0.3)
 
 
-async def _connect(node: str, cookie: str, epmd_port: int, timeout: float) -> Connection:
-    return await connect(node, cookie=cookie, epmd_port=epmd_port, timeout=timeout)
-
-
 def _marker_seen(log: str, after: int, marker: bytes) -> bool:
     try:
         with open(log, "rb") as f:
@@ -106,11 +102,10 @@ async def wait(args: argparse.Namespace) -> int:
     while time.monotonic() < deadline:
         try:
             # Short timeouts: slirp accepts a TCP connection before the guest listens.
-            conn = await _connect(args.node, args.cookie, args.epmd_port, 2.0)
-            try:
-                result = await conn.call(module, function, [], timeout=5.0)
-            finally:
-                await conn.close()
+            result = await call_once(
+                args.node, args.cookie, args.epmd_port, (module, function, []),
+                connect_timeout=2.0, timeout=5.0,
+            )  # fmt: skip
             print(f"{time.monotonic() - start:.1f} {result!r}")
             return 0
         except Exception as exc:  # every failure means "not yet"
@@ -125,7 +120,7 @@ async def wait(args: argparse.Namespace) -> int:
 
 async def sh(args: argparse.Namespace, *, spawn: bool) -> int:
     try:
-        conn = await _connect(args.node, args.cookie, args.epmd_port, 5.0)
+        conn = await connect(args.node, cookie=args.cookie, epmd_port=args.epmd_port, timeout=5.0)
     except Exception as exc:
         print(f"boardctl: cannot connect to {args.node}: {exc}", file=sys.stderr)
         return 2  # nothing was sent: the caller may use the console instead
