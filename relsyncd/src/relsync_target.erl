@@ -31,6 +31,7 @@
 -define(TMP_PREFIX, ".relsync-tmp.").
 -define(CHUNK, (1024 * 1024)).
 -define(RACY_SECS, 2).
+-define(NEW_FILE, [write, raw, binary, exclusive]).
 %% Directories down to this depth below a manifest's root are walked by
 %% processes of their own (lib/APP in a release is depth 2), at most this many
 %% at a time (each may hold a 1 MiB read buffer while it hashes).
@@ -385,9 +386,11 @@ put_files([]) -> ok;
 put_files([{Path, Mode, Data, Sha} | Rest]) when is_binary(Path), is_integer(Mode),
                                                  is_binary(Data), is_binary(Sha) ->
     Tmp = tmp_path(Path),
-    Result = do_steps([fun() -> mkdir_p(filename:dirname(Path)) end,
-                       fun() -> write_new(Tmp, 0, Data) end,
-                       fun() -> finish(Tmp, Path, Mode, Sha) end]),
+    Result = case crypto:hash(sha256, Data) of
+                 Sha -> do_steps([fun() -> write_new(Tmp, 0, Data, sync) end,
+                                  fun() -> install(Tmp, Path, Mode) end]);
+                 _ -> {error, hash_mismatch}
+             end,
     case Result of
         ok -> cache_known(Path, Sha), put_files(Rest);
         {error, Reason} -> _ = file:delete(Tmp), {error, Path, Reason}
@@ -399,8 +402,7 @@ put_chunk(Path, Offset, Data) when is_binary(Path), is_integer(Offset), Offset >
                                    is_binary(Data) ->
     Tmp = tmp_path(Path),
     Written = case Offset of
-                  0 -> do_steps([fun() -> mkdir_p(filename:dirname(Path)) end,
-                                 fun() -> write_new(Tmp, 0, Data) end]);
+                  0 -> write_new(Tmp, 0, Data, nosync);
                   _ -> write_at(Tmp, Offset, Data)
               end,
     case Written of
@@ -441,14 +443,10 @@ block_sums(Fd, Block, Acc) ->
 put_delta(Path, Base, Ops, Mode, Sha) when is_binary(Path), is_binary(Base), is_list(Ops),
                                            is_integer(Mode), is_binary(Sha) ->
     Tmp = tmp_path(Path),
-    Build = fun(In) ->
-                    _ = file:delete(Tmp),
-                    with_fd(Tmp, [write, raw, binary, exclusive],
-                            fun(Out) -> apply_ops(Ops, In, Out) end)
-            end,
-    %% A shadow tree may not have Path's directory yet (its base is the original).
-    Built = do_steps([fun() -> mkdir_p(filename:dirname(Path)) end,
-                      fun() -> with_fd(Base, [read, raw, binary], Build) end]),
+    %% A shadow tree may not have Path's directory yet (its base is the original):
+    %% open_new/1 makes it.
+    Build = fun(In) -> use_fd(open_new(Tmp), fun(Out) -> apply_ops(Ops, In, Out) end) end,
+    Built = with_fd(Base, [read, raw, binary], Build),
     Result = case Built of
                  ok -> finish(Tmp, Path, Mode, Sha);
                  {error, _} = E -> E
@@ -484,15 +482,30 @@ tmp_path(Path) ->
     Base = filename:basename(Path),
     filename:join(filename:dirname(Path), <<?TMP_PREFIX, Base/binary, ".part">>).
 
-%% Always a fresh inode: a leftover tmp (maybe a symlink) is removed first and
-%% the file is opened exclusive, so we never write through anything.
-write_new(Tmp, Offset, Data) ->
-    case file:delete(Tmp) of
-        R when R =:= ok; R =:= {error, enoent} ->
-            with_fd(Tmp, [write, raw, binary, exclusive],
-                    fun(Fd) -> file:pwrite(Fd, Offset, Data) end);
-        Err -> Err
+%% Data written at Offset of a new Tmp (see open_new/1); with sync, flushed too
+%% (fdatasync: enough for a new file's content and size to survive a power cut).
+write_new(Tmp, Offset, Data, Sync) ->
+    use_fd(open_new(Tmp),
+           fun(Fd) ->
+                   case file:pwrite(Fd, Offset, Data) of
+                       ok when Sync =:= sync -> file:datasync(Fd);
+                       Written -> Written
+                   end
+           end).
+
+%% Always a fresh inode of our own: the file is opened exclusive, so we never
+%% write through anything. Only when that fails is a leftover tmp (maybe a
+%% symlink) removed, or the missing directory made, and the open tried again:
+%% each file call is a trip to a dirty I/O scheduler, so the usual case makes one.
+open_new(Tmp) ->
+    case file:open(Tmp, ?NEW_FILE) of
+        {error, eexist} -> open_new_after(file:delete(Tmp), Tmp);
+        {error, enoent} -> open_new_after(mkdir_p(filename:dirname(Tmp)), Tmp);
+        Opened -> Opened
     end.
+
+open_new_after(ok, Tmp) -> file:open(Tmp, ?NEW_FILE);
+open_new_after(Err, _Tmp) -> Err.
 
 %% Opening with `write` would create a missing file: a lost first chunk must
 %% show up as enoent instead.
@@ -501,13 +514,16 @@ write_at(Tmp, Offset, Data) ->
               fun() -> with_fd(Tmp, [read, write, raw, binary],
                                fun(Fd) -> file:pwrite(Fd, Offset, Data) end) end]).
 
-%% Verify the staged file, flush its data (fdatasync: enough for a new file's
-%% content and size to survive a power cut), set its mode, rename it over Path.
+%% Verify a file staged over several calls, flush its data, then install it.
 finish(Tmp, Path, Mode, Sha) ->
     do_steps([fun() -> is_regular(Tmp) end,
               fun() -> with_fd(Tmp, [read, raw, binary],
                                fun(Fd) -> verify_and_sync(Fd, Sha) end) end,
-              fun() -> file:write_file_info(Tmp, #file_info{mode = Mode band 8#7777}, [raw]) end,
+              fun() -> install(Tmp, Path, Mode) end]).
+
+%% Give the flushed Tmp its mode and rename it over Path.
+install(Tmp, Path, Mode) ->
+    do_steps([fun() -> file:write_file_info(Tmp, #file_info{mode = Mode band 8#7777}, [raw]) end,
               fun() -> file:rename(Tmp, Path) end]).
 
 verify_and_sync(Fd, Sha) ->
@@ -528,7 +544,10 @@ hash_fd(Fd, Ctx) ->
     end.
 
 with_fd(Path, Modes, Fun) ->
-    case file:open(Path, Modes) of
+    use_fd(file:open(Path, Modes), Fun).
+
+use_fd(Opened, Fun) ->
+    case Opened of
         {ok, Fd} ->
             try Fun(Fd) of
                 ok -> file:close(Fd);           % close errors count (e.g. NFS)

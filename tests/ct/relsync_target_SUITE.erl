@@ -17,7 +17,7 @@
          cache_owner/1,
          put_files_basic/1, put_files_replaces_symlink/1,
          put_files_running_executable/1, running_programs/1, put_files_hash_mismatch/1,
-         put_files_unwritable/1, chunked_put_commit/1, delta/1,
+         put_files_unwritable/1, put_files_file_calls/1, chunked_put_commit/1, delta/1,
          delete_files/1, delete_dirs/1, make_symlinks/1,
          update_code_path/1,
          load_modules_basic/1, load_modules_recorded/1, load_modules_gen_server/1,
@@ -36,7 +36,7 @@ all() ->
      cache_owner,
      put_files_basic, put_files_replaces_symlink,
      put_files_running_executable, running_programs, put_files_hash_mismatch,
-     put_files_unwritable, chunked_put_commit, delta,
+     put_files_unwritable, put_files_file_calls, chunked_put_commit, delta,
      delete_files, delete_dirs, make_symlinks,
      update_code_path,
      load_modules_basic, load_modules_recorded, load_modules_gen_server,
@@ -460,6 +460,41 @@ put_files_hash_mismatch(Config) ->
     ?assertEqual({error, enoent}, file:read_file(C)),    % after the error: not done
     ?assertEqual([], tmp_files(Dir)),
     ?assertEqual({error, <<"rel">>, badarg}, ?T:put_files([<<"rel">>])).
+
+%% Each file call is a trip to a dirty I/O scheduler (~25 us of a board's CPU):
+%% a whole file into an existing directory takes open, write, fdatasync, close,
+%% chmod, rename and one stat to seed the hash cache, nothing more. The bytes are
+%% checked against their hash in memory, not read back; a leftover temporary
+%% file or a missing directory costs a call more only when the open says so.
+put_files_file_calls(Config) ->
+    Dir = ?config(dir, Config),
+    {ok, _} = ?T:manifest(Dir, #{}),              % the cache exists
+    Data = <<"payload">>,
+    Calls = fun(Files) ->
+                    erlang:trace_pattern({file, '_', '_'}, true, [call_count]),
+                    erlang:trace(self(), true, [call]),
+                    try ?assertEqual(ok, ?T:put_files(Files))
+                    after erlang:trace(self(), false, [call])
+                    end,
+                    Ops = [open, close, read, pread, write, pwrite, datasync, sync, delete,
+                           rename, make_dir, list_dir, read_file_info, read_link_info,
+                           write_file_info],
+                    Counted = [{F, N} || {F, A} <- file:module_info(exports), lists:member(F, Ops),
+                                         {call_count, N} <- [erlang:trace_info({file, F, A},
+                                                                                call_count)],
+                                         is_integer(N), N > 0],
+                    erlang:trace_pattern({file, '_', '_'}, false, [call_count]),
+                    lists:sort(Counted)
+            end,
+    ?assertEqual([{close, 1}, {datasync, 1}, {open, 1}, {pwrite, 1}, {read_link_info, 1},
+                  {rename, 1}, {write_file_info, 1}],
+                 Calls([{<<Dir/binary, "/a">>, 8#644, Data, sha(Data)}])),
+    ok = file:write_file(<<Dir/binary, "/.relsync-tmp.b.part">>, <<"left over">>),
+    ?assertEqual([{close, 1}, {datasync, 1}, {delete, 1}, {open, 2}, {pwrite, 1},
+                  {read_link_info, 1}, {rename, 1}, {write_file_info, 1}],
+                 Calls([{<<Dir/binary, "/b">>, 8#644, Data, sha(Data)}])),
+    ?assertEqual({ok, Data}, file:read_file(<<Dir/binary, "/b">>)),
+    ?assertEqual([], tmp_files(Dir)).
 
 %% What is really tested here depends on who runs the suite:
 %%  - always: a parent that is a regular file gives enotdir;
