@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from support.erlnode import ErlNode, run_async
@@ -122,3 +124,43 @@ def test_idle_link_kept_alive_by_ticks(make_erl_node: Callable[..., ErlNode]) ->
             assert Atom(conn.local_name) in hidden
 
     run_async(go(), timeout=200)
+
+
+class _CountingSocket:
+    """The link's socket, counting the send system calls made on it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.sends: list[int] = []
+
+    def send(self, data: bytes) -> int:
+        self.sends.append(len(data))
+        return self._sock.send(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def test_requests_of_one_iteration_share_one_send(erl_node: ErlNode) -> None:
+    """A sync asks a board several things at once: the small requests issued in one event-loop
+    iteration leave in one send, in order, and a large one issued after them still comes last."""
+
+    async def go() -> None:
+        async with await erl_node.connect() as conn:
+            counting = _CountingSocket(conn._sock)
+            conn._sock = counting  # type: ignore[assignment]
+            calls = [conn.call("erlang", "abs", [-n]) for n in range(1, 6)]
+            assert await asyncio.gather(*calls) == [1, 2, 3, 4, 5]
+            assert len(counting.sends) == 1, counting.sends
+            # A process that never reads keeps its messages in arrival order.
+            sleep = [Atom("timer"), Atom("sleep"), [Atom("infinity")]]
+            pid = await conn.call("erlang", "spawn", sleep)
+            await conn.call("erlang", "register", [Atom("relsync_test_inbox"), pid])
+            big = b"x" * (256 * 1024)
+            for message in (1, 2, big, 3):
+                conn.send_reg("relsync_test_inbox", message)
+            inbox = await conn.call("erlang", "process_info", [pid, Atom("messages")])
+            assert inbox == (Atom("messages"), [1, 2, big, 3])
+            await conn.call("erlang", "exit", [pid, Atom("kill")])
+
+    run_async(go(), timeout=60)
