@@ -428,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(reports) > 1:
         if args.json:
             print_boards_json(reports)
-        else:
+        elif not args.quiet or code:
             print_table(reports, verbose=args.verbose)
     elif args.json:
         print_json(reports[0])

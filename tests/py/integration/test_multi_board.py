@@ -70,6 +70,18 @@ def test_three_boards_and_an_unreachable_one(tmp_path: Path) -> None:
             assert again.returncode == 3
             assert text.startswith("relsync: 4 boards, 3 synced, 1 failed\n")
             assert text.count(" ok ") == 3 and "FAILED (3)" in text
+            # --quiet: the table only when a board failed, nothing when every board synced.
+            for listed, code in (
+                (lines, 3),
+                (lines[: lines.index('node = "nosuch@127.0.0.1"') - 1], 0),
+            ):
+                targets.write_text("\n".join(listed) + "\n")
+                quiet = await asyncio.create_subprocess_exec(
+                    *argv, "--quiet", env=env, stdout=asyncio.subprocess.PIPE
+                )
+                text = (await quiet.communicate())[0].decode()
+                assert quiet.returncode == code
+                assert text.startswith("relsync: 4 boards") if code else text == "", text
         finally:
             for board in boards:
                 await board.stop()
