@@ -3,7 +3,6 @@ postsync. The engine only sequences; the plan decides and the target carries it 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING
 from relsync.errors import ExitCode, HookError
 from relsync.plan import SyncPlan, TargetState, build_plan
 from relsync.release import FileKind, LocalRelease, Skipped
-from relsync.target import HookResult, ModuleResult, Progress, RemoteEntry, Target
+from relsync.target import HookResult, ModuleResult, Progress, Target
 
 if TYPE_CHECKING:  # relsync.hooks (tempfile, erlc) is imported only when there is a hook
     from relsync.hooks import Hook
@@ -56,40 +55,25 @@ def _excluded(rel: str, prefixes: tuple[str, ...]) -> bool:
 
 
 async def read_state(target: Target, excl: tuple[str, ...], options: SyncOptions) -> TargetState:
-    """Ask the target, concurrently, for everything the plan needs. Only the release's
-    ``exclude_prefixes`` are needed, so it may run while the release is still being scanned."""
+    """Ask the target for everything the plan needs. Only the release's ``exclude_prefixes``
+    are needed, so it may run while the release is still being scanned."""
     dest, rw = options.dest_path.rstrip("/"), (options.rw_path or "").rstrip("/") or None
-    info, original, shadow, code, top, libs = await asyncio.gather(
-        target.info(),
-        target.manifest(dest, excl),
-        target.manifest(rw, ()) if rw else _empty_manifest(),
-        target.code_state(),
-        target.list_dir(dest) if rw else _no_names(),
-        target.list_dir(f"{dest}/lib") if rw else _no_names(),
-    )
+    seen = await target.read(dest, excl, rw)
     excluded = tuple(
-        [n for n in top if _excluded(n, excl)]
-        + [f"lib/{n}" for n in libs if _excluded(f"lib/{n}", excl)]
+        [n for n in seen.top if _excluded(n, excl)]
+        + [f"lib/{n}" for n in seen.libs if _excluded(f"lib/{n}", excl)]
     )
-    active = bool(rw) and any(p == rw or p.startswith(f"{rw}/") for p in info.code_path)
+    active = bool(rw) and any(p == rw or p.startswith(f"{rw}/") for p in seen.info.code_path)
     return TargetState(
         dest=dest,
         rw=rw,
-        original=original,
-        shadow=shadow,
+        original=seen.original,
+        shadow=seen.shadow,
         shadow_active=active,
         excluded_dirs=excluded,
-        loaded=code.recorded,
-        pending=code.pending,
+        loaded=seen.code.recorded,
+        pending=seen.code.pending,
     )
-
-
-async def _empty_manifest() -> dict[str, RemoteEntry]:
-    return {}
-
-
-async def _no_names() -> list[str]:
-    return []
 
 
 async def _run_hook(target: Target, hook: Hook, function: str, options: SyncOptions) -> HookResult:

@@ -89,6 +89,21 @@ class CodeState:
 
 
 @dataclass(frozen=True, slots=True)
+class Readout:
+    """What a sync reads from the target before it plans."""
+
+    info: TargetInfo
+    #: The release at the destination path, without the excluded prefixes.
+    original: dict[str, RemoteEntry]
+    #: The shadow tree at the writable path ({} without one).
+    shadow: dict[str, RemoteEntry]
+    code: CodeState
+    #: Names in the release's directory and in its lib/ (read only with a shadow tree).
+    top: list[str]
+    libs: list[str]
+
+
+@dataclass(frozen=True, slots=True)
 class RunningProgram:
     """A file that runs right now as the program of one of the VM's ports."""
 
@@ -105,17 +120,11 @@ class Target(Protocol):
 
     label: str
 
-    async def info(self) -> TargetInfo:
-        """The VM's OTP release, node name and code path."""
-
-    async def manifest(self, root: str, exclude: Sequence[str]) -> dict[str, RemoteEntry]:
-        """Files and symlinks below ``root`` (not following links), minus excluded prefixes."""
-
-    async def list_dir(self, path: str) -> list[str]:
-        """Names in a directory (empty when it does not exist)."""
-
-    async def code_state(self) -> CodeState:
-        """What relsync loaded into the running VM, and modules an unfinished sync left."""
+    async def read(self, dest: str, exclude: Sequence[str], rw: str | None) -> Readout:
+        """The running VM, the files and symlinks below ``dest`` (not following links, minus
+        the ``exclude`` prefixes) and, with a shadow tree at ``rw``, its files and the names
+        in ``dest`` and ``dest/lib``; what relsync loaded into the VM, and modules an
+        unfinished sync left."""
 
     async def mark_pending(self, modules: Sequence[str]) -> None:
         """Record, before writing, the modules this sync will load or delete."""

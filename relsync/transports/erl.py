@@ -123,8 +123,9 @@ async def _helper_code() -> tuple[bytes, Term | None]:
     return _HELPER_CODE[HELPER]
 
 
-#: Helper functions that only read, in every version of it: safe to call before the check.
-_READ_ONLY = frozenset({"info", "manifest", "code_state", "list_dir"})
+#: Helper functions that only read, in every version that has them: safe to call before the
+#: check (a helper without one answers undef, and is replaced).
+_READ_ONLY = frozenset({"sync_state"})
 
 
 async def _discard(call: asyncio.Future[Any] | None) -> None:

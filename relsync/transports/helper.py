@@ -7,6 +7,7 @@ its own way (``put_files``).
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -21,6 +22,7 @@ from relsync.target import (
     HookResult,
     ModuleResult,
     Progress,
+    Readout,
     RemoteEntry,
     RemoteFile,
     RemoteLink,
@@ -141,6 +143,29 @@ def _module_result(module: str, result: Term) -> ModuleResult:
     return ModuleResult(module, "error", detail=format_term(result))
 
 
+#: The keys of a ``sync_state`` reply, in the order :class:`relsync.target.Readout` takes them.
+_STATE_KEYS = ("info", "original", "shadow", "code", "top", "lib")
+_UNKNOWN_FUNCTION = (Atom("error"), Atom("unknown_function"))
+
+
+def _names(result: Term) -> list[str]:
+    """A ``list_dir`` reply's names (none for an error)."""
+    if isinstance(result, tuple) and result[0] == "ok" and isinstance(result[1], list):
+        return sorted(_text(n) for n in result[1])
+    return []
+
+
+def _code_state(result: Term) -> CodeState:
+    recorded = result.get(Atom("recorded"), {}) if isinstance(result, dict) else {}
+    pending = result.get(Atom("pending"), []) if isinstance(result, dict) else []
+    return CodeState(
+        {str(m): s for m, s in recorded.items() if isinstance(s, bytes)}
+        if isinstance(recorded, dict)
+        else {},
+        frozenset(str(m) for m in pending) if isinstance(pending, list) else frozenset(),
+    )
+
+
 class HelperTarget(ABC):
     """A :class:`relsync.target.Target` driving ``relsync_target`` on the board."""
 
@@ -170,9 +195,50 @@ class HelperTarget(ABC):
             raise TargetError(f"{what} failed on {self.label}:{where} {reason}; {hint}")
         raise TargetError(f"{what} failed on {self.label}: unexpected reply {format_term(result)}")
 
-    async def info(self) -> TargetInfo:
-        """See :class:`relsync.target.Target`."""
-        info = await self._call("info", [])
+    async def read(self, dest: str, exclude: Sequence[str], rw: str | None) -> Readout:
+        """See :class:`relsync.target.Target`: one ``sync_state`` call."""
+        excl: list[Term] = [_path(p) for p in exclude]
+        shadow: Term = _path(rw) if rw else Atom("none")
+        reply = await self._call("sync_state", [_path(dest), excl, shadow], FILE_TIMEOUT)
+        if reply == _UNKNOWN_FUNCTION:  # a relsyncd from before sync_state
+            parts = await self._read_in_parts(dest, excl, rw)
+        elif isinstance(reply, dict):
+            parts = [reply.get(Atom(key)) for key in _STATE_KEYS]
+        else:
+            raise TargetError(f"{self.label}: unexpected state reply {format_term(reply)}")
+        info, original, shadow_files, code, top, libs = parts
+        return Readout(
+            info=self._info(info),
+            original=self._entries(original, dest),
+            shadow=self._entries(shadow_files, rw or ""),
+            code=_code_state(code),
+            top=_names(top),
+            libs=_names(libs),
+        )
+
+    async def _read_in_parts(self, dest: str, excl: list[Term], rw: str | None) -> list[Term]:
+        """The replies ``sync_state`` gathers, asked one by one (in the order of
+        :data:`_STATE_KEYS`)."""
+
+        async def ask(function: str, *args: Term) -> Term:
+            return await self._call(function, list(args), FILE_TIMEOUT)
+
+        async def nothing() -> Term:
+            return (Atom("ok"), [])
+
+        packed = Atom("packed")
+        return list(
+            await asyncio.gather(
+                ask("info"),
+                ask("manifest", _path(dest), {Atom("exclude"): excl, Atom("format"): packed}),
+                ask("manifest", _path(rw), {Atom("format"): packed}) if rw else nothing(),
+                ask("code_state"),
+                ask("list_dir", _path(dest)) if rw else nothing(),
+                ask("list_dir", _path(f"{dest}/lib")) if rw else nothing(),
+            )
+        )
+
+    def _info(self, info: Term) -> TargetInfo:
         if not isinstance(info, dict):
             raise TargetError(f"{self.label}: unexpected info reply {format_term(info)}")
         if info.get(Atom("crypto")) != "true":
@@ -187,19 +253,14 @@ class HelperTarget(ABC):
             code_path=tuple(_text(p) for p in paths) if isinstance(paths, list) else (),
         )
 
-    async def manifest(self, root: str, exclude: Sequence[str]) -> dict[str, RemoteEntry]:
-        """See :class:`relsync.target.Target`."""
-        opts: dict[Term, Term] = {
-            Atom("exclude"): [_path(p) for p in exclude],
-            Atom("format"): Atom("packed"),
-        }
-        result = await self._call("manifest", [_path(root), opts], timeout=FILE_TIMEOUT)
+    def _entries(self, result: Term, root: str) -> dict[str, RemoteEntry]:
+        """A manifest reply's entries (packed, or a list from a helper that predates it)."""
         if isinstance(result, tuple) and result[0] == "ok" and isinstance(result[1], bytes):
             return unpack_manifest(result[1])
         if not (isinstance(result, tuple) and result[0] == "ok" and isinstance(result[1], list)):
             self._check(result, f"reading {root}")
             raise AssertionError("unreachable")
-        entries: dict[str, RemoteEntry] = {}  # a helper older than format => packed
+        entries: dict[str, RemoteEntry] = {}
         for item in result[1]:
             assert isinstance(item, tuple)
             rel = _text(item[0])
@@ -210,25 +271,6 @@ class HelperTarget(ABC):
             else:
                 entries[rel] = RemoteLink(rel, _text(item[2]))
         return entries
-
-    async def list_dir(self, path: str) -> list[str]:
-        """See :class:`relsync.target.Target`."""
-        result = await self._call("list_dir", [_path(path)])
-        if isinstance(result, tuple) and result[0] == "ok" and isinstance(result[1], list):
-            return sorted(_text(n) for n in result[1])
-        return []
-
-    async def code_state(self) -> CodeState:
-        """See :class:`relsync.target.Target`."""
-        result = await self._call("code_state", [])
-        recorded = result.get(Atom("recorded"), {}) if isinstance(result, dict) else {}
-        pending = result.get(Atom("pending"), []) if isinstance(result, dict) else []
-        return CodeState(
-            {str(m): s for m, s in recorded.items() if isinstance(s, bytes)}
-            if isinstance(recorded, dict)
-            else {},
-            frozenset(str(m) for m in pending) if isinstance(pending, list) else frozenset(),
-        )
 
     async def mark_pending(self, modules: Sequence[str]) -> None:
         """See :class:`relsync.target.Target`."""

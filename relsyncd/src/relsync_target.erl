@@ -18,7 +18,7 @@
 %% The same table keeps directory listings, keyed by {dir, Path}, see walk/6.
 -module(relsync_target).
 
--export([info/0, list_dir/1, manifest/2, put_files/1, put_chunk/3, commit/3,
+-export([sync_state/3, info/0, list_dir/1, manifest/2, put_files/1, put_chunk/3, commit/3,
          block_signatures/2, put_delta/5,
          delete_files/1, delete_dirs/1, make_symlinks/1, update_code_path/1,
          load_modules/2, delete_modules/2, loaded_shas/0, mark_pending/1, code_state/0,
@@ -56,6 +56,27 @@ info() ->
       root_dir => name_bin(code:root_dir()),
       code_path => [name_bin(P) || P <- code:get_path()],
       helper_vsn => 1}.
+
+%%% ------------------------------------------------------------ sync_state
+
+%% Everything a sync reads before it plans, in one call (one round trip and one
+%% rpc worker instead of six): info/0, code_state/0, the manifest of the release
+%% at Dest without the Excl prefixes and, with a shadow tree at Rw (none: no
+%% shadow tree), the shadow tree's manifest and the names in Dest and Dest/lib.
+-spec sync_state(binary(), [binary()], binary() | none) ->
+          #{info := map(), code := map(),
+            original | shadow := {ok, binary()} | {error, {binary(), posix()}},
+            top | lib := {ok, [binary()]} | {error, posix()}}.
+sync_state(Dest, Excl, Rw) when is_binary(Dest), is_list(Excl),
+                                (is_binary(Rw) orelse Rw =:= none) ->
+    Packed = #{format => packed},
+    Shadow = case Rw of
+                 none -> #{shadow => {ok, <<>>}, top => {ok, []}, lib => {ok, []}};
+                 _ -> #{shadow => manifest(Rw, Packed), top => list_dir(Dest),
+                        lib => list_dir(<<Dest/binary, "/lib">>)}
+             end,
+    Shadow#{info => info(), code => code_state(),
+            original => manifest(Dest, Packed#{exclude => Excl})}.
 
 %% Hashing needs crypto. Embedded-mode targets (the usual case) load nothing on
 %% demand, so load it explicitly from the code path when it is not loaded yet.

@@ -201,13 +201,19 @@ dispatch(F, Args, Opts) ->
     end.
 
 api() ->
-    [{info, 0}, {list_dir, 1}, {manifest, 2}, {put_files, 1}, {block_signatures, 2},
+    [{sync_state, 3}, {info, 0}, {list_dir, 1}, {manifest, 2}, {put_files, 1}, {block_signatures, 2},
      {put_delta, 5}, {put_chunk, 3}, {commit, 3},
      {delete_files, 1}, {delete_dirs, 1}, {make_symlinks, 1},
      {update_code_path, 1}, {load_modules, 2}, {delete_modules, 2},
      {loaded_shas, 0}, {mark_pending, 1}, {code_state, 0}, {running_programs, 1},
      {run_hook, 3}].
 
+check_args(sync_state, [Dest, _Excl, Rw], A) when is_binary(Dest) ->
+    Shadow = case Rw of
+                 none -> [];
+                 _ -> [Rw, <<Dest/binary, "/lib">>]   % the lib listing follows a link
+             end,
+    relsyncd_paths:check_many([Dest | Shadow], follow, A);
 check_args(manifest, [Root, _], A) -> one(Root, follow, A);
 check_args(list_dir, [Dir], A) -> one(Dir, follow, A);
 check_args(block_signatures, [Path, _], A) -> one(Path, follow, A);

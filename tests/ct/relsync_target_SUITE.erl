@@ -9,7 +9,7 @@
 
 -export([all/0, init_per_suite/1, end_per_suite/1,
          init_per_testcase/2, end_per_testcase/2]).
--export([info/1, list_dir/1,
+-export([info/1, list_dir/1, sync_state/1,
          manifest_entries/1, manifest_excludes/1, manifest_missing_root/1,
          manifest_large_file/1, manifest_cache_hit/1, manifest_cache_racy/1,
          manifest_listing_cache/1,
@@ -28,7 +28,7 @@
 -define(T, relsync_target).
 
 all() ->
-    [info, list_dir,
+    [info, list_dir, sync_state,
      manifest_entries, manifest_excludes, manifest_missing_root,
      manifest_large_file, manifest_cache_hit, manifest_cache_racy,
      manifest_listing_cache,
@@ -79,6 +79,32 @@ list_dir(Config) ->
     ?assertEqual({ok, [<<"a">>, <<"b">>]}, ?T:list_dir(Dir)),
     ?assertEqual({ok, []}, ?T:list_dir(<<Dir/binary, "/missing">>)),
     ?assertEqual({error, enotdir}, ?T:list_dir(<<Dir/binary, "/a">>)).
+
+%% One call answers what info/0, code_state/0, manifest/2 and list_dir/1 would,
+%% the shadow tree's parts only when there is one; an error stays in its part.
+sync_state(Config) ->
+    Root = make_tree(Config),
+    Dir = ?config(dir, Config),
+    Rw = <<Dir/binary, "/rw">>,
+    _ = write(<<Rw/binary, "/lib/app-1/ebin/app.beam">>, <<"new">>),
+    Excl = [<<"erts-">>, <<"lib/kernel-8.5/">>],
+    {ok, Original} = ?T:manifest(Root, #{exclude => Excl, format => packed}),
+    {ok, Shadow} = ?T:manifest(Rw, #{format => packed}),
+    State = ?T:sync_state(Root, Excl, Rw),
+    ?assertEqual(lists:sort([code, info, lib, original, shadow, top]), lists:sort(maps:keys(State))),
+    #{info := Info, code := Code} = State,
+    ?assertEqual(maps:remove(code_path, ?T:info()), maps:remove(code_path, Info)),
+    ?assertEqual(?T:code_state(), Code),
+    ?assertEqual({ok, Original}, maps:get(original, State)),
+    ?assertEqual({ok, Shadow}, maps:get(shadow, State)),
+    ?assertEqual(?T:list_dir(Root), maps:get(top, State)),
+    ?assertEqual({ok, [<<"app-1">>, <<"kernel-8.5">>, <<"kernel-8.5x">>]}, maps:get(lib, State)),
+    ?assertMatch(#{shadow := {ok, <<>>}, top := {ok, []}, lib := {ok, []},
+                   original := {ok, Original}},
+                 ?T:sync_state(Root, Excl, none)),
+    File = <<Root/binary, "/bin/start">>,
+    ?assertMatch(#{original := {error, {File, enotdir}}, shadow := {ok, Shadow}},
+                 ?T:sync_state(File, [], Rw)).
 
 manifest_entries(Config) ->
     Root = make_tree(Config),

@@ -353,7 +353,10 @@ ctl_manifest(Config) ->
                    crypto:hash(sha256, <<"abc">>)},
                   {<<"l">>, symlink, <<"f">>}], Entries),
     {2, {ok, []}} = call(C, Ch, 2, manifest, [<<D/binary, "/missing">>, #{}]),
-    {3, {ok, [<<"f">>, <<"l">>]}} = call(C, Ch, 3, list_dir, [D]).
+    {3, {ok, [<<"f">>, <<"l">>]}} = call(C, Ch, 3, list_dir, [D]),
+    {4, #{original := {ok, Packed}, top := {ok, [<<"f">>, <<"l">>]}, info := #{}}} =
+        call(C, Ch, 4, sync_state, [D, [], bin(?config(data, Config))]),
+    {5, {ok, Packed}} = call(C, Ch, 5, manifest, [D, #{format => packed}]).
 
 %% Exactly how the Python client uploads: SFTP to Dir/.relsync-tmp.Base.part, then
 %% commit(Path, Mode, Sha256) renames it into place after checking the hash.
@@ -483,7 +486,13 @@ ctl_forbidden(Config) ->
     Dotdot = <<D/binary, "/../../outside/secret">>,
     Sha = crypto:hash(sha256, <<"x">>),
     {C, Ch} = ctl(Config),
+    Rel2 = <<D/binary, "/rel2">>,
+    ok = file:make_dir(Rel2),
+    ok = file:make_symlink(Out, <<Rel2/binary, "/lib">>),
     Cases = [{manifest, [Out, #{}], Out},
+             {sync_state, [Out, [], none], Out},
+             {sync_state, [D, [], Out], Out},
+             {sync_state, [Rel2, [], D], <<Rel2/binary, "/lib">>},
              {list_dir, [Out], Out},
              {manifest, [<<D/binary, "/evil">>, #{}], <<D/binary, "/evil">>},
              {manifest, [<<"relative/dir">>, #{}], <<"relative/dir">>},

@@ -4,7 +4,6 @@ The first reads are sent along with that check, and asked again when the helper 
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +34,11 @@ def test_helper_pushed_once_and_replaced_when_it_differs(
     node = make_erl_node()
     ours = run_async(helper_beam(HELPER))
 
+    release = tmp_path / "release"
+    for app in ("demo-1", "kernel-8"):
+        (release / "lib" / app / "ebin").mkdir(parents=True)
+        (release / "lib" / app / "ebin" / f"{app.split('-')[0]}.beam").write_bytes(b"beam")
+
     async def go() -> None:
         conn = await node.connect()
         try:
@@ -46,9 +50,10 @@ def test_helper_pushed_once_and_replaced_when_it_differs(
 
             async def open_close() -> None:
                 target = await ErlTarget.open(node.node, node.cookie, epmd_port=node.epmd_port)
-                try:  # the first reads go out before the check: the stand-in has none of them
-                    info, listing = await asyncio.gather(target.info(), target.list_dir("/"))
-                    assert info.node == node.node and "proc" in listing
+                try:  # the first read goes out before the check: the stand-in does not have it
+                    seen = await target.read(str(release), ("lib/kernel-",), str(tmp_path / "rw"))
+                    assert seen.info.node == node.node and seen.libs == ["demo-1", "kernel-8"]
+                    assert set(seen.original) == {"lib/demo-1/ebin/demo.beam"}
                 finally:
                     await target.close()
 

@@ -15,7 +15,7 @@ from relsync.cli import LocalScan, scan_while_reading
 from relsync.engine import SyncOptions
 from relsync.errors import TargetError
 from relsync.release import SCAN_STEP, scan_release, scan_release_async, system_lib_prefixes
-from relsync.target import CodeState, RemoteEntry, RemoteFile, RemoteLink, TargetInfo
+from relsync.target import CodeState, Readout, RemoteFile, RemoteLink, TargetInfo
 from relsync.transports.helper import unpack_manifest
 
 
@@ -83,10 +83,7 @@ class _FakeTarget:
         self.scan_done_when_asked: list[bool] = []
         self.cancelled = False
 
-    async def info(self) -> TargetInfo:
-        return TargetInfo("25", "fake@host", ("/srv/erlang/lib/demo-0.1.0/ebin",))
-
-    async def manifest(self, root: str, exclude: Sequence[str]) -> dict[str, RemoteEntry]:
+    async def read(self, dest: str, exclude: Sequence[str], rw: str | None) -> Readout:
         scan = self.local._scan
         self.scan_done_when_asked.append(scan is not None and scan.done())
         assert tuple(exclude) == self.local.exclude_prefixes
@@ -96,13 +93,14 @@ class _FakeTarget:
             except asyncio.CancelledError:
                 self.cancelled = True
                 raise
-        return {"bin/demo": RemoteFile("bin/demo", 10, 0o755, b"x" * 32)}
-
-    async def code_state(self) -> CodeState:
-        return CodeState({}, frozenset())
-
-    async def list_dir(self, path: str) -> list[str]:
-        return []
+        return Readout(
+            info=TargetInfo("25", "fake@host", ("/srv/erlang/lib/demo-0.1.0/ebin",)),
+            original={"bin/demo": RemoteFile("bin/demo", 10, 0o755, b"x" * 32)},
+            shadow={},
+            code=CodeState({}, frozenset()),
+            top=[],
+            libs=[],
+        )
 
 
 def test_the_target_is_asked_before_the_scan_ends(tmp_path: Path) -> None:

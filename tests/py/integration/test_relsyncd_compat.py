@@ -1,0 +1,62 @@
+"""A board's relsyncd can be older than the relsync talking to it (it is built into the
+board's firmware): one from before ``sync_state`` answers ``unknown_function``, and relsync
+then asks for the same things one by one."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from relsync.dist.etf import Atom, Term
+from relsync.harness.example import build_example_release
+from relsync.harness.local import LocalBoard
+from relsync.release import system_lib_prefixes
+from relsync.transports.helper import CALL_TIMEOUT
+from relsync.transports.ssh import SshTarget
+
+pytestmark = pytest.mark.integration
+
+
+class _OldRelsyncd(SshTarget):
+    """The board's real relsyncd, except that it does not know ``sync_state``."""
+
+    asked: list[str]
+
+    async def _call(self, function: str, args: list[Term], timeout: float = CALL_TIMEOUT) -> Term:
+        self.asked = [*getattr(self, "asked", []), function]
+        if function == "sync_state":
+            return (Atom("error"), Atom("unknown_function"))
+        return await super()._call(function, args, timeout)
+
+
+def test_read_from_a_relsyncd_without_sync_state(tmp_path: Path) -> None:
+    release = build_example_release()
+
+    async def go() -> None:
+        board = await LocalBoard.start(release, workdir=tmp_path / "board")
+        try:
+            ssh = await board.enable_ssh()
+            targets = [
+                await kind.open("127.0.0.1", port=ssh.port, user=ssh.user,
+                                identity=str(ssh.identity), known_hosts=tmp_path / "kh",
+                                accept_new_host_key=True)
+                for kind in (SshTarget, _OldRelsyncd)
+            ]  # fmt: skip
+            try:
+                where = (str(board.release_path), system_lib_prefixes(), str(board.rw_path))
+                new, old = [await target.read(*where) for target in targets]
+            finally:
+                await asyncio.gather(*(target.close() for target in targets))
+            assert isinstance(targets[1], _OldRelsyncd)
+            assert targets[1].asked[0] == "sync_state"
+            assert sorted(targets[1].asked[1:]) == sorted(
+                ["info", "manifest", "manifest", "code_state", "list_dir", "list_dir"]
+            )
+            assert old == new
+            assert "bin/demo" in new.original and "lib" in new.top
+        finally:
+            await board.stop()
+
+    asyncio.run(go())
