@@ -161,6 +161,8 @@ def test_control_channel_refuses_every_escaping_path(env: Env, data: st.DataObje
     sha = bytes(32)
     calls: list[tuple[str, list[Term]]] = [
         ("manifest", [path, {}]),
+        ("sync_state", [path, [], Atom("none")]),
+        ("sync_state", [str(env.board.release_path).encode(), [], path]),
         ("list_dir", [path]),
         ("put_files", [[(path + b".x", 0o644, b"x", sha)]]),
         ("commit", [path, 0o644, sha]),
