@@ -40,6 +40,8 @@ class SyncReport:
     modules: list[ModuleResult] = field(default_factory=list)
     hooks: dict[str, HookResult] = field(default_factory=dict)
     bytes_sent: int = 0
+    #: Target paths of the files that went as a block delta (see ``plan.writes``).
+    deltas: list[str] = field(default_factory=list)
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
@@ -184,6 +186,6 @@ async def _apply_files(target: Target, plan: SyncPlan, report: SyncReport, count
         stuck = await target.delete_dirs(plan.delete_dirs)
         report.warnings += [f"directory not empty, left in place: {d}" for d in stuck]
     if plan.writes:
-        await target.put_files(plan.writes, count)
+        report.deltas = sorted(await target.put_files(plan.writes, count))
     if plan.links:
         await target.make_symlinks(plan.links)

@@ -32,6 +32,7 @@ def as_dict(report: SyncReport) -> dict[str, Any]:
         "changed": plan.changed,
         "deleted": plan.deleted,
         "written": [w.path for w in plan.writes],
+        "delta": report.deltas,
         "linked": [link for link, _ in plan.links],
         "reload": [m for m, _, _ in plan.reload],
         "purge": plan.purge,
@@ -77,6 +78,7 @@ def print_summary(report: SyncReport, *, verbose: bool = False, out: TextIO = sy
         f"  files: {len(plan.added)} added, {len(plan.changed)} changed, "
         f"{len(plan.deleted)} deleted; {_size(plan.bytes_to_send)} to send"
         + ("" if report.dry_run else f", {_size(report.bytes_sent)} sent")
+        + (f" ({len(report.deltas)} as block deltas)" if report.deltas else "")
         + "\n"
     )
     for label, items in (

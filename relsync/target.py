@@ -132,9 +132,10 @@ class Target(Protocol):
     async def running_programs(self, paths: Sequence[str]) -> list[RunningProgram]:
         """Which of ``paths`` run now as port programs (so replacing them needs a restart)."""
 
-    async def put_files(self, files: Sequence[FilePut], progress: Progress) -> None:
+    async def put_files(self, files: Sequence[FilePut], progress: Progress) -> list[str]:
         """Write each file atomically (temp name, fsync, rename), calling ``progress(nbytes)``
-        with the bytes actually sent (a file with a ``base`` may go as a block delta)."""
+        with the bytes actually sent; return the paths that went as a block delta (a file
+        with a ``base`` may)."""
 
     async def make_symlinks(self, links: Sequence[tuple[str, str]]) -> None:
         """Create or atomically replace ``(link, target)`` symlinks."""

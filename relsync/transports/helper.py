@@ -286,12 +286,14 @@ class HelperTarget(ABC):
                 found.append(RunningProgram(_text(item[0]), item[1], owner))
         return found
 
-    async def put_files(self, files: Sequence[FilePut], progress: Progress) -> None:
+    async def put_files(self, files: Sequence[FilePut], progress: Progress) -> list[str]:
         """See :class:`relsync.target.Target`."""
+        deltas: list[str] = []
         batch: list[Term] = []
         batch_bytes = 0
         for put in files:
             if await self._put_delta(put, progress):
+                deltas.append(put.path)
                 continue
             if put.size > CHUNK:
                 await self._put_large(put, progress)
@@ -305,6 +307,7 @@ class HelperTarget(ABC):
                 batch, batch_bytes = [], 0
         if batch:
             await self._put_batch(batch, batch_bytes, progress)
+        return deltas
 
     async def _put_delta(self, put: FilePut, progress: Progress) -> bool:
         """Send ``put`` as a block delta against ``put.base`` when that pays (the target

@@ -227,12 +227,12 @@ class SshTarget(HelperTarget):
         except (OSError, asyncssh.Error) as exc:
             raise self._lost(exc) from exc
 
-    async def put_files(self, files: Sequence[FilePut], progress: Progress) -> None:
+    async def put_files(self, files: Sequence[FilePut], progress: Progress) -> list[str]:
         """Files under ``SFTP_MIN`` bytes go in batches over the control channel (one round
         trip for many). Bigger ones are uploaded over SFTP to ``.relsync-tmp.<name>.part``
         beside each file, then committed (hash checked, renamed into place) over the control
         channel; a file with a delta base goes as a block delta there when that pays."""
-        await super().put_files([p for p in files if p.size < SFTP_MIN], progress)
+        deltas = await super().put_files([p for p in files if p.size < SFTP_MIN], progress)
         files = [p for p in files if p.size >= SFTP_MIN]
         made: dict[str, asyncio.Task[None]] = {}
         slots = asyncio.Semaphore(UPLOADS_IN_FLIGHT)
@@ -242,6 +242,7 @@ class SshTarget(HelperTarget):
             tmp = f"{directory}/{TEMP_PREFIX}{posixpath.basename(put.path)}.part"
             async with slots:  # (also bounds the whole files read for a delta)
                 if await self._put_delta(put, progress):
+                    deltas.append(put.path)
                     return
                 sftp = await self._sftp()
                 try:
@@ -274,6 +275,7 @@ class SshTarget(HelperTarget):
                     group.create_task(upload(put))
         except BaseExceptionGroup as group_error:
             raise _first(group_error) from None
+        return deltas
 
     async def close(self) -> None:
         """See :class:`relsync.target.Target`."""

@@ -77,8 +77,11 @@ def test_shadow_sends_a_small_change_as_a_delta(
             assert run.code == 0, run.err
             assert run.report["changed"] == [BIG] and run.report["bytes_to_send"] == SIZE
             assert (rw / BIG).read_bytes() == content
+            deltas.append(run.report["delta"])
             sent: int = run.report["bytes_sent"]
             return sent
+
+        deltas: list[list[str]] = []
 
         # The shadow has no copy yet: the delta is against the original release's file.
         assert await sync(v2, "v2") <= min(GOAL, ONE_BLOCK)
@@ -87,6 +90,7 @@ def test_shadow_sends_a_small_change_as_a_delta(
         assert await sync(v3, "v3") <= ONE_BLOCK
         # Nothing in common: the file goes whole.
         assert await sync(v4, "v4") >= SIZE
+        assert deltas == [[str(rw / BIG)], [str(rw / BIG)], []]  # what --json says went as one
         assert (board.release_path / BIG).read_bytes() == original  # read-only, never written
         assert not list(rw.rglob(".relsync-tmp.*"))
 
@@ -111,8 +115,11 @@ def test_in_place_delta_against_what_the_target_really_holds(
             assert run.code == 0, run.err
             assert run.report["root"] == str(dest) and run.report["changed"] == [BIG]
             assert (dest / BIG).read_bytes() == content
+            deltas.append(run.report["delta"])
             sent: int = run.report["bytes_sent"]
             return sent
+
+        deltas: list[list[str]] = []
 
         assert await sync(v2, "v2") <= min(GOAL, ONE_BLOCK)
         # The target's copy changed behind relsync's back: the delta is made against the
@@ -120,6 +127,7 @@ def test_in_place_delta_against_what_the_target_really_holds(
         (dest / BIG).write_bytes(changed(v2, ELSEWHERE, seed=5))
         assert ONE_BLOCK < await sync(v3, "v3") <= GOAL
         assert await sync(v4, "v4") >= SIZE
+        assert deltas == [[str(dest / BIG)], [str(dest / BIG)], []]
         assert not list(dest.rglob(".relsync-tmp.*"))
 
     with_board(big_release, tmp_path / "board", body, mode)
@@ -154,8 +162,9 @@ def test_a_base_that_changes_or_vanishes_still_ends_right(
             # rebuilt file (hash mismatch) and the whole file follows.
             sent: list[int] = []
             path = board.rw_path / "lib/x-1/priv/big.bin"
-            await target.put_files([FilePut(str(path), str(local), SIZE, 0o644, digest,
-                                            str(base))], sent.append)  # fmt: skip
+            deltas = await target.put_files([FilePut(str(path), str(local), SIZE, 0o644, digest,
+                                                     str(base))], sent.append)  # fmt: skip
+            assert deltas == []  # the delta was refused: the whole file went
             assert path.read_bytes() == v2
             assert [f for f, _ in calls[:2]] == ["block_signatures", "put_delta"]
             assert calls[1][1] == ("error", "hash_mismatch")
