@@ -48,7 +48,7 @@ class ErlTarget(HelperTarget):
 
     async def _ensure_helper(self) -> bool:
         """Load our helper unless the same one is loaded already; whether it was loaded now."""
-        beam, version = await _helper_code()
+        beam, version = await _helper_code(HELPER)
         loaded = await self._loaded_attributes(HELPER)
         if loaded is not None and vsn(loaded) == version:
             return False
@@ -112,15 +112,15 @@ class ErlTarget(HelperTarget):
         await self._conn.close()
 
 
-#: Our helper's beam and vsn, read once per process (not once per board).
+#: Beam and vsn of relsync's target-side modules, read once per process (not once per board).
 _HELPER_CODE: dict[str, tuple[bytes, Term | None]] = {}
 
 
-async def _helper_code() -> tuple[bytes, Term | None]:
-    if HELPER not in _HELPER_CODE:
-        beam = await helper_beam(HELPER)
-        _HELPER_CODE[HELPER] = (beam, vsn(attributes(beam)))
-    return _HELPER_CODE[HELPER]
+async def _helper_code(module: str) -> tuple[bytes, Term | None]:
+    if module not in _HELPER_CODE:
+        beam = await helper_beam(module)
+        _HELPER_CODE[module] = (beam, vsn(attributes(beam)))
+    return _HELPER_CODE[module]
 
 
 #: Helper functions that only read, in every version that has them: safe to call before the

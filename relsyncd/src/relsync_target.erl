@@ -408,7 +408,7 @@ put_files([{Path, Mode, Data, Sha} | Rest]) when is_binary(Path), is_integer(Mod
                                                  is_binary(Data), is_binary(Sha) ->
     Tmp = tmp_path(Path),
     Result = case crypto:hash(sha256, Data) of
-                 Sha -> do_steps([fun() -> write_new(Tmp, 0, Data, sync) end,
+                 Sha -> do_steps([fun() -> write_new(Tmp, Data, sync) end,
                                   fun() -> install(Tmp, Path, Mode) end]);
                  _ -> {error, hash_mismatch}
              end,
@@ -423,7 +423,7 @@ put_chunk(Path, Offset, Data) when is_binary(Path), is_integer(Offset), Offset >
                                    is_binary(Data) ->
     Tmp = tmp_path(Path),
     Written = case Offset of
-                  0 -> write_new(Tmp, 0, Data, nosync);
+                  0 -> write_new(Tmp, Data, nosync);
                   _ -> write_at(Tmp, Offset, Data)
               end,
     case Written of
@@ -503,12 +503,12 @@ tmp_path(Path) ->
     Base = filename:basename(Path),
     filename:join(filename:dirname(Path), <<?TMP_PREFIX, Base/binary, ".part">>).
 
-%% Data written at Offset of a new Tmp (see open_new/1); with sync, flushed too
-%% (fdatasync: enough for a new file's content and size to survive a power cut).
-write_new(Tmp, Offset, Data, Sync) ->
+%% Data as a new Tmp (see open_new/1); with sync, flushed too (fdatasync:
+%% enough for a new file's content and size to survive a power cut).
+write_new(Tmp, Data, Sync) ->
     use_fd(open_new(Tmp),
            fun(Fd) ->
-                   case file:pwrite(Fd, Offset, Data) of
+                   case file:pwrite(Fd, 0, Data) of
                        ok when Sync =:= sync -> file:datasync(Fd);
                        Written -> Written
                    end

@@ -201,8 +201,8 @@ dispatch(F, Args, Opts) ->
     end.
 
 api() ->
-    [{sync_state, 3}, {info, 0}, {list_dir, 1}, {manifest, 2}, {put_files, 1}, {block_signatures, 2},
-     {put_delta, 5}, {put_chunk, 3}, {commit, 3},
+    [{sync_state, 3}, {info, 0}, {list_dir, 1}, {manifest, 2}, {put_files, 1},
+     {block_signatures, 2}, {put_delta, 5}, {put_chunk, 3}, {commit, 3},
      {delete_files, 1}, {delete_dirs, 1}, {make_symlinks, 1},
      {update_code_path, 1}, {load_modules, 2}, {delete_modules, 2},
      {loaded_shas, 0}, {mark_pending, 1}, {code_state, 0}, {running_programs, 1},
