@@ -1,3 +1,9 @@
 """relsync: push a freshly built Erlang/OTP release onto a running target in seconds."""
 
+import warnings
+
 __version__ = "0.1.0"
+
+# asyncssh still supports DSA keys, which cryptography 48 and later deprecate with a warning
+# at import time: relsync never offers DSA, and its output stays its own.
+warnings.filterwarnings("ignore", message="DSA is deprecated", module=r"asyncssh\.")
