@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from relsync import __version__
 from relsync.boards import Board, boards_from_file, check_destination
-from relsync.engine import SyncOptions, SyncReport, read_state, sync
+from relsync.engine import SyncOptions, SyncReport, check_paths, read_state, sync
 from relsync.errors import ExitCode, RelsyncError, UsageError
 from relsync.plan import SyncPlan, TargetState
 from relsync.progress import ProgressBar
@@ -44,6 +44,7 @@ exit codes:
   4  a hook failed (presync: nothing was changed; postsync: files and code were updated)
   5  a file operation on the target failed; run relsync again, it converges
   6  synced, but some modules could not be reloaded (processes still run old code)
+  7  the board was busy with another sync for --lock-timeout seconds; it was not touched
 with several boards, the highest of their codes (0 only when every board synced)"""
 
 
@@ -210,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="time limit for each hook [default: 60]",
     )
     a(
+        "--lock-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait while another sync holds the board [default: 30]",
+    )
+    a(
         "--connect-timeout",
         type=float,
         default=10.0,
@@ -326,7 +334,9 @@ async def sync_board(
         hook_timeout=args.hook_timeout,
         brutal_purge=args.purge == "brutal",
         dry_run=args.dry_run,
+        lock_timeout=args.lock_timeout,
     )
+    check_paths(options)
     target = await open_target(board, args)
     progress = ProgressBar(board.destination, enabled=bar)
     try:
@@ -376,6 +386,8 @@ async def run(args: argparse.Namespace, cwd: Path) -> list[SyncReport]:
     boards = boards_from_args(args)
     if args.hook_timeout <= 0:
         raise UsageError("--hook-timeout must be a positive number of seconds")
+    if args.lock_timeout < 0:
+        raise UsageError("--lock-timeout must be 0 (do not wait) or more seconds")
     for opt in ("destination_path", "destination_rw_path"):
         value = getattr(args, opt)
         if value and not value.startswith("/"):

@@ -3,12 +3,18 @@ postsync. The engine only sequences; the plan decides and the target carries it 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import getpass
+import os
+import posixpath
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from relsync.errors import ExitCode, HookError
+from relsync.errors import BusyError, ExitCode, HookError, TargetError, UsageError
 from relsync.plan import SyncPlan, TargetState, build_plan
 from relsync.release import FileKind, LocalRelease, Skipped
 from relsync.target import HookResult, ModuleResult, Progress, Target
@@ -27,6 +33,8 @@ class SyncOptions:
     hook_timeout: float = 60.0
     brutal_purge: bool = False
     dry_run: bool = False
+    #: How long to wait for another sync of the same board to finish.
+    lock_timeout: float = 30.0
 
 
 @dataclass(slots=True)
@@ -56,11 +64,63 @@ def _excluded(rel: str, prefixes: tuple[str, ...]) -> bool:
     return rel.startswith(prefixes)
 
 
+#: How often a sync waiting for a busy board asks again.
+LOCK_POLL = 0.5
+
+
+def client_label() -> str:
+    """Who we are, as a board shows it to another sync that finds it busy."""
+    return f"{getpass.getuser()}@{socket.gethostname()} (pid {os.getpid()})"
+
+
+def check_paths(options: SyncOptions) -> None:
+    """Refuse a shadow tree that is the release, or inside it, or holds it: its links would
+    point at themselves, or a sync would write into what it mirrors."""
+    if not options.rw_path:
+        return
+    dest = posixpath.normpath(options.dest_path)
+    rw = posixpath.normpath(options.rw_path)
+    if dest == rw or rw.startswith(f"{dest.rstrip('/')}/") or dest.startswith(f"{rw.rstrip('/')}/"):
+        how = "is" if dest == rw else "is inside" if len(rw) > len(dest) else "contains"
+        raise UsageError(
+            f"--destination-rw-path {options.rw_path} {how} the release at "
+            f"--destination-path {options.dest_path}; give a writable directory outside it, "
+            "e.g. /data/relsync"
+        )
+
+
 async def read_state(target: Target, excl: tuple[str, ...], options: SyncOptions) -> TargetState:
     """Ask the target for everything the plan needs. Only the release's ``exclude_prefixes``
-    are needed, so it may run while the release is still being scanned."""
+    are needed, so it may run while the release is still being scanned.
+
+    Unless it is a dry run, this takes the board's sync lock first (released by
+    :func:`sync`, or when the connection closes), waiting up to ``options.lock_timeout`` for
+    another sync to finish."""
+    check_paths(options)
     dest, rw = options.dest_path.rstrip("/"), (options.rw_path or "").rstrip("/") or None
-    seen = await target.read(dest, excl, rw)
+    lock = None if options.dry_run else client_label()
+    deadline = time.monotonic() + options.lock_timeout
+    while True:
+        try:
+            seen = await target.read(dest, excl, rw, lock)
+            break
+        except BusyError as busy:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                since = f" for {time.time() - busy.since:.0f} s" if busy.since else ""
+                raise BusyError(
+                    f"{busy}{since}; waited {options.lock_timeout:g} s: let it finish, or "
+                    "wait longer with --lock-timeout",
+                    busy.holder,
+                    busy.since,
+                ) from None
+            await asyncio.sleep(min(LOCK_POLL, left))
+    if seen.dest_kind not in (None, "directory"):
+        what = "no such directory" if seen.dest_kind == "enoent" else f"{seen.dest_kind}"
+        raise UsageError(
+            f"--destination-path {dest} on {target.label}: {what}; give the directory of "
+            f"the release the node runs (it was booted from {seen.info.root_dir or '?'})"
+        )
     excluded = tuple(
         [n for n in seen.top if _excluded(n, excl)]
         + [f"lib/{n}" for n in seen.libs if _excluded(f"lib/{n}", excl)]
@@ -75,11 +135,19 @@ async def read_state(target: Target, excl: tuple[str, ...], options: SyncOptions
         excluded_dirs=excluded,
         loaded=seen.code.recorded,
         pending=seen.code.pending,
+        code_path=seen.info.code_path,
+        root_dir=seen.info.root_dir,
     )
 
 
 async def _run_hook(target: Target, hook: Hook, function: str, options: SyncOptions) -> HookResult:
-    return await target.run_hook(hook.module, function, hook.beam, options.hook_timeout)
+    try:
+        return await target.run_hook(hook.module, function, hook.beam, options.hook_timeout)
+    except TargetError as exc:  # e.g. the hook stopped the VM, and the connection with it
+        raise HookError(
+            f"{function} hook {hook.module}:{function}/0 lost the board while it ran (does it "
+            f"stop or restart the VM?): {exc}"
+        ) from exc
 
 
 def _hook_failure(function: str, module: str, result: HookResult) -> str | None:
@@ -103,12 +171,33 @@ async def sync(
     same ``options`` and the release's ``exclude_prefixes``), e.g. while scanning the release.
     """
     started = time.perf_counter()
-    if state is None:
-        state = await read_state(target, release.exclude_prefixes, options)
+    try:
+        if state is None:
+            state = await read_state(target, release.exclude_prefixes, options)
+        report = await _sync(target, release, options, state, on_transfer, progress)
+    finally:
+        await _unlock(target)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+async def _unlock(target: Target) -> None:
+    """Release the sync lock; a board gone meanwhile released it already."""
+    with contextlib.suppress(TargetError):
+        await target.unlock()
+
+
+async def _sync(
+    target: Target,
+    release: LocalRelease,
+    options: SyncOptions,
+    state: TargetState,
+    on_transfer: TransferStart | None,
+    progress: Progress | None,
+) -> SyncReport:
     plan = build_plan(release, state)
     report = SyncReport(target.label, plan, list(release.skipped), dry_run=options.dry_run)
     if options.dry_run:
-        report.seconds = time.perf_counter() - started
         return report
 
     hook = options.hook
@@ -155,7 +244,6 @@ async def sync(
         if failure := _hook_failure("postsync", hook.module, post):
             report.error = failure
             report.exit_code = ExitCode.HOOK
-    report.seconds = time.perf_counter() - started
     return report
 
 

@@ -15,6 +15,7 @@ class ExitCode(IntEnum):
     HOOK = 4
     SYNC = 5
     RELOAD = 6
+    BUSY = 7
 
 
 class RelsyncError(Exception):
@@ -45,3 +46,15 @@ class TargetError(RelsyncError):
     """An operation on the target failed (write, link, code path)."""
 
     exit_code = ExitCode.SYNC
+
+
+class BusyError(RelsyncError):
+    """Another sync holds the board's sync lock; the board was not touched."""
+
+    exit_code = ExitCode.BUSY
+
+    def __init__(self, message: str, holder: str = "", since: int = 0) -> None:
+        super().__init__(message)
+        #: Who holds the lock (the other client's label) and since when (Unix seconds).
+        self.holder = holder
+        self.since = since

@@ -13,7 +13,7 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass, field, replace
 
-from relsync.release import FileKind, LocalFile, LocalRelease, is_shared_lib
+from relsync.release import FileKind, LocalFile, LocalRelease, app_name, is_shared_lib
 from relsync.target import TEMP_PREFIX, FilePut, RemoteEntry, RemoteFile, RemoteLink
 
 #: A changed file at least this big is sent as a block delta against a copy the target has
@@ -40,6 +40,9 @@ class TargetState:
     loaded: dict[str, bytes] = field(default_factory=dict)
     #: Modules an unfinished sync meant to load or delete: handled whatever the files say.
     pending: frozenset[str] = frozenset()
+    #: The VM's code path, and the root it was booted from (``code:root_dir()``).
+    code_path: tuple[str, ...] = ()
+    root_dir: str = ""
 
 
 @dataclass(slots=True)
@@ -54,7 +57,8 @@ class SyncPlan:
     delete_dirs: list[str] = field(default_factory=list)
     writes: list[FilePut] = field(default_factory=list)
     links: list[tuple[str, str]] = field(default_factory=list)
-    code_path_replace: tuple[str, str] | None = None
+    #: ``(old prefix, new prefix)`` pairs re-pointing the code path at ``root``.
+    code_path_replace: list[tuple[str, str]] = field(default_factory=list)
     code_path_add: list[str] = field(default_factory=list)
     code_path_remove: list[str] = field(default_factory=list)
     reload: list[tuple[str, str, bytes]] = field(default_factory=list)
@@ -251,10 +255,29 @@ def _plan_code(
 
     local_ebins = {d for rel in release.files if (d := _ebin_dir(rel))}
     current_ebins = {d for rel in current if (d := _ebin_dir(rel))}
-    if state.rw and not state.shadow_active:
-        plan.code_path_replace = (state.dest, state.rw)
+    stale = _stale_trees(release, state, root)
+    if state.rw and not state.shadow_active and state.dest not in stale:
+        stale.insert(0, state.dest)
+    plan.code_path_replace = [(tree, root) for tree in stale]
     plan.code_path_add = [_join(root, d) for d in sorted(local_ebins - current_ebins)]
     plan.code_path_remove = [_join(root, d) for d in sorted(current_ebins - local_ebins)]
+
+
+def _stale_trees(release: LocalRelease, state: TargetState, root: str) -> list[str]:
+    """Trees the VM loads this release's own applications from that are neither ``root``, the
+    release itself nor the VM's boot root: a shadow tree of an earlier ``-q``, say. Their code
+    path entries move to ``root``."""
+    apps = {app_name(rel.split("/")[1]) for rel in release.files if rel.startswith("lib/")}
+    keep = {root.rstrip("/"), state.dest.rstrip("/"), state.root_dir.rstrip("/")}
+    trees: list[str] = []
+    for entry in state.code_path:
+        parts = entry.rstrip("/").rsplit("/", 3)
+        if len(parts) < 4 or (parts[1], parts[3]) != ("lib", "ebin"):
+            continue
+        tree = parts[0]
+        if app_name(parts[2]) in apps and tree not in keep and tree not in trees:
+            trees.append(tree)
+    return trees
 
 
 def _is_beam(rel: str) -> bool:

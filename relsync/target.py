@@ -38,6 +38,8 @@ class TargetInfo:
     otp_release: str
     node: str
     code_path: tuple[str, ...]
+    #: ``code:root_dir()``: where the running release (or OTP) was booted from.
+    root_dir: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,9 @@ class Readout:
     #: Names in the release's directory and in its lib/ (read only with a shadow tree).
     top: list[str]
     libs: list[str]
+    #: With the sync lock taken: what the destination is on the target (``directory``, a
+    #: posix reason such as ``enoent``); None when not known (read without the lock).
+    dest_kind: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +125,18 @@ class Target(Protocol):
 
     label: str
 
-    async def read(self, dest: str, exclude: Sequence[str], rw: str | None) -> Readout:
+    async def read(
+        self, dest: str, exclude: Sequence[str], rw: str | None, lock: str | None = None
+    ) -> Readout:
         """The running VM, the files and symlinks below ``dest`` (not following links, minus
         the ``exclude`` prefixes) and, with a shadow tree at ``rw``, its files and the names
         in ``dest`` and ``dest/lib``; what relsync loaded into the VM, and modules an
-        unfinished sync left."""
+        unfinished sync left. With ``lock`` (who we are), first take the VM's sync lock,
+        held until :meth:`unlock` or the connection closes; raise
+        :class:`relsync.errors.BusyError` when another sync holds it."""
+
+    async def unlock(self) -> None:
+        """Release the sync lock :meth:`read` took (nothing when it took none)."""
 
     async def mark_pending(self, modules: Sequence[str]) -> None:
         """Record, before writing, the modules this sync will load or delete."""
@@ -147,9 +159,10 @@ class Target(Protocol):
         """Remove empty directories, deepest first; return those that could not be removed."""
 
     async def update_code_path(
-        self, replace: tuple[str, str] | None, add: Sequence[str], remove: Sequence[str]
+        self, replace: Sequence[tuple[str, str]], add: Sequence[str], remove: Sequence[str]
     ) -> list[str]:
-        """Re-point code path entries from one prefix to another, then remove and add dirs."""
+        """Re-point code path entries from each ``(prefix, new prefix)`` in turn, then remove
+        and add dirs."""
 
     async def load_modules(
         self, modules: Sequence[tuple[str, str, bytes]], brutal: bool

@@ -101,6 +101,10 @@ class ErlTarget(HelperTarget):
         await _discard(early)  # answered by another helper, or by none
         return await self._call_raw(HELPER, function, args, timeout)
 
+    def _lock_owner(self) -> Term:
+        """Our node's pid: the sync lock goes when this connection does."""
+        return self._conn.pid
+
     async def _load_binary(self, module: str, beam: bytes) -> Term:
         return await self._call_raw(
             "code", "load_binary", [Atom(module), Charlist(f"{module}.beam"), beam]

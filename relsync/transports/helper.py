@@ -8,6 +8,7 @@ its own way (``put_files``).
 from __future__ import annotations
 
 import asyncio
+import posixpath
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -15,8 +16,9 @@ from collections.abc import Iterator, Sequence
 from relsync.delta import BLOCK, Copy, Op, make_delta
 from relsync.dist.etf import Atom, Term
 from relsync.dist.pretty import format_term
-from relsync.errors import TargetError, UsageError
+from relsync.errors import BusyError, TargetError, UsageError
 from relsync.target import (
+    TEMP_PREFIX,
     CodeState,
     FilePut,
     HookResult,
@@ -166,10 +168,41 @@ def _code_state(result: Term) -> CodeState:
     )
 
 
+def _lock_holder(reply: Term) -> tuple[str, int]:
+    """Who holds the lock and since when, from a ``{busy, Holder}`` reply."""
+    holder = reply[1] if isinstance(reply, tuple) and len(reply) == 2 else {}
+    if not isinstance(holder, dict):
+        return "", 0
+    since = holder.get(Atom("since"), 0)
+    return _text(holder.get(Atom("who"), b"")), since if isinstance(since, int) else 0
+
+
 class HelperTarget(ABC):
     """A :class:`relsync.target.Target` driving ``relsync_target`` on the board."""
 
     label: str
+    #: The sync lock's token while this client holds it: it names our temporary files.
+    _token: bytes | None = None
+
+    def _lock_owner(self) -> Term | None:
+        """The process whose end releases our sync lock; None: the one running the call."""
+        return None
+
+    def _with_token(self, args: list[Term]) -> list[Term]:
+        """``args`` of a write, plus our lock's token when we hold one."""
+        return args if self._token is None else [*args, self._token]
+
+    def temp_path(self, path: str) -> str:
+        """Where ``path`` is staged before the target renames it into place (as the helper
+        names it: ``.relsync-tmp.<token>.<name>.part`` while we hold the lock)."""
+        token = f"{self._token.decode()}." if self._token else ""
+        directory, name = posixpath.split(path)
+        return f"{directory}/{TEMP_PREFIX}{token}{name}.part"
+
+    async def commit(self, put: FilePut) -> None:
+        """Check and install a file staged at :meth:`temp_path` (see ``put_chunk``)."""
+        args = self._with_token([_path(put.path), put.mode, put.sha256])
+        self._check(await self._call("commit", args, FILE_TIMEOUT), f"writing {put.path}")
 
     @abstractmethod
     async def _call(self, function: str, args: list[Term], timeout: float = CALL_TIMEOUT) -> Term:
@@ -182,6 +215,13 @@ class HelperTarget(ABC):
     def _check(self, result: Term, what: str) -> None:
         if result == "ok":
             return
+        forbidden = result[1] if isinstance(result, tuple) and len(result) == 2 else None
+        if isinstance(forbidden, tuple) and forbidden and forbidden[0] == "forbidden":
+            path = _text(forbidden[1]) if len(forbidden) == 2 else "?"
+            raise UsageError(
+                f"{what}: relsyncd on {self.label} does not allow {path}; use a path inside its "
+                "allowed_paths, or add it there (relsyncd's application env)"
+            )
         if isinstance(result, tuple) and result and result[0] == "error":
             where = f" {_text(result[1])}:" if len(result) == 3 else ""
             last = result[-1]
@@ -195,18 +235,34 @@ class HelperTarget(ABC):
             raise TargetError(f"{what} failed on {self.label}:{where} {reason}; {hint}")
         raise TargetError(f"{what} failed on {self.label}: unexpected reply {format_term(result)}")
 
-    async def read(self, dest: str, exclude: Sequence[str], rw: str | None) -> Readout:
+    async def read(
+        self, dest: str, exclude: Sequence[str], rw: str | None, lock: str | None = None
+    ) -> Readout:
         """See :class:`relsync.target.Target`: one ``sync_state`` call."""
         excl: list[Term] = [_path(p) for p in exclude]
         shadow: Term = _path(rw) if rw else Atom("none")
-        reply = await self._call("sync_state", [_path(dest), excl, shadow], FILE_TIMEOUT)
+        opts: dict[Term, Term] = {}
+        if lock is not None:
+            opts[Atom("lock")] = _path(lock)
+            if (owner := self._lock_owner()) is not None:
+                opts[Atom("owner")] = owner
+        reply = await self._call("sync_state", [_path(dest), excl, shadow, opts], FILE_TIMEOUT)
+        if reply == _UNKNOWN_FUNCTION:  # a relsyncd from before the lock: no lock to take
+            lock = None
+            reply = await self._call("sync_state", [_path(dest), excl, shadow], FILE_TIMEOUT)
         if reply == _UNKNOWN_FUNCTION:  # a relsyncd from before sync_state
             parts = await self._read_in_parts(dest, excl, rw)
+        elif isinstance(reply, tuple):
+            self._check(reply, f"reading {dest}")
+            raise TargetError(f"{self.label}: unexpected state reply {format_term(reply)}")
         elif isinstance(reply, dict):
+            if lock is not None:
+                self._take_lock(reply.get(Atom("lock")))
             parts = [reply.get(Atom(key)) for key in _STATE_KEYS]
         else:
             raise TargetError(f"{self.label}: unexpected state reply {format_term(reply)}")
         info, original, shadow_files, code, top, libs = parts
+        dest_kind = reply.get(Atom("dest")) if isinstance(reply, dict) else None
         return Readout(
             info=self._info(info),
             original=self._entries(original, dest),
@@ -214,7 +270,27 @@ class HelperTarget(ABC):
             code=_code_state(code),
             top=_names(top),
             libs=_names(libs),
+            dest_kind=None if dest_kind is None else _text(dest_kind),
         )
+
+    def _take_lock(self, reply: Term) -> None:
+        """Keep the token of a ``{ok, Token}`` lock reply; raise BusyError for ``busy``."""
+        ok = isinstance(reply, tuple) and len(reply) == 2 and reply[0] == "ok"
+        token = reply[1] if ok and isinstance(reply, tuple) else None
+        if isinstance(token, bytes):
+            self._token = token
+            return
+        if isinstance(reply, tuple) and reply and reply[0] == "busy":
+            holder, since = _lock_holder(reply)
+            by = f" by {holder}" if holder else ""
+            raise BusyError(f"{self.label} is busy: another sync{by} holds it", holder, since)
+        raise TargetError(f"{self.label}: cannot take the sync lock ({format_term(reply)})")
+
+    async def unlock(self) -> None:
+        """See :class:`relsync.target.Target`."""
+        if self._token is not None:
+            token, self._token = self._token, None
+            await self._call("unlock", [token])
 
     async def _read_in_parts(self, dest: str, excl: list[Term], rw: str | None) -> list[Term]:
         """The replies ``sync_state`` gathers, asked one by one (in the order of
@@ -251,6 +327,7 @@ class HelperTarget(ABC):
             otp_release=_text(info.get(Atom("otp_release"), b"?")),
             node=_text(info.get(Atom("node"), self.label)),
             code_path=tuple(_text(p) for p in paths) if isinstance(paths, list) else (),
+            root_dir=_text(info.get(Atom("root_dir"), b"")),
         )
 
     def _entries(self, result: Term, root: str) -> dict[str, RemoteEntry]:
@@ -331,19 +408,19 @@ class HelperTarget(ABC):
         return result == "ok"
 
     async def _put_batch(self, batch: list[Term], nbytes: int, progress: Progress) -> None:
-        self._check(await self._call("put_files", [batch], FILE_TIMEOUT), "writing files")
+        result = await self._call("put_files", self._with_token([batch]), FILE_TIMEOUT)
+        self._check(result, "writing files")
         progress(nbytes)
 
     async def _put_large(self, put: FilePut, progress: Progress) -> None:
         path = _path(put.path)
         offset = 0
         for chunk in read_chunks(put.local):
-            result = await self._call("put_chunk", [path, offset, chunk], FILE_TIMEOUT)
-            self._check(result, f"writing {put.path}")
+            args = self._with_token([path, offset, chunk])
+            self._check(await self._call("put_chunk", args, FILE_TIMEOUT), f"writing {put.path}")
             offset += len(chunk)
             progress(len(chunk))
-        result = await self._call("commit", [path, put.mode, put.sha256], FILE_TIMEOUT)
-        self._check(result, f"writing {put.path}")
+        await self.commit(put)
 
     async def make_symlinks(self, links: Sequence[tuple[str, str]]) -> None:
         """See :class:`relsync.target.Target`."""
@@ -365,12 +442,14 @@ class HelperTarget(ABC):
         return stuck
 
     async def update_code_path(
-        self, replace: tuple[str, str] | None, add: Sequence[str], remove: Sequence[str]
+        self, replace: Sequence[tuple[str, str]], add: Sequence[str], remove: Sequence[str]
     ) -> list[str]:
         """See :class:`relsync.target.Target`."""
+        pairs: list[Term] = [(_path(old), _path(new)) for old, new in replace]
         spec: dict[Term, Term] = {
+            # One pair goes as a tuple, which every helper version takes.
             Atom("replace_prefix"): (
-                (_path(replace[0]), _path(replace[1])) if replace else Atom("none")
+                pairs[0] if len(pairs) == 1 else pairs if pairs else Atom("none")
             ),
             Atom("add"): [_path(p) for p in add],
             Atom("remove"): [_path(p) for p in remove],

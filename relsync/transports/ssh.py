@@ -20,8 +20,8 @@ import asyncssh
 
 from relsync.dist.etf import Atom, Charlist, EtfError, Term, binary_to_term, term_to_binary
 from relsync.errors import ConnectError, TargetError
-from relsync.target import TEMP_PREFIX, FilePut, Progress
-from relsync.transports.helper import CALL_TIMEOUT, FILE_TIMEOUT, HelperTarget, read_chunks
+from relsync.target import FilePut, Progress
+from relsync.transports.helper import CALL_TIMEOUT, HelperTarget, read_chunks
 
 SUBSYSTEM = "relsync"
 DEFAULT_PORT = 2228
@@ -229,8 +229,8 @@ class SshTarget(HelperTarget):
 
     async def put_files(self, files: Sequence[FilePut], progress: Progress) -> list[str]:
         """Files under ``SFTP_MIN`` bytes go in batches over the control channel (one round
-        trip for many). Bigger ones are uploaded over SFTP to ``.relsync-tmp.<name>.part``
-        beside each file, then committed (hash checked, renamed into place) over the control
+        trip for many). Bigger ones are uploaded over SFTP to their ``temp_path`` beside each
+        file, then committed (hash checked, renamed into place) over the control
         channel; a file with a delta base goes as a block delta there when that pays."""
         deltas = await super().put_files([p for p in files if p.size < SFTP_MIN], progress)
         files = [p for p in files if p.size >= SFTP_MIN]
@@ -239,7 +239,7 @@ class SshTarget(HelperTarget):
 
         async def upload(put: FilePut) -> None:
             directory = posixpath.dirname(put.path)
-            tmp = f"{directory}/{TEMP_PREFIX}{posixpath.basename(put.path)}.part"
+            tmp = self.temp_path(put.path)
             async with slots:  # (also bounds the whole files read for a delta)
                 if await self._put_delta(put, progress):
                     deltas.append(put.path)
@@ -264,10 +264,7 @@ class SshTarget(HelperTarget):
                     raise TargetError(_sftp_message(self.label, put.path, exc)) from exc
                 except (OSError, asyncssh.Error) as exc:  # the board went away mid-upload
                     raise self._lost(exc) from exc
-                result = await self._call(
-                    "commit", [put.path.encode(), put.mode, put.sha256], FILE_TIMEOUT
-                )
-                self._check(result, f"writing {put.path}")
+                await self.commit(put)
 
         try:
             async with asyncio.TaskGroup() as group:

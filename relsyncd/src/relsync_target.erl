@@ -18,7 +18,8 @@
 %% The same table keeps directory listings, keyed by {dir, Path}, see walk/6.
 -module(relsync_target).
 
--export([sync_state/3, info/0, list_dir/1, manifest/2, put_files/1, put_chunk/3, commit/3,
+-export([sync_state/3, sync_state/4, unlock/1, info/0, list_dir/1, manifest/2,
+         put_files/1, put_files/2, put_chunk/3, put_chunk/4, commit/3, commit/4,
          block_signatures/2, put_delta/5,
          delete_files/1, delete_dirs/1, make_symlinks/1, update_code_path/1,
          load_modules/2, delete_modules/2, loaded_shas/0, mark_pending/1, code_state/0,
@@ -28,6 +29,8 @@
 -include_lib("kernel/include/file.hrl").
 
 -define(CACHE, relsync_target_cache).
+-define(LOCK, relsync_target_lock).
+-define(LOCK_KEY, relsync_lock).
 -define(TMP_PREFIX, ".relsync-tmp.").
 -define(CHUNK, (1024 * 1024)).
 -define(RACY_SECS, 2).
@@ -77,6 +80,98 @@ sync_state(Dest, Excl, Rw) when is_binary(Dest), is_list(Excl),
              end,
     Shadow#{info => info(), code => code_state(),
             original => manifest(Dest, Packed#{exclude => Excl})}.
+
+%% sync_state/3, and what Dest is (directory, or why not). With lock (a sync
+%% about to write), first take the VM's sync lock for Who (a label shown to a
+%% client that finds the VM busy), held until Owner (default: the calling
+%% process) goes, or unlock/1. Busy: only #{lock => {busy, Holder}}, nothing read.
+-spec sync_state(binary(), [binary()], binary() | none, #{lock => binary(), owner => pid()}) ->
+          #{lock => {ok, binary()} | {busy, map()} | {error, term()}, atom() => term()}.
+sync_state(Dest, Excl, Rw, Opts) when is_binary(Dest), is_map(Opts) ->
+    Locked = case Opts of
+                 #{lock := Who} when is_binary(Who) -> lock(maps:get(owner, Opts, self()), Who);
+                 _ -> none
+             end,
+    case Locked of
+        {ok, _} -> (sync_state(Dest, Excl, Rw))#{lock => Locked, dest => dest_type(Dest)};
+        none -> (sync_state(Dest, Excl, Rw))#{dest => dest_type(Dest)};
+        _ -> #{lock => Locked}
+    end.
+
+dest_type(Dest) ->
+    case file:read_file_info(Dest, [raw]) of
+        {ok, #file_info{type = Type}} -> Type;
+        {error, Reason} -> Reason
+    end.
+
+%%% ------------------------------------------------------------------ lock
+
+%% The sync lock is a process registered as ?LOCK: registering is atomic, and
+%% the name goes with the process. It monitors the lock's owner, and its
+%% dictionary keeps who holds it. It hibernates into erlang:exit/1 (no code of
+%% this module on its stack, so a reload leaves it be): the first message it
+%% gets, the owner's 'DOWN' or unlock/1's, ends it. The same owner asking again
+%% gets the same token (a lock request that was answered by an older helper).
+lock(Owner, Who) ->
+    Caller = self(),
+    Ref = make_ref(),
+    {Pid, MRef} = spawn_monitor(fun() -> lock_holder(Caller, Ref, Owner, Who) end),
+    receive
+        {Ref, Reply} -> erlang:demonitor(MRef, [flush]), Reply;
+        {'DOWN', MRef, process, Pid, Reason} -> {error, Reason}
+    end.
+
+lock_holder(Caller, Ref, Owner, Who) ->
+    case whereis(init) of
+        undefined -> ok;
+        Init -> group_leader(Init, self())
+    end,
+    try register(?LOCK, self()) of
+        true ->
+            Token = binary:encode_hex(crypto:strong_rand_bytes(6)),
+            put(?LOCK_KEY, #{token => Token, owner => Owner, who => Who,
+                             since => erlang:system_time(second)}),
+            _ = erlang:monitor(process, Owner),
+            Caller ! {Ref, {ok, Token}},
+            erlang:hibernate(erlang, exit, [normal])
+    catch error:badarg ->
+            Caller ! {Ref, case lock_info() of
+                               #{owner := Owner, token := Token} -> {ok, Token};
+                               #{who := W, since := Since} -> {busy, #{who => W, since => Since}};
+                               _ -> {busy, #{}}        % it just went: ask again
+                           end}
+    end.
+
+%% What the lock's holder keeps (#{} when nobody holds it).
+lock_info() ->
+    case whereis(?LOCK) of
+        undefined -> #{};
+        Pid ->
+            case erlang:process_info(Pid, dictionary) of
+                {dictionary, Dict} -> proplists:get_value(?LOCK_KEY, Dict, #{});
+                undefined -> #{}
+            end
+    end.
+
+%% Release the lock Token names; waits (a little) until the next sync can take it.
+-spec unlock(binary()) -> ok.
+unlock(Token) when is_binary(Token) ->
+    case {whereis(?LOCK), lock_info()} of
+        {Pid, #{token := Token}} when is_pid(Pid) ->
+            MRef = erlang:monitor(process, Pid),
+            Pid ! unlock,
+            receive {'DOWN', MRef, process, Pid, _} -> ok after 5000 -> ok end;
+        _ -> ok
+    end.
+
+%% A write that carries a sync's token is refused once that sync no longer
+%% holds the lock; the empty token (clients from before the lock) is not checked.
+holds_lock(<<>>) -> ok;
+holds_lock(Token) ->
+    case lock_info() of
+        #{token := Token} -> ok;
+        _ -> {error, lock_lost}
+    end.
 
 %% Hashing needs crypto. Embedded-mode targets (the usual case) load nothing on
 %% demand, so load it explicitly from the code path when it is not loaded yet.
@@ -355,17 +450,15 @@ cache_insert(Abs, Size, Mtime, Ino, Hash) ->
         false -> catch ets:insert(?CACHE, {Abs, {Size, Mtime, Ino, Hash}}), ok
     end.
 
-%% After writing a file ourselves we know its hash (just verified, fresh
-%% inode): seed the cache, skipping the racy-mtime rule, so that the next
-%% manifest does not re-read what was just pushed.
-cache_known(Path0, Hash) ->
+%% After writing a file ourselves we know its hash (computed here, of the data
+%% on the inode we wrote): seed the cache, skipping the racy-mtime rule, so the
+%% next manifest does not re-read what was just pushed. Size, mtime and inode
+%% come from our own descriptor, never from the path (whoever renamed a file
+%% there since has not been hashed).
+cache_known(Path0, #file_info{size = S, mtime = M, inode = I}, Hash) ->
     Path = filename:join([Path0]),              % same spelling as manifest's keys
-    case ets:whereis(?CACHE) =/= undefined andalso
-        file:read_link_info(Path, [raw, {time, posix}]) of
-        {ok, #file_info{type = regular, size = S, mtime = M, inode = I}} ->
-            catch ets:insert(?CACHE, {Path, {S, M, I, Hash}}), ok;
-        _ -> ok
-    end.
+    catch ets:insert(?CACHE, {Path, {S, M, I, Hash}}),
+    ok.
 
 ensure_cache() ->
     case ets:whereis(?CACHE) of
@@ -403,44 +496,67 @@ cache_owner(Caller, Ref) ->
 
 -spec put_files([{binary(), integer(), binary(), binary()}]) ->
           ok | {error, binary(), posix() | hash_mismatch}.
-put_files([]) -> ok;
-put_files([{Path, Mode, Data, Sha} | Rest]) when is_binary(Path), is_integer(Mode),
-                                                 is_binary(Data), is_binary(Sha) ->
-    Tmp = tmp_path(Path),
+put_files(Files) -> put_files(Files, <<>>).
+
+%% Token: the sync's (see sync_state/4), which names its temporary files and
+%% must still hold the lock; <<>> for a client that takes no lock.
+-spec put_files([{binary(), integer(), binary(), binary()}], binary()) ->
+          ok | {error, lock_lost} | {error, binary(), posix() | hash_mismatch}.
+put_files(Files, Token) when is_binary(Token) ->
+    case holds_lock(Token) of
+        ok -> put_each(Files, Token);
+        Lost -> Lost
+    end.
+
+put_each([], _Token) -> ok;
+put_each([{Path, Mode, Data, Sha} | Rest], Token) when is_binary(Path), is_integer(Mode),
+                                                      is_binary(Data), is_binary(Sha) ->
+    Tmp = tmp_path(Path, Token),
     Result = case crypto:hash(sha256, Data) of
-                 Sha -> do_steps([fun() -> write_new(Tmp, Data, sync) end,
-                                  fun() -> install(Tmp, Path, Mode) end]);
+                 Sha -> case write_new(Tmp, Data, sync) of
+                            {ok, Written} -> install(Tmp, Written, Path, Mode, Sha);
+                            Err -> Err
+                        end;
                  _ -> {error, hash_mismatch}
              end,
     case Result of
-        ok -> cache_known(Path, Sha), put_files(Rest);
+        ok -> put_each(Rest, Token);
         {error, Reason} -> _ = file:delete(Tmp), {error, Path, Reason}
     end;
-put_files([Bad | _]) -> {error, Bad, badarg}.
+put_each([Bad | _], _Token) -> {error, Bad, badarg}.
 
--spec put_chunk(binary(), non_neg_integer(), binary()) -> ok | {error, posix()}.
-put_chunk(Path, Offset, Data) when is_binary(Path), is_integer(Offset), Offset >= 0,
-                                   is_binary(Data) ->
-    Tmp = tmp_path(Path),
-    Written = case Offset of
-                  0 -> write_new(Tmp, Data, nosync);
-                  _ -> write_at(Tmp, Offset, Data)
+put_chunk(Path, Offset, Data) -> put_chunk(Path, Offset, Data, <<>>).
+
+-spec put_chunk(binary(), non_neg_integer(), binary(), binary()) ->
+          ok | {error, posix() | lock_lost}.
+put_chunk(Path, Offset, Data, Token) when is_binary(Path), is_integer(Offset), Offset >= 0,
+                                          is_binary(Data), is_binary(Token) ->
+    Tmp = tmp_path(Path, Token),
+    Written = case {holds_lock(Token), Offset} of
+                  {ok, 0} -> write_new(Tmp, Data, nosync);
+                  {ok, _} -> write_at(Tmp, Offset, Data);
+                  {Lost, _} -> Lost
               end,
     case Written of
         ok -> ok;
         {error, _} = E -> _ = file:delete(Tmp), E     % e.g. enospc: free what it took
     end;
-put_chunk(_, _, _) -> {error, badarg}.
+put_chunk(_, _, _, _) -> {error, badarg}.
 
--spec commit(binary(), integer(), binary()) -> ok | {error, posix() | hash_mismatch}.
-commit(Path, Mode, Sha) when is_binary(Path), is_integer(Mode), is_binary(Sha) ->
-    Tmp = tmp_path(Path),
-    case finish(Tmp, Path, Mode, Sha) of
-        ok -> cache_known(Path, Sha), ok;
+commit(Path, Mode, Sha) -> commit(Path, Mode, Sha, <<>>).
+
+-spec commit(binary(), integer(), binary(), binary()) ->
+          ok | {error, posix() | hash_mismatch | lock_lost | staged_file_replaced}.
+commit(Path, Mode, Sha, Token) when is_binary(Path), is_integer(Mode), is_binary(Sha),
+                                    is_binary(Token) ->
+    Tmp = tmp_path(Path, Token),
+    case do_steps([fun() -> holds_lock(Token) end,
+                   fun() -> finish(Tmp, Path, Mode, Sha) end]) of
+        ok -> ok;
         {error, enoent} = E -> E;               % nothing staged
         {error, _} = E -> _ = file:delete(Tmp), E
     end;
-commit(_, _, _) -> {error, badarg}.
+commit(_, _, _, _) -> {error, badarg}.
 
 %% Block delta (see relsync/delta.py): the sums of Path's consecutive full
 %% blocks, then a new file built from copies of Base's bytes and literal data.
@@ -463,7 +579,7 @@ block_sums(Fd, Block, Acc) ->
                 integer(), binary()) -> ok | {error, posix() | hash_mismatch}.
 put_delta(Path, Base, Ops, Mode, Sha) when is_binary(Path), is_binary(Base), is_list(Ops),
                                            is_integer(Mode), is_binary(Sha) ->
-    Tmp = tmp_path(Path),
+    Tmp = tmp_path(Path, call_token()),
     %% A shadow tree may not have Path's directory yet (its base is the original):
     %% open_new/1 makes it.
     Build = fun(In) -> use_fd(open_new(Tmp), fun(Out) -> apply_ops(Ops, In, Out) end) end,
@@ -473,7 +589,7 @@ put_delta(Path, Base, Ops, Mode, Sha) when is_binary(Path), is_binary(Base), is_
                  {error, _} = E -> E
              end,
     case Result of
-        ok -> cache_known(Path, Sha), ok;
+        ok -> ok;
         {error, _} = Err -> _ = file:delete(Tmp), Err
     end;
 put_delta(_, _, _, _, _) ->
@@ -498,21 +614,37 @@ write_then(Out, Data, Ops, In) ->
         {error, _} = E -> E
     end.
 
-%% Dir/.relsync-tmp.<Base>.part: never named like a module (*.beam) or an app file.
-tmp_path(Path) ->
+%% Dir/.relsync-tmp.<Token>.<Base>.part (no token: Dir/.relsync-tmp.<Base>.part):
+%% never named like a module (*.beam) or an app file, and one sync's own.
+tmp_path(Path, Token) ->
     Base = filename:basename(Path),
-    filename:join(filename:dirname(Path), <<?TMP_PREFIX, Base/binary, ".part">>).
+    Name = case Token of
+               <<>> -> <<?TMP_PREFIX, Base/binary, ".part">>;
+               _ -> <<?TMP_PREFIX, Token/binary, ".", Base/binary, ".part">>
+           end,
+    filename:join(filename:dirname(Path), Name).
+
+%% A temporary name of its own for a file made within one call.
+call_token() ->
+    integer_to_binary(erlang:unique_integer([positive]), 36).
 
 %% Data as a new Tmp (see open_new/1); with sync, flushed too (fdatasync:
-%% enough for a new file's content and size to survive a power cut).
+%% enough for a new file's content and size to survive a power cut) and the
+%% file's info returned, for install/5.
 write_new(Tmp, Data, Sync) ->
     use_fd(open_new(Tmp),
            fun(Fd) ->
                    case file:pwrite(Fd, 0, Data) of
-                       ok when Sync =:= sync -> file:datasync(Fd);
+                       ok when Sync =:= sync -> synced_info(Fd);
                        Written -> Written
                    end
            end).
+
+synced_info(Fd) ->
+    case file:datasync(Fd) of
+        ok -> file:read_file_info(Fd, [raw, {time, posix}]);
+        Err -> Err
+    end.
 
 %% Always a fresh inode of our own: the file is opened exclusive, so we never
 %% write through anything. Only when that fails is a leftover tmp (maybe a
@@ -537,19 +669,37 @@ write_at(Tmp, Offset, Data) ->
 
 %% Verify a file staged over several calls, flush its data, then install it.
 finish(Tmp, Path, Mode, Sha) ->
-    do_steps([fun() -> is_regular(Tmp) end,
-              fun() -> with_fd(Tmp, [read, raw, binary],
-                               fun(Fd) -> verify_and_sync(Fd, Sha) end) end,
-              fun() -> install(Tmp, Path, Mode) end]).
+    Verified = case is_regular(Tmp) of
+                   ok -> with_fd(Tmp, [read, raw, binary], fun(Fd) -> verify_and_sync(Fd, Sha) end);
+                   Err -> Err
+               end,
+    case Verified of
+        {ok, Info} -> install(Tmp, Info, Path, Mode, Sha);
+        Error -> Error
+    end.
 
-%% Give the flushed Tmp its mode and rename it over Path.
-install(Tmp, Path, Mode) ->
-    do_steps([fun() -> file:write_file_info(Tmp, #file_info{mode = Mode band 8#7777}, [raw]) end,
-              fun() -> file:rename(Tmp, Path) end]).
+%% Give the flushed Tmp its mode and rename it over Path, once it is checked to
+%% be still the file that was verified (Info, from its descriptor); then cache
+%% the hash for that file.
+install(Tmp, #file_info{inode = Ino} = Info, Path, Mode, Sha) ->
+    case do_steps([fun() -> same_inode(Tmp, Ino) end,
+                   fun() -> file:write_file_info(Tmp, #file_info{mode = Mode band 8#7777},
+                                                 [raw]) end,
+                   fun() -> file:rename(Tmp, Path) end]) of
+        ok -> cache_known(Path, Info, Sha);
+        Err -> Err
+    end.
+
+same_inode(Tmp, Ino) ->
+    case file:read_link_info(Tmp, [raw]) of
+        {ok, #file_info{type = regular, inode = Ino}} -> ok;
+        {ok, _} -> {error, staged_file_replaced};
+        Err -> Err
+    end.
 
 verify_and_sync(Fd, Sha) ->
     case hash_fd(Fd, crypto:hash_init(sha256)) of
-        {ok, Sha} -> file:datasync(Fd);
+        {ok, Sha} -> synced_info(Fd);
         {ok, _} -> {error, hash_mismatch};
         Err -> Err
     end.
@@ -572,11 +722,15 @@ use_fd(Opened, Fun) ->
         {ok, Fd} ->
             try Fun(Fd) of
                 ok -> file:close(Fd);           % close errors count (e.g. NFS)
+                {ok, _} = Ok -> closed_then(file:close(Fd), Ok);
                 Other -> _ = file:close(Fd), Other
             catch C:R:St -> _ = file:close(Fd), erlang:raise(C, R, St)
             end;
         Err -> Err
     end.
+
+closed_then(ok, Result) -> Result;
+closed_then(Err, _Result) -> Err.
 
 %% The staged file must be our own regular file, never followed through a link.
 is_regular(Tmp) ->
@@ -640,7 +794,7 @@ del_dirs([Dir | Rest]) ->
 -spec make_symlinks([{binary(), binary()}]) -> ok | {error, binary(), posix()}.
 make_symlinks([]) -> ok;
 make_symlinks([{Link, Target} | Rest]) ->
-    Tmp = tmp_path(Link),
+    Tmp = tmp_path(Link, call_token()),
     Steps = [fun() -> mkdir_p(filename:dirname(Link)) end,
              fun() -> case file:delete(Tmp) of {error, enoent} -> ok; R -> R end end,
              fun() -> file:make_symlink(Target, Tmp) end,
@@ -654,15 +808,20 @@ make_symlinks([{Link, Target} | Rest]) ->
 
 %% The new path is installed with one code:set_path/1 call, which validates
 %% every entry; non-directories are reported as {error, {bad_directory, Dirs}}.
--spec update_code_path(#{replace_prefix => {binary(), binary()} | none,
+%% replace_prefix: one {From, To} or a list of them, applied in order.
+-spec update_code_path(#{replace_prefix => {binary(), binary()} | [{binary(), binary()}] | none,
                          add => [binary()], remove => [binary()]}) ->
           {ok, [binary()]} | {error, {bad_directory, [binary()]}}.
 update_code_path(Opts) when is_map(Opts) ->
     Old = [name_bin(P) || P <- code:get_path()],
-    Replaced = case maps:get(replace_prefix, Opts, none) of
-                   none -> Old;
-                   {From, To} -> [rewrite(P, strip_slash(From), strip_slash(To)) || P <- Old]
-               end,
+    Pairs = case maps:get(replace_prefix, Opts, none) of
+                none -> [];
+                {_, _} = Pair -> [Pair];
+                List when is_list(List) -> List
+            end,
+    Replaced = lists:foldl(fun({From, To}, Path) ->
+                                   [rewrite(P, strip_slash(From), strip_slash(To)) || P <- Path]
+                           end, Old, Pairs),
     Remove = maps:get(remove, Opts, []),
     Kept = [P || P <- Replaced, not lists:member(P, Remove)],
     New = dedup(Kept ++ maps:get(add, Opts, [])),

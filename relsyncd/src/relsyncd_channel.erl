@@ -8,18 +8,25 @@
 %% Function/arity must be one of the relsync_target API functions (whitelisted
 %% below), load_binary/3 or ping/0; anything else is {error, unknown_function}.
 %% A decodable body of another shape that starts with an integer ReqId gets
-%% {error, bad_request}; an undecodable body, or one over max_frame bytes,
-%% closes the channel. Every path argument must pass relsyncd_paths:check/3
-%% against allowed_paths, otherwise {error, {forbidden, Path}} and nothing
-%% is done.
+%% {error, bad_request}; an undecodable body closes the channel. A frame over
+%% max_frame bytes is not read: its request gets {error, {frame_too_large,
+%% Len, Max}} (when its ReqId can be read from the body's first bytes), then
+%% the channel is closed once the requests before it are answered. Every path
+%% argument must pass relsyncd_paths:check/3 against allowed_paths, otherwise
+%% {error, {forbidden, Path}} and nothing is done.
 %%
 %% Requests run one after the other, in order, in a worker process linked to
-%% the channel, which sends the replies itself: the channel process only frames
-%% and so stays responsive, and a long call (a hook, a big manifest) never
-%% blocks the connection's other channels (SFTP). When the channel closes, the
-%% worker is killed, and with it a running hook (relsync_target:run_hook/3
-%% watches its caller). After the client's EOF, queued requests are finished,
-%% then the channel is closed.
+%% the channel, which sends the replies itself, so a long call (a hook, a big
+%% manifest) never blocks the connection's other channels (SFTP). When the
+%% channel closes, the worker is killed, and with it a running hook
+%% (relsync_target:run_hook/3 watches its caller). After the client's EOF,
+%% queued requests are finished, then the channel is closed.
+%%
+%% Flow control: ssh_server_channel re-opens the SSH window by a data
+%% message's size when handle_ssh_msg/2 returns. While the worker has
+%% requests to do, the channel does not return (it waits for the worker), so
+%% a client can be at most one window ahead of the worker: memory stays
+%% bounded (max_frame plus a window) whatever a client sends.
 -module(relsyncd_channel).
 
 -behaviour(ssh_server_channel).
@@ -30,7 +37,7 @@
 -export([worker_init/4, dispatch/3]).
 
 -define(NAME, "relsync").
--define(DEFAULT_MAX_FRAME, (64 * 1024 * 1024)).
+-define(DEFAULT_MAX_FRAME, (16 * 1024 * 1024)).
 -define(DEFAULT_HOOK_TIMEOUT, 600000).
 
 -type opts() :: #{allowed_paths := [file:name_all()],
@@ -44,6 +51,7 @@
              buf = <<>> :: binary(),
              worker :: pid() | undefined,
              pending = 0 :: non_neg_integer(),
+             %% no more requests are read: the client's EOF, or a frame over max_frame
              eof = false :: boolean()}).
 
 %% ssh wants the channel's init argument to be a list: the options travel as
@@ -80,12 +88,13 @@ handle_msg(_Msg, S) ->
     {ok, S}.
 
 -spec handle_ssh_msg(term(), #st{}) -> {ok, #st{}} | {stop, ssh:channel_id(), #st{}}.
-handle_ssh_msg({ssh_cm, CM, {data, Id, 0, Data}}, #st{id = Id, buf = Buf} = S) ->
-    ssh_connection:adjust_window(CM, Id, byte_size(Data)),
-    frames(S#st{buf = <<Buf/binary, Data/binary>>});
-handle_ssh_msg({ssh_cm, CM, {data, Id, _Ext, Data}}, #st{id = Id} = S) ->
-    ssh_connection:adjust_window(CM, Id, byte_size(Data)),     % stderr: ignored
-    {ok, S};
+handle_ssh_msg({ssh_cm, _CM, {data, Id, 0, Data}}, #st{id = Id, eof = false, buf = Buf} = S) ->
+    case frames(S#st{buf = <<Buf/binary, Data/binary>>}) of
+        {ok, S1} -> wait_idle(S1);
+        Stop -> Stop
+    end;
+handle_ssh_msg({ssh_cm, _CM, {data, Id, _Ext, _Data}}, #st{id = Id} = S) ->
+    {ok, S};                            % stderr, or what follows an oversized frame
 handle_ssh_msg({ssh_cm, _CM, {eof, Id}}, #st{id = Id} = S) ->
     maybe_close(S#st{eof = true});
 handle_ssh_msg({ssh_cm, _CM, {signal, _, _}}, S) ->
@@ -104,11 +113,21 @@ terminate(_Reason, #st{worker = W}) ->
 
 %%% -------------------------------------------------------------- framing
 
-frames(#st{buf = <<Len:32/big, Rest/binary>>, opts = #{max_frame := Max}} = S)
+frames(#st{buf = <<Len:32/big, Head/binary>>, opts = #{max_frame := Max}} = S)
   when Len > Max ->
-    logger:warning("relsyncd: control frame of ~b bytes exceeds max_frame ~b; closing",
-                   [Len, Max]),
-    close(S#st{buf = Rest});
+    case oversized_id(Head) of
+        more ->
+            {ok, S};
+        {ok, ReqId} ->
+            logger:warning("relsyncd: control frame of ~b bytes exceeds max_frame ~b; "
+                           "refused, closing the channel", [Len, Max]),
+            S#st.worker ! {reply, ReqId, {error, {frame_too_large, Len, Max}}},
+            {ok, S#st{buf = <<>>, eof = true, pending = S#st.pending + 1}};
+        none ->
+            logger:warning("relsyncd: control frame of ~b bytes exceeds max_frame ~b; closing",
+                           [Len, Max]),
+            close(S#st{buf = <<>>})
+    end;
 frames(#st{buf = <<Len:32/big, Body:Len/binary, Rest/binary>>} = S) ->
     case decode(Body) of
         {ok, Req} ->
@@ -137,6 +156,21 @@ decode(Body) ->
     catch error:badarg -> undecodable
     end.
 
+%% The ReqId of an oversized request, read from the first bytes of its body
+%% (term_to_binary of {ReqId, F, Args} with ReqId in 32 bits, as clients
+%% send it); `more` while those bytes may still start one.
+oversized_id(<<131, 104, 3, 97, Id, _/binary>>) -> {ok, Id};
+oversized_id(<<131, 104, 3, 98, Id:32/signed, _/binary>>) -> {ok, Id};
+oversized_id(<<131, 104, 3, T, _/binary>>) when T =:= 97; T =:= 98 ->
+    more;
+oversized_id(Head) when byte_size(Head) < 4 ->
+    case binary:longest_common_prefix([Head, <<131, 104, 3>>]) =:= byte_size(Head) of
+        true -> more;
+        false -> none
+    end;
+oversized_id(_) ->
+    none.
+
 close(#st{cm = CM, id = Id} = S) ->
     _ = ssh_connection:close(CM, Id),
     {stop, Id, S}.
@@ -146,6 +180,18 @@ maybe_close(#st{eof = true, pending = 0, cm = CM, id = Id} = S) ->
     close(S);
 maybe_close(S) ->
     {ok, S}.
+
+%% Returns once the worker has done every request (see flow control above);
+%% meanwhile only the worker's news and the channel's close are taken, all
+%% else waits in the mailbox.
+wait_idle(#st{pending = 0} = S) ->
+    maybe_close(S);
+wait_idle(#st{worker = W, cm = CM, id = Id, pending = N} = S) ->
+    receive
+        {relsyncd_done, W} -> wait_idle(S#st{pending = N - 1});
+        {'EXIT', W, _} = Exit -> handle_msg(Exit, S);
+        {ssh_cm, CM, {closed, Id}} -> {stop, Id, S}
+    end.
 
 %%% --------------------------------------------------------------- worker
 
@@ -201,13 +247,20 @@ dispatch(F, Args, Opts) ->
     end.
 
 api() ->
-    [{sync_state, 3}, {info, 0}, {list_dir, 1}, {manifest, 2}, {put_files, 1},
-     {block_signatures, 2}, {put_delta, 5}, {put_chunk, 3}, {commit, 3},
+    [{sync_state, 3}, {sync_state, 4}, {unlock, 1}, {info, 0}, {list_dir, 1}, {manifest, 2},
+     {put_files, 1}, {put_files, 2}, {block_signatures, 2}, {put_delta, 5},
+     {put_chunk, 3}, {put_chunk, 4}, {commit, 3}, {commit, 4},
      {delete_files, 1}, {delete_dirs, 1}, {make_symlinks, 1},
      {update_code_path, 1}, {load_modules, 2}, {delete_modules, 2},
      {loaded_shas, 0}, {mark_pending, 1}, {code_state, 0}, {running_programs, 1},
      {run_hook, 3}].
 
+%% The lock's owner is this channel's worker (the caller): no other pid is taken.
+check_args(sync_state, [Dest, Excl, Rw, Opts], A) when is_map(Opts) ->
+    case maps:is_key(owner, Opts) of
+        true -> {error, {forbidden, owner}};
+        false -> check_args(sync_state, [Dest, Excl, Rw], A)
+    end;
 check_args(sync_state, [Dest, _Excl, Rw], A) when is_binary(Dest) ->
     Shadow = case Rw of
                  none -> [];
@@ -222,12 +275,13 @@ check_args(put_delta, [Path, Base | _], A) ->
         ok -> one(Base, follow, A);
         E -> E
     end;
+check_args(put_files, [Files, _Token], A) -> check_args(put_files, [Files], A);
 check_args(put_files, [Files], A) when is_list(Files) ->
     each(fun({P, _Mode, _Data, _Sha}) -> one(P, nofollow, A);
             (Bad) -> {error, {forbidden, Bad}}
          end, Files);
-check_args(put_chunk, [Path, _, _], A) -> one(Path, nofollow, A);
-check_args(commit, [Path, _, _], A) -> one(Path, nofollow, A);
+check_args(put_chunk, [Path, _, _ | _], A) -> one(Path, nofollow, A);
+check_args(commit, [Path, _, _ | _], A) -> one(Path, nofollow, A);
 check_args(delete_files, [Paths], A) -> relsyncd_paths:check_many(Paths, nofollow, A);
 check_args(delete_dirs, [Paths], A) -> relsyncd_paths:check_many(Paths, nofollow, A);
 %% Only where a link is made is checked: a link's text grants nothing by
@@ -239,6 +293,7 @@ check_args(make_symlinks, [Links], A) when is_list(Links) ->
 check_args(update_code_path, [Opts], A) when is_map(Opts) ->
     To = case maps:get(replace_prefix, Opts, none) of
              {_From, T} -> [T];
+             Pairs when is_list(Pairs) -> [T || {_From, T} <- Pairs];
              _ -> []
          end,
     relsyncd_paths:check_many(To ++ maps:get(add, Opts, []), follow, A);
@@ -248,6 +303,7 @@ check_args(load_modules, [Mods, _], A) when is_list(Mods) ->
          end, Mods);
 %% running_programs only compares its paths with /proc/<os pid>/exe of ports.
 check_args(F, _Args, _A) when F =:= info; F =:= loaded_shas; F =:= delete_modules;
+                              F =:= unlock;
                               F =:= run_hook; F =:= running_programs;
                               F =:= mark_pending; F =:= code_state ->
     ok;

@@ -7,6 +7,7 @@
 -include_lib("kernel/include/file.hrl").
 -include_lib("stdlib/include/assert.hrl").
 
+-export([sync_lock/1, sync_lock_survives_reload/1, writes_under_lock/1]).
 -export([all/0, init_per_suite/1, end_per_suite/1,
          init_per_testcase/2, end_per_testcase/2]).
 -export([info/1, list_dir/1, sync_state/1,
@@ -28,7 +29,7 @@
 -define(T, relsync_target).
 
 all() ->
-    [info, list_dir, sync_state,
+    [info, list_dir, sync_state, sync_lock, sync_lock_survives_reload, writes_under_lock,
      manifest_entries, manifest_excludes, manifest_missing_root,
      manifest_large_file, manifest_cache_hit, manifest_cache_racy,
      manifest_listing_cache,
@@ -106,6 +107,88 @@ sync_state(Config) ->
     File = <<Root/binary, "/bin/start">>,
     ?assertMatch(#{original := {error, {File, enotdir}}, shadow := {ok, Shadow}},
                  ?T:sync_state(File, [], Rw)).
+
+%% One sync at a time per VM: a second owner finds it busy (and who holds it),
+%% the same owner gets its token again, and the lock goes with its owner or
+%% with unlock/1 of its own token (not of another's).
+sync_lock(Config) ->
+    Dir = ?config(dir, Config),
+    Owner = fun() -> spawn(fun() -> receive stop -> ok end end) end,
+    A = Owner(),
+    B = Owner(),
+    Lock = fun(Pid, Who) -> maps:get(lock, ?T:sync_state(Dir, [], none,
+                                                        #{lock => Who, owner => Pid})) end,
+    {ok, TokA} = Lock(A, <<"client a">>),
+    ?assertMatch({busy, #{who := <<"client a">>, since := _}}, Lock(B, <<"client b">>)),
+    ?assertEqual({busy, busy_info()}, Lock(B, <<"b">>)),
+    ?assertEqual({ok, TokA}, Lock(A, <<"client a">>)),
+    ?assertMatch(#{dest := directory, original := {ok, _}},
+                 ?T:sync_state(Dir, [], none, #{})),            % no lock: only reads
+    ?assertEqual(#{dest => enoent}, maps:with([dest], ?T:sync_state(<<Dir/binary, "/x">>, [],
+                                                                     none, #{}))),
+    exit(A, kill),
+    wait_unlocked(),
+    {ok, TokB} = Lock(B, <<"client b">>),
+    ?assertNotEqual(TokA, TokB),
+    ok = ?T:unlock(TokA),                                       % not its token: no effect
+    ?assertMatch({busy, _}, Lock(Owner(), <<"c">>)),
+    ok = ?T:unlock(TokB),
+    ?assertEqual(undefined, whereis(relsync_target_lock)),
+    C = Owner(),
+    {ok, _} = Lock(C, <<"c">>),
+    C ! stop,                                                   % a normal exit frees it too
+    wait_unlocked(),
+    B ! stop.
+
+busy_info() ->
+    {dictionary, D} = process_info(whereis(relsync_target_lock), dictionary),
+    maps:with([who, since], proplists:get_value(relsync_lock, D)).
+
+wait_unlocked() ->
+    case whereis(relsync_target_lock) of
+        undefined -> ok;
+        _ -> timer:sleep(10), wait_unlocked()
+    end.
+
+%% Reloading the helper (twice, so the first copy is purged, as a new relsync
+%% version pushing its helper does) leaves a held lock alone.
+sync_lock_survives_reload(Config) ->
+    Dir = ?config(dir, Config),
+    Owner = spawn(fun() -> receive stop -> ok end end),
+    {ok, Token} = maps:get(lock, ?T:sync_state(Dir, [], none, #{lock => <<"a">>, owner => Owner})),
+    Holder = whereis(relsync_target_lock),
+    {?T, Bin, File} = code:get_object_code(?T),
+    [{module, ?T} = code:load_binary(?T, File, Bin) || _ <- [1, 2]],
+    ?assertEqual(Holder, whereis(relsync_target_lock)),
+    ?assert(is_process_alive(Holder)),
+    ok = ?T:unlock(Token),
+    Owner ! stop.
+
+%% Writes that carry a token name their temporary files after it, and are
+%% refused (nothing written) once the token no longer holds the lock.
+writes_under_lock(Config) ->
+    Dir = ?config(dir, Config),
+    Owner = spawn(fun() -> receive stop -> ok end end),
+    {ok, Token} = maps:get(lock, ?T:sync_state(Dir, [], none, #{lock => <<"a">>, owner => Owner})),
+    Path = <<Dir/binary, "/big">>,
+    ok = ?T:put_chunk(Path, 0, <<"abc">>, Token),
+    ?assertEqual([".relsync-tmp." ++ binary_to_list(Token) ++ ".big.part"], tmp_files(Dir)),
+    ?assertEqual({error, enoent}, ?T:commit(Path, 8#644, sha(<<"abc">>))),   % not that name
+    ok = ?T:put_chunk(Path, 3, <<"def">>, Token),
+    ?assertEqual(ok, ?T:commit(Path, 8#600, sha(<<"abcdef">>), Token)),
+    ?assertEqual({ok, <<"abcdef">>}, file:read_file(Path)),
+    Small = <<Dir/binary, "/small">>,
+    ?assertEqual(ok, ?T:put_files([{Small, 8#644, <<"s">>, sha(<<"s">>)}], Token)),
+    ok = ?T:put_chunk(Path, 0, <<"xyz">>, Token),
+    ok = ?T:unlock(Token),
+    ?assertEqual({error, lock_lost}, ?T:commit(Path, 8#644, sha(<<"xyz">>), Token)),
+    ?assertEqual({error, lock_lost}, ?T:put_chunk(Path, 0, <<"xyz">>, Token)),
+    ?assertEqual({error, lock_lost},
+                 ?T:put_files([{Small, 8#644, <<"t">>, sha(<<"t">>)}], Token)),
+    ?assertEqual({ok, <<"abcdef">>}, file:read_file(Path)),
+    ?assertEqual({ok, <<"s">>}, file:read_file(Small)),
+    ?assertEqual([], tmp_files(Dir)),
+    Owner ! stop.
 
 manifest_entries(Config) ->
     Root = make_tree(Config),
@@ -513,12 +596,14 @@ put_files_file_calls(Config) ->
                     erlang:trace_pattern({file, '_', '_'}, false, [call_count]),
                     lists:sort(Counted)
             end,
-    ?assertEqual([{close, 1}, {datasync, 1}, {open, 1}, {pwrite, 1}, {read_link_info, 1},
-                  {rename, 1}, {write_file_info, 1}],
+    %% read_file_info: of our descriptor (what the cache records); read_link_info:
+    %% the staged name is still that file, just before the rename.
+    ?assertEqual([{close, 1}, {datasync, 1}, {open, 1}, {pwrite, 1}, {read_file_info, 1},
+                  {read_link_info, 1}, {rename, 1}, {write_file_info, 1}],
                  Calls([{<<Dir/binary, "/a">>, 8#644, Data, sha(Data)}])),
     ok = file:write_file(<<Dir/binary, "/.relsync-tmp.b.part">>, <<"left over">>),
     ?assertEqual([{close, 1}, {datasync, 1}, {delete, 1}, {open, 2}, {pwrite, 1},
-                  {read_link_info, 1}, {rename, 1}, {write_file_info, 1}],
+                  {read_file_info, 1}, {read_link_info, 1}, {rename, 1}, {write_file_info, 1}],
                  Calls([{<<Dir/binary, "/b">>, 8#644, Data, sha(Data)}])),
     ?assertEqual({ok, Data}, file:read_file(<<Dir/binary, "/b">>)),
     ?assertEqual([], tmp_files(Dir)).

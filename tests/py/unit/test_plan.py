@@ -65,7 +65,7 @@ def test_in_place_changes_writes_and_reloads() -> None:
     assert plan.delete_paths == [f"{DEST}/lib/demo-0.1.0/ebin/demo_app.beam"]
     assert [m for m, _, _ in plan.reload] == ["demo_counter", "demo_new"]
     assert plan.purge == ["demo_app"]
-    assert plan.code_path_replace is None and not plan.links
+    assert plan.code_path_replace == [] and not plan.links
 
 
 def test_mode_change_alone_rewrites_the_file() -> None:
@@ -136,7 +136,7 @@ def test_first_shadow_sync_mirrors_the_release() -> None:
     assert links[f"{RW}/lib/kernel-8.5"] == f"{DEST}/lib/kernel-8.5"
     assert links[f"{RW}/erts-13.1"] == f"{DEST}/erts-13.1"
     assert len(links) == len(BASE) - 1 + 2
-    assert plan.code_path_replace == (DEST, RW)
+    assert plan.code_path_replace == [(DEST, RW)]
     assert [m for m, _, _ in plan.reload] == ["demo_counter"]
     assert [m for m, path, _ in plan.reload] and plan.reload[0][1].startswith(RW + "/")
 
@@ -157,7 +157,7 @@ def test_second_shadow_sync_is_incremental_and_converges() -> None:
             f"{DEST}/lib/demo-0.1.0/ebin/demo_counter.beam",
         )
     ]
-    assert back.writes == [] and back.code_path_replace is None
+    assert back.writes == [] and back.code_path_replace == []
     assert [m for m, _, _ in back.reload] == ["demo_counter"]
 
 
@@ -189,7 +189,7 @@ def test_stale_shadow_after_reboot_is_reconciled() -> None:
     v3 = {**BASE, "lib/demo-0.1.0/ebin/demo_counter.beam": "counter v3"}
     # After the reboot the VM runs the original again: shadow present but not active.
     plan = build_plan(local(v3), TargetState(DEST, RW, remote(BASE), stale, False))
-    assert plan.code_path_replace == (DEST, RW)
+    assert plan.code_path_replace == [(DEST, RW)]
     assert [w.path for w in plan.writes] == [f"{RW}/lib/demo-0.1.0/ebin/demo_counter.beam"]
     assert plan.delete_paths == [f"{RW}/lib/demo-0.1.0/ebin/gone.beam"]
     assert [m for m, _, _ in plan.reload] == ["demo_counter"]

@@ -83,7 +83,9 @@ class _FakeTarget:
         self.scan_done_when_asked: list[bool] = []
         self.cancelled = False
 
-    async def read(self, dest: str, exclude: Sequence[str], rw: str | None) -> Readout:
+    async def read(
+        self, dest: str, exclude: Sequence[str], rw: str | None, lock: str | None = None
+    ) -> Readout:
         scan = self.local._scan
         self.scan_done_when_asked.append(scan is not None and scan.done())
         assert tuple(exclude) == self.local.exclude_prefixes
