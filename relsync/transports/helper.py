@@ -17,6 +17,7 @@ from relsync.delta import BLOCK, Copy, Op, make_delta
 from relsync.dist.etf import Atom, Term
 from relsync.dist.pretty import format_term
 from relsync.errors import BusyError, TargetError, UsageError
+from relsync.posix import describe
 from relsync.target import (
     TEMP_PREFIX,
     CodeState,
@@ -141,7 +142,7 @@ def _module_result(module: str, result: Term) -> ModuleResult:
         status, extra = result
         if isinstance(extra, list):
             return ModuleResult(module, str(status), tuple(_proc(p) for p in extra))
-        return ModuleResult(module, str(status), detail=_text(extra))
+        return ModuleResult(module, str(status), detail=describe(_text(extra)))
     return ModuleResult(module, "error", detail=format_term(result))
 
 
@@ -227,12 +228,13 @@ class HelperTarget(ABC):
             last = result[-1]
             reason = _text(last) if isinstance(last, bytes | str) else format_term(last)
             hint = {
-                "enospc": "the target's disk is full; free space on it and sync again",
-                "erofs": "that path is read-only; give a writable --destination-rw-path",
-                "eacces": "permission denied; check the owner of that path on the target",
-                "hash_mismatch": "the data arrived corrupted; sync again",
+                "enospc": "free space on it and sync again",
+                "erofs": "give a writable --destination-rw-path",
+                "eacces": "check the owner of that path on the target",
+                "hash_mismatch": "sync again",
+                "lock_lost": "sync again",
             }.get(reason, "check the path on the target")
-            raise TargetError(f"{what} failed on {self.label}:{where} {reason}; {hint}")
+            raise TargetError(f"{what} failed on {self.label}:{where} {describe(reason)}; {hint}")
         raise TargetError(f"{what} failed on {self.label}: unexpected reply {format_term(result)}")
 
     async def read(
