@@ -1,10 +1,12 @@
 """A board's relsyncd can be older than the relsync talking to it (it is built into the
 board's firmware): one from before ``sync_state`` answers ``unknown_function``, and relsync
-then asks for the same things one by one."""
+then asks for the same things one by one; one from before the sync lock (``sync_state/4``) is
+read with ``sync_state/3``, and written without a lock token."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -20,15 +22,21 @@ pytestmark = pytest.mark.integration
 
 
 class _OldRelsyncd(SshTarget):
-    """The board's real relsyncd, except that it does not know ``sync_state``."""
+    """The board's real relsyncd, except that it does not know ``sync_state`` in the arities
+    of ``unknown``."""
 
-    asked: list[str]
+    asked: list[tuple[str, int]]
+    unknown = (3, 4)
 
     async def _call(self, function: str, args: list[Term], timeout: float = CALL_TIMEOUT) -> Term:
-        self.asked = [*getattr(self, "asked", []), function]
-        if function == "sync_state":
+        self.asked = [*getattr(self, "asked", []), (function, len(args))]
+        if function == "sync_state" and len(args) in self.unknown:
             return (Atom("error"), Atom("unknown_function"))
         return await super()._call(function, args, timeout)
+
+
+class _BeforeTheLock(_OldRelsyncd):
+    unknown = (4,)
 
 
 def test_read_from_a_relsyncd_without_sync_state(tmp_path: Path) -> None:
@@ -50,12 +58,40 @@ def test_read_from_a_relsyncd_without_sync_state(tmp_path: Path) -> None:
             finally:
                 await asyncio.gather(*(target.close() for target in targets))
             assert isinstance(targets[1], _OldRelsyncd)
-            assert targets[1].asked[0] == "sync_state"
-            assert sorted(targets[1].asked[1:]) == sorted(
+            assert targets[1].asked[:2] == [("sync_state", 4), ("sync_state", 3)]
+            assert sorted(name for name, _ in targets[1].asked[2:]) == sorted(
                 ["info", "manifest", "manifest", "code_state", "list_dir", "list_dir"]
             )
-            assert old == new
+            assert new.dest_kind == "directory" and old.dest_kind is None
+            assert old == dataclasses.replace(new, dest_kind=None)
             assert "bin/demo" in new.original and "lib" in new.top
+        finally:
+            await board.stop()
+
+    asyncio.run(go())
+
+
+def test_a_relsyncd_from_before_the_lock_syncs_without_one(tmp_path: Path) -> None:
+    release = build_example_release()
+
+    async def go() -> None:
+        board = await LocalBoard.start(release, workdir=tmp_path / "board")
+        try:
+            ssh = await board.enable_ssh()
+            target = await _BeforeTheLock.open(
+                "127.0.0.1", port=ssh.port, user=ssh.user, identity=str(ssh.identity),
+                known_hosts=tmp_path / "kh", accept_new_host_key=True,
+            )  # fmt: skip
+            try:
+                where = (str(board.release_path), system_lib_prefixes(), str(board.rw_path))
+                seen = await target.read(*where, lock="an old board's client")
+                assert target.asked == [("sync_state", 4), ("sync_state", 3)]
+                assert "bin/demo" in seen.original and seen.dest_kind is None
+                assert target.temp_path("/data/x.beam") == "/data/.relsync-tmp.x.beam.part"
+                await target.unlock()  # no lock: nothing to release
+                assert target.asked[-1] == ("sync_state", 3)
+            finally:
+                await target.close()
         finally:
             await board.stop()
 
