@@ -10,6 +10,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from support.local_board import open_target, with_board
 
 from relsync.dist.etf import Atom, Term
 from relsync.harness.example import build_example_release
@@ -40,59 +41,38 @@ class _BeforeTheLock(_OldRelsyncd):
 
 
 def test_read_from_a_relsyncd_without_sync_state(tmp_path: Path) -> None:
-    release = build_example_release()
-
-    async def go() -> None:
-        board = await LocalBoard.start(release, workdir=tmp_path / "board")
+    async def body(board: LocalBoard) -> None:
+        targets = [await open_target(board, "ssh", kind) for kind in (SshTarget, _OldRelsyncd)]
         try:
-            ssh = await board.enable_ssh()
-            targets = [
-                await kind.open("127.0.0.1", port=ssh.port, user=ssh.user,
-                                identity=str(ssh.identity), known_hosts=tmp_path / "kh",
-                                accept_new_host_key=True)
-                for kind in (SshTarget, _OldRelsyncd)
-            ]  # fmt: skip
-            try:
-                where = (str(board.release_path), system_lib_prefixes(), str(board.rw_path))
-                new, old = [await target.read(*where) for target in targets]
-            finally:
-                await asyncio.gather(*(target.close() for target in targets))
-            assert isinstance(targets[1], _OldRelsyncd)
-            assert targets[1].asked[:2] == [("sync_state", 4), ("sync_state", 3)]
-            assert sorted(name for name, _ in targets[1].asked[2:]) == sorted(
-                ["info", "manifest", "manifest", "code_state", "list_dir", "list_dir"]
-            )
-            assert new.dest_kind == "directory" and old.dest_kind is None
-            assert old == dataclasses.replace(new, dest_kind=None)
-            assert "bin/demo" in new.original and "lib" in new.top
+            where = (str(board.release_path), system_lib_prefixes(), str(board.rw_path))
+            new, old = [await target.read(*where) for target in targets]
         finally:
-            await board.stop()
+            await asyncio.gather(*(target.close() for target in targets))
+        assert isinstance(targets[1], _OldRelsyncd)
+        assert targets[1].asked[:2] == [("sync_state", 4), ("sync_state", 3)]
+        assert sorted(name for name, _ in targets[1].asked[2:]) == sorted(
+            ["info", "manifest", "manifest", "code_state", "list_dir", "list_dir"]
+        )
+        assert new.dest_kind == "directory" and old.dest_kind is None
+        assert old == dataclasses.replace(new, dest_kind=None)
+        assert "bin/demo" in new.original and "lib" in new.top
 
-    asyncio.run(go())
+    with_board(build_example_release(), tmp_path / "board", body, "ssh")
 
 
 def test_a_relsyncd_from_before_the_lock_syncs_without_one(tmp_path: Path) -> None:
-    release = build_example_release()
-
-    async def go() -> None:
-        board = await LocalBoard.start(release, workdir=tmp_path / "board")
+    async def body(board: LocalBoard) -> None:
+        target = await open_target(board, "ssh", _BeforeTheLock)
+        assert isinstance(target, _BeforeTheLock)
         try:
-            ssh = await board.enable_ssh()
-            target = await _BeforeTheLock.open(
-                "127.0.0.1", port=ssh.port, user=ssh.user, identity=str(ssh.identity),
-                known_hosts=tmp_path / "kh", accept_new_host_key=True,
-            )  # fmt: skip
-            try:
-                where = (str(board.release_path), system_lib_prefixes(), str(board.rw_path))
-                seen = await target.read(*where, lock="an old board's client")
-                assert target.asked == [("sync_state", 4), ("sync_state", 3)]
-                assert "bin/demo" in seen.original and seen.dest_kind is None
-                assert target.temp_path("/data/x.beam") == "/data/.relsync-tmp.x.beam.part"
-                await target.unlock()  # no lock: nothing to release
-                assert target.asked[-1] == ("sync_state", 3)
-            finally:
-                await target.close()
+            where = (str(board.release_path), system_lib_prefixes(), str(board.rw_path))
+            seen = await target.read(*where, lock="an old board's client")
+            assert target.asked == [("sync_state", 4), ("sync_state", 3)]
+            assert "bin/demo" in seen.original and seen.dest_kind is None
+            assert target.temp_path("/data/x.beam") == "/data/.relsync-tmp.x.beam.part"
+            await target.unlock()  # no lock: nothing to release
+            assert target.asked[-1] == ("sync_state", 3)
         finally:
-            await board.stop()
+            await target.close()
 
-    asyncio.run(go())
+    with_board(build_example_release(), tmp_path / "board", body, "ssh")

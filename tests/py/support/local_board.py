@@ -26,13 +26,16 @@ def with_board(
     asyncio.run(main())
 
 
-async def open_target(board: LocalBoard, mode: str) -> HelperTarget:
-    """A transport connected to ``board`` in ``mode`` (``ssh`` needs ``enable_ssh`` first)."""
+async def open_target(
+    board: LocalBoard, mode: str, ssh_kind: type[SshTarget] = SshTarget
+) -> HelperTarget:
+    """A transport connected to ``board`` in ``mode`` (``ssh`` needs ``enable_ssh`` first;
+    ``ssh_kind``: a subclass of SshTarget to connect with)."""
     if mode == "erl":
         return await ErlTarget.open(board.node, board.cookie, epmd_port=board.epmd_port)
     assert board.ssh is not None
     ssh = board.ssh
-    return await SshTarget.open(
+    return await ssh_kind.open(
         "127.0.0.1", port=ssh.port, user=ssh.user, identity=str(ssh.identity),
         known_hosts=ssh.known_hosts, accept_new_host_key=True,
     )  # fmt: skip
