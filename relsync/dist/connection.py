@@ -54,6 +54,10 @@ _LEN: Final = struct.Struct(">I")
 _RECV_INITIAL: Final = 256 * 1024
 _RECV_MIN_FREE: Final = 64 * 1024
 _SMALL: Final = 64 * 1024  # packets up to this size are joined into one send
+#: The largest packet accepted from the peer: far above the biggest real reply (a sync_state of
+#: a 10,000-file release is about 2.5 MB, the block sums of a 4 GB file 7 MB, hook output at
+#: most 1 MiB), so a broken length header is an error instead of unbounded memory.
+MAX_PACKET: Final = 64 << 20
 
 
 class Connection:
@@ -329,6 +333,12 @@ class Connection:
         need = 4
         while end - start >= 4:
             (size,) = _LEN.unpack_from(buf, start)
+            if size > MAX_PACKET:
+                self._abort(
+                    f"the peer announced a packet of {size} bytes, over relsync's limit of "
+                    f"{MAX_PACKET >> 20} MiB (a broken stream, or not an Erlang node)"
+                )
+                return
             need = 4 + size
             if end - start < need:
                 break

@@ -13,13 +13,16 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from relsync.dist.errors import ConnectTimeout, EpmdUnreachable, NodeNotFound
+from relsync.dist.errors import ConnectTimeout, EpmdUnreachable, NodeNotFound, NotEpmd
 
 DEFAULT_PORT = 4369
 PORT_PLEASE2_REQ = 122
 PORT2_RESP = 119
 NAMES_REQ = 110
 DEFAULT_TIMEOUT = 5.0
+#: The longest answer read: EPMD's longest (NAMES, a line of at most ~270 bytes per node) stays
+#: far below it, so more comes from something else listening on the port.
+MAX_ANSWER = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +63,8 @@ def host_address(host: str) -> str:
 
 
 async def _request(host: str, port: int, request: bytes, timeout: float) -> bytes:
-    """Send one EPMD request and read the whole answer (EPMD closes after answering)."""
+    """Send one EPMD request and read the whole answer (EPMD closes after answering); an
+    answer over :data:`MAX_ANSWER` raises :class:`NotEpmd`."""
     address = host_address(host)
     try:
         async with asyncio.timeout(timeout):
@@ -68,7 +72,12 @@ async def _request(host: str, port: int, request: bytes, timeout: float) -> byte
             try:
                 writer.write(struct.pack(">H", len(request)) + request)
                 await writer.drain()
-                return await reader.read()
+                answer = bytearray()
+                while chunk := await reader.read(MAX_ANSWER + 1 - len(answer)):
+                    answer += chunk
+                    if len(answer) > MAX_ANSWER:
+                        raise NotEpmd(host, port, MAX_ANSWER)
+                return bytes(answer)
             finally:
                 writer.close()
     except TimeoutError:

@@ -24,6 +24,17 @@ class EpmdUnreachable(DistError):
         )
 
 
+class NotEpmd(DistError):
+    """The EPMD port answered with more than any EPMD answer: another service listens there."""
+
+    def __init__(self, host: str, port: int, limit: int) -> None:
+        self.host, self.port = host, port
+        super().__init__(
+            f"{host}:{port} is not EPMD: it sent more than {limit >> 10} KiB in answer to one "
+            f"request; give the target's EPMD port (--epmd-port / ERL_EPMD_PORT)"
+        )
+
+
 class NodeNotFound(DistError):
     """EPMD answered but does not know the node name."""
 
