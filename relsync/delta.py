@@ -4,19 +4,27 @@ The target cuts its copy into fixed blocks and sends a weak (Adler-32) and a str
 of each. Here, walking the new file, a block that hashes like one of the target's becomes a
 ``copy`` of that block; bytes in between become literal ``data``. The weak sum rolls one byte at
 a time only across bytes that match nothing, so an edit or an insertion costs about one block of
-rolling. A file that shares little is not worth it: :func:`make_delta` gives up (``None``) and
+rolling. A file that shares little is not worth it: :func:`file_delta` gives up (``None``) and
 the file goes whole. The target rebuilds the file and checks its SHA-256 before the rename.
+
+The new file is read :data:`READ` bytes at a time: besides the target's sums, memory holds one
+piece of it and the literal data found (which the caller bounds with ``max_literal``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import zlib
 from dataclasses import dataclass
+from typing import BinaryIO
 
 BLOCK = 16 * 1024
-#: Places :func:`make_delta` looks for a shared block before scanning a whole file.
+#: Places :func:`file_delta` looks for a shared block before scanning a whole file.
 PROBES = 8
+#: How much of the new file is read at a time.
+READ = 1 << 20
 _MOD = 65521
 
 
@@ -42,53 +50,138 @@ def make_delta(
     max_literal: float = 0.5,
     probes: int = PROBES,
 ) -> list[Op] | None:
-    """Ops rebuilding ``new`` from the target's copy, or None when a delta would not pay.
+    """:func:`file_delta` of the bytes ``new``."""
+    return file_delta(io.BytesIO(new), signatures, block, max_literal, probes)
 
-    ``signatures`` are (adler32, md5) of the copy's consecutive ``block``-sized blocks. Unless
-    any literal is fine (``max_literal >= 1``), a file of at least ``2 * probes`` blocks must
-    first find one of the copy's blocks near one of ``probes`` evenly spaced places: a file
-    that shares nothing then costs milliseconds, not seconds of rolling.
+
+def file_delta(
+    source: BinaryIO,
+    signatures: list[tuple[int, bytes]],
+    block: int = BLOCK,
+    max_literal: float = 0.5,
+    probes: int = PROBES,
+) -> list[Op] | None:
+    """Ops rebuilding the seekable file ``source`` from the target's copy, or None when a delta
+    would not pay (or the file got shorter while read: it changed, and goes whole).
+
+    ``signatures`` are (adler32, md5) of the copy's consecutive ``block``-sized blocks. At most
+    ``max_literal`` of the file may go as literal data. Unless any literal is fine
+    (``max_literal >= 1``), a file of at least ``2 * probes`` blocks must first find one of the
+    copy's blocks near one of ``probes`` evenly spaced places: a file that shares nothing then
+    costs milliseconds, not seconds of rolling.
     """
     weak: dict[int, int] = {}
     strong: dict[bytes, int] = {}
     for number, (w, s) in enumerate(signatures):
         weak.setdefault(w, number)
         strong.setdefault(s, number)
-    size = len(new)
-    view = memoryview(new)
-    probing = max_literal < 1 and probes and size >= 2 * probes * block
-    if probing and not _shares_a_block(view, block, weak, strong, probes):
+    size = source.seek(0, os.SEEK_END)
+    try:
+        probing = max_literal < 1 and probes and size >= 2 * probes * block
+        if probing and not _shares_a_block(source, size, block, weak, strong, probes):
+            return None
+        return _scan(_Window(source, size), block, weak, strong, int(size * max_literal))
+    except EOFError:
         return None
+
+
+class _Window:
+    """The part of a file a scan is at, read a piece at a time."""
+
+    def __init__(self, source: BinaryIO, size: int) -> None:
+        source.seek(0)
+        self._source = source
+        self.size = size
+        self.start = 0  # the file offset of data[0]
+        self.data = memoryview(b"")
+
+    @property
+    def end(self) -> int:
+        """The file offset after the bytes held."""
+        return self.start + self.data.nbytes
+
+    def hold(self, pos: int, need: int) -> None:
+        """Hold ``need`` bytes from ``pos`` on (up to the end of the file), at least
+        :data:`READ` more than now; forget the bytes before ``pos``."""
+        want = min(self.size - self.end, max(READ, pos + need - self.end))
+        self.data = memoryview(b"".join((self.data[pos - self.start :], _read(self._source, want))))
+        self.start = pos
+
+    def take(self, start: int, stop: int) -> bytes:
+        """A copy of the file's bytes ``start:stop`` (held)."""
+        return self.data[start - self.start : stop - self.start].tobytes()
+
+
+def _read(source: BinaryIO, size: int) -> bytes:
+    """``size`` bytes of ``source``; EOFError when it ends before (it got shorter)."""
+    data = source.read(size)
+    if len(data) < size:
+        raise EOFError
+    return data
+
+
+class _Literals:
+    """The literal data found since the last copy, in pieces; ``total`` counts all so far."""
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+        self.total = 0
+
+    def add(self, data: bytes) -> None:
+        self.pieces.append(data)
+        self.total += len(data)
+
+    def flush(self, ops: list[Op]) -> None:
+        """Append the pieces to ``ops`` as one literal."""
+        if self.pieces:
+            ops.append(self.pieces[0] if len(self.pieces) == 1 else b"".join(self.pieces))
+            self.pieces = []
+
+
+def _scan(
+    window: _Window, block: int, weak: dict[int, int], strong: dict[bytes, int], budget: int
+) -> list[Op] | None:
+    """The ops of the file ``window`` reads, or None when its literal data exceeds ``budget``."""
     ops: list[Op] = []
-    literal_start = pos = literal_done = 0
-    budget = int(size * max_literal)
+    literals = _Literals()
+    size = window.size
+    literal_start = pos = 0
     last = size - block  # where the last full window starts
-    a = b = -1  # rolling Adler-32 halves of new[pos:pos+block]; -1: not computed
+    a = b = -1  # rolling Adler-32 halves of the file's [pos, pos + block); -1: not computed
     while pos <= last:
+        if window.end < min(size, pos + 2 * block):
+            if pos > literal_start:
+                literals.add(window.take(literal_start, pos))
+                literal_start = pos
+            window.hold(pos, 2 * block)
+        view, base = window.data, window.start
+        here = view[pos - base : pos - base + block]
         if a < 0:
-            value = zlib.adler32(view[pos : pos + block])
+            value = zlib.adler32(here)
             a, b = value & 0xFFFF, value >> 16
-        found = strong.get(_strong(view[pos : pos + block])) if ((b << 16) | a) in weak else None
+        found = strong.get(_strong(here)) if ((b << 16) | a) in weak else None
         if found is not None:
             if pos > literal_start:
-                ops.append(bytes(view[literal_start:pos]))
-                literal_done += pos - literal_start
+                literals.add(window.take(literal_start, pos))
+            literals.flush(ops)
             _add_copy(ops, found * block, block)
             pos += block
             literal_start = pos
             a = -1
             continue
-        room = budget - literal_done  # literal bytes still allowed
+        room = budget - literals.total  # literal bytes still allowed
         if pos - literal_start > room:
             return None
         if pos == last:
             break
-        stop = min(last, literal_start + room + 1)
-        pos, a, b = _roll(view, pos, stop, a, b, block, weak)
+        stop = min(last, literal_start + room + 1, window.end - block)
+        moved, a, b = _roll(view, pos - base, stop - base, a, b, block, weak)
+        pos = base + moved
     if literal_start < size:
-        ops.append(bytes(view[literal_start:]))
-        literal_done += size - literal_start
-    return ops if literal_done <= budget else None
+        window.hold(literal_start, size - literal_start)
+        literals.add(window.take(literal_start, size))
+    literals.flush(ops)
+    return ops if literals.total <= budget else None
 
 
 def _roll(
@@ -106,22 +199,28 @@ def _roll(
 
 
 def _shares_a_block(
-    view: memoryview, block: int, weak: dict[int, int], strong: dict[bytes, int], probes: int
+    source: BinaryIO,
+    size: int,
+    block: int,
+    weak: dict[int, int],
+    strong: dict[bytes, int],
+    probes: int,
 ) -> bool:
-    """Whether one of ``probes`` windows spread over ``view``, each rolled over a block's worth
+    """Whether one of ``probes`` windows spread over the file, each rolled over a block's worth
     of positions (so a shifted copy still lines up), is one of the target's blocks."""
-    last = len(view) - block
+    last = size - block
     for number in range(probes):
-        pos = number * (last - block) // max(probes - 1, 1)
-        stop = pos + block
-        value = zlib.adler32(view[pos : pos + block])
+        source.seek(number * (last - block) // max(probes - 1, 1))
+        view = memoryview(_read(source, 2 * block))
+        pos = 0
+        value = zlib.adler32(view[:block])
         a, b = value & 0xFFFF, value >> 16
         while True:
             if ((b << 16) | a) in weak and _strong(view[pos : pos + block]) in strong:
                 return True
-            if pos >= stop:
+            if pos >= block:
                 break
-            pos, a, b = _roll(view, pos, stop, a, b, block, weak)
+            pos, a, b = _roll(view, pos, block, a, b, block, weak)
     return False
 
 
