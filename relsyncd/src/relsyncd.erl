@@ -18,8 +18,11 @@
 %%   allowed_paths           [dir], default [code:root_dir(), "/data"]: all SFTP and
 %%                           control-channel paths must be inside one of them
 %%   hook_timeout            ms, default 600000: run_hook timeouts are capped to it
-%%   max_frame               bytes, default 67108864: larger control frames close the channel
+%%   max_frame               bytes, default 16777216 (16 MiB): a larger control request is
+%%                           refused and its channel closed
 %%   max_sessions            default 4: concurrent connections
+%%   max_channels            default 4: channels with a subsystem (or an env request) per
+%%                           connection; relsync uses two (control and SFTP)
 %%   retry_interval          ms, default 5000: the app retries a daemon that failed to start
 -module(relsyncd).
 
@@ -31,7 +34,7 @@
 
 -define(KEYS, [enabled, ssh_port, ip, user, authorized_keys, authorized_public_keys,
                host_key_dir, allowed_paths, hook_timeout, max_frame, max_sessions,
-               retry_interval]).
+               max_channels, retry_interval]).
 
 %% Full settings: Overrides, then the relsyncd application env, then defaults.
 -spec config(config() | [{atom(), term()}]) -> config().
@@ -50,8 +53,9 @@ defaults() ->
       host_key_dir => "/data/relsyncd",
       allowed_paths => [code:root_dir(), "/data"],
       hook_timeout => 600000,
-      max_frame => 64 * 1024 * 1024,
+      max_frame => 16 * 1024 * 1024,
       max_sessions => 4,
+      max_channels => 4,
       retry_interval => 5000}.
 
 %% Start an ssh daemon serving the "relsync" control subsystem and SFTP.
@@ -96,16 +100,17 @@ daemon_options(Config0) ->
             {ok, [{key_cb, KeyCb},
                   {auth_methods, "publickey"},
                   {user_passwords, []},
-                  %% No CLI at all: shell, exec and pty requests get a
-                  %% channel failure (with only shell/exec disabled, OTP
-                  %% accepts them and answers "Prohibited.").
-                  {ssh_cli, no_cli},
+                  %% No shell: relsyncd_cli refuses shell, exec and pty
+                  %% requests (with only shell/exec disabled, OTP accepts
+                  %% them and answers "Prohibited.") and accepts env.
+                  {ssh_cli, {relsyncd_cli, []}},
                   {shell, disabled},
                   {exec, disabled},
                   {tcpip_tunnel_in, false},
                   {tcpip_tunnel_out, false},
                   {subsystems, subsystems(Config)},
                   {max_sessions, maps:get(max_sessions, Config)},
+                  {max_channels, maps:get(max_channels, Config)},
                   {parallel_login, true},
                   {failfun, fun(U, Peer, Reason) ->
                                     logger:notice("relsyncd: login of ~p from ~p refused: ~p",

@@ -20,7 +20,8 @@
 %% manifest) never blocks the connection's other channels (SFTP). When the
 %% channel closes, the worker is killed, and with it a running hook
 %% (relsync_target:run_hook/3 watches its caller). After the client's EOF,
-%% queued requests are finished, then the channel is closed.
+%% queued requests are finished, then the channel ends with exit status 0
+%% (1 after an oversized frame), EOF and close.
 %%
 %% Flow control: ssh_server_channel re-opens the SSH window by a data
 %% message's size when handle_ssh_msg/2 returns. While the worker has
@@ -51,8 +52,9 @@
              buf = <<>> :: binary(),
              worker :: pid() | undefined,
              pending = 0 :: non_neg_integer(),
-             %% no more requests are read: the client's EOF, or a frame over max_frame
-             eof = false :: boolean()}).
+             %% why no more requests are read: the client's EOF, or a frame over
+             %% max_frame; the channel's exit status is then 0 or 1
+             eof = false :: false | client | oversized}).
 
 %% ssh wants the channel's init argument to be a list: the options travel as
 %% a proplist.
@@ -96,7 +98,7 @@ handle_ssh_msg({ssh_cm, _CM, {data, Id, 0, Data}}, #st{id = Id, eof = false, buf
 handle_ssh_msg({ssh_cm, _CM, {data, Id, _Ext, _Data}}, #st{id = Id} = S) ->
     {ok, S};                            % stderr, or what follows an oversized frame
 handle_ssh_msg({ssh_cm, _CM, {eof, Id}}, #st{id = Id} = S) ->
-    maybe_close(S#st{eof = true});
+    maybe_close(S#st{eof = client});
 handle_ssh_msg({ssh_cm, _CM, {signal, _, _}}, S) ->
     {ok, S};
 handle_ssh_msg({ssh_cm, _CM, {exit_signal, Id, _, _, _}}, #st{id = Id} = S) ->
@@ -122,7 +124,7 @@ frames(#st{buf = <<Len:32/big, Head/binary>>, opts = #{max_frame := Max}} = S)
             logger:warning("relsyncd: control frame of ~b bytes exceeds max_frame ~b; "
                            "refused, closing the channel", [Len, Max]),
             S#st.worker ! {reply, ReqId, {error, {frame_too_large, Len, Max}}},
-            {ok, S#st{buf = <<>>, eof = true, pending = S#st.pending + 1}};
+            {ok, S#st{buf = <<>>, eof = oversized, pending = S#st.pending + 1}};
         none ->
             logger:warning("relsyncd: control frame of ~b bytes exceeds max_frame ~b; closing",
                            [Len, Max]),
@@ -132,6 +134,7 @@ frames(#st{buf = <<Len:32/big, Body:Len/binary, Rest/binary>>} = S) ->
     case decode(Body) of
         {ok, Req} ->
             S#st.worker ! {request, Req},
+            true = erlang:garbage_collect(),            % (see the worker)
             frames(S#st{buf = Rest, pending = S#st.pending + 1});
         {bad_request, ReqId} ->
             S#st.worker ! {reply, ReqId, {error, bad_request}},
@@ -171,11 +174,14 @@ oversized_id(Head) when byte_size(Head) < 4 ->
 oversized_id(_) ->
     none.
 
-close(#st{cm = CM, id = Id} = S) ->
-    _ = ssh_connection:close(CM, Id),
+%% ssh_server_channel closes the channel when told to stop. (Closing it here
+%% as well sends a second CLOSE, which a client may take as a protocol error
+%% and drop the whole connection, as asyncssh does.)
+close(#st{id = Id} = S) ->
     {stop, Id, S}.
 
-maybe_close(#st{eof = true, pending = 0, cm = CM, id = Id} = S) ->
+maybe_close(#st{eof = Why, pending = 0, cm = CM, id = Id} = S) when Why =/= false ->
+    _ = ssh_connection:exit_status(CM, Id, case Why of client -> 0; oversized -> 1 end),
     _ = ssh_connection:send_eof(CM, Id),
     close(S);
 maybe_close(S) ->
@@ -211,6 +217,9 @@ worker_loop(Channel, CM, Id, Opts) ->
         Err -> exit({send_failed, Err})
     end,
     Channel ! {relsyncd_done, self()},
+    %% A request's binaries (megabytes) would otherwise wait for a collection
+    %% of this small heap, many requests later.
+    true = erlang:garbage_collect(),
     worker_loop(Channel, CM, Id, Opts).
 
 %% minor_version 2 (UTF-8 atoms) is the default from OTP 26 on; asking for it

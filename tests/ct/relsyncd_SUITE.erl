@@ -25,7 +25,8 @@
          ctl_load_modules/1, ctl_run_hook/1, ctl_forbidden/1, ctl_unknown_function/1,
          ctl_bad_request/1, ctl_undecodable_closes/1, ctl_split_frames/1,
          ctl_in_order/1, ctl_long_hook_not_blocking/1, ctl_close_kills_worker/1,
-         ctl_eof_finishes_queue/1,
+         ctl_eof_finishes_queue/1, ctl_oversized_refused/1, env_accepted/1,
+         max_channels_capped/1,
          paths_unit/1, app_starts_daemon/1, app_disabled/1, app_retries/1]).
 
 -define(USER, "relsync").
@@ -39,7 +40,8 @@ all() ->
 
 groups() ->
     [{auth, [], [connect_ok, inline_rsa_key_ok, wrong_key_refused, unknown_user_refused,
-                 password_refused, shell_exec_refused, host_key_persisted]},
+                 password_refused, shell_exec_refused, host_key_persisted, env_accepted,
+                 max_channels_capped]},
      {sftp, [], [sftp_inside, sftp_shadow_symlinks, sftp_escapes_refused,
                  sftp_generated_bad_paths]},
      {ctl, [], [ctl_ping_info, ctl_manifest, ctl_put_commit, ctl_put_files_chunks,
@@ -47,7 +49,7 @@ groups() ->
                 ctl_load_modules, ctl_run_hook, ctl_forbidden, ctl_unknown_function,
                 ctl_bad_request, ctl_undecodable_closes, ctl_split_frames,
                 ctl_in_order, ctl_long_hook_not_blocking, ctl_close_kills_worker,
-                ctl_eof_finishes_queue]}].
+                ctl_eof_finishes_queue, ctl_oversized_refused]}].
 
 %%% ---------------------------------------------------------------- setup
 
@@ -643,7 +645,45 @@ ctl_eof_finishes_queue(Config) ->
     send_raw(C, Ch, iolist_to_binary([frame({I, ping, []}) || I <- [1, 2, 3]])),
     ok = ssh_connection:send_eof(C, Ch),
     [{I, pong} = recv(C, Ch) || I <- [1, 2, 3]],
+    receive {ssh_cm, C, {exit_status, Ch, 0}} -> ok after ?T -> ct:fail(no_exit_status) end,
     wait_closed(C, Ch).
+
+%% A frame over max_frame is not read: the requests before it are answered,
+%% it gets an error naming the sizes, and only its channel is closed.
+ctl_oversized_refused(Config) ->
+    C = connect(Config),
+    Other = open_ctl(C),
+    Ch = open_ctl(C),
+    Max = 16 * 1024 * 1024,
+    Len = Max + 1,
+    <<_:32, Body/binary>> = frame({2, ping, []}),
+    send_raw(C, Ch, <<(frame({1, ping, []}))/binary, Len:32, Body/binary>>),
+    {1, pong} = recv(C, Ch),
+    {2, {error, {frame_too_large, Len, Max}}} = recv(C, Ch),
+    receive {ssh_cm, C, {exit_status, Ch, 1}} -> ok after ?T -> ct:fail(no_exit_status) end,
+    wait_closed(C, Ch),
+    {1, pong} = call(C, Other, 1, ping, []).
+
+%% OpenSSH sends env requests (SendEnv LANG LC_*) before the subsystem
+%% request: they are accepted (and ignored), and the subsystem then works.
+env_accepted(Config) ->
+    C = connect(Config),
+    {ok, Ch} = ssh_connection:session_channel(C, ?T),
+    success = ssh_connection:setenv(C, Ch, "LANG", "C.UTF-8", ?T),
+    success = ssh_connection:subsystem(C, Ch, "relsync", ?T),
+    {1, pong} = call(C, Ch, 1, ping, []).
+
+%% At most max_channels (4) channels with a subsystem per connection.
+max_channels_capped(Config) ->
+    C = connect(Config),
+    Chs = [open_ctl(C) || _ <- lists:seq(1, 4)],
+    {ok, Ch5} = ssh_connection:session_channel(C, ?T),
+    ?assertEqual(failure, ssh_connection:subsystem(C, Ch5, "relsync", ?T)),
+    [{1, pong} = call(C, Ch, 1, ping, []) || Ch <- Chs],
+    %% a closed one frees its place
+    ok = ssh_connection:close(C, hd(Chs)),
+    wait_closed(C, hd(Chs)),
+    {1, pong} = call(C, open_ctl(C), 1, ping, []).
 
 %%% ---------------------------------------------------------- paths (unit)
 
