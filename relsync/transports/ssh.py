@@ -34,9 +34,13 @@ UPLOADS_IN_FLIGHT = 2
 #: channel.
 SFTP_MIN = 64 << 10
 # A board that loses power leaves our TCP connection open with nothing coming back; ask every
-# 15 s and give up after 4 unanswered, like an Erlang node's net_ticktime of 60 s in erl mode.
+# 15 s and give up after 60 s, like an Erlang node's net_ticktime in erl mode. (asyncssh gives up
+# when the keepalive after KEEPALIVE_COUNT_MAX unanswered ones falls due: 3 makes 4 intervals.)
 KEEPALIVE_INTERVAL = 15.0
-KEEPALIVE_COUNT_MAX = 4
+KEEPALIVE_COUNT_MAX = 3
+#: The largest reply frame accepted: far above the biggest real one (a manifest of a 10,000-file
+#: release is about 0.9 MB), so a broken stream is an error instead of unbounded memory.
+MAX_REPLY = 64 << 20
 _LEN = struct.Struct(">I")
 
 
@@ -81,16 +85,29 @@ class _HostKeyPolicy(asyncssh.SSHClient):
 class _ControlSession(asyncssh.SSHClientSession[bytes]):
     """The relsync subsystem: framed requests out, replies matched by request id."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str) -> None:
+        self._label = label
         self._buf = bytearray()
         self.pending: dict[int, asyncio.Future[Term]] = {}
         self.lost: Exception | None = None
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         """Collect bytes and resolve every complete reply frame."""
+        if self.lost is not None:
+            return
         self._buf += data
         while len(self._buf) >= 4:
             (size,) = _LEN.unpack_from(self._buf)
+            if size > MAX_REPLY:
+                self._buf.clear()
+                self.connection_lost(
+                    TargetError(
+                        f"{self._label} sent a reply of {size} bytes, over relsync's limit of "
+                        f"{MAX_REPLY >> 20} MiB (a broken stream or a relsyncd that does not "
+                        "match this relsync); check relsyncd on the board and run relsync again"
+                    )
+                )
+                return
             if len(self._buf) < 4 + size:
                 return
             frame = bytes(self._buf[4 : 4 + size])
@@ -173,7 +190,7 @@ class SshTarget(HelperTarget):
         if policy.new_key is not None:
             _record_host_key(known, host, port, policy.new_key)
         try:
-            session = _ControlSession()
+            session = _ControlSession(label)
             chan, _ = await conn.create_session(lambda: session, subsystem=SUBSYSTEM, encoding=None)
         except asyncssh.Error as exc:
             conn.close()
@@ -192,7 +209,7 @@ class SshTarget(HelperTarget):
         frame = term_to_binary((ident, Atom(function), args))
         try:
             self._chan.write(_LEN.pack(len(frame)) + frame)
-            return await asyncio.wait_for(future, timeout)
+            result = await asyncio.wait_for(future, timeout)
         except TimeoutError as exc:
             self._session.pending.pop(ident, None)
             raise TargetError(
@@ -201,6 +218,13 @@ class SshTarget(HelperTarget):
             ) from exc
         except (OSError, EtfError, asyncssh.Error) as exc:
             raise self._lost(exc) from exc
+        match result:
+            case ("error", ("frame_too_large", int(size), int(limit))):
+                raise TargetError(
+                    f"{self.label} refused a {function} request of {size} bytes (relsyncd's "
+                    f"max_frame is {limit}); raise max_frame in relsyncd's settings on the board"
+                )
+        return result
 
     def _lost(self, exc: BaseException) -> TargetError:
         """The one-line error for a connection to the board that broke mid-sync."""
