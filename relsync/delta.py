@@ -128,6 +128,7 @@ class _Literals:
         self.total = 0
 
     def add(self, data: bytes) -> None:
+        """Keep ``data`` as literal."""
         self.pieces.append(data)
         self.total += len(data)
 

@@ -32,3 +32,18 @@ def with_big_file(release: Path, root: Path, content: bytes) -> Path:
     shutil.copytree(release, root, symlinks=True)
     (root / BIG).write_bytes(content)
     return root
+
+
+def write_changed_pair(old: Path, new: Path, size: int, at: int, nbytes: int = 1024) -> None:
+    """Write ``size`` pseudo-random bytes to ``old`` and the same with the ``nbytes`` from
+    ``at`` changed (within the MiB holding ``at``) to ``new``, a MiB at a time: for files too
+    big to build in memory."""
+    rng, piece = random.Random(size), 1 << 20
+    with old.open("wb") as old_out, new.open("wb") as new_out:
+        for start in range(0, size, piece):
+            data = rng.randbytes(min(piece, size - start))
+            old_out.write(data)
+            if start <= at < start + len(data):
+                edit = at - start
+                data = changed(data, edit, min(nbytes, len(data) - edit))
+            new_out.write(data)
