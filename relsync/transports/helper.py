@@ -13,7 +13,7 @@ import struct
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 
-from relsync.delta import BLOCK, Copy, Op, make_delta
+from relsync.delta import BLOCK, Copy, Op, file_delta
 from relsync.dist.etf import Atom, Term
 from relsync.dist.pretty import format_term
 from relsync.errors import BusyError, TargetError, UsageError
@@ -49,9 +49,12 @@ def read_chunks(path: str) -> Iterator[bytes]:
             while chunk := handle.read(CHUNK):
                 yield chunk
     except OSError as exc:
-        raise UsageError(
-            f"cannot read {path} ({exc.strerror}); rebuild the release and sync again"
-        ) from exc
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: str, exc: OSError) -> UsageError:
+    """The error for a local file that cannot be read."""
+    return UsageError(f"cannot read {path} ({exc.strerror}); rebuild the release and sync again")
 
 
 _ENTRY_HEAD = struct.Struct(">BI").unpack_from
@@ -399,9 +402,14 @@ class HelperTarget(ABC):
         signatures = _signatures(await self._call("block_signatures", [base, BLOCK], FILE_TIMEOUT))
         if signatures is None:
             return False
-        data = b"".join(read_chunks(put.local))
-        # Literal data in one call stays within a chunk (a message must not outlast a tick).
-        ops = make_delta(data, signatures, BLOCK, max_literal=min(0.5, CHUNK / max(len(data), 1)))
+        # The file is read a piece at a time; literal data in the one call stays within a chunk
+        # (a message must not outlast a tick), which bounds what the ops hold.
+        max_literal = min(0.5, CHUNK / max(put.size, 1))
+        try:
+            with open(put.local, "rb") as handle:
+                ops = file_delta(handle, signatures, BLOCK, max_literal)
+        except OSError as exc:
+            raise _unreadable(put.local, exc) from exc
         if ops is None:
             return False
         args: list[Term] = [_path(put.path), base, [_op(op) for op in ops], put.mode, put.sha256]

@@ -596,9 +596,13 @@ put_delta(_, _, _, _, _) ->
     {error, badarg}.
 
 apply_ops([], _In, _Out) -> ok;
-apply_ops([{copy, Offset, Len} | Ops], In, Out) ->
-    case file:pread(In, Offset, Len) of
-        {ok, Data} when byte_size(Data) =:= Len -> write_then(Out, Data, Ops, In);
+%% A copy (merged: it may span most of the base) goes ?CHUNK bytes at a time.
+apply_ops([{copy, Offset, Len} | Ops], In, Out) when is_integer(Offset), Offset >= 0,
+                                                     is_integer(Len), Len >= 0 ->
+    Piece = min(Len, ?CHUNK),
+    case file:pread(In, Offset, Piece) of
+        {ok, Data} when byte_size(Data) =:= Piece ->
+            write_then(Out, Data, rest_of_copy(Offset + Piece, Len - Piece, Ops), In);
         {ok, _} -> {error, einval};               % the base is shorter than announced
         eof -> {error, einval};
         {error, _} = E -> E
@@ -607,6 +611,9 @@ apply_ops([Data | Ops], In, Out) when is_binary(Data) ->
     write_then(Out, Data, Ops, In);
 apply_ops(_, _In, _Out) ->
     {error, badarg}.
+
+rest_of_copy(_Offset, 0, Ops) -> Ops;
+rest_of_copy(Offset, Len, Ops) -> [{copy, Offset, Len} | Ops].
 
 write_then(Out, Data, Ops, In) ->
     case file:write(Out, Data) of
