@@ -52,7 +52,15 @@ class ErlTarget(HelperTarget):
         loaded = await self._loaded_attributes(HELPER)
         if loaded is not None and vsn(loaded) == version:
             return False
-        result = await self._load_binary(HELPER, beam)
+        # Not code:load_binary at first: when clients meet a fresh board at once, each load
+        # makes the one before old code, and a load over old code kills the processes still
+        # running it (another client's sync). erlang:load_module refuses instead.
+        result = await self._call_raw("erlang", "load_module", [Atom(HELPER), beam])
+        if result == (Atom("error"), Atom("not_purged")):
+            loaded = await self._loaded_attributes(HELPER)
+            if loaded is not None and vsn(loaded) == version:
+                return True  # loaded by another client meanwhile
+            result = await self._load_binary(HELPER, beam)  # a stale helper's processes go
         if not (isinstance(result, tuple) and result[0] == "module"):
             raise ConnectError(
                 f"{self.label} refused relsync's helper module ({format_term(result)}); it needs "
