@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pytest
 from support.cli import relsync
+from support.erlnode import compile_erl
 from support.faults import expected_shadow, release_files, tmp_leftovers, tree, without_tmp
 from support.local_board import open_target, with_board
 
-from relsync.dist.etf import Atom, Term
+from relsync.dist.etf import Atom, Charlist, Term
 from relsync.harness.example import APP_DIR, Variant
 from relsync.harness.local import LocalBoard
+from relsync.transports.erl import ErlTarget, _helper_code
+from relsync.transports.helper import HELPER
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +52,53 @@ async def version_of(board: LocalBoard, expected: dict[int, dict[str, str]]) -> 
     assert len(matches) == 1, "the shadow tree is no single variant"
     assert await call(board, "demo_counter", "version") == matches[0]
     return matches[0]
+
+
+class LateCheck(ErlTarget):
+    """A client whose "is the helper loaded?" ran before another client loaded it."""
+
+    checked = False
+
+    async def _loaded_attributes(self, module: str) -> Term | None:
+        if not self.checked:
+            self.checked = True
+            return None
+        return await super()._loaded_attributes(module)
+
+
+def test_a_second_helper_load_keeps_the_first_clients_sync(
+    demo_release: Path, tmp_path: Path
+) -> None:
+    """Clients meeting a fresh board together each load the helper: no load may kill a call of
+    another client's sync running in the code it replaces (here a hook waiting for a word)."""
+    source = tmp_path / "waiting_hooks.erl"
+    source.write_text(
+        "-module(waiting_hooks).\n-export([presync/0]).\n"
+        "presync() -> register(waiting_hook, self()), receive go -> ok end.\n"
+    )
+    hook = compile_erl(source, tmp_path).read_bytes()
+
+    async def body(board: LocalBoard) -> None:
+        first = await open_target(board, "erl")
+        late: ErlTarget | None = None
+        try:
+            running = asyncio.ensure_future(first.run_hook("waiting_hooks", "presync", hook, 60))
+            while await call(board, "erlang", "whereis", [Atom("waiting_hook")]) == "undefined":
+                await asyncio.sleep(0.05)
+            beam, _ = await _helper_code(HELPER)
+            # A third client's load, done meanwhile: the waiting call now runs old code.
+            assert await call(board, "code", "load_binary", [Atom(HELPER), Charlist("h"), beam])
+            late = await LateCheck.open(board.node, board.cookie, epmd_port=board.epmd_port)
+            await late._call("info", [])
+            assert late.checked
+            await call(board, "erlang", "send", [Atom("waiting_hook"), Atom("go")])
+            assert (await running).status == "ok"
+        finally:
+            await first.close()
+            if late is not None:
+                await late.close()
+
+    with_board(demo_release, tmp_path / "board", body)
 
 
 @pytest.mark.parametrize("clients", [2, 4])
