@@ -156,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not synchronize OTP system libs and ERTS [default: true]",
     )
     a(
+        "--copy-unsafe-links",
+        action="store_true",
+        help="copy what a symlink leading out of the release points to [default: refuse it]",
+    )
+    a(
         "-c",
         "--cookie",
         metavar="COOKIE",
@@ -288,9 +293,12 @@ class LocalScan:
     """The local release, scanned once however many boards need it: the first board to ask
     starts the scan, the others wait for the same one."""
 
-    def __init__(self, root: Path, exclude_system_libs: bool) -> None:
+    def __init__(
+        self, root: Path, exclude_system_libs: bool, copy_unsafe_links: bool = False
+    ) -> None:
         self.root = root
         self.exclude_system_libs = exclude_system_libs
+        self.copy_unsafe_links = copy_unsafe_links
         #: What the scan will leave out, known before it runs (so the target can be asked).
         self.exclude_prefixes = system_lib_prefixes() if exclude_system_libs else ()
         self._scan: asyncio.Future[LocalRelease] | None = None
@@ -303,6 +311,7 @@ class LocalScan:
                     self.root,
                     exclude_system_libs=self.exclude_system_libs,
                     cache_dir=default_cache_dir(),
+                    copy_unsafe_links=self.copy_unsafe_links,
                 )
             )
         return await asyncio.shield(self._scan)  # one board giving up does not stop it
@@ -398,7 +407,7 @@ async def run(args: argparse.Namespace, cwd: Path) -> list[SyncReport]:
         from relsync.hooks import resolve_hook
 
         hook = await resolve_hook(args.hooks, root, cwd)
-    local = LocalScan(root, args.exclude_system_libs)
+    local = LocalScan(root, args.exclude_system_libs, args.copy_unsafe_links)
     if len(boards) == 1:  # one board: its failure is the command's one-line error
         bar = not (args.quiet or args.json)
         return [await sync_board(boards[0], args, local, hook, bar)]

@@ -165,10 +165,22 @@ def build_plan(release: LocalRelease, state: TargetState) -> SyncPlan:
             plan.added.append(rel)
         elif not _same(lf, current[rel]):
             plan.changed.append(rel)
+    seen = state.shadow if state.rw and state.shadow_active else state.original
+    for rel, text in release.links.items():  # symlinks inside the release stay symlinks
+        have = seen.get(rel)
+        if rel not in current and have is None:
+            plan.added.append(rel)
+        elif not (isinstance(have, RemoteLink) and have.target == text):
+            plan.changed.append(rel)
+    plan.added.sort()
+    plan.changed.sort()
     plan.deleted = sorted(
         rel
         for rel in current
-        if rel not in local and rel.startswith(DELETE_SCOPE) and not is_shared_lib(rel)
+        if rel not in local
+        and rel not in release.links
+        and rel.startswith(DELETE_SCOPE)
+        and not is_shared_lib(rel)
     )
 
     if state.rw:
@@ -182,8 +194,14 @@ def build_plan(release: LocalRelease, state: TargetState) -> SyncPlan:
 
 
 def _plan_in_place(release: LocalRelease, state: TargetState, plan: SyncPlan) -> None:
+    for rel, text in sorted(release.links.items()):
+        have = state.original.get(rel)
+        if not (isinstance(have, RemoteLink) and have.target == text):
+            plan.links.append((_join(state.dest, rel), text))
     for rel in plan.added + plan.changed:
-        lf = release.files[rel]
+        lf = release.files.get(rel)
+        if lf is None:  # a symlink
+            continue
         path = _join(state.dest, rel)
         base = _delta_base(lf, [(path, state.original.get(rel))])
         plan.writes.append(FilePut(path, lf.path, lf.size, lf.mode, lf.sha256, base))
@@ -206,6 +224,7 @@ def _plan_shadow(release: LocalRelease, state: TargetState, plan: SyncPlan) -> N
     rw, dest = state.rw, state.dest
     deleted = set(plan.deleted)
     desired_links: dict[str, str] = {rel: _join(dest, rel) for rel in state.excluded_dirs}
+    desired_links.update(release.links)  # relative: they resolve inside the shadow tree
     desired_files: dict[str, LocalFile] = {}
     for rel, lf in release.files.items():
         if _same(lf, state.original.get(rel)):
@@ -213,7 +232,8 @@ def _plan_shadow(release: LocalRelease, state: TargetState, plan: SyncPlan) -> N
         else:
             desired_files[rel] = lf
     for rel, entry in state.original.items():
-        if rel not in release.files and rel not in deleted and isinstance(entry, RemoteFile):
+        known = rel in release.files or rel in release.links or rel in deleted
+        if not known and isinstance(entry, RemoteFile):
             desired_links[rel] = _join(dest, rel)
 
     for rel, lf in sorted(desired_files.items()):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import os
+import posixpath
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -102,6 +104,8 @@ class LocalRelease:
     version: str
     files: dict[str, LocalFile] = field(default_factory=dict)
     skipped: list[Skipped] = field(default_factory=list)
+    #: Symlinks inside the release -> their text (relative to where they are).
+    links: dict[str, str] = field(default_factory=dict)
     #: Relative-path prefixes the target must not scan (system libs, erts).
     exclude_prefixes: tuple[str, ...] = ()
 
@@ -178,23 +182,103 @@ def sha256_file(path: str | Path) -> bytes:
     return digest.digest()
 
 
-def _walk(directory: str, cut: int, prune: tuple[str, ...]) -> Iterator[os.DirEntry[str]]:
-    """Every non-directory below ``directory`` (following symlinks, top-down like
-    ``os.walk``), leaving out directories whose relative path (``path[cut:]``) plus ``/``
-    starts with one of ``prune``; unreadable directories are passed over."""
-    stack = [directory]
-    while stack:
-        subdirs: list[str] = []
+def _within(path: str, tree: str) -> bool:
+    return path == tree or path.startswith(tree.rstrip("/") + "/")
+
+
+def project_of(root: Path) -> str | None:
+    """The project a release was built in (the directory holding ``_build`` or ``_rel``);
+    None for a release that stands alone."""
+    parts = root.parts
+    for marker in ("_build", "_rel"):
+        if marker in parts:
+            return str(Path(*parts[: parts.index(marker)]))
+    return None
+
+
+class _Walker:
+    """Every file and symlink below a release directory, judged as the sync needs them.
+
+    A symlink into the release stays a symlink (its text, relative to its place); one into
+    the project the release was built in (rebar3 and mix dev mode) is followed; one leading
+    anywhere else is refused unless ``copy_unsafe_links``. A dangling symlink is skipped,
+    a loop refused; a directory or file that cannot be read stops the scan (exit 2)."""
+
+    def __init__(self, root: Path, prune: tuple[str, ...], copy_unsafe_links: bool) -> None:
+        self.cut = len(str(root)) + 1
+        self.prune = prune
+        self.root_real = os.path.realpath(root)
+        self.project = project_of(Path(self.root_real))
+        self.copy_unsafe_links = copy_unsafe_links
+        self.links: dict[str, str] = {}
+        self.dangling: list[Skipped] = []
+
+    def files(self, directory: str) -> Iterator[os.DirEntry[str]]:
+        """Depth first, in directory order; directories whose relative path plus ``/``
+        starts with one of the prune prefixes are left out."""
+        stack = [directory]
+        while stack:
+            current = stack.pop()
+            try:
+                with os.scandir(current) as listing:
+                    entries = sorted(listing, key=lambda e: e.name)
+            except OSError as exc:
+                raise unreadable(current, exc) from exc
+            subdirs: list[str] = []
+            for entry in entries:
+                rel = entry.path[self.cut :]
+                if f"{rel}/".startswith(self.prune):
+                    continue
+                linked = entry.is_symlink() and not is_shared_lib(rel)  # a .so is skipped
+                if linked and not self._follow(entry.path, rel):
+                    continue
+                if _is_dir(entry):
+                    subdirs.append(entry.path)
+                else:
+                    yield entry
+            stack += reversed(subdirs)
+
+    def _follow(self, path: str, rel: str) -> bool:
+        """Judge the symlink at ``path``: whether to walk through it as a file or directory."""
+        text = os.readlink(path)
         try:
-            with os.scandir(stack.pop()) as entries:
-                for entry in entries:
-                    if not entry.is_dir():
-                        yield entry
-                    elif not f"{entry.path[cut:]}/".startswith(prune):
-                        subdirs.append(entry.path)
-        except OSError:
-            continue
-        stack += reversed(subdirs)  # depth first, in directory order
+            st = os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _loop(rel, text) from exc
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                self.dangling.append(Skipped(rel, f"dangling symlink (-> {text})"))
+                return False
+            raise unreadable(path, exc) from exc
+        real = os.path.realpath(path)
+        if stat.S_ISDIR(st.st_mode) and _within(os.path.realpath(os.path.dirname(path)), real):
+            raise _loop(rel, text)
+        if _within(real, self.root_real):
+            inside = real[len(self.root_real) + 1 :] or "."
+            self.links[rel] = posixpath.relpath(inside, posixpath.dirname(rel) or ".")
+            return False
+        if self.copy_unsafe_links or (self.project and _within(real, self.project)):
+            return True
+        raise UsageError(
+            f"{rel} is a symlink to {real}, outside the release; remove it, or pass "
+            "--copy-unsafe-links to copy what it points to"
+        )
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError as exc:
+        raise unreadable(entry.path, exc) from exc
+
+
+def _loop(rel: str, text: str) -> UsageError:
+    return UsageError(f"{rel} is a symlink loop (-> {text}); remove it from the release")
+
+
+def unreadable(path: str, exc: OSError) -> UsageError:
+    """The error for a local file or directory that cannot be read."""
+    return UsageError(f"cannot read {path} ({exc.strerror}); fix its permissions or rebuild")
 
 
 def classify(rel: str, mode: int) -> FileKind:
@@ -236,8 +320,13 @@ class HashCache:
         key = [st.st_size, st.st_mtime_ns, st.st_ino]
         hit = self._entries.get(rel)
         if hit is not None and hit[:3] == key and isinstance(hit[3], str):
+            if not os.access(path, os.R_OK):
+                raise unreadable(path, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
             return bytes.fromhex(hit[3])
-        digest = sha256_file(path)
+        try:
+            digest = sha256_file(path)
+        except OSError as exc:
+            raise unreadable(path, exc) from exc
         self._entries[rel] = [*key, digest.hex()]
         self._dirty = True
         return digest
@@ -273,25 +362,33 @@ SCAN_STEP = 256
 
 
 def scan_release(
-    root: Path, *, exclude_system_libs: bool = True, cache_dir: Path | None = None
+    root: Path,
+    *,
+    exclude_system_libs: bool = True,
+    cache_dir: Path | None = None,
+    copy_unsafe_links: bool = False,
 ) -> LocalRelease:
     """Scan and hash the release at ``root``, leaving out what must not be synced.
 
     With ``cache_dir``, hashes of files unchanged since the last scan are reused.
     """
-    for step in _scan(root, exclude_system_libs, cache_dir):
+    for step in _scan(root, exclude_system_libs, cache_dir, copy_unsafe_links):
         if step is not None:
             return step
     raise AssertionError("unreachable: _scan ends with the release")
 
 
 async def scan_release_async(
-    root: Path, *, exclude_system_libs: bool = True, cache_dir: Path | None = None
+    root: Path,
+    *,
+    exclude_system_libs: bool = True,
+    cache_dir: Path | None = None,
+    copy_unsafe_links: bool = False,
 ) -> LocalRelease:
     """:func:`scan_release` in steps of :data:`SCAN_STEP` files, letting the event loop run
     in between: requests issued before go out at once and their replies are read meanwhile
     (the target lists its files while we scan ours)."""
-    for step in _scan(root, exclude_system_libs, cache_dir):
+    for step in _scan(root, exclude_system_libs, cache_dir, copy_unsafe_links):
         if step is not None:
             return step
         await asyncio.sleep(0)
@@ -299,7 +396,7 @@ async def scan_release_async(
 
 
 def _scan(
-    root: Path, exclude_system_libs: bool, cache_dir: Path | None
+    root: Path, exclude_system_libs: bool, cache_dir: Path | None, copy_unsafe_links: bool
 ) -> Iterator[LocalRelease | None]:
     """The scan as steps: None now and then (time to let others run), then the release."""
     yield None
@@ -318,12 +415,13 @@ def _scan(
                     Skipped(f"lib/{app_dir}", "OTP system lib (--exclude-system-libs)")
                 )
     excluded = release.exclude_prefixes
-    cut = len(str(root)) + 1
+    walker = _Walker(root, excluded, copy_unsafe_links)
+    cut = walker.cut
     count = 0
     for top in SYNCED_TOP_DIRS:
         if not (root / top).is_dir():
             continue
-        for found in _walk(os.path.join(root, top), cut, excluded):
+        for found in walker.files(os.path.join(root, top)):
             count += 1
             if count % SCAN_STEP == 0:
                 yield None
@@ -336,12 +434,18 @@ def _scan(
                     Skipped(rel, "shared library: a loaded .so cannot be replaced safely")
                 )
                 continue
-            st = found.stat()  # follows a symlink, as os.stat(path)
+            try:
+                st = found.stat()  # follows a symlink, as os.stat(path)
+            except OSError as exc:
+                raise unreadable(path, exc) from exc
             if not stat.S_ISREG(st.st_mode):
+                release.skipped.append(Skipped(rel, "not a regular file"))
                 continue
             mode = stat.S_IMODE(st.st_mode)
             release.files[rel] = LocalFile(  # positional: measurably faster, 1000s of times
                 rel, path, st.st_size, mode, cache.sha256(rel, path, st), classify(rel, mode)
             )
+    release.links = walker.links
+    release.skipped += walker.dangling
     cache.save(set(release.files))
     yield release

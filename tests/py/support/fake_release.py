@@ -26,3 +26,18 @@ def make_release(root: Path) -> Path:
         path.write_bytes(data)
     os.chmod(root / "lib/demo-0.1.0/priv/port", 0o755)
     return root
+
+
+def deep_tree(top: Path, levels: int = 25) -> None:
+    """Directories nested past PATH_MAX below ``top`` (made by descriptor, as a build could),
+    a file at the bottom: a path no scan can open, whoever runs it."""
+    fd = os.open(top, os.O_RDONLY)
+    try:
+        for _ in range(levels):
+            os.mkdir("d" * 200, dir_fd=fd)
+            inner = os.open("d" * 200, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        os.close(os.open("f", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)

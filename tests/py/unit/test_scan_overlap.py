@@ -35,7 +35,7 @@ def _snapshot(root: Path, exclude: bool, async_: bool) -> tuple[object, ...]:
     else:
         rel = scan_release(root, exclude_system_libs=exclude)
     files = [(f.rel, f.path, f.size, f.mode, f.sha256, f.kind) for f in rel.files.values()]
-    return rel.name, rel.version, files, rel.skipped, rel.exclude_prefixes
+    return rel.name, rel.version, files, rel.skipped, rel.exclude_prefixes, rel.links
 
 
 @pytest.mark.parametrize("exclude", [True, False])
@@ -46,7 +46,8 @@ def test_async_scan_finds_what_the_plain_scan_finds(tmp_path: Path, exclude: boo
     files = plain[2]
     assert isinstance(files, list)
     rels = {f[0] for f in files}
-    assert "lib/demo-0.1.0/priv/alias/f1" in rels  # a symlinked directory is followed
+    assert "lib/demo-0.1.0/priv/alias/f1" not in rels  # a symlink inside stays a symlink
+    assert plain[5] == {"lib/demo-0.1.0/priv/alias": "data/1"}
     assert ("lib/kernel-8.5.3/ebin/kernel.beam" in rels) is not exclude
     assert plain[4] == (system_lib_prefixes() if exclude else ())
 
