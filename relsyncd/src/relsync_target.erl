@@ -23,7 +23,7 @@
          block_signatures/2, put_delta/5,
          delete_files/1, delete_dirs/1, make_symlinks/1, update_code_path/1,
          load_modules/2, delete_modules/2, loaded_shas/0, mark_pending/1, code_state/0,
-         running_programs/1,
+         running_programs/1, stash_code/1, upgrade/2, old_code/0,
          run_hook/3]).
 
 -include_lib("kernel/include/file.hrl").
@@ -1041,6 +1041,87 @@ reg_name(Pid) ->
         {registered_name, Name} -> Name;
         _ -> undefined
     end.
+
+%%% -------------------------------------------------------------- upgrades
+
+%% Before the files change, keep the code each module runs now ({File, Beam}
+%% in the state table, checked against the loaded code's MD5), so that an
+%% upgrade step that fails can load it again. Not loaded: nothing kept.
+-spec stash_code([module()]) -> ok.
+stash_code(Mods) when is_list(Mods) ->
+    ensure_cache(),
+    lists:foreach(fun stash/1, [M || M <- Mods, is_atom(M)]).
+
+stash(M) ->
+    Key = {old_code, M},
+    Kept = case code:is_loaded(M) of
+               {file, File} when is_list(File) -> running_beam(M, File);
+               false -> none;
+               _ -> unavailable
+           end,
+    true = ets:insert(?CACHE, {Key, Kept}).
+
+running_beam(M, File) ->
+    case file:read_file(File) of
+        {ok, Bin} ->
+            case beam_lib:md5(Bin) of
+                {ok, {M, Md5}} ->
+                    case erlang:get_module_info(M, md5) of
+                        Md5 -> {name_bin(File), Bin};
+                        _ -> unavailable
+                    end;
+                _ -> unavailable
+            end;
+        {error, _} -> unavailable
+    end.
+
+%% Carry out upgrade steps (see relsync_upgrade) with this module's loading and
+%% records: a module loaded is recorded as by load_modules/2; one whose load
+%% is undone is marked pending, so the next sync loads it whatever the files
+%% say. Opts: direction (up | down), timeout (ms, per process call), purge.
+-spec upgrade([relsync_upgrade:step()], #{direction => up | down, timeout => timeout(),
+                                          purge => purge()}) -> map().
+upgrade(Steps, Opts) when is_list(Steps), is_map(Opts) ->
+    ensure_cache(),
+    Purge = maps:get(purge, Opts, soft),
+    Mods = [element(2, S) || S <- Steps, is_tuple(S), tuple_size(S) >= 2],
+    Old = maps:from_list([{M, stashed(M)} || M <- Mods]),
+    _ = [ets:delete(?CACHE, {old_code, M}) || M <- Mods],
+    case [M || {M, unavailable} <- maps:to_list(Old)] of
+        [M | _] ->
+            #{result => {error, {no_old_code, M}}, events => [], modules => []};
+        [] ->
+            relsync_upgrade:run(
+              Steps,
+              #{direction => maps:get(direction, Opts, up),
+                timeout => maps:get(timeout, Opts, 5000),
+                load => fun(M, Path, Sha) -> load_module(M, Path, Sha, Purge) end,
+                restore => fun restore/2,
+                delete => fun(M) -> settled(M, delete_module(M, Purge)) end,
+                old_code => maps:filter(fun(_, V) -> V =/= none end, Old)})
+    end.
+
+%% What a module ran before: stashed by stash_code/1, else what it runs now.
+stashed(M) ->
+    case ets:lookup(?CACHE, {old_code, M}) of
+        [{_, Kept}] -> Kept;
+        [] -> stash(M), stashed(M)
+    end.
+
+restore(M, Old) ->
+    ets:delete(?CACHE, {loaded, M}),
+    true = ets:insert(?CACHE, {{pending, M}, true}),
+    _ = code:purge(M),
+    case Old of
+        none -> _ = code:delete(M), _ = code:purge(M), ok;
+        {File, Bin} -> {module, M} = code:load_binary(M, to_list(File), Bin), ok
+    end.
+
+%% Modules whose old code some process still runs, with those processes.
+-spec old_code() -> [{module(), procs()}].
+old_code() ->
+    [{M, Procs} || {M, _} <- code:all_loaded(), erlang:check_old_code(M),
+                   (Procs = lingering(M)) =/= []].
 
 %%% ------------------------------------------------------------------ hooks
 

@@ -262,7 +262,7 @@ api() ->
      {delete_files, 1}, {delete_dirs, 1}, {make_symlinks, 1},
      {update_code_path, 1}, {load_modules, 2}, {delete_modules, 2},
      {loaded_shas, 0}, {mark_pending, 1}, {code_state, 0}, {running_programs, 1},
-     {run_hook, 3}].
+     {stash_code, 1}, {upgrade, 2}, {old_code, 0}, {run_hook, 3}].
 
 %% The lock's owner is this channel's worker (the caller): no other pid is taken.
 check_args(sync_state, [Dest, Excl, Rw, Opts], A) when is_map(Opts) ->
@@ -310,11 +310,20 @@ check_args(load_modules, [Mods, _], A) when is_list(Mods) ->
     each(fun(M) when is_tuple(M), tuple_size(M) >= 2 -> one(element(2, M), follow, A);
             (Bad) -> {error, {forbidden, Bad}}
          end, Mods);
+check_args(upgrade, [Steps, Opts], A) when is_list(Steps), is_map(Opts) ->
+    each(fun({delete_module, M}) when is_atom(M) -> ok;
+            %% An appup's apply runs code, as run_hook does: no path to check.
+            ({apply, M, F, Args}) when is_atom(M), is_atom(F), is_list(Args) -> ok;
+            (S) when is_tuple(S), tuple_size(S) >= 4 ->
+                 one(element(tuple_size(S) - 1, S), follow, A);
+            (Bad) -> {error, {forbidden, Bad}}
+         end, Steps);
 %% running_programs only compares its paths with /proc/<os pid>/exe of ports.
 check_args(F, _Args, _A) when F =:= info; F =:= loaded_shas; F =:= delete_modules;
                               F =:= unlock;
                               F =:= run_hook; F =:= running_programs;
-                              F =:= mark_pending; F =:= code_state ->
+                              F =:= mark_pending; F =:= code_state;
+                              F =:= stash_code; F =:= old_code ->
     ok;
 check_args(_F, [Bad | _], _A) ->
     {error, {forbidden, Bad}}.          % a path list that is not a list, ...

@@ -507,7 +507,10 @@ ctl_forbidden(Config) ->
              {delete_dirs, [[Out]], Out},
              {make_symlinks, [[{<<Out/binary, "/link">>, <<"x">>}]], <<Out/binary, "/link">>},
              {load_modules, [[{lists, Secret}], soft], Secret},
-             {update_code_path, [#{add => [Evil]}], Evil}],
+             {update_code_path, [#{add => [Evil]}], Evil},
+             {upgrade, [[{delete_module, rs_none},
+                         {update, lists, {advanced, []}, Secret, Sha}], #{}], Secret},
+             {upgrade, [[{load_module, lists, Dotdot, Sha}], #{}], Dotdot}],
     lists:foldl(fun({F, Args, Bad}, N) ->
                         ?assertEqual({N, {error, {forbidden, Bad}}}, call(C, Ch, N, F, Args)),
                         N + 1
