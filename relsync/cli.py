@@ -27,6 +27,8 @@ from relsync.release import (
     system_lib_prefixes,
 )
 from relsync.report import print_boards_json, print_json, print_summary, print_table
+from relsync.rollback import rollback
+from relsync.status import BoardStatus, board_status, print_status, print_status_json
 from relsync.target import Target
 from relsync.transports.erl import ErlTarget
 
@@ -45,6 +47,7 @@ exit codes:
   5  a file operation on the target failed; run relsync again, it converges
   6  synced, but some modules could not be reloaded (processes still run old code)
   7  the board was busy with another sync for --lock-timeout seconds; it was not touched
+  8  --upgrade: a process refused a step; every step was undone, the old code runs
 with several boards, the highest of their codes (0 only when every board synced)"""
 
 
@@ -229,6 +232,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="time limit for reaching the destination [default: 10]",
     )
+    a(
+        "--upgrade",
+        action="store_true",
+        help="load as an appup would: suspend the processes of changed modules, convert their "
+        "state with code_change, update supervisors' child specs; undone if a step fails",
+    )
+    a(
+        "--upgrade-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="--upgrade: limit for each process to suspend, convert or resume [default: 10]",
+    )
+    a(
+        "--rollback",
+        action="store_true",
+        help="put the board back on its pristine release, without a reboot (needs -q)",
+    )
+    a("--clean", action="store_true", help="--rollback: also remove the shadow tree")
+    a(
+        "--status",
+        action="store_true",
+        help="show what the board runs against its pristine release and the local one",
+    )
     a("--json", action="store_true", help="print the result as one JSON object")
     a("-v", "--verbose", action="store_true", help="list every file and module")
     a("--quiet", action="store_true", help="print nothing but errors")
@@ -332,21 +359,42 @@ async def scan_while_reading(
     return release, await reading
 
 
-async def sync_board(
-    board: Board, args: argparse.Namespace, local: LocalScan, hook: Hook | None, bar: bool
-) -> SyncReport:
-    """Connect to one board and sync it."""
+def board_options(board: Board, args: argparse.Namespace, hook: Hook | None) -> SyncOptions:
+    """One board's sync options: its own settings first, then the command line's."""
     options = SyncOptions(
         dest_path=board.dest_path or args.destination_path,
         rw_path=board.rw_path or args.destination_rw_path or None,
         hook=hook,
         hook_timeout=args.hook_timeout,
         brutal_purge=args.purge == "brutal",
-        dry_run=args.dry_run,
+        dry_run=args.dry_run or args.status,
         lock_timeout=args.lock_timeout,
+        upgrade=args.upgrade,
+        upgrade_timeout=args.upgrade_timeout,
     )
     check_paths(options)
+    if args.rollback and not options.rw_path:
+        raise UsageError(
+            f"--rollback on {board.destination} needs its shadow tree (-q PATH): an in-place "
+            "sync replaced the release's own files, so there is no pristine copy to go back to"
+        )
+    return options
+
+
+async def sync_board(
+    board: Board, args: argparse.Namespace, local: LocalScan, hook: Hook | None, bar: bool
+) -> SyncReport:
+    """Connect to one board and sync it (or roll it back)."""
+    options = board_options(board, args, hook)
     target = await open_target(board, args)
+    if args.rollback:
+        try:
+            release = await local.release() if args.upgrade else None
+            return await rollback(
+                target, options, local.exclude_prefixes, release=release, clean=args.clean
+            )
+        finally:
+            await target.close()
     progress = ProgressBar(board.destination, enabled=bar)
     try:
         release, state = await scan_while_reading(target, local, options)
@@ -360,6 +408,16 @@ async def sync_board(
         )
     finally:
         progress.finish()
+        await target.close()
+
+
+async def status_of(board: Board, args: argparse.Namespace, local: LocalScan) -> BoardStatus:
+    """Connect to one board and read its status."""
+    options = board_options(board, args, None)
+    target = await open_target(board, args)
+    try:
+        return await board_status(target, await local.release(), options)
+    finally:
         await target.close()
 
 
@@ -388,10 +446,16 @@ def _orphan_errors(verbose: bool) -> Callable[[asyncio.AbstractEventLoop, dict[s
     return handle
 
 
-async def run(args: argparse.Namespace, cwd: Path) -> list[SyncReport]:
+async def run(args: argparse.Namespace, cwd: Path) -> list[SyncReport] | list[BoardStatus]:
     """Resolve the options, then sync every board concurrently; the release is scanned once,
     while the boards list their files."""
     asyncio.get_running_loop().set_exception_handler(_orphan_errors(args.verbose))
+    if args.clean and not args.rollback:
+        raise UsageError("--clean goes with --rollback (it removes the shadow tree)")
+    if args.rollback and args.status:
+        raise UsageError("give either --rollback or --status, not both")
+    if args.upgrade_timeout <= 0:
+        raise UsageError("--upgrade-timeout must be a positive number of seconds")
     boards = boards_from_args(args)
     if args.hook_timeout <= 0:
         raise UsageError("--hook-timeout must be a positive number of seconds")
@@ -408,6 +472,8 @@ async def run(args: argparse.Namespace, cwd: Path) -> list[SyncReport]:
 
         hook = await resolve_hook(args.hooks, root, cwd)
     local = LocalScan(root, args.exclude_system_libs, args.copy_unsafe_links)
+    if args.status:
+        return list(await asyncio.gather(*(status_of(b, args, local) for b in boards)))
     if len(boards) == 1:  # one board: its failure is the command's one-line error
         bar = not (args.quiet or args.json)
         return [await sync_board(boards[0], args, local, hook, bar)]
@@ -445,6 +511,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.SYNC)
     finally:
         gc.set_threshold(*threshold)
+    if args.status:
+        statuses = [r for r in reports if isinstance(r, BoardStatus)]
+        if args.json:
+            print_status_json(statuses)
+        else:
+            for status in statuses:
+                print_status(status)
+        return int(ExitCode.OK)
+    reports = [r for r in reports if isinstance(r, SyncReport)]
     code = max(r.exit_code for r in reports)
     if len(reports) > 1:
         if args.json:

@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING
 from relsync.errors import BusyError, ExitCode, HookError, TargetError, UsageError
 from relsync.plan import SyncPlan, TargetState, build_plan
 from relsync.release import FileKind, LocalRelease, Skipped
-from relsync.target import HookResult, ModuleResult, Progress, Target
+from relsync.target import (
+    HookResult,
+    ModuleResult,
+    Progress,
+    Target,
+    UpgradeEvent,
+    UpgradeStep,
+)
+from relsync.upgrade import upgrade_steps
 
 if TYPE_CHECKING:  # relsync.hooks (tempfile, erlc) is imported only when there is a hook
     from relsync.hooks import Hook
@@ -35,6 +43,10 @@ class SyncOptions:
     dry_run: bool = False
     #: How long to wait for another sync of the same board to finish.
     lock_timeout: float = 30.0
+    #: Load modules as an appup would (processes suspended, state converted); see upgrade.py.
+    upgrade: bool = False
+    #: Limit for each process's suspend, code_change and resume during an upgrade.
+    upgrade_timeout: float = 10.0
 
 
 @dataclass(slots=True)
@@ -45,11 +57,16 @@ class SyncReport:
     plan: SyncPlan
     skipped: list[Skipped]
     dry_run: bool = False
+    #: ``sync`` or ``rollback`` (see relsync.rollback).
+    action: str = "sync"
     modules: list[ModuleResult] = field(default_factory=list)
     hooks: dict[str, HookResult] = field(default_factory=dict)
     bytes_sent: int = 0
     #: Target paths of the files that went as a block delta (see ``plan.writes``).
     deltas: list[str] = field(default_factory=list)
+    #: With ``--upgrade``: the steps (also in a dry run) and what they did to processes.
+    upgrade: list[UpgradeStep] = field(default_factory=list)
+    events: list[UpgradeEvent] = field(default_factory=list)
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
@@ -176,12 +193,12 @@ async def sync(
             state = await read_state(target, release.exclude_prefixes, options)
         report = await _sync(target, release, options, state, on_transfer, progress)
     finally:
-        await _unlock(target)
+        await release_lock(target)
     report.seconds = time.perf_counter() - started
     return report
 
 
-async def _unlock(target: Target) -> None:
+async def release_lock(target: Target) -> None:
     """Release the sync lock; a board gone meanwhile released it already."""
     with contextlib.suppress(TargetError):
         await target.unlock()
@@ -197,6 +214,8 @@ async def _sync(
 ) -> SyncReport:
     plan = build_plan(release, state)
     report = SyncReport(target.label, plan, list(release.skipped), dry_run=options.dry_run)
+    if options.upgrade:
+        report.upgrade = upgrade_steps(plan, release, state)
     if options.dry_run:
         return report
 
@@ -214,6 +233,8 @@ async def _sync(
         )
     if plan.reload or plan.purge:  # so a sync killed from here on is finished by the next one
         await target.mark_pending([m for m, _, _ in plan.reload] + plan.purge)
+    if report.upgrade:  # the code each module runs now, for an undo once its file is replaced
+        await target.stash_code([s.module for s in report.upgrade if s.action != "add_module"])
     sent = 0
 
     def count(nbytes: int) -> None:
@@ -231,11 +252,16 @@ async def _sync(
         await target.update_code_path(
             plan.code_path_replace, plan.code_path_add, plan.code_path_remove
         )
-    if plan.reload:
-        report.modules += await target.load_modules(plan.reload, options.brutal_purge)
-    if plan.purge:
-        report.modules += await target.delete_modules(plan.purge, options.brutal_purge)
-    if any(m.status in ("not_purged", "error") for m in report.modules):
+    if report.upgrade:
+        await run_upgrade(target, options, report)
+    else:
+        if plan.reload:
+            report.modules += await target.load_modules(plan.reload, options.brutal_purge)
+        if plan.purge:
+            report.modules += await target.delete_modules(plan.purge, options.brutal_purge)
+    if report.exit_code == ExitCode.OK and any(
+        m.status in ("not_purged", "error") for m in report.modules
+    ):
         report.exit_code = ExitCode.RELOAD
 
     if hook is not None:
@@ -245,6 +271,27 @@ async def _sync(
             report.error = failure
             report.exit_code = ExitCode.HOOK
     return report
+
+
+async def run_upgrade(
+    target: Target, options: SyncOptions, report: SyncReport, *, down: bool = False
+) -> None:
+    """Carry out ``report.upgrade``; a refused step leaves the old code running (exit 8)."""
+    result = await target.upgrade(
+        report.upgrade, down=down, timeout=options.upgrade_timeout, brutal=options.brutal_purge
+    )
+    report.modules += result.modules
+    report.events += result.events
+    if result.error and result.undone:
+        report.error = (
+            f"upgrade undone, {target.label} runs the code it ran before: {result.error}; "
+            "the files are in place, so the next sync loads them (fix it, or sync without "
+            "--upgrade for a plain reload)"
+        )
+        report.exit_code = ExitCode.UPGRADE
+    elif result.error:
+        report.error = f"upgraded (the new code runs), but {result.error}; fix it and sync again"
+        report.exit_code = ExitCode.UPGRADE
 
 
 async def _busy_programs(

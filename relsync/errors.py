@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     SYNC = 5
     RELOAD = 6
     BUSY = 7
+    UPGRADE = 8
 
 
 class RelsyncError(Exception):

@@ -62,6 +62,8 @@ class SyncPlan:
     code_path_add: list[str] = field(default_factory=list)
     code_path_remove: list[str] = field(default_factory=list)
     reload: list[tuple[str, str, bytes]] = field(default_factory=list)
+    #: The modules of ``reload`` the target has no beam of (new in this release).
+    new_modules: list[str] = field(default_factory=list)
     purge: list[str] = field(default_factory=list)
     #: Temporary files an interrupted sync left in the tree being written (removed).
     stale_temps: list[str] = field(default_factory=list)
@@ -96,14 +98,16 @@ def _parents(rel: str) -> list[str]:
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def _ebin_dir(rel: str) -> str | None:
+def ebin_dir(rel: str) -> str | None:
+    """``lib/APP/ebin`` for a path inside an application's ebin; None otherwise."""
     parts = rel.split("/")
     if len(parts) >= 3 and parts[0] == "lib" and parts[2] == "ebin":
         return "/".join(parts[:3])
     return None
 
 
-def _module(rel: str) -> str:
+def module_of(rel: str) -> str:
+    """The module a beam's path holds."""
     return posixpath.basename(rel)[: -len(".beam")]
 
 
@@ -261,20 +265,22 @@ def _plan_code(
 ) -> None:
     root = plan.root
     running: dict[str, bytes] = {
-        _module(rel): f.sha256 for rel, f in current.items() if _is_beam(rel)
+        module_of(rel): f.sha256 for rel, f in current.items() if is_beam(rel)
     }
     running.update(state.loaded)
     local_modules: dict[str, LocalFile] = {
-        _module(rel): lf for rel, lf in release.files.items() if lf.kind is FileKind.BEAM
+        module_of(rel): lf for rel, lf in release.files.items() if lf.kind is FileKind.BEAM
     }
     for module, lf in sorted(local_modules.items()):
         if module in state.pending or running.get(module) != lf.sha256:
             plan.reload.append((module, _join(root, lf.rel), lf.sha256))
-    gone = {_module(rel) for rel in plan.deleted if _is_beam(rel)} | state.pending
+            if module not in running:
+                plan.new_modules.append(module)
+    gone = {module_of(rel) for rel in plan.deleted if is_beam(rel)} | state.pending
     plan.purge = sorted(gone - local_modules.keys())
 
-    local_ebins = {d for rel in release.files if (d := _ebin_dir(rel))}
-    current_ebins = {d for rel in current if (d := _ebin_dir(rel))}
+    local_ebins = {d for rel in release.files if (d := ebin_dir(rel))}
+    current_ebins = {d for rel in current if (d := ebin_dir(rel))}
     stale = _stale_trees(release, state, root)
     if state.rw and not state.shadow_active and state.dest not in stale:
         stale.insert(0, state.dest)
@@ -300,5 +306,6 @@ def _stale_trees(release: LocalRelease, state: TargetState, root: str) -> list[s
     return trees
 
 
-def _is_beam(rel: str) -> bool:
-    return rel.endswith(".beam") and _ebin_dir(rel) is not None
+def is_beam(rel: str) -> bool:
+    """Whether ``rel`` is a module in an application's ebin."""
+    return rel.endswith(".beam") and ebin_dir(rel) is not None

@@ -23,6 +23,7 @@ def as_dict(report: SyncReport) -> dict[str, Any]:
     plan = report.plan
     return {
         "target": report.label,
+        "action": report.action,
         "dry_run": report.dry_run,
         "ok": report.exit_code == 0,
         "exit_code": int(report.exit_code),
@@ -44,6 +45,10 @@ def as_dict(report: SyncReport) -> dict[str, Any]:
                 "detail": m.detail,
             }
             for m in report.modules
+        ],
+        "upgrade": [step.appup() for step in report.upgrade],
+        "processes": [
+            {"event": e.what, "module": e.module, "process": e.process} for e in report.events
         ],
         "hooks": {
             name: {"status": h.status, "output": h.output, "detail": h.detail}
@@ -72,7 +77,12 @@ def print_summary(report: SyncReport, *, verbose: bool = False, out: TextIO = sy
     """The one-screen human summary."""
     plan = report.plan
     w = out.write
-    verb = "would sync" if report.dry_run else "synced"
+    verb = {
+        ("sync", True): "would sync",
+        ("sync", False): "synced",
+        ("rollback", True): "would roll back",
+        ("rollback", False): "rolled back",
+    }[report.action, report.dry_run]
     w(f"relsync: {verb} {report.label} in {report.seconds:.2f} s -> {plan.root}\n")
     w(
         f"  files: {len(plan.added)} added, {len(plan.changed)} changed, "
@@ -97,6 +107,25 @@ def print_summary(report: SyncReport, *, verbose: bool = False, out: TextIO = sy
             w(f"  would delete modules: {_names(plan.purge, verbose)}\n")
         if not plan.touches_target:
             w("  nothing to do: the target already runs this release\n")
+    if report.upgrade and (report.dry_run or verbose):
+        w("  upgrade instructions:\n")
+        for step in report.upgrade:
+            w(f"    {step.appup()}\n")
+    if report.events:
+        counts: dict[str, list[str]] = {}
+        for event in report.events:
+            counts.setdefault(event.what, []).append(event.module)
+        w(
+            "  processes: "
+            + "; ".join(f"{len(mods)} {what}" for what, mods in counts.items())
+            + "\n"
+        )
+        for event in report.events if verbose else []:
+            w(f"    {event.what} {event.process} ({event.module})\n")
+        for event in report.events:
+            if event.what in ("started_child", "stopped_child"):
+                how = "started its new" if event.what == "started_child" else "stopped its old"
+                w(f"  {event.module} {how} child {event.process}\n")
     for status, title in (
         ("loaded", "reloaded"),
         ("deleted", "deleted modules"),

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
+
+from relsync.dist.etf import Atom, Term
+from relsync.dist.pretty import format_term
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +123,54 @@ class RunningProgram:
 Progress = Callable[[int], None]
 
 
+@dataclass(frozen=True, slots=True)
+class UpgradeStep:
+    """One appup-style instruction: ``add_module``, ``load_module``, ``update`` (``change`` is
+    ``supervisor``, ``advanced`` with ``extra``, or ``soft``), ``delete_module``, or ``apply``
+    (``module:change(extra...)``); ``path`` and ``sha256`` name the beam on the target."""
+
+    action: str
+    module: str
+    path: str = ""
+    sha256: bytes = b""
+    change: str = ""
+    extra: Term = field(default_factory=list)
+
+    def appup(self) -> str:
+        """The instruction as an ``.appup`` file writes it."""
+        module = format_term(Atom(self.module))
+        if self.action == "update":
+            extra = format_term(self.extra)
+            how = f"{{advanced, {extra}}}" if self.change == "advanced" else self.change
+            return f"{{update, {module}, {how}}}"
+        if self.action == "apply":
+            mfa = f"{module}, {format_term(Atom(self.change))}, {format_term(self.extra)}"
+            return f"{{apply, {{{mfa}}}}}"
+        return f"{{{self.action}, {module}}}"
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeEvent:
+    """What an upgrade did to one process: ``suspended``, ``converted``, ``resumed``, or
+    ``started_child`` (``process`` is then the child's id)."""
+
+    what: str
+    module: str
+    process: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeResult:
+    """An upgrade's outcome: ``error`` (one line: the step and the process that refused) is
+    None when every step went through; ``undone``: the error undid every step (else the new
+    code runs, and only a supervisor's child failed to start)."""
+
+    events: list[UpgradeEvent]
+    modules: list[ModuleResult]
+    error: str | None = None
+    undone: bool = False
+
+
 class Target(Protocol):
     """The primitives a sync needs; every path is absolute on the target."""
 
@@ -171,6 +222,18 @@ class Target(Protocol):
 
     async def delete_modules(self, modules: Sequence[str], brutal: bool) -> list[ModuleResult]:
         """Purge and delete modules."""
+
+    async def stash_code(self, modules: Sequence[str]) -> None:
+        """Keep, before the files change, the code ``modules`` run now (for an upgrade's undo)."""
+
+    async def upgrade(
+        self, steps: Sequence[UpgradeStep], *, down: bool, timeout: float, brutal: bool
+    ) -> UpgradeResult:
+        """Carry out ``steps`` with processes suspended and their state converted (``down``:
+        ``code_change`` with ``{down, Vsn}``); a failing step undoes them all."""
+
+    async def old_code(self) -> list[ModuleResult]:
+        """Modules whose old code some process still runs (``status`` ``old_code``)."""
 
     async def run_hook(self, module: str, function: str, beam: bytes, timeout: float) -> HookResult:
         """Load the hook module from ``beam`` and run ``module:function()`` with a timeout."""

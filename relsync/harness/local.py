@@ -339,6 +339,8 @@ class LocalBoard:
         self.ready_timeout = ready_timeout
         #: "bind-mount" (read-only bind mount) or "chmod" (chmod -R a-w; root may still write).
         self.read_only_mode = ""
+        #: Whether the release was left writable (see :meth:`start`).
+        self.writable = False
         #: The OTP release the node runs (this machine's Erlang), known once it booted.
         self.otp = 0
         # Plain Popen objects (not asyncio ones): the board may be driven from one event loop
@@ -362,9 +364,11 @@ class LocalBoard:
         cookie: str | None = None,
         epmd_port: int | None = None,
         ready_timeout: float = READY_TIMEOUT,
+        writable: bool = False,
     ) -> LocalBoard:
-        """Copies ``release`` into ``workdir``, makes it read-only, starts it and waits until
-        the node answers an RPC with the release's main application started."""
+        """Copies ``release`` into ``workdir``, makes it read-only (unless ``writable``: for
+        syncs in place), starts it and waits until the node answers an RPC with the release's
+        main application started."""
         release = Path(release).resolve()
         info = read_release_info(release)
         workdir = Path(workdir).resolve()
@@ -385,6 +389,7 @@ class LocalBoard:
             erts_version=info.erts_version,
             apps=info.apps,
         )
+        board.writable = writable
         try:
             await board._install(release)
             await board._ensure_epmd()
@@ -500,7 +505,8 @@ class LocalBoard:
             await _run("rm", "-rf", target)
         target.parent.mkdir(parents=True, exist_ok=True)
         await _run("cp", "-a", release, target)
-        await self._make_read_only()
+        if not self.writable:
+            await self._make_read_only()
 
     async def _make_read_only(self) -> None:
         target = self.release_path

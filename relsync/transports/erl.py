@@ -13,7 +13,7 @@ from relsync.dist.node import connect
 from relsync.dist.pretty import format_term
 from relsync.erlc import helper_beam
 from relsync.errors import ConnectError, TargetError
-from relsync.transports.helper import CALL_TIMEOUT, HELPER, HelperTarget
+from relsync.transports.helper import CALL_TIMEOUT, HELPER, UPGRADER, HelperTarget
 
 
 class ErlTarget(HelperTarget):
@@ -23,6 +23,7 @@ class ErlTarget(HelperTarget):
         self._conn = conn
         self.label = label
         self._helper: asyncio.Future[bool] | None = None
+        self._upgrader: asyncio.Future[bool] | None = None
 
     @classmethod
     async def open(
@@ -43,30 +44,37 @@ class ErlTarget(HelperTarget):
         except DistError as exc:
             raise ConnectError(str(exc)) from exc
         target = cls(conn, node)
-        target._helper = asyncio.ensure_future(target._ensure_helper())
+        target._helper = asyncio.ensure_future(target._ensure(HELPER))
         return target
 
-    async def _ensure_helper(self) -> bool:
-        """Load our helper unless the same one is loaded already; whether it was loaded now."""
-        beam, version = await _helper_code(HELPER)
-        loaded = await self._loaded_attributes(HELPER)
+    async def _ensure(self, module: str) -> bool:
+        """Load one of our target-side modules unless the same one is loaded already; whether
+        it was loaded now."""
+        beam, version = await _helper_code(module)
+        loaded = await self._loaded_attributes(module)
         if loaded is not None and vsn(loaded) == version:
             return False
         # Not code:load_binary at first: when clients meet a fresh board at once, each load
         # makes the one before old code, and a load over old code kills the processes still
         # running it (another client's sync). erlang:load_module refuses instead.
-        result = await self._call_raw("erlang", "load_module", [Atom(HELPER), beam])
+        result = await self._call_raw("erlang", "load_module", [Atom(module), beam])
         if result == (Atom("error"), Atom("not_purged")):
-            loaded = await self._loaded_attributes(HELPER)
+            loaded = await self._loaded_attributes(module)
             if loaded is not None and vsn(loaded) == version:
                 return True  # loaded by another client meanwhile
-            result = await self._load_binary(HELPER, beam)  # a stale helper's processes go
+            result = await self._load_binary(module, beam)  # a stale copy's processes go
         if not (isinstance(result, tuple) and result[0] == "module"):
             raise ConnectError(
-                f"{self.label} refused relsync's helper module ({format_term(result)}); it needs "
-                "the kernel, stdlib and crypto applications"
+                f"{self.label} refused relsync's {module} module ({format_term(result)}); it "
+                "needs the kernel, stdlib and crypto applications"
             )
         return True
+
+    async def _ensure_upgrader(self) -> None:
+        """Push ``relsync_upgrade`` once, when an upgrade or a rollback needs it."""
+        if self._upgrader is None:
+            self._upgrader = asyncio.ensure_future(self._ensure(UPGRADER))
+        await asyncio.shield(self._upgrader)
 
     async def _loaded_attributes(self, module: str) -> Term | None:
         """The attributes of ``module`` as loaded on the target; None when it is not loaded."""
@@ -121,6 +129,7 @@ class ErlTarget(HelperTarget):
     async def close(self) -> None:
         """See :class:`relsync.target.Target`."""
         await _discard(self._helper)
+        await _discard(self._upgrader)
         await self._conn.close()
 
 

@@ -31,9 +31,14 @@ from relsync.target import (
     RemoteLink,
     RunningProgram,
     TargetInfo,
+    UpgradeEvent,
+    UpgradeResult,
+    UpgradeStep,
 )
 
 HELPER = "relsync_target"
+#: The helper's upgrade steps (see ``relsync_upgrade.erl``), pushed only when needed.
+UPGRADER = "relsync_upgrade"
 #: Files up to this size travel in batches; larger ones in chunks of this size.
 CHUNK = 4 << 20
 #: Generous per-call timeout for file operations (a slow SD card fsyncs slowly).
@@ -147,6 +152,66 @@ def _module_result(module: str, result: Term) -> ModuleResult:
             return ModuleResult(module, str(status), tuple(_proc(p) for p in extra))
         return ModuleResult(module, str(status), detail=describe(_text(extra)))
     return ModuleResult(module, "error", detail=format_term(result))
+
+
+def _step(step: UpgradeStep) -> Term:
+    module = Atom(step.module)
+    if step.action == "delete_module":
+        return (Atom("delete_module"), module)
+    if step.action == "apply":
+        return (Atom("apply"), module, Atom(step.change), step.extra)
+    if step.action == "update":
+        advanced = step.change == "advanced"
+        how: Term = (Atom("advanced"), step.extra) if advanced else Atom(step.change)
+        return (Atom("update"), module, how, _path(step.path), step.sha256)
+    return (Atom(step.action), module, _path(step.path), step.sha256)
+
+
+def _event(entry: Term) -> UpgradeEvent:
+    if isinstance(entry, tuple) and len(entry) == 4:
+        what, module, pid, name = entry
+        return UpgradeEvent(str(what), str(module), _proc((pid, name)))
+    if isinstance(entry, tuple) and len(entry) == 3:
+        return UpgradeEvent(str(entry[0]), str(entry[1]), format_term(entry[2]))
+    return UpgradeEvent("unknown", "", format_term(entry))
+
+
+def upgrade_error(reason: Term) -> str:
+    """One line for an upgrade's ``{error, Why}``: which step failed, on which process."""
+    why = reason[1] if isinstance(reason, tuple) and len(reason) == 2 else reason
+    if not isinstance(why, tuple) or not why:
+        return f"the upgrade failed: {format_term(why)}"
+    kind, rest = str(why[0]), why[1:]
+    if kind in ("suspend", "code_change") and len(rest) == 4:
+        module, pid, name, cause = rest
+        verb = "did not suspend" if kind == "suspend" else "refused code_change"
+        return f"process {_proc((pid, name))} ({_text(module)}) {verb}: {_reason(cause)}"
+    if kind == "load" and len(rest) == 2:
+        result = _module_result(_text(rest[0]), rest[1])
+        who = ", ".join(result.processes)
+        procs = f" ({who} still run its old code)" if who else ""
+        return f"loading {result.module} failed: {result.status}{procs} {result.detail}".rstrip()
+    if kind == "child" and len(rest) == 3:
+        child = format_term(rest[1])
+        return f"supervisor {_text(rest[0])} could not start its new child {child}: " + (
+            _reason(rest[2])
+        )
+    if kind == "apply" and len(rest) == 3:
+        return f"the appup's apply of {_text(rest[0])}:{_text(rest[1])} failed: " + (
+            format_term(rest[2])
+        )
+    if kind == "no_old_code" and len(rest) == 1:
+        return (
+            f"the code {_text(rest[0])} runs is not the file it was loaded from, so it could not "
+            "be undone: sync once without --upgrade"
+        )
+    return f"the upgrade failed: {format_term(why)}"
+
+
+def _reason(cause: Term) -> str:
+    if cause == "timeout":
+        return "timed out (busy in a long call?)"
+    return describe(format_term(cause))
 
 
 #: The keys of a ``sync_state`` reply, in the order :class:`relsync.target.Readout` takes them.
@@ -494,6 +559,56 @@ class HelperTarget(ABC):
             assert isinstance(item, tuple) and len(item) == 2
             out.append(_module_result(str(item[0]), item[1]))
         return out
+
+    async def stash_code(self, modules: Sequence[str]) -> None:
+        """See :class:`relsync.target.Target`."""
+        await self._ensure_upgrader()
+        reply = await self._call("stash_code", [[Atom(m) for m in modules]], FILE_TIMEOUT)
+        if reply == _UNKNOWN_FUNCTION:
+            raise UsageError(
+                f"relsyncd on {self.label} predates --upgrade and --rollback; update the "
+                "relsyncd application in the release, or sync without them"
+            )
+
+    async def upgrade(
+        self, steps: Sequence[UpgradeStep], *, down: bool, timeout: float, brutal: bool
+    ) -> UpgradeResult:
+        """See :class:`relsync.target.Target`."""
+        await self._ensure_upgrader()
+        opts: dict[Term, Term] = {
+            Atom("direction"): Atom("down" if down else "up"),
+            Atom("timeout"): int(timeout * 1000),
+            Atom("purge"): Atom("brutal" if brutal else "soft"),
+        }
+        args: list[Term] = [[_step(s) for s in steps], opts]
+        # Every process call may take ``timeout``: the call as a whole gets them all.
+        limit = FILE_TIMEOUT + timeout * 4 * max(1, len(steps))
+        reply = await self._call("upgrade", args, limit)
+        if not isinstance(reply, dict):
+            raise TargetError(f"upgrading failed on {self.label}: {format_term(reply)}")
+        events = reply.get(Atom("events"), [])
+        result = reply.get(Atom("result"))
+        return UpgradeResult(
+            [_event(e) for e in events] if isinstance(events, list) else [],
+            self._module_results(reply.get(Atom("modules"), [])),
+            None if result == "ok" else upgrade_error(result),
+            reply.get(Atom("undone")) == "true",
+        )
+
+    @abstractmethod
+    async def _ensure_upgrader(self) -> None:
+        """Make sure the target has ``relsync_upgrade`` (relsyncd ships it; erl pushes it)."""
+
+    async def old_code(self) -> list[ModuleResult]:
+        """See :class:`relsync.target.Target`."""
+        reply = await self._call("old_code", [])
+        if not isinstance(reply, list):
+            raise TargetError(f"{self.label}: unexpected reply {format_term(reply)}")
+        return [
+            ModuleResult(str(m), "old_code", tuple(_proc(p) for p in procs))
+            for m, procs in (e for e in reply if isinstance(e, tuple) and len(e) == 2)
+            if isinstance(procs, list)
+        ]
 
     async def run_hook(self, module: str, function: str, beam: bytes, timeout: float) -> HookResult:
         """See :class:`relsync.target.Target`."""

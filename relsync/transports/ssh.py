@@ -234,6 +234,9 @@ class SshTarget(HelperTarget):
             "relsync again: the next sync converges"
         )
 
+    async def _ensure_upgrader(self) -> None:
+        """relsyncd ships ``relsync_upgrade`` beside the helper: nothing to push."""
+
     async def _load_binary(self, module: str, beam: bytes) -> Term:
         return await self._call("load_binary", [Atom(module), Charlist(f"{module}.beam"), beam])
 

@@ -1,0 +1,150 @@
+"""Back to the pristine release without a reboot: what the shadow tree changed, and undoing it.
+
+A shadow tree leaves the release untouched, so going back is re-pointing the code path at the
+release, loading its own modules again where the shadow tree ran other code, and purging the
+modules only the shadow tree had. An in-place sync has no pristine copy to go back to.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import time
+from dataclasses import dataclass
+
+from relsync.engine import SyncOptions, SyncReport, read_state, release_lock, run_upgrade
+from relsync.errors import ExitCode, UsageError
+from relsync.plan import SyncPlan, TargetState, ebin_dir, is_beam, module_of
+from relsync.release import LocalRelease
+from relsync.target import RemoteFile, Target, UpgradeStep
+from relsync.upgrade import upgrade_steps
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowChanges:
+    """Modules the running shadow tree has changed against the pristine release."""
+
+    #: Module -> (beam in the release, its SHA-256): it runs other code than the release's.
+    changed: dict[str, tuple[str, bytes]]
+    #: Modules only the shadow tree has.
+    added: list[str]
+    #: Module -> (beam in the release, SHA-256): the release has it, the shadow tree does not.
+    deleted: dict[str, tuple[str, bytes]]
+
+
+def shadow_changes(state: TargetState) -> ShadowChanges:
+    """Compare the shadow tree's modules (and what relsync loaded) with the release's."""
+    original = {
+        module_of(rel): (f"{state.dest}/{rel}", e.sha256)
+        for rel, e in state.original.items()
+        if is_beam(rel) and isinstance(e, RemoteFile)
+    }
+    running: dict[str, bytes | None] = {}  # None: a link to the original
+    for rel, entry in state.shadow.items():
+        if is_beam(rel):
+            running[module_of(rel)] = entry.sha256 if isinstance(entry, RemoteFile) else None
+    running.update(state.loaded)
+    changed: dict[str, tuple[str, bytes]] = {}
+    added: list[str] = []
+    for module, sha in sorted(running.items()):
+        if module not in original:
+            added.append(module)
+        elif module in state.pending or (sha is not None and sha != original[module][1]):
+            changed[module] = original[module]
+    deleted = {m: o for m, o in sorted(original.items()) if m not in running}
+    return ShadowChanges(changed, added, deleted)
+
+
+def plan_rollback(state: TargetState) -> SyncPlan:
+    """The code path back at the release and its modules loaded again (nothing is written)."""
+    if not state.rw:
+        raise UsageError(
+            "--rollback needs the shadow tree's --destination-rw-path: an in-place sync "
+            "replaced the release's own files, so there is no pristine copy to go back to"
+        )
+    changes = shadow_changes(state)
+    plan = SyncPlan(root=state.dest)
+    back = {**changes.changed, **changes.deleted}
+    plan.reload = [(m, path, sha) for m, (path, sha) in sorted(back.items())]
+    plan.new_modules = sorted(changes.deleted)
+    plan.purge = changes.added
+    shadow_ebins = {d for rel in state.shadow if (d := ebin_dir(rel))}
+    original_ebins = {d for rel in state.original if (d := ebin_dir(rel))}
+    plan.code_path_replace = [(state.rw, state.dest)]
+    plan.code_path_remove = [f"{state.dest}/{d}" for d in sorted(shadow_ebins - original_ebins)]
+    plan.code_path_add = [f"{state.dest}/{d}" for d in sorted(original_ebins - shadow_ebins)]
+    return plan
+
+
+def _clean(state: TargetState) -> tuple[list[str], list[str]]:
+    """Every entry of the shadow tree, and its directories deepest first (not ``rw`` itself)."""
+    assert state.rw is not None
+    paths = [f"{state.rw}/{rel}" for rel in sorted(state.shadow)]
+    dirs: set[str] = set()
+    for rel in state.shadow:
+        parent = posixpath.dirname(rel)
+        while parent:
+            dirs.add(f"{state.rw}/{parent}")
+            parent = posixpath.dirname(parent)
+    return paths, sorted(dirs, key=lambda d: (-d.count("/"), d))
+
+
+async def rollback(
+    target: Target,
+    options: SyncOptions,
+    exclude: tuple[str, ...],
+    *,
+    release: LocalRelease | None = None,
+    clean: bool = False,
+) -> SyncReport:
+    """Put ``target`` back on its pristine release (``options.upgrade``: converting process
+    state down, with steps judged from ``release``'s beams); ``clean`` removes the shadow tree."""
+    started = time.perf_counter()
+    try:
+        state = await read_state(target, exclude, options)
+        plan = plan_rollback(state)
+        report = SyncReport(target.label, plan, [], dry_run=options.dry_run, action="rollback")
+        if not state.shadow_active and not state.pending:
+            plan.code_path_replace = []
+            report.warnings.append(
+                f"nothing to roll back: {target.label} runs its pristine release"
+            )
+            plan.reload, plan.purge, plan.new_modules = [], [], []
+            plan.code_path_add, plan.code_path_remove = [], []
+        elif options.upgrade and release is not None:
+            report.upgrade = upgrade_steps(plan, release, state, down=True)
+        elif options.upgrade:
+            report.upgrade = [UpgradeStep("load_module", m, p, s) for m, p, s in plan.reload]
+        if clean and state.shadow:
+            plan.delete_paths, plan.delete_dirs = _clean(state)
+        if not options.dry_run:
+            await _carry_out(target, options, report)
+    finally:
+        await release_lock(target)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+async def _carry_out(target: Target, options: SyncOptions, report: SyncReport) -> None:
+    plan = report.plan
+    if report.upgrade:  # the shadow tree's code, for an undo
+        await target.stash_code([s.module for s in report.upgrade if s.action != "add_module"])
+    if plan.code_path_replace or plan.code_path_add or plan.code_path_remove:
+        await target.update_code_path(
+            plan.code_path_replace, plan.code_path_add, plan.code_path_remove
+        )
+    if report.upgrade:
+        await run_upgrade(target, options, report, down=True)
+    else:
+        if plan.reload:
+            report.modules += await target.load_modules(plan.reload, options.brutal_purge)
+        if plan.purge:
+            report.modules += await target.delete_modules(plan.purge, options.brutal_purge)
+    if report.exit_code == ExitCode.UPGRADE:  # back on the shadow tree's code: keep its files
+        await target.update_code_path([(report.plan.root, options.rw_path or "")], [], [])
+        return
+    if any(m.status in ("not_purged", "error") for m in report.modules):
+        report.exit_code = ExitCode.RELOAD
+    if plan.delete_paths:
+        await target.delete_files(plan.delete_paths)
+        stuck = await target.delete_dirs(plan.delete_dirs)
+        report.warnings += [f"directory not empty, left in place: {d}" for d in stuck]

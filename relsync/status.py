@@ -1,0 +1,124 @@
+"""``relsync --status``: what a board runs, against its pristine release and the local one."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from relsync.engine import SyncOptions, read_state
+from relsync.plan import SyncPlan, build_plan
+from relsync.release import LocalRelease
+from relsync.rollback import ShadowChanges, shadow_changes
+from relsync.target import ModuleResult, Target
+
+
+@dataclass(frozen=True, slots=True)
+class BoardStatus:
+    """One board's state, read without the sync lock and without changing anything."""
+
+    label: str
+    dest: str
+    rw: str | None
+    shadow_active: bool
+    #: Modules the shadow tree changed against the pristine release (None: in place, where
+    #: the release's own files are what relsync wrote).
+    pristine: ShadowChanges | None
+    pending: list[str]
+    #: What a sync of the local release would do.
+    local: SyncPlan
+    old_code: list[ModuleResult]
+
+
+async def board_status(target: Target, release: LocalRelease, options: SyncOptions) -> BoardStatus:
+    """Read ``target`` and compare it with its release and with ``release``."""
+    state = await read_state(target, release.exclude_prefixes, options)
+    return BoardStatus(
+        label=target.label,
+        dest=state.dest,
+        rw=state.rw,
+        shadow_active=state.shadow_active,
+        pristine=shadow_changes(state) if state.rw and state.shadow_active else None,
+        pending=sorted(state.pending),
+        local=build_plan(release, state),
+        old_code=await target.old_code(),
+    )
+
+
+def status_dict(status: BoardStatus) -> dict[str, Any]:
+    """A JSON-ready description."""
+    pristine = status.pristine
+    return {
+        "target": status.label,
+        "destination_path": status.dest,
+        "shadow_tree": status.rw,
+        "shadow_active": status.shadow_active,
+        "against_pristine": None
+        if pristine is None
+        else {
+            "changed": sorted(pristine.changed),
+            "added": pristine.added,
+            "deleted": sorted(pristine.deleted),
+        },
+        "pending": status.pending,
+        "against_local": {
+            "added": status.local.added,
+            "changed": status.local.changed,
+            "deleted": status.local.deleted,
+            "reload": [m for m, _, _ in status.local.reload],
+            "purge": status.local.purge,
+        },
+        "old_code": {m.module: list(m.processes) for m in status.old_code},
+    }
+
+
+def _list(names: list[str]) -> str:
+    return ", ".join(names[:8]) + (f", … (+{len(names) - 8})" if len(names) > 8 else "")
+
+
+def print_status(status: BoardStatus, out: TextIO = sys.stdout) -> None:
+    """One screen."""
+    w = out.write
+    if status.rw:
+        tree = f"shadow tree {status.rw}: " + ("active" if status.shadow_active else "not active")
+    else:
+        tree = "in place (no shadow tree)"
+    w(f"relsync: {status.label} runs the release at {status.dest}, {tree}\n")
+    pristine = status.pristine
+    if pristine is not None:
+        counts = (
+            f"{len(pristine.changed)} modules changed, {len(pristine.added)} added, "
+            f"{len(pristine.deleted)} deleted"
+        )
+        w(f"  against the pristine release: {counts}\n")
+        for label, names in (
+            ("changed", sorted(pristine.changed)),
+            ("added", pristine.added),
+            ("deleted", sorted(pristine.deleted)),
+        ):
+            if names:
+                w(f"    {label}: {_list(names)}\n")
+    elif status.rw:
+        w("  against the pristine release: the same (it runs the release itself)\n")
+    local = status.local
+    if local.touches_target:
+        w(
+            f"  against the local release: {len(local.added)} files to add, "
+            f"{len(local.changed)} to change, {len(local.deleted)} to delete; "
+            f"{len(local.reload)} modules to load, {len(local.purge)} to delete\n"
+        )
+    else:
+        w("  against the local release: up to date\n")
+    if status.pending:
+        w(f"  pending (left by a sync that did not finish): {_list(status.pending)}\n")
+    for m in status.old_code:
+        w(f"  old code of {m.module} still runs in {', '.join(m.processes)}\n")
+    if not status.old_code:
+        w("  no process runs old code\n")
+
+
+def print_status_json(statuses: list[BoardStatus], out: TextIO = sys.stdout) -> None:
+    """One board: its object; several: ``{"boards": [...]}``."""
+    items = [status_dict(s) for s in statuses]
+    out.write(json.dumps(items[0] if len(items) == 1 else {"boards": items}) + "\n")

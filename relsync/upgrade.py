@@ -1,0 +1,202 @@
+"""Appup-style upgrade steps built from a sync plan, as an OTP engineer would write them.
+
+Each module is judged from its beam (chunks that stripped production beams keep): a supervisor
+is updated as one (its child specs re-read), a module with ``code_change/3`` or ``/4`` as a
+process whose state is converted (``{advanced, []}``), anything else is simply reloaded. Modules
+load callees first, from the beams' import tables. A user's own ``ebin/APP.appup`` with an
+entry for the board's version of the application wins for the modules it names.
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+from collections.abc import Mapping
+
+from relsync.beam import BeamFacts, facts
+from relsync.dist.etf import Atom, Term
+from relsync.dist.pretty import format_term
+from relsync.erlterm import consult
+from relsync.errors import UsageError
+from relsync.plan import SyncPlan, TargetState, effective_files
+from relsync.release import FileKind, LocalRelease
+from relsync.target import UpgradeStep
+
+_CODE_CHANGE = (("code_change", 3), ("code_change", 4))
+
+
+def change_of(beam: BeamFacts) -> str:
+    """``supervisor``, ``advanced`` (its processes convert their state) or ``""`` (reload)."""
+    if "supervisor" in beam.behaviours:
+        return "supervisor"
+    if any(f in beam.exports for f in _CODE_CHANGE):
+        return "advanced"
+    # A stripped beam has no -behaviour: a supervisor is a module with init/1 that calls
+    # the supervisor module (supervisor:start_link) and has no code_change of its own.
+    if not beam.behaviours and ("init", 1) in beam.exports and "supervisor" in beam.calls:
+        return "supervisor"
+    return ""
+
+
+def load_order(beams: Mapping[str, BeamFacts]) -> list[str]:
+    """The modules, each after the ones among them it calls; a cycle is entered at its first
+    module by name (nothing orders the calls within it)."""
+    waits = {m: {c for c in b.calls if c in beams and c != m} for m, b in beams.items()}
+    callers: dict[str, set[str]] = {m: set() for m in beams}
+    for m, callees in waits.items():
+        for c in callees:
+            callers[c].add(m)
+    ready = [m for m, callees in waits.items() if not callees]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while len(order) < len(beams):
+        if not ready:  # a cycle: start it at the first module something else waits for
+            m = min(c for left in beams if left not in order for c in waits[left])
+            waits[m].clear()
+            heapq.heappush(ready, m)
+        m = heapq.heappop(ready)
+        if m in order:
+            continue
+        order.append(m)
+        for caller in sorted(callers[m]):
+            waits[caller].discard(m)
+            if not waits[caller] and caller not in order:
+                heapq.heappush(ready, caller)
+    return order
+
+
+def upgrade_steps(
+    plan: SyncPlan, release: LocalRelease, state: TargetState, *, down: bool = False
+) -> list[UpgradeStep]:
+    """The steps that bring the plan's modules in: added and changed ones in load order, then
+    the deleted ones. Each module is judged from its beam in ``release`` (for a rollback,
+    ``down``: the code the board runs is what was synced from there). The instructions of a
+    user's appup for the version pair come after the generated ones and replace them for the
+    modules they name."""
+    user = appup_steps(plan, release, state, down=down)
+    named = {s.module for s in user}
+    steps = [s for s in generated_steps(plan, release) if s.module not in named]
+    deletes = [s for s in steps if s.action == "delete_module"]
+    return [s for s in steps if s.action != "delete_module"] + user + deletes
+
+
+def generated_steps(plan: SyncPlan, release: LocalRelease) -> list[UpgradeStep]:
+    """The steps relsync writes itself for every module of the plan."""
+    local = {
+        lf.rel.rsplit("/", 1)[-1][: -len(".beam")]: lf
+        for lf in release.files.values()
+        if lf.kind is FileKind.BEAM
+    }
+    beams: dict[str, BeamFacts] = {}
+    targets: dict[str, tuple[str, bytes]] = {}
+    for module, path, sha in plan.reload:
+        targets[module] = (path, sha)
+        lf = local.get(module)
+        if lf is None:  # a rollback's module the local release no longer has: reloaded
+            beams[module] = BeamFacts(module, frozenset(), frozenset(), frozenset())
+            continue
+        try:
+            with open(lf.path, "rb") as fh:
+                beams[module] = facts(fh.read())
+        except (OSError, ValueError) as exc:
+            raise UsageError(
+                f"{lf.rel} is not a readable beam file ({exc}); rebuild the release"
+            ) from None
+    new = set(plan.new_modules)
+    steps: list[UpgradeStep] = []
+    # New modules first (nothing runs them yet, and changed ones may start them), then the
+    # changed ones, callees first.
+    for module in sorted(load_order(beams), key=lambda m: m not in new):
+        path, sha = targets[module]
+        change = "" if module in new else change_of(beams[module])
+        action = "add_module" if module in new else "update" if change else "load_module"
+        steps.append(UpgradeStep(action, module, path, sha, change))
+    steps += [UpgradeStep("delete_module", m) for m in plan.purge]
+    return steps
+
+
+_SUPPORTED = "load_module, update, add_module, delete_module and apply"
+
+
+def appup_steps(
+    plan: SyncPlan, release: LocalRelease, state: TargetState, *, down: bool = False
+) -> list[UpgradeStep]:
+    """The user's ``lib/APP-VSN/ebin/APP.appup`` instructions for the board's version of each
+    application (its up entry; ``down``: the down entry back to the pristine release)."""
+    there = {r: None for r in (state.original if down else effective_files(state))}
+    board_vsn = {app: vsn for app, vsn in (_app_dir(rel) for rel in there) if app}
+    targets = {m: (path, sha) for m, path, sha in plan.reload}
+    steps: list[UpgradeStep] = []
+    for rel, lf in sorted(release.files.items()):
+        app, vsn = _app_dir(rel)
+        if not app or rel != f"lib/{app}-{vsn}/ebin/{app}.appup" or app not in board_vsn:
+            continue
+        try:
+            with open(lf.path, encoding="utf-8") as fh:
+                terms = consult(fh.read())
+        except (OSError, ValueError, UnicodeError) as exc:
+            raise UsageError(f"{rel} cannot be read ({exc}); fix it or remove it") from None
+        entry = _appup_entry(rel, terms, vsn, board_vsn[app], down)
+        steps += [s for i in entry if (s := _instruction(rel, i, targets)) is not None]
+    return steps
+
+
+def _app_dir(rel: str) -> tuple[str, str]:
+    parts = rel.split("/")
+    if len(parts) < 3 or parts[0] != "lib" or "-" not in parts[1]:
+        return "", ""
+    app, _, vsn = parts[1].rpartition("-")
+    return app, vsn
+
+
+def _appup_entry(rel: str, terms: list[Term], vsn: str, old: str, down: bool) -> list[Term]:
+    """The instructions for ``old`` -> ``vsn`` (or back) in an appup's terms; [] if none."""
+    if len(terms) != 1 or not isinstance(terms[0], tuple) or len(terms[0]) != 3:
+        raise UsageError(f"{rel} is not {{Vsn, UpFrom, DownTo}}; fix it or remove it")
+    new, ups, downs = terms[0]
+    if new != vsn:
+        raise UsageError(
+            f"{rel} is for version {format_term(new)}, the application is {vsn}; "
+            "update its first element"
+        )
+    entries = downs if down else ups
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[1], list):
+            match = entry[0]
+            if (isinstance(match, str) and match == old) or (
+                isinstance(match, bytes) and re.fullmatch(match.decode(), old)
+            ):
+                return entry[1]
+    return []
+
+
+def _instruction(
+    rel: str, term: Term, targets: Mapping[str, tuple[str, bytes]]
+) -> UpgradeStep | None:
+    """One appup instruction as a step; None for a module the sync does not change."""
+    if not (isinstance(term, tuple) and term and isinstance(term[0], Atom)):
+        raise UsageError(f"{rel}: {format_term(term)} is not an instruction; use {_SUPPORTED}")
+    kind, args = str(term[0]), term[1:]
+    if kind == "apply" and len(args) == 1 and isinstance(args[0], tuple) and len(args[0]) == 3:
+        module, function, arguments = args[0]
+        if isinstance(module, Atom) and isinstance(function, Atom) and isinstance(arguments, list):
+            return UpgradeStep("apply", module, change=function, extra=arguments)
+    module = args[0] if args and isinstance(args[0], Atom) else None
+    if module is None or kind not in ("load_module", "update", "add_module", "delete_module"):
+        raise UsageError(
+            f"{rel}: relsync --upgrade carries out {_SUPPORTED}, not {format_term(term)}; "
+            "write it with those, or sync without --upgrade"
+        )
+    if kind == "delete_module":
+        return UpgradeStep("delete_module", module)
+    if module not in targets:
+        return None
+    path, sha = targets[module]
+    if kind != "update":
+        return UpgradeStep(kind, module, path, sha)
+    change: Term = args[1] if len(args) > 1 and not isinstance(args[1], list | int) else "soft"
+    if change == "supervisor":
+        return UpgradeStep("update", module, path, sha, "supervisor")
+    if isinstance(change, tuple) and len(change) == 2 and change[0] == "advanced":
+        return UpgradeStep("update", module, path, sha, "advanced", change[1])
+    return UpgradeStep("update", module, path, sha, "soft")
