@@ -9,7 +9,8 @@ a. the shadow tree after each of several syncs mirrors the release exactly; the 
 b. module reloads: changed, new, deleted; a gen_server keeps its state; a process lingering in
    old code is reported, not killed;
 c. a port program restarted by hooks answers with the new binary; without the hook the report
-   warns that it is running;
+   warns that it is running; --upgrade converts a record state and starts a supervisor's new
+   child, --status sees it, --rollback --upgrade --clean converts back and removes the tree;
 d. a reboot and a power cut both come back on the pristine release; the next sync converges;
 e. faults: the client SIGKILLed at cut points spread over a sync; the board's power cut in the
    middle of a sync (it boots pristine, the next sync converges); the rw path's disk full.
@@ -41,6 +42,7 @@ from support.faults import (
     run_and_kill,
     timed,
 )
+from support.upgrade_sources import v2_release
 
 from relsync.dist.etf import Atom, Term
 from relsync.harness.client import Run, run_relsync
@@ -268,6 +270,28 @@ def test_c_port_restart_via_hooks(env: Env) -> None:
     assert env.call("demo_port", "ask", [b"x"]) == b"c1:x"  # the old program still runs
     shadow = env.assert_mirrors(unhooked.root, "after the port change without hook")
     assert shadow[PORT] == f"file:{release_files(unhooked.root)[PORT]}"
+
+
+def test_c2_upgrade_status_and_rollback(env: Env) -> None:
+    v2 = v2_release(env.release, env.tmp / "upgrade-v2")
+    assert env.sync(env.variant().root).code == 0  # from the base release
+    env.call("demo_store", "put", [Atom("k"), 7])
+    run = env.sync(v2.root, "--upgrade")
+    assert run.code == 0, run
+    events = {(e["event"], e["module"]) for e in run.report["processes"]}
+    assert {("converted", "demo_store"), ("started_child", "demo_sup")} <= events, events
+    assert env.call("sys", "get_state", [Atom("demo_store")]) == (Atom("state"), {Atom("k"): 7}, 0)
+    status = env.sync(v2.root, "--status")
+    assert status.code == 0 and status.report["shadow_active"] is True, status
+    assert "demo_store" in status.report["against_pristine"]["changed"]
+    back = env.sync(v2.root, "--rollback", "--upgrade", "--clean")
+    assert back.code == 0, back
+    assert env.call("sys", "get_state", [Atom("demo_store")]) == (Atom("state"), {Atom("k"): 7})
+    assert env.call("erlang", "whereis", [Atom("demo_extra")]) == "undefined"
+    assert env.call("code", "is_loaded", [Atom("demo_extra")]) == "false"
+    assert env.tree(env.rw) == {}
+    assert env.tree(env.rp) == env.pristine
+    print(f"\n{env.kind}/{env.mode}: upgrade converted {len(events)} process events, rolled back")
 
 
 # --------------------------------------------------------------------------------------------

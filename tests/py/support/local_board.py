@@ -13,12 +13,18 @@ from relsync.transports.ssh import SshTarget
 
 
 def with_board(
-    release: Path, workdir: Path, body: Callable[[LocalBoard], Awaitable[None]], mode: str = "erl"
+    release: Path,
+    workdir: Path,
+    body: Callable[[LocalBoard], Awaitable[None]],
+    mode: str = "erl",
+    *,
+    writable: bool = False,
 ) -> None:
-    """Boot a board on ``release`` (with relsyncd for ``ssh``), run ``body``, stop the board."""
+    """Boot a board on ``release`` (with relsyncd for ``ssh``; ``writable``: the release not
+    made read-only, for syncs in place), run ``body``, stop the board."""
 
     async def main() -> None:
-        async with await LocalBoard.start(release, workdir=workdir) as board:
+        async with await LocalBoard.start(release, workdir=workdir, writable=writable) as board:
             if mode == "ssh":
                 await board.enable_ssh()
             await body(board)

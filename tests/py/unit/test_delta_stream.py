@@ -45,6 +45,9 @@ class _Board(HelperTarget):
     async def _load_binary(self, module: str, beam: bytes) -> Term:
         raise AssertionError("not used")
 
+    async def _ensure_upgrader(self) -> None:
+        raise AssertionError("not used")
+
 
 def test_put_delta_of_a_big_file_holds_a_piece_of_it(tmp_path: Path) -> None:
     old = random.Random(1).randbytes(SIZE)

@@ -18,6 +18,9 @@ class _Board(HelperTarget):
     async def _load_binary(self, module: str, beam: bytes) -> Term:
         raise AssertionError("not called")
 
+    async def _ensure_upgrader(self) -> None:
+        raise AssertionError("not called")
+
 
 @pytest.mark.parametrize(
     ("reason", "words"),

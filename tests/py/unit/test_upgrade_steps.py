@@ -1,0 +1,119 @@
+"""Upgrade steps from real beams (as erlc and beam_lib:strip leave them), load order, and the
+rollback plan of a shadow tree."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from relsync.beam import BeamFacts, facts
+from relsync.plan import SyncPlan, TargetState
+from relsync.release import FileKind, LocalFile, LocalRelease
+from relsync.rollback import plan_rollback, shadow_changes
+from relsync.target import RemoteFile, RemoteLink
+from relsync.upgrade import change_of, generated_steps, load_order
+
+SOURCES = {
+    "s_sup": "-module(s_sup).\n-behaviour(supervisor).\n-export([start_link/0, init/1]).\n"
+    "start_link() -> supervisor:start_link(?MODULE, []).\ninit([]) -> {ok, {#{}, []}}.\n",
+    "s_srv": "-module(s_srv).\n-behaviour(gen_server).\n"
+    "-export([init/1, handle_call/3, handle_cast/2, code_change/3, go/0]).\n"
+    "go() -> s_lib:f().\ninit(_) -> {ok, 0}.\nhandle_call(_, _, S) -> {reply, ok, S}.\n"
+    "handle_cast(_, S) -> {noreply, S}.\ncode_change(_, S, _) -> {ok, S}.\n",
+    "s_fsm": "-module(s_fsm).\n-export([code_change/4, go/0]).\ngo() -> s_srv:go().\n"
+    "code_change(_, St, D, _) -> {ok, St, D}.\n",
+    "s_lib": "-module(s_lib).\n-export([f/0]).\nf() -> lists:sum([1]).\n",
+}
+
+
+@pytest.fixture(scope="module")
+def beams(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("beams")
+    for module, source in SOURCES.items():
+        (out / f"{module}.erl").write_text(source)
+        subprocess.run(["erlc", "-o", str(out), str(out / f"{module}.erl")], check=True)
+    return {m: out / f"{m}.beam" for m in SOURCES}
+
+
+def strip(path: Path, to: Path) -> Path:
+    """A copy of ``path`` as a production build leaves it (beam_lib:strip: gzipped, no Attr)."""
+    to.write_bytes(path.read_bytes())
+    subprocess.run(
+        ["erl", "-noshell", "-eval",
+         f'{{ok, _}} = beam_lib:strip("{to}"), halt().'], check=True,
+    )  # fmt: skip
+    return to
+
+
+def test_each_module_is_judged_from_its_beam(beams: dict[str, Path], tmp_path: Path) -> None:
+    judged = {m: change_of(facts(p.read_bytes())) for m, p in beams.items()}
+    assert judged == {"s_sup": "supervisor", "s_srv": "advanced", "s_fsm": "advanced", "s_lib": ""}
+    # Stripped: no -behaviour left, the same verdicts from exports and imports alone.
+    stripped = {m: facts(strip(p, tmp_path / p.name).read_bytes()) for m, p in beams.items()}
+    assert all(not f.behaviours for f in stripped.values())
+    assert {m: change_of(f) for m, f in stripped.items()} == judged
+    assert stripped["s_srv"].calls == {"s_lib"}
+
+
+def test_callees_load_first_and_cycles_do_not_hang() -> None:
+    def beam(module: str, *calls: str) -> BeamFacts:
+        return BeamFacts(module, frozenset(), frozenset(calls), frozenset())
+
+    chain = {"a": beam("a", "b"), "b": beam("b", "c"), "c": beam("c"), "z": beam("z")}
+    assert load_order(chain) == ["c", "b", "a", "z"]
+    cycle = {"x": beam("x", "y"), "y": beam("y", "x"), "w": beam("w", "x")}
+    order = load_order(cycle)
+    assert sorted(order) == ["w", "x", "y"] and order.index("x") < order.index("w")
+
+
+def test_steps_add_first_then_in_call_order_then_deletes(beams: dict[str, Path]) -> None:
+    release = LocalRelease(root=Path("/tmp/rel"), name="r", version="1")
+    for module, path in beams.items():
+        rel = f"lib/s-1/ebin/{module}.beam"
+        release.files[rel] = LocalFile(rel, str(path), 1, 0o644, b"x", FileKind.BEAM)
+    plan = SyncPlan(root="/srv/erlang")
+    plan.reload = [(m, f"/srv/erlang/lib/s-1/ebin/{m}.beam", b"x") for m in sorted(beams)]
+    plan.new_modules = ["s_sup"]
+    plan.purge = ["s_old"]
+    steps = generated_steps(plan, release)
+    assert [s.appup() for s in steps] == [
+        "{add_module, s_sup}",
+        "{load_module, s_lib}",
+        "{update, s_srv, {advanced, []}}",
+        "{update, s_fsm, {advanced, []}}",
+        "{delete_module, s_old}",
+    ]
+
+
+def _file(rel: str, content: str) -> RemoteFile:
+    return RemoteFile(rel, len(content), 0o644, hashlib.sha256(content.encode()).digest())
+
+
+def test_rollback_plan_reloads_the_release_and_purges_the_shadow_only_modules() -> None:
+    dest, rw = "/srv/erlang", "/data/relsync"
+    ebin = "lib/demo-0.1.0/ebin"
+    original = {
+        f"{ebin}/a.beam": _file(f"{ebin}/a.beam", "a1"),
+        f"{ebin}/b.beam": _file(f"{ebin}/b.beam", "b1"),
+        f"{ebin}/gone.beam": _file(f"{ebin}/gone.beam", "g1"),
+    }
+    shadow = {
+        f"{ebin}/a.beam": _file(f"{ebin}/a.beam", "a2"),  # changed
+        f"{ebin}/b.beam": RemoteLink(f"{ebin}/b.beam", f"{dest}/{ebin}/b.beam"),
+        f"{ebin}/new.beam": _file(f"{ebin}/new.beam", "n1"),
+        "lib/extra-1/ebin/x.beam": _file("lib/extra-1/ebin/x.beam", "x1"),
+    }
+    state = TargetState(dest, rw, original, shadow, shadow_active=True)
+    changes = shadow_changes(state)
+    assert (sorted(changes.changed), changes.added, sorted(changes.deleted)) == (
+        ["a"], ["new", "x"], ["gone"],
+    )  # fmt: skip
+    plan = plan_rollback(state)
+    assert [m for m, _, _ in plan.reload] == ["a", "gone"]
+    assert plan.reload[0][1] == f"{dest}/{ebin}/a.beam"
+    assert plan.new_modules == ["gone"] and plan.purge == ["new", "x"]
+    assert plan.code_path_replace == [(rw, dest)]
+    assert plan.code_path_remove == [f"{dest}/lib/extra-1/ebin"]
