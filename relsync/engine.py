@@ -67,6 +67,8 @@ class SyncReport:
     #: With ``--upgrade``: the steps (also in a dry run) and what they did to processes.
     upgrade: list[UpgradeStep] = field(default_factory=list)
     events: list[UpgradeEvent] = field(default_factory=list)
+    #: The upgrade failed and every step of it was undone (the code from before runs).
+    upgrade_undone: bool = False
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
@@ -233,8 +235,7 @@ async def _sync(
         )
     if plan.reload or plan.purge:  # so a sync killed from here on is finished by the next one
         await target.mark_pending([m for m, _, _ in plan.reload] + plan.purge)
-    if report.upgrade:  # the code each module runs now, for an undo once its file is replaced
-        await target.stash_code([s.module for s in report.upgrade if s.action != "add_module"])
+    await stash_for_undo(target, report)
     sent = 0
 
     def count(nbytes: int) -> None:
@@ -248,21 +249,7 @@ async def _sync(
     await _apply_files(target, plan, report, count)
     report.bytes_sent = sent
 
-    if plan.code_path_replace or plan.code_path_add or plan.code_path_remove:
-        await target.update_code_path(
-            plan.code_path_replace, plan.code_path_add, plan.code_path_remove
-        )
-    if report.upgrade:
-        await run_upgrade(target, options, report)
-    else:
-        if plan.reload:
-            report.modules += await target.load_modules(plan.reload, options.brutal_purge)
-        if plan.purge:
-            report.modules += await target.delete_modules(plan.purge, options.brutal_purge)
-    if report.exit_code == ExitCode.OK and any(
-        m.status in ("not_purged", "error") for m in report.modules
-    ):
-        report.exit_code = ExitCode.RELOAD
+    await switch_code(target, options, report)
 
     if hook is not None:
         post = await _run_hook(target, hook, "postsync", options)
@@ -273,7 +260,39 @@ async def _sync(
     return report
 
 
-async def run_upgrade(
+async def stash_for_undo(target: Target, report: SyncReport) -> None:
+    """Before anything changes, have the board keep the code each module of the upgrade runs
+    now, so that a failing step can load it again."""
+    if report.upgrade:
+        await target.stash_code(
+            [s.module for s in report.upgrade if s.action not in ("add_module", "apply")]
+        )
+
+
+async def switch_code(
+    target: Target, options: SyncOptions, report: SyncReport, *, down: bool = False
+) -> None:
+    """Re-point the code path as ``report.plan`` says, then load and delete its modules: as
+    an upgrade (``report.upgrade``; ``down`` for a rollback) or a plain reload."""
+    plan = report.plan
+    if plan.code_path_replace or plan.code_path_add or plan.code_path_remove:
+        await target.update_code_path(
+            plan.code_path_replace, plan.code_path_add, plan.code_path_remove
+        )
+    if report.upgrade:
+        await _run_upgrade(target, options, report, down=down)
+    else:
+        if plan.reload:
+            report.modules += await target.load_modules(plan.reload, options.brutal_purge)
+        if plan.purge:
+            report.modules += await target.delete_modules(plan.purge, options.brutal_purge)
+    if report.exit_code == ExitCode.OK and any(
+        m.status in ("not_purged", "error") for m in report.modules
+    ):
+        report.exit_code = ExitCode.RELOAD
+
+
+async def _run_upgrade(
     target: Target, options: SyncOptions, report: SyncReport, *, down: bool = False
 ) -> None:
     """Carry out ``report.upgrade``; a refused step leaves the old code running (exit 8)."""
@@ -282,7 +301,8 @@ async def run_upgrade(
     )
     report.modules += result.modules
     report.events += result.events
-    if result.error and result.undone:
+    report.upgrade_undone = bool(result.error and result.undone)
+    if report.upgrade_undone:
         report.error = (
             f"upgrade undone, {target.label} runs the code it ran before: {result.error}; "
             "the files are in place, so the next sync loads them (fix it, or sync without "

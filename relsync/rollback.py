@@ -11,8 +11,15 @@ import posixpath
 import time
 from dataclasses import dataclass
 
-from relsync.engine import SyncOptions, SyncReport, read_state, release_lock, run_upgrade
-from relsync.errors import ExitCode, UsageError
+from relsync.engine import (
+    SyncOptions,
+    SyncReport,
+    read_state,
+    release_lock,
+    stash_for_undo,
+    switch_code,
+)
+from relsync.errors import UsageError
 from relsync.plan import SyncPlan, TargetState, ebin_dir, is_beam, module_of
 from relsync.release import LocalRelease
 from relsync.target import RemoteFile, Target, UpgradeStep
@@ -126,24 +133,11 @@ async def rollback(
 
 async def _carry_out(target: Target, options: SyncOptions, report: SyncReport) -> None:
     plan = report.plan
-    if report.upgrade:  # the shadow tree's code, for an undo
-        await target.stash_code([s.module for s in report.upgrade if s.action != "add_module"])
-    if plan.code_path_replace or plan.code_path_add or plan.code_path_remove:
-        await target.update_code_path(
-            plan.code_path_replace, plan.code_path_add, plan.code_path_remove
-        )
-    if report.upgrade:
-        await run_upgrade(target, options, report, down=True)
-    else:
-        if plan.reload:
-            report.modules += await target.load_modules(plan.reload, options.brutal_purge)
-        if plan.purge:
-            report.modules += await target.delete_modules(plan.purge, options.brutal_purge)
-    if report.exit_code == ExitCode.UPGRADE:  # back on the shadow tree's code: keep its files
-        await target.update_code_path([(report.plan.root, options.rw_path or "")], [], [])
+    await stash_for_undo(target, report)
+    await switch_code(target, options, report, down=True)
+    if report.upgrade_undone:  # back on the shadow tree's code: keep its files
+        await target.update_code_path([(plan.root, options.rw_path or "")], [], [])
         return
-    if any(m.status in ("not_purged", "error") for m in report.modules):
-        report.exit_code = ExitCode.RELOAD
     if plan.delete_paths:
         await target.delete_files(plan.delete_paths)
         stuck = await target.delete_dirs(plan.delete_dirs)
