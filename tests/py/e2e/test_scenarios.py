@@ -42,7 +42,7 @@ from support.faults import (
     run_and_kill,
     timed,
 )
-from support.upgrade_sources import v2_release
+from support.upgrade_sources import STORE_V2_CRASH, v2_release
 
 from relsync.dist.etf import Atom, Term
 from relsync.harness.client import Run, run_relsync
@@ -274,8 +274,21 @@ def test_c_port_restart_via_hooks(env: Env) -> None:
 
 def test_c2_upgrade_status_and_rollback(env: Env) -> None:
     v2 = v2_release(env.release, env.tmp / "upgrade-v2")
+    crash = v2_release(env.release, env.tmp / "upgrade-crash", store=STORE_V2_CRASH)
+    plain = env.variant().counter_version(9)
     assert env.sync(env.variant().root).code == 0  # from the base release
     env.call("demo_store", "put", [Atom("k"), 7])
+    fsm = env.call("sys", "get_state", [Atom("demo_fsm")])
+    # A code_change that crashes, a process that does not suspend: undone, all resumed.
+    failed = env.sync(crash.root, "--upgrade")
+    assert failed.code == 8 and "refused code_change" in failed.report["error"], failed
+    assert env.call("sys", "get_state", [Atom("demo_fsm")]) == fsm  # converted back
+    env.call("demo_store", "busy", [3000])
+    stuck = env.sync(v2.root, "--upgrade", "--upgrade-timeout", "1")
+    assert stuck.code == 8 and "did not suspend" in stuck.report["error"], stuck
+    # Once its long call is over it answers again: not left suspended.
+    assert env.call("gen_server", "call", [Atom("demo_store"), (Atom("get"), Atom("k")), 9000]) == 7
+
     run = env.sync(v2.root, "--upgrade")
     assert run.code == 0, run
     events = {(e["event"], e["module"]) for e in run.report["processes"]}
@@ -291,7 +304,15 @@ def test_c2_upgrade_status_and_rollback(env: Env) -> None:
     assert env.call("code", "is_loaded", [Atom("demo_extra")]) == "false"
     assert env.tree(env.rw) == {}
     assert env.tree(env.rp) == env.pristine
-    print(f"\n{env.kind}/{env.mode}: upgrade converted {len(events)} process events, rolled back")
+
+    # A plain sync, rolled back plainly; then syncs go on as before.
+    assert env.sync(plain.root).code == 0 and env.call("demo_counter", "version") == 9
+    undo = env.sync(plain.root, "--rollback")
+    assert undo.code == 0 and undo.report["reload"] == ["demo_counter"], undo
+    assert env.call("demo_counter", "version") == 1
+    assert env.sync(plain.root).code == 0 and env.call("demo_counter", "version") == 9
+    print(f"\n{env.kind}/{env.mode}: upgrade refused twice and undone, then converted "
+          f"({len(events)} process events), rolled back; plain sync rolled back")  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
