@@ -121,3 +121,32 @@ def _compact_uint(data: bytes, offset: int) -> tuple[int, int]:
     if not first & 0x10:
         return ((first >> 5) << 8) | data[offset + 1], offset + 2
     raise ValueError("an atom longer than the compact encoding relsync reads")
+
+
+def compiler_version(beam: bytes) -> str | None:
+    """The version of the compiler that made ``beam`` (its ``CInf`` chunk); None when the
+    beam does not say (``beam_lib:strip`` removes it)."""
+    chunk = _chunks(beam).get(b"CInf")
+    info = binary_to_term(chunk) if chunk else None
+    for item in info if isinstance(info, list) else []:
+        if isinstance(item, tuple) and len(item) == 2 and item[0] == "version":
+            return str(item[1])
+    return None
+
+
+#: The OTP release each compiler version (major, minor) shipped with.
+_COMPILER_OTP = {(7, 6): 23, (8, 0): 24, (8, 1): 24, (8, 2): 25, (8, 3): 26, (8, 4): 26,
+                 (8, 5): 27, (8, 6): 27, (9, 0): 28}  # fmt: skip
+
+
+def otp_of_compiler(version: str) -> int | None:
+    """The OTP release whose compiler has ``version`` (``8.6.1`` -> 27); None if unknown,
+    and one past the newest known for a newer compiler."""
+    parts = version.split(".")
+    try:
+        key = (int(parts[0]), int(parts[1]))
+    except (IndexError, ValueError):
+        return None
+    if key in _COMPILER_OTP:
+        return _COMPILER_OTP[key]
+    return max(_COMPILER_OTP.values()) + 1 if key > max(_COMPILER_OTP) else None

@@ -15,17 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from relsync import __version__
 from relsync.boards import Board, boards_from_file, check_destination
-from relsync.engine import SyncOptions, SyncReport, check_paths, read_state, sync
+from relsync.engine import SyncOptions, SyncReport, check_paths, sync
 from relsync.errors import ExitCode, RelsyncError, UsageError
-from relsync.plan import SyncPlan, TargetState
+from relsync.local_scan import LocalScan, scan_while_reading
+from relsync.plan import SyncPlan
 from relsync.progress import ProgressBar
-from relsync.release import (
-    LocalRelease,
-    default_cache_dir,
-    find_release,
-    scan_release_async,
-    system_lib_prefixes,
-)
+from relsync.release import find_release
 from relsync.report import print_boards_json, print_json, print_summary, print_table
 from relsync.rollback import rollback
 from relsync.status import BoardStatus, board_status, print_status, print_status_json
@@ -316,49 +311,6 @@ async def open_target(board: Board, args: argparse.Namespace) -> Target:
     )
 
 
-class LocalScan:
-    """The local release, scanned once however many boards need it: the first board to ask
-    starts the scan, the others wait for the same one."""
-
-    def __init__(
-        self, root: Path, exclude_system_libs: bool, copy_unsafe_links: bool = False
-    ) -> None:
-        self.root = root
-        self.exclude_system_libs = exclude_system_libs
-        self.copy_unsafe_links = copy_unsafe_links
-        #: What the scan will leave out, known before it runs (so the target can be asked).
-        self.exclude_prefixes = system_lib_prefixes() if exclude_system_libs else ()
-        self._scan: asyncio.Future[LocalRelease] | None = None
-
-    async def release(self) -> LocalRelease:
-        """The scanned release."""
-        if self._scan is None:
-            self._scan = asyncio.ensure_future(
-                scan_release_async(
-                    self.root,
-                    exclude_system_libs=self.exclude_system_libs,
-                    cache_dir=default_cache_dir(),
-                    copy_unsafe_links=self.copy_unsafe_links,
-                )
-            )
-        return await asyncio.shield(self._scan)  # one board giving up does not stop it
-
-
-async def scan_while_reading(
-    target: Target, local: LocalScan, options: SyncOptions
-) -> tuple[LocalRelease, TargetState]:
-    """Scan the local release while the target lists its own files: the requests go out
-    first, the scan lets the event loop run now and then, and the replies are read meanwhile."""
-    reading = asyncio.ensure_future(read_state(target, local.exclude_prefixes, options))
-    try:
-        release = await local.release()
-    except BaseException:
-        reading.cancel()
-        await asyncio.gather(reading, return_exceptions=True)
-        raise
-    return release, await reading
-
-
 def board_options(board: Board, args: argparse.Namespace, hook: Hook | None) -> SyncOptions:
     """One board's sync options: its own settings first, then the command line's."""
     options = SyncOptions(
@@ -416,7 +368,7 @@ async def status_of(board: Board, args: argparse.Namespace, local: LocalScan) ->
     options = board_options(board, args, None)
     target = await open_target(board, args)
     try:
-        return await board_status(target, await local.release(), options)
+        return await board_status(target, local, options)
     finally:
         await target.close()
 
@@ -505,6 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         reports = asyncio.run(run(args, Path.cwd()))
     except RelsyncError as exc:
         print(f"relsync: error: {exc}", file=sys.stderr)
+        detail = getattr(exc.__cause__, "detail", None)
+        if detail and ("-v" in argv or "--verbose" in argv):
+            print(f"relsync: the target's error: {detail}", file=sys.stderr)
         return int(exc.exit_code)
     except KeyboardInterrupt:
         print("relsync: interrupted; run it again to finish the sync", file=sys.stderr)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from relsync.errors import BusyError, ExitCode, HookError, TargetError, UsageError
+from relsync.otp_check import check_beams_fit
 from relsync.plan import SyncPlan, TargetState, build_plan
 from relsync.release import FileKind, LocalRelease, Skipped
 from relsync.target import (
@@ -59,6 +60,8 @@ class SyncReport:
     dry_run: bool = False
     #: ``sync`` or ``rollback`` (see relsync.rollback).
     action: str = "sync"
+    #: How the target hashes files: ``sha256``, or ``md5`` without crypto.
+    hash: str = "sha256"
     modules: list[ModuleResult] = field(default_factory=list)
     hooks: dict[str, HookResult] = field(default_factory=dict)
     bytes_sent: int = 0
@@ -156,6 +159,8 @@ async def read_state(target: Target, excl: tuple[str, ...], options: SyncOptions
         pending=seen.code.pending,
         code_path=seen.info.code_path,
         root_dir=seen.info.root_dir,
+        hash=seen.info.hash,
+        otp_release=seen.info.otp_release,
     )
 
 
@@ -216,6 +221,9 @@ async def _sync(
 ) -> SyncReport:
     plan = build_plan(release, state)
     report = SyncReport(target.label, plan, list(release.skipped), dry_run=options.dry_run)
+    report.hash = state.hash
+    if plan.reload:
+        await check_beams_fit(target, release, plan, state.otp_release)
     if options.upgrade:
         report.upgrade = upgrade_steps(plan, release, state)
     if options.dry_run:

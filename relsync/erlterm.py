@@ -86,11 +86,11 @@ class _Reader:
             return out
         while True:
             out.append(self.term())
-            sep = self.take()[1]
+            _, sep, line = self.take()
             if sep == close:
                 return out
             if sep != ",":
-                raise ValueError(f"expected ',' or {close!r}, found {sep!r}")
+                raise ValueError(f"line {line}: expected ',' or {close!r}, found {sep!r}")
 
 
 def consult(text: str) -> list[Term]:

@@ -43,6 +43,10 @@ class TargetState:
     #: The VM's code path, and the root it was booted from (``code:root_dir()``).
     code_path: tuple[str, ...] = ()
     root_dir: str = ""
+    #: How the target hashes files (``sha256``, ``md5``): the release's digests must match.
+    hash: str = "sha256"
+    #: The OTP release the target runs (``"25"``).
+    otp_release: str = ""
 
 
 @dataclass(slots=True)
@@ -128,7 +132,7 @@ def effective_files(state: TargetState) -> dict[str, RemoteFile]:
 def _same(local: LocalFile, remote: RemoteEntry | None) -> bool:
     return (
         isinstance(remote, RemoteFile)
-        and remote.sha256 == local.sha256
+        and remote.digest == local.digest
         and remote.mode == local.mode
     )
 
@@ -154,7 +158,10 @@ def _without_temps(entries: dict[str, RemoteEntry]) -> dict[str, RemoteEntry]:
 
 
 def build_plan(release: LocalRelease, state: TargetState) -> SyncPlan:
-    """Decide what to write, link, delete and reload so the target runs ``release``."""
+    """Decide what to write, link, delete and reload so the target runs ``release`` (hashed
+    as the target hashes: see :func:`relsync.release.hashed_as`)."""
+    if release.hash != state.hash:
+        raise ValueError(f"a release hashed with {release.hash} for a {state.hash} target")
     root = state.rw or state.dest
     temps = sorted(rel for rel in (state.shadow if state.rw else state.original) if is_temp(rel))
     state = replace(
@@ -208,7 +215,7 @@ def _plan_in_place(release: LocalRelease, state: TargetState, plan: SyncPlan) ->
             continue
         path = _join(state.dest, rel)
         base = _delta_base(lf, [(path, state.original.get(rel))])
-        plan.writes.append(FilePut(path, lf.path, lf.size, lf.mode, lf.sha256, base))
+        plan.writes.append(FilePut(path, lf.path, lf.size, lf.mode, lf.digest, base))
     plan.delete_paths = [_join(state.dest, rel) for rel in plan.deleted]
     if not plan.deleted:  # no file goes, so no directory empties
         return
@@ -246,7 +253,7 @@ def _plan_shadow(release: LocalRelease, state: TargetState, plan: SyncPlan) -> N
             # The shadow's own copy is the latest one sent; else the original it linked to.
             bases = [(path, state.shadow.get(rel)), (_join(dest, rel), state.original.get(rel))]
             base = _delta_base(lf, bases)
-            plan.writes.append(FilePut(path, lf.path, lf.size, lf.mode, lf.sha256, base))
+            plan.writes.append(FilePut(path, lf.path, lf.size, lf.mode, lf.digest, base))
     for rel, target in sorted(desired_links.items()):
         have = state.shadow.get(rel)
         if not (isinstance(have, RemoteLink) and have.target == target):
@@ -265,15 +272,15 @@ def _plan_code(
 ) -> None:
     root = plan.root
     running: dict[str, bytes] = {
-        module_of(rel): f.sha256 for rel, f in current.items() if is_beam(rel)
+        module_of(rel): f.digest for rel, f in current.items() if is_beam(rel)
     }
     running.update(state.loaded)
     local_modules: dict[str, LocalFile] = {
         module_of(rel): lf for rel, lf in release.files.items() if lf.kind is FileKind.BEAM
     }
     for module, lf in sorted(local_modules.items()):
-        if module in state.pending or running.get(module) != lf.sha256:
-            plan.reload.append((module, _join(root, lf.rel), lf.sha256))
+        if module in state.pending or running.get(module) != lf.digest:
+            plan.reload.append((module, _join(root, lf.rel), lf.digest))
             if module not in running:
                 plan.new_modules.append(module)
     gone = {module_of(rel) for rel in plan.deleted if is_beam(rel)} | state.pending

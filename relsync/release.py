@@ -10,7 +10,7 @@ import os
 import posixpath
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
@@ -83,7 +83,8 @@ class LocalFile:
     path: str
     size: int
     mode: int
-    sha256: bytes
+    #: The content hash: SHA-256, or as :attr:`LocalRelease.hash` says.
+    digest: bytes
     kind: FileKind
 
 
@@ -108,6 +109,8 @@ class LocalRelease:
     links: dict[str, str] = field(default_factory=dict)
     #: Relative-path prefixes the target must not scan (system libs, erts).
     exclude_prefixes: tuple[str, ...] = ()
+    #: The files' digest: ``sha256``, or ``md5`` for a target without crypto.
+    hash: str = "sha256"
 
 
 def app_name(lib_entry: str) -> str:
@@ -174,12 +177,39 @@ def is_shared_lib(rel: str) -> bool:
 
 
 def sha256_file(path: str | Path) -> bytes:
-    """SHA-256 of a file's content, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
+    """SHA-256 of a file's content."""
+    return file_digest(path, "sha256")
+
+
+def file_digest(path: str | Path, algorithm: str) -> bytes:
+    """A file's ``hashlib`` digest (``sha256``, or ``md5`` as a target without crypto
+    computes it), read in 1 MiB blocks."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     with open(path, "rb") as handle:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.digest()
+
+
+async def hashed_as(release: LocalRelease, algorithm: str) -> LocalRelease:
+    """``release`` with its files' digests as a target hashing with ``algorithm`` computes
+    them (``md5`` on a board without crypto); ``release`` itself when they already are."""
+    if algorithm == release.hash:
+        return release
+    if algorithm != "md5":
+        raise UsageError(
+            f"the target hashes files with {algorithm}, which this relsync does not know; "
+            "update relsync"
+        )
+    files: dict[str, LocalFile] = {}
+    for n, (rel, lf) in enumerate(release.files.items()):
+        try:
+            files[rel] = replace(lf, digest=file_digest(lf.path, algorithm))
+        except OSError as exc:
+            raise unreadable(lf.path, exc) from exc
+        if n % 64 == 63:
+            await asyncio.sleep(0)  # the other boards' replies are read meanwhile
+    return replace(release, files=files, hash=algorithm)
 
 
 def _within(path: str, tree: str) -> bool:

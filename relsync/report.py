@@ -24,6 +24,7 @@ def as_dict(report: SyncReport) -> dict[str, Any]:
     return {
         "target": report.label,
         "action": report.action,
+        "hash": report.hash,
         "dry_run": report.dry_run,
         "ok": report.exit_code == 0,
         "exit_code": int(report.exit_code),
@@ -98,6 +99,9 @@ def print_summary(report: SyncReport, *, verbose: bool = False, out: TextIO = sy
     ):
         if items and (verbose or report.dry_run):
             w(f"    {label}: {_names(items, verbose)}\n")
+    if verbose:
+        how = " (the board has no crypto)" if report.hash == "md5" else ""
+        w(f"  files compared by {report.hash}{how}\n")
     if plan.links and (verbose or report.dry_run):
         w(f"    symlinks to the original: {len(plan.links)} to create or fix\n")
     if report.dry_run:

@@ -41,14 +41,14 @@ class ShadowChanges:
 def shadow_changes(state: TargetState) -> ShadowChanges:
     """Compare the shadow tree's modules (and what relsync loaded) with the release's."""
     original = {
-        module_of(rel): (f"{state.dest}/{rel}", e.sha256)
+        module_of(rel): (f"{state.dest}/{rel}", e.digest)
         for rel, e in state.original.items()
         if is_beam(rel) and isinstance(e, RemoteFile)
     }
     running: dict[str, bytes | None] = {}  # None: a link to the original
     for rel, entry in state.shadow.items():
         if is_beam(rel):
-            running[module_of(rel)] = entry.sha256 if isinstance(entry, RemoteFile) else None
+            running[module_of(rel)] = entry.digest if isinstance(entry, RemoteFile) else None
     running.update(state.loaded)
     changed: dict[str, tuple[str, bytes]] = {}
     added: list[str] = []

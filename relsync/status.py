@@ -7,9 +7,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from relsync.engine import SyncOptions, read_state
+from relsync.engine import SyncOptions
+from relsync.local_scan import LocalScan, scan_while_reading
 from relsync.plan import SyncPlan, build_plan
-from relsync.release import LocalRelease
 from relsync.rollback import ShadowChanges, shadow_changes
 from relsync.target import ModuleResult, Target
 
@@ -31,9 +31,9 @@ class BoardStatus:
     old_code: list[ModuleResult]
 
 
-async def board_status(target: Target, release: LocalRelease, options: SyncOptions) -> BoardStatus:
-    """Read ``target`` and compare it with its release and with ``release``."""
-    state = await read_state(target, release.exclude_prefixes, options)
+async def board_status(target: Target, local: LocalScan, options: SyncOptions) -> BoardStatus:
+    """Read ``target`` and compare it with its release and with the local one."""
+    release, state = await scan_while_reading(target, local, options)
     return BoardStatus(
         label=target.label,
         dest=state.dest,

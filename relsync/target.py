@@ -17,7 +17,8 @@ class RemoteFile:
     rel: str
     size: int
     mode: int
-    sha256: bytes
+    #: The content hash as the target computes it (SHA-256, or MD5 without crypto).
+    digest: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,8 @@ class TargetInfo:
     code_path: tuple[str, ...]
     #: ``code:root_dir()``: where the running release (or OTP) was booted from.
     root_dir: str = ""
+    #: How the target hashes files: ``sha256`` (with crypto) or ``md5`` (without).
+    hash: str = "sha256"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +60,8 @@ class FilePut:
     local: str
     size: int
     mode: int
-    sha256: bytes
+    #: What the target must find once written (its hash: SHA-256, or MD5 without crypto).
+    digest: bytes
     base: str | None = None
 
 
@@ -127,12 +131,12 @@ Progress = Callable[[int], None]
 class UpgradeStep:
     """One appup-style instruction: ``add_module``, ``load_module``, ``update`` (``change`` is
     ``supervisor``, ``advanced`` with ``extra``, or ``soft``), ``delete_module``, or ``apply``
-    (``module:change(extra...)``); ``path`` and ``sha256`` name the beam on the target."""
+    (``module:change(extra...)``); ``path`` and ``digest`` name the beam on the target."""
 
     action: str
     module: str
     path: str = ""
-    sha256: bytes = b""
+    digest: bytes = b""
     change: str = ""
     extra: Term = field(default_factory=list)
 
@@ -218,7 +222,7 @@ class Target(Protocol):
     async def load_modules(
         self, modules: Sequence[tuple[str, str, bytes]], brutal: bool
     ) -> list[ModuleResult]:
-        """Load ``(module, beam path, sha256)`` from the target's files (soft purge first)."""
+        """Load ``(module, beam path, digest)`` from the target's files (soft purge first)."""
 
     async def delete_modules(self, modules: Sequence[str], brutal: bool) -> list[ModuleResult]:
         """Purge and delete modules."""
@@ -231,6 +235,9 @@ class Target(Protocol):
     ) -> UpgradeResult:
         """Carry out ``steps`` with processes suspended and their state converted (``down``:
         ``code_change`` with ``{down, Vsn}``); a failing step undoes them all."""
+
+    async def check_beams(self, beams: Sequence[tuple[str, bytes]]) -> dict[str, str]:
+        """Test-load ``(module, beam)`` without loading; the refused modules, with why."""
 
     async def old_code(self) -> list[ModuleResult]:
         """Modules whose old code some process still runs (``status`` ``old_code``)."""

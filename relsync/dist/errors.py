@@ -124,11 +124,34 @@ class RpcTimeout(DistError):
 
 
 class BadRpc(DistError):
-    """The target answered ``{badrpc, Reason}``; ``reason`` holds the Erlang term."""
+    """The target answered ``{badrpc, Reason}``; ``reason`` holds the Erlang term (the whole
+    of it is ``detail``; the message says in words what it can)."""
 
     def __init__(self, peer: str, mfa: str, reason: Term) -> None:
         self.peer, self.mfa, self.reason = peer, mfa, reason
-        super().__init__(
-            f"RPC {mfa} on {peer} failed: {format_term(reason, 300)}; check that the module is "
-            f"loaded on the target and the arguments are right"
-        )
+        self.detail = format_term(reason, 4000)
+        super().__init__(f"RPC {mfa} on {peer} failed: {rpc_failure(reason)}")
+
+
+def _where(frame: Term) -> str:
+    if isinstance(frame, tuple) and len(frame) >= 3:
+        arity = len(frame[2]) if isinstance(frame[2], list) else frame[2]
+        return f"{format_term(frame[0])}:{format_term(frame[1])}/{format_term(arity)}"
+    return "?"
+
+
+def rpc_failure(reason: Term) -> str:
+    """A ``badrpc`` reason in words: a missing function names itself and what to check, a
+    crash its reason and where; anything else a short term (-v shows all of it)."""
+    crash = reason[1] if isinstance(reason, tuple) and len(reason) == 2 else None
+    if isinstance(reason, tuple) and reason[:1] == ("EXIT",) and isinstance(crash, tuple):
+        why, stack = crash if len(crash) == 2 else (crash, [])
+        top = stack[0] if isinstance(stack, list) and stack else None
+        if why == "undef" and top is not None:
+            return (
+                f"{_where(top)} is not on the board (is its application in the release?); "
+                "-v shows the whole error"
+            )
+        at = f" in {_where(top)}" if top is not None else ""
+        return f"{format_term(why, 120)}{at}; -v shows the whole error"
+    return f"{format_term(reason, 200)}; check that the module is loaded on the target"

@@ -163,8 +163,8 @@ def _step(step: UpgradeStep) -> Term:
     if step.action == "update":
         advanced = step.change == "advanced"
         how: Term = (Atom("advanced"), step.extra) if advanced else Atom(step.change)
-        return (Atom("update"), module, how, _path(step.path), step.sha256)
-    return (Atom(step.action), module, _path(step.path), step.sha256)
+        return (Atom("update"), module, how, _path(step.path), step.digest)
+    return (Atom(step.action), module, _path(step.path), step.digest)
 
 
 def _event(entry: Term) -> UpgradeEvent:
@@ -270,7 +270,7 @@ class HelperTarget(ABC):
 
     async def commit(self, put: FilePut) -> None:
         """Check and install a file staged at :meth:`temp_path` (see ``put_chunk``)."""
-        args = self._with_token([_path(put.path), put.mode, put.sha256])
+        args = self._with_token([_path(put.path), put.mode, put.digest])
         self._check(await self._call("commit", args, FILE_TIMEOUT), f"writing {put.path}")
 
     @abstractmethod
@@ -387,10 +387,12 @@ class HelperTarget(ABC):
     def _info(self, info: Term) -> TargetInfo:
         if not isinstance(info, dict):
             raise TargetError(f"{self.label}: unexpected info reply {format_term(info)}")
-        if info.get(Atom("crypto")) != "true":
+        crypto = info.get(Atom("crypto")) == "true"
+        hash_name = str(info.get(Atom("hash"), "sha256" if crypto else ""))
+        if not hash_name:  # a helper from before MD5, on a board without crypto
             raise TargetError(
-                f"{self.label} has no crypto application, which relsync needs to compare files; "
-                "add crypto to the release (relx: {release, {Name, Vsn}, [crypto, ...]})"
+                f"{self.label} runs an older relsyncd that needs the crypto application; "
+                "update relsyncd in the release, or add crypto to it"
             )
         paths = info.get(Atom("code_path"), [])
         return TargetInfo(
@@ -398,6 +400,7 @@ class HelperTarget(ABC):
             node=_text(info.get(Atom("node"), self.label)),
             code_path=tuple(_text(p) for p in paths) if isinstance(paths, list) else (),
             root_dir=_text(info.get(Atom("root_dir"), b"")),
+            hash=hash_name,
         )
 
     def _entries(self, result: Term, root: str) -> dict[str, RemoteEntry]:
@@ -447,7 +450,7 @@ class HelperTarget(ABC):
                 continue
             with open(put.local, "rb") as handle:
                 data = handle.read()
-            batch.append((_path(put.path), put.mode, data, put.sha256))
+            batch.append((_path(put.path), put.mode, data, put.digest))
             batch_bytes += len(data)
             if batch_bytes >= CHUNK:
                 await self._put_batch(batch, batch_bytes, progress)
@@ -477,7 +480,7 @@ class HelperTarget(ABC):
             raise _unreadable(put.local, exc) from exc
         if ops is None:
             return False
-        args: list[Term] = [_path(put.path), base, [_op(op) for op in ops], put.mode, put.sha256]
+        args: list[Term] = [_path(put.path), base, [_op(op) for op in ops], put.mode, put.digest]
         result = await self._call("put_delta", args, FILE_TIMEOUT)
         progress(delta_bytes(put, ops))
         return result == "ok"
@@ -598,6 +601,17 @@ class HelperTarget(ABC):
     @abstractmethod
     async def _ensure_upgrader(self) -> None:
         """Make sure the target has ``relsync_upgrade`` (relsyncd ships it; erl pushes it)."""
+
+    async def check_beams(self, beams: Sequence[tuple[str, bytes]]) -> dict[str, str]:
+        """See :class:`relsync.target.Target` (a helper from before it checks nothing)."""
+        reply = await self._call("check_beams", [[(Atom(m), b) for m, b in beams]], FILE_TIMEOUT)
+        if not isinstance(reply, list):
+            return {}
+        return {
+            _text(e[0]): describe(format_term(e[1]))
+            for e in reply
+            if isinstance(e, tuple) and len(e) == 2
+        }
 
     async def old_code(self) -> list[ModuleResult]:
         """See :class:`relsync.target.Target`."""

@@ -2,7 +2,9 @@
 %% and driven through rpc. It only offers small, generic primitives; every sync
 %% decision is made on the Python side.
 %%
-%% Needs only kernel, stdlib and crypto. Compiled on OTP 25, must load on 25-27.
+%% Needs only kernel and stdlib; uses crypto's SHA-256 when the VM can load it,
+%% else MD5 (erlang:md5_* BIFs): see hash_algo/0. Compiled on OTP 25, must load
+%% on 25-27.
 %% Conventions: paths are absolute binaries; expected failures are returned as
 %% error tuples carrying posix atoms, never raised to the rpc caller.
 %%
@@ -23,7 +25,7 @@
          block_signatures/2, put_delta/5,
          delete_files/1, delete_dirs/1, make_symlinks/1, update_code_path/1,
          load_modules/2, delete_modules/2, loaded_shas/0, mark_pending/1, code_state/0,
-         running_programs/1, stash_code/1, upgrade/2, old_code/0,
+         running_programs/1, stash_code/1, upgrade/2, old_code/0, check_beams/1,
          run_hook/3]).
 
 -include_lib("kernel/include/file.hrl").
@@ -51,10 +53,12 @@
 %%% ------------------------------------------------------------------ info
 
 -spec info() -> #{otp_release := binary(), node := atom(), root_dir := binary(),
-                  code_path := [binary()], crypto := boolean(), helper_vsn := 1}.
+                  code_path := [binary()], crypto := boolean(), hash := sha256 | md5,
+                  helper_vsn := 1}.
 info() ->
     #{otp_release => list_to_binary(erlang:system_info(otp_release)),
       crypto => ensure_crypto(),
+      hash => hash_algo(),
       node => node(),
       root_dir => name_bin(code:root_dir()),
       code_path => [name_bin(P) || P <- code:get_path()],
@@ -128,7 +132,7 @@ lock_holder(Caller, Ref, Owner, Who) ->
     end,
     try register(?LOCK, self()) of
         true ->
-            Token = binary:encode_hex(crypto:strong_rand_bytes(6)),
+            Token = binary:encode_hex(random_bytes(6)),
             put(?LOCK_KEY, #{token => Token, owner => Owner, who => Who,
                              since => erlang:system_time(second)}),
             _ = erlang:monitor(process, Owner),
@@ -173,16 +177,69 @@ holds_lock(Token) ->
         _ -> {error, lock_lost}
     end.
 
-%% Hashing needs crypto. Embedded-mode targets (the usual case) load nothing on
-%% demand, so load it explicitly from the code path when it is not loaded yet.
+%% SHA-256 needs crypto. Embedded-mode targets (the usual case) load nothing on
+%% demand, so load it explicitly when it is not loaded yet: from the code path,
+%% else from the OTP libraries beside a release that does not carry it (under
+%% code:root_dir()/lib, or where kernel comes from in a slim release), whose
+%% ebin then joins the code path.
 ensure_crypto() ->
     case code:is_loaded(crypto) of
         {file, _} -> true;
         false ->
             case code:load_file(crypto) of
                 {module, crypto} -> true;
-                {error, _} -> false
+                {error, _} -> load_crypto_from_root()
             end
+    end.
+
+load_crypto_from_root() ->
+    Libs = lists:usort([filename:join(code:root_dir(), "lib"),
+                        filename:dirname(code:lib_dir(kernel))]),
+    Found = [E || L <- Libs, E <- filelib:wildcard(filename:join([L, "crypto-*", "ebin"]))],
+    case lists:reverse(lists:sort(Found)) of
+        [Ebin | _] ->
+            true = code:add_pathz(Ebin),
+            case code:load_file(crypto) of
+                {module, crypto} -> true;
+                {error, _} -> _ = code:del_path(Ebin), false
+            end;
+        [] -> false
+    end.
+
+%% The content hash this VM computes (and relsync compares): SHA-256 with
+%% crypto, else MD5, which the runtime always has. Fixed for the VM's life
+%% unless crypto gets loaded later; cached hashes of the other kind are ignored.
+-spec hash_algo() -> sha256 | md5.
+hash_algo() ->
+    case ensure_crypto() of
+        true -> sha256;
+        false -> md5
+    end.
+
+hash_init() ->
+    case hash_algo() of
+        sha256 -> {sha256, crypto:hash_init(sha256)};
+        md5 -> {md5, erlang:md5_init()}
+    end.
+
+hash_update({sha256, Ctx}, Data) -> {sha256, crypto:hash_update(Ctx, Data)};
+hash_update({md5, Ctx}, Data) -> {md5, erlang:md5_update(Ctx, Data)}.
+
+hash_final({sha256, Ctx}) -> crypto:hash_final(Ctx);
+hash_final({md5, Ctx}) -> erlang:md5_final(Ctx).
+
+hash(Data) -> hash_final(hash_update(hash_init(), Data)).
+
+hash_size() ->
+    case hash_algo() of
+        sha256 -> 32;
+        md5 -> 16
+    end.
+
+random_bytes(N) ->
+    case ensure_crypto() of
+        true -> crypto:strong_rand_bytes(N);
+        false -> rand:bytes(N)
     end.
 
 %% Names in a directory ([] when it does not exist), sorted.
@@ -425,8 +482,9 @@ is_tmp_name(Name) ->
     binary:longest_common_prefix([Name, <<?TMP_PREFIX>>]) =:= byte_size(<<?TMP_PREFIX>>).
 
 cached_hash(Abs, #file_info{size = Size, mtime = Mtime, inode = Ino}) ->
+    Want = hash_size(),
     case cache_lookup(Abs) of
-        [{_, {Size, Mtime, Ino, Hash}}] -> Hash;
+        [{_, {Size, Mtime, Ino, Hash}}] when byte_size(Hash) =:= Want -> Hash;
         _ ->
             Hash = case hash_file(Abs) of
                        {ok, H} -> H;
@@ -512,7 +570,7 @@ put_each([], _Token) -> ok;
 put_each([{Path, Mode, Data, Sha} | Rest], Token) when is_binary(Path), is_integer(Mode),
                                                       is_binary(Data), is_binary(Sha) ->
     Tmp = tmp_path(Path, Token),
-    Result = case crypto:hash(sha256, Data) of
+    Result = case hash(Data) of
                  Sha -> case write_new(Tmp, Data, sync) of
                             {ok, Written} -> install(Tmp, Written, Path, Mode, Sha);
                             Err -> Err
@@ -705,19 +763,19 @@ same_inode(Tmp, Ino) ->
     end.
 
 verify_and_sync(Fd, Sha) ->
-    case hash_fd(Fd, crypto:hash_init(sha256)) of
+    case hash_fd(Fd, hash_init()) of
         {ok, Sha} -> synced_info(Fd);
         {ok, _} -> {error, hash_mismatch};
         Err -> Err
     end.
 
 hash_file(Path) ->
-    with_fd(Path, [read, raw, binary], fun(Fd) -> hash_fd(Fd, crypto:hash_init(sha256)) end).
+    with_fd(Path, [read, raw, binary], fun(Fd) -> hash_fd(Fd, hash_init()) end).
 
 hash_fd(Fd, Ctx) ->
     case file:read(Fd, ?CHUNK) of
-        {ok, Bin} -> hash_fd(Fd, crypto:hash_update(Ctx, Bin));
-        eof -> {ok, crypto:hash_final(Ctx)};
+        {ok, Bin} -> hash_fd(Fd, hash_update(Ctx, Bin));
+        eof -> {ok, hash_final(Ctx)};
         {error, _} = E -> E
     end.
 
@@ -940,7 +998,7 @@ read_beam(Path, Sha) ->
     case file:read_file(Path) of
         {ok, Bin} when Sha =:= any -> {ok, Bin};
         {ok, Bin} ->
-            case crypto:hash(sha256, Bin) of
+            case hash(Bin) of
                 Sha -> {ok, Bin};
                 _ -> {error, hash_mismatch}
             end;
@@ -1040,6 +1098,21 @@ reg_name(Pid) ->
     case process_info(Pid, registered_name) of
         {registered_name, Name} -> Name;
         _ -> undefined
+    end.
+
+%% Whether this VM can load each beam, without loading it (erlang:prepare_loading
+%% checks the code as a load would): a beam from a newer OTP is refused here,
+%% before anything is written. Answers the modules it cannot load, with why.
+-spec check_beams([{module(), binary()}]) -> [{module(), term()}].
+check_beams(Beams) when is_list(Beams) ->
+    [{M, Why} || {M, Bin} <- Beams, is_atom(M), is_binary(Bin),
+                 {error, Why} <- [prepare(M, Bin)]].
+
+prepare(M, Bin) ->
+    try erlang:prepare_loading(M, Bin) of
+        {error, _} = E -> E;
+        _Prepared -> ok
+    catch error:Why -> {error, Why}
     end.
 
 %%% -------------------------------------------------------------- upgrades

@@ -17,13 +17,16 @@ from pathlib import Path
 
 import pytest
 from support.erlnode import ErlNode, run_async
+from support.local_board import with_board
 from support.otp_rootfs import Rootfs
 
 from relsync.dist.errors import BadRpc, CookieRejected
 from relsync.dist.etf import Atom, Charlist
 from relsync.dist.node import connect
 from relsync.erlc import helper_beam
+from relsync.harness.client import run_relsync
 from relsync.harness.example import APP_DIR, Variant, build_example_release
+from relsync.harness.local import LocalBoard
 
 # The first test may build the tree (mmdebstrap, ~30 s on a fast mirror): allow for a slow one.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -157,3 +160,35 @@ def test_cli_syncs_in_place_on_otp27(
         assert which == f"{dest}/{beam_rel}"
         assert new == (Atom("ok"), (Atom("demo_counter"), loaded_md5))
         assert old != new
+
+
+@pytest.mark.parametrize("mode", ["erl", "ssh"])
+def test_a_beam_from_otp27_is_refused_by_an_otp25_board(
+    otp27_rootfs: Rootfs, tmp_path: Path, mode: str
+) -> None:
+    """demo_counter compiled by OTP 27's erlc: it would load on OTP 25, so relsync refuses it
+    by its compiler's version, before anything is written."""
+    release = build_example_release()
+    v2 = Variant(release, tmp_path / "v2")
+    with otp27_rootfs.scratch_dir() as inside:
+        source = (Path(__file__).parents[3] / "examples/demo/src/demo_counter.erl").read_text()
+        otp27_rootfs.host_path(f"{inside}/demo_counter.erl").write_text(
+            source.replace("-define(VERSION, 1).", "-define(VERSION, 27).")
+        )
+        subprocess.run(
+            [*otp27_rootfs.command_prefix, "erlc", "-o", inside, f"{inside}/demo_counter.erl"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        shutil.copy(otp27_rootfs.host_path(f"{inside}/demo_counter.beam"), v2.ebin)
+
+    async def body(board: LocalBoard) -> None:
+        before = await board.tree(board.rw_path)
+        run = await run_relsync(board, v2.root, "-q", str(board.rw_path), mode=mode)
+        assert run.code == 2, run
+        assert run.err.count("\n") == 1, run.err
+        assert f"{APP_DIR}/ebin/demo_counter.beam was compiled by OTP 27" in run.err, run.err
+        assert f"runs OTP {board.otp}" in run.err and board.otp < 27, run.err
+        assert await board.tree(board.rw_path) == before
+        assert await board.rpc("demo_counter", "version") == 1
+
+    with_board(release, tmp_path / "board", body, mode)

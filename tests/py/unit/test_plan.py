@@ -71,7 +71,7 @@ def test_in_place_changes_writes_and_reloads() -> None:
 def test_mode_change_alone_rewrites_the_file() -> None:
     rel = local(BASE)
     port = rel.files["lib/demo-0.1.0/priv/demo_port"]
-    rel.files[port.rel] = LocalFile(port.rel, port.path, port.size, 0o700, port.sha256, port.kind)
+    rel.files[port.rel] = LocalFile(port.rel, port.path, port.size, 0o700, port.digest, port.kind)
     plan = build_plan(rel, TargetState(DEST, None, remote(BASE)))
     assert plan.changed == ["lib/demo-0.1.0/priv/demo_port"]
     assert [w.mode for w in plan.writes] == [0o700]
@@ -117,7 +117,7 @@ def _shadow_after(plan: SyncPlan, before: dict[str, RemoteEntry]) -> dict[str, R
         after.pop(path.removeprefix(RW + "/"), None)
     for w in plan.writes:
         rel = w.path.removeprefix(RW + "/")
-        after[rel] = RemoteFile(rel, w.size, w.mode, w.sha256)
+        after[rel] = RemoteFile(rel, w.size, w.mode, w.digest)
     for link, target in plan.links:
         rel = link.removeprefix(RW + "/")
         after[rel] = RemoteLink(rel, target)

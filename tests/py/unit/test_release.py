@@ -29,7 +29,7 @@ def test_scan_classifies_and_skips(tmp_path: Path) -> None:
     assert {"lib/kernel-", "lib/stdlib-", "erts-"} <= set(rel.exclude_prefixes)
     assert not any("demo" in p for p in rel.exclude_prefixes)
     port = rel.files["lib/demo-0.1.0/priv/port"]
-    assert port.mode == 0o755 and port.sha256 == sha256_file(port.path)
+    assert port.mode == 0o755 and port.digest == sha256_file(port.path)
 
 
 def test_scan_with_system_libs(tmp_path: Path) -> None:

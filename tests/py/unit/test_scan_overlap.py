@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from support.fake_release import make_release
 
-from relsync.cli import LocalScan, scan_while_reading
 from relsync.engine import SyncOptions
 from relsync.errors import TargetError
+from relsync.local_scan import LocalScan, scan_while_reading
 from relsync.release import SCAN_STEP, scan_release, scan_release_async, system_lib_prefixes
 from relsync.target import CodeState, Readout, RemoteFile, RemoteLink, TargetInfo
 from relsync.transports.helper import unpack_manifest
@@ -34,7 +34,7 @@ def _snapshot(root: Path, exclude: bool, async_: bool) -> tuple[object, ...]:
         rel = asyncio.run(scan_release_async(root, exclude_system_libs=exclude))
     else:
         rel = scan_release(root, exclude_system_libs=exclude)
-    files = [(f.rel, f.path, f.size, f.mode, f.sha256, f.kind) for f in rel.files.values()]
+    files = [(f.rel, f.path, f.size, f.mode, f.digest, f.kind) for f in rel.files.values()]
     return rel.name, rel.version, files, rel.skipped, rel.exclude_prefixes, rel.links
 
 
