@@ -38,3 +38,29 @@ def without_crypto(release: Path, root: Path) -> Path:
             cwd=rel_file.parent, check=True, capture_output=True,
         )  # fmt: skip
     return root
+
+
+#: rebar.config edits: OTP's libraries left to the board's OTP; crypto left out; dev mode.
+SYSTEM_LIBS_FALSE = ("{include_src, false},", "{include_src, false}, {system_libs, false},")
+NO_CRYPTO = ("[demo, sasl, crypto]", "[demo, sasl]")
+DEV_MODE = ("{dev_mode, false}", "{dev_mode, true}")
+
+
+def rebar3_release(project: Path, *edits: tuple[str, str], counter_version: int = 1) -> Path:
+    """A copy of the example project at ``project`` with each ``(old, new)`` edit made to its
+    rebar.config and demo_counter at ``counter_version``, built with rebar3; the release."""
+    example = Path(__file__).resolve().parents[3] / "examples" / "demo"
+    shutil.copytree(example, project, symlinks=True, ignore=shutil.ignore_patterns("_build"))
+    config = project / "rebar.config"
+    text = config.read_text()
+    for old, new in edits:
+        if old not in text:
+            raise ValueError(f"{old!r} is not in {config}")
+        text = text.replace(old, new, 1)
+    config.write_text(text)
+    counter = project / "src" / "demo_counter.erl"
+    counter.write_text(
+        counter.read_text().replace("-define(VERSION, 1).", f"-define(VERSION, {counter_version}).")
+    )
+    subprocess.run(["rebar3", "release"], cwd=project, check=True, capture_output=True)
+    return project / "_build" / "default" / "rel" / "demo"
