@@ -19,15 +19,22 @@ class Hook:
     beam: bytes
 
 
+def elixir_module(spec: str) -> str:
+    """The module's atom as the VM names it: Elixir's ``Myex.Hooks`` is ``Elixir.Myex.Hooks``
+    (a name starting with a capital letter is an Elixir alias); Erlang names as they are."""
+    return f"Elixir.{spec}" if spec[:1].isupper() else spec
+
+
 async def resolve_hook(spec: str, root: Path, cwd: Path) -> Hook:
-    """``--hooks MOD`` (a module of the release in directory ``root``, else ``MOD.erl``) or
-    ``--hooks file.erl``."""
+    """``--hooks MOD`` (a module of the release in directory ``root``, else ``MOD.erl``; an
+    Elixir module as Elixir writes it, ``Myex.Hooks``) or ``--hooks file.erl``."""
     if spec.endswith(".erl"):
         return await _compile(cwd / spec, spec)
-    if not spec.isidentifier():
+    module = elixir_module(spec)
+    if not all(part.isidentifier() for part in module.split(".")):
         raise UsageError(f"--hooks {spec!r} is neither a module name nor a .erl file")
-    for beam in sorted(root.glob(f"lib/*/ebin/{spec}.beam")):
-        return Hook(spec, beam.read_bytes())
+    for beam in sorted(root.glob(f"lib/*/ebin/{module}.beam")):
+        return Hook(module, beam.read_bytes())
     source = cwd / f"{spec}.erl"
     if source.is_file():
         return await _compile(source, spec)

@@ -271,14 +271,22 @@ def _plan_code(
     release: LocalRelease, state: TargetState, current: dict[str, RemoteFile], plan: SyncPlan
 ) -> None:
     root = plan.root
+    # A consolidated protocol wins over its module in lib/elixir-*: the VM runs it.
     running: dict[str, bytes] = {
-        module_of(rel): f.digest for rel, f in current.items() if is_beam(rel)
+        module_of(rel): f.digest
+        for rel, f in sorted(current.items(), key=lambda item: is_consolidated(item[0]))
+        if is_beam(rel)
     }
     running.update(state.loaded)
     local_modules: dict[str, LocalFile] = {
-        module_of(rel): lf for rel, lf in release.files.items() if lf.kind is FileKind.BEAM
+        module_of(rel): lf
+        for rel, lf in sorted(release.files.items(), key=lambda item: is_consolidated(item[0]))
+        if lf.kind is FileKind.BEAM
     }
-    for module, lf in sorted(local_modules.items()):
+    # Protocols load after their implementations, so dispatch finds every impl it names.
+    for module, lf in sorted(
+        local_modules.items(), key=lambda m: (is_consolidated(m[1].rel), m[0])
+    ):
         if module in state.pending or running.get(module) != lf.digest:
             plan.reload.append((module, _join(root, lf.rel), lf.digest))
             if module not in running:
@@ -314,5 +322,13 @@ def _stale_trees(release: LocalRelease, state: TargetState, root: str) -> list[s
 
 
 def is_beam(rel: str) -> bool:
-    """Whether ``rel`` is a module in an application's ebin."""
-    return rel.endswith(".beam") and ebin_dir(rel) is not None
+    """Whether ``rel`` is a module the VM loads: in an application's ebin, or one of an
+    Elixir release's consolidated protocols."""
+    return rel.endswith(".beam") and (ebin_dir(rel) is not None or is_consolidated(rel))
+
+
+def is_consolidated(rel: str) -> bool:
+    """Whether ``rel`` is a consolidated protocol (``releases/VSN/consolidated/M.beam``),
+    which the VM runs instead of the protocol module in ``lib/elixir-*``."""
+    parts = rel.split("/")
+    return len(parts) == 4 and parts[0] == "releases" and parts[2] == "consolidated"

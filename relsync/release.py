@@ -312,8 +312,11 @@ def unreadable(path: str, exc: OSError) -> UsageError:
 
 
 def classify(rel: str, mode: int) -> FileKind:
-    """Classify a synced file by its place in the release."""
+    """Classify a synced file by its place in the release (an Elixir release's consolidated
+    protocols, ``releases/VSN/consolidated/*.beam``, are modules too)."""
     parts = rel.split("/")
+    if len(parts) == 4 and parts[0] == "releases" and parts[2] == "consolidated":
+        return FileKind.BEAM if rel.endswith(".beam") else FileKind.OTHER
     if len(parts) >= 4 and parts[0] == "lib" and parts[2] == "ebin":
         if rel.endswith(".beam"):
             return FileKind.BEAM
@@ -381,10 +384,14 @@ def default_cache_dir() -> Path:
     return Path(base) / "relsync"
 
 
+#: Elixir's own applications: what -E leaves out of a mix release beside OTP's.
+ELIXIR_APPS = frozenset(["eex", "elixir", "ex_unit", "iex", "logger", "mix"])
+
+
 def system_lib_prefixes() -> tuple[str, ...]:
-    """Relative-path prefixes of ERTS and OTP's libraries: by app name, not version (the
-    target may carry other versions of the same libs)."""
-    return ("erts-", *(f"lib/{app}-" for app in sorted(OTP_APPS)))
+    """Relative-path prefixes of ERTS, OTP's and Elixir's libraries: by app name, not version
+    (the target may carry other versions of the same libs)."""
+    return ("erts-", *(f"lib/{app}-" for app in sorted(OTP_APPS | ELIXIR_APPS)))
 
 
 #: A scan hands control back to the event loop after this many files.

@@ -89,6 +89,13 @@ class ReleaseInfo:
         return self.root / "bin" / self.name
 
     @property
+    def is_mix(self) -> bool:
+        """Whether mix built it (``mix release``: ``releases/COOKIE``, ``releases/VSN/env.sh``),
+        so its script starts it with ``start`` and takes the node from ``RELEASE_*``."""
+        releases = self.root / "releases"
+        return (releases / "COOKIE").is_file() and (releases / self.version / "env.sh").is_file()
+
+    @property
     def main_app(self) -> str:
         """The application whose start means "the release is up".
 
@@ -611,6 +618,13 @@ class LocalBoard:
             # Distribution only on loopback.
             ERL_ZFLAGS=f"{zflags} -kernel inet_dist_use_interface {{127,0,0,1}}".strip(),
         )
+        if self.info.is_mix:  # mix's script reads these instead of vm.args variables
+            env.update(
+                RELEASE_NODE=self.node,
+                RELEASE_COOKIE=self.cookie,
+                RELEASE_DISTRIBUTION="name",
+                RELEASE_TMP=str(run / "out"),
+            )
         return env
 
     async def _boot(self, why: str) -> None:
@@ -624,14 +638,15 @@ class LocalBoard:
         cookie_file.write_text(self.cookie)
         cookie_file.chmod(0o400)
         script = self.info.start_script
+        command = "start" if self.info.is_mix else "foreground"  # both stay in the foreground
         with open(self.console_log, "ab") as out:
             out.write(
-                f"==== relsync local board {why}: {script} foreground "
+                f"==== relsync local board {why}: {script} {command} "
                 f"(node {self.node}, epmd port {self.epmd_port}) ====\n".encode()
             )
             out.flush()
             self._proc = subprocess.Popen(
-                [str(script), "foreground"],
+                [str(script), command],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env=self._node_env(), cwd=str(run), start_new_session=True,
             )  # fmt: skip
