@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from relsync.errors import BusyError, ExitCode, HookError, TargetError, UsageError
-from relsync.otp_check import check_beams_fit
+from relsync.otp_check import check_apps_present, check_beams_fit
 from relsync.plan import SyncPlan, TargetState, build_plan
 from relsync.release import FileKind, LocalRelease, Skipped
 from relsync.target import (
@@ -222,6 +222,7 @@ async def _sync(
     plan = build_plan(release, state)
     report = SyncReport(target.label, plan, list(release.skipped), dry_run=options.dry_run)
     report.hash = state.hash
+    await check_apps_present(target, release, state.otp_release)
     if plan.reload:
         await check_beams_fit(target, release, plan, state.otp_release)
     if options.upgrade:

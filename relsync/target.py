@@ -239,6 +239,9 @@ class Target(Protocol):
     async def check_beams(self, beams: Sequence[tuple[str, bytes]]) -> dict[str, str]:
         """Test-load ``(module, beam)`` without loading; the refused modules, with why."""
 
+    async def missing_apps(self, apps: Sequence[str]) -> list[str]:
+        """Which of ``apps`` the target has neither on its code path nor in its OTP."""
+
     async def old_code(self) -> list[ModuleResult]:
         """Modules whose old code some process still runs (``status`` ``old_code``)."""
 

@@ -613,6 +613,11 @@ class HelperTarget(ABC):
             if isinstance(e, tuple) and len(e) == 2
         }
 
+    async def missing_apps(self, apps: Sequence[str]) -> list[str]:
+        """See :class:`relsync.target.Target` (a helper from before it finds none missing)."""
+        reply = await self._call("missing_apps", [[Atom(a) for a in apps]])
+        return sorted(_text(a) for a in reply) if isinstance(reply, list) else []
+
     async def old_code(self) -> list[ModuleResult]:
         """See :class:`relsync.target.Target`."""
         reply = await self._call("old_code", [])

@@ -26,6 +26,7 @@
          delete_files/1, delete_dirs/1, make_symlinks/1, update_code_path/1,
          load_modules/2, delete_modules/2, loaded_shas/0, mark_pending/1, code_state/0,
          running_programs/1, stash_code/1, upgrade/2, old_code/0, check_beams/1,
+         missing_apps/1,
          run_hook/3]).
 
 -include_lib("kernel/include/file.hrl").
@@ -193,8 +194,7 @@ ensure_crypto() ->
     end.
 
 load_crypto_from_root() ->
-    Libs = lists:usort([filename:join(code:root_dir(), "lib"),
-                        filename:dirname(code:lib_dir(kernel))]),
+    Libs = otp_libs(),
     Found = [E || L <- Libs, E <- filelib:wildcard(filename:join([L, "crypto-*", "ebin"]))],
     case lists:reverse(lists:sort(Found)) of
         [Ebin | _] ->
@@ -1113,6 +1113,27 @@ prepare(M, Bin) ->
         {error, _} = E -> E;
         _Prepared -> ok
     catch error:Why -> {error, Why}
+    end.
+
+%% Which of Apps (applications a slim release expects from the board's OTP) this
+%% VM has neither on its code path nor among the OTP libraries beside it.
+-spec missing_apps([atom()]) -> [atom()].
+missing_apps(Apps) when is_list(Apps) ->
+    Libs = otp_libs(),
+    [A || A <- Apps, is_atom(A), not has_app(A, Libs)].
+
+%% Where OTP's libraries are: the root's lib, and where kernel comes from (the
+%% board's OTP, in a slim release).
+otp_libs() ->
+    lists:usort([filename:join(code:root_dir(), "lib"), filename:dirname(code:lib_dir(kernel))]).
+
+has_app(A, Libs) ->
+    case code:lib_dir(A) of
+        {error, _} ->
+            Name = atom_to_list(A),
+            lists:any(fun(L) -> filelib:wildcard(filename:join(L, Name ++ "-*")) =/= [] end,
+                      Libs);
+        _ -> true
     end.
 
 %%% -------------------------------------------------------------- upgrades

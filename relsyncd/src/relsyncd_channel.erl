@@ -262,7 +262,8 @@ api() ->
      {delete_files, 1}, {delete_dirs, 1}, {make_symlinks, 1},
      {update_code_path, 1}, {load_modules, 2}, {delete_modules, 2},
      {loaded_shas, 0}, {mark_pending, 1}, {code_state, 0}, {running_programs, 1},
-     {stash_code, 1}, {upgrade, 2}, {old_code, 0}, {check_beams, 1}, {run_hook, 3}].
+     {stash_code, 1}, {upgrade, 2}, {old_code, 0}, {check_beams, 1}, {missing_apps, 1},
+     {run_hook, 3}].
 
 %% The lock's owner is this channel's worker (the caller): no other pid is taken.
 check_args(sync_state, [Dest, Excl, Rw, Opts], A) when is_map(Opts) ->
@@ -323,7 +324,8 @@ check_args(F, _Args, _A) when F =:= info; F =:= loaded_shas; F =:= delete_module
                               F =:= unlock;
                               F =:= run_hook; F =:= running_programs;
                               F =:= mark_pending; F =:= code_state;
-                              F =:= stash_code; F =:= old_code; F =:= check_beams ->
+                              F =:= stash_code; F =:= old_code; F =:= check_beams;
+                              F =:= missing_apps ->
     ok;
 check_args(_F, [Bad | _], _A) ->
     {error, {forbidden, Bad}}.          % a path list that is not a list, ...

@@ -59,3 +59,20 @@ def test_a_dev_mode_release_is_synced_through_its_links(
         assert isinstance(which, str) and which.startswith(str(board.rw_path))
 
     with_board(demo_release, tmp_path / "board", body, mode)
+
+
+def test_an_application_the_board_lacks_is_refused(tmp_path: Path, mode: str) -> None:
+    v1 = rebar3_release(tmp_path / "v1", SYSTEM_LIBS_FALSE)
+    v2 = rebar3_release(tmp_path / "v2", SYSTEM_LIBS_FALSE, counter_version=2)
+    rel = v2 / "releases" / "0.1.0" / "demo.rel"
+    rel.write_text(rel.read_text().replace('{sasl,"4.2"}', '{sasl,"4.2"},\n {os_fun,"1.0"}', 1))
+    assert "os_fun" in rel.read_text()
+
+    async def body(board: LocalBoard) -> None:
+        run = await relsync(board, v2, "-q", str(board.rw_path))
+        assert run.code == 2, run
+        assert run.err.count("\n") == 1 and "the release needs os_fun" in run.err, run.err
+        assert list(board.rw_path.iterdir()) == []
+        assert await board.rpc("demo_counter", "version") == 1
+
+    with_board(v1, tmp_path / "board", body, mode)
