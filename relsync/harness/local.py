@@ -196,6 +196,14 @@ def read_release_info(root: Path) -> ReleaseInfo:
 # Small helpers
 
 
+def host_otp_lib() -> Path:
+    """This machine's OTP libraries (``/usr/lib/erlang/lib`` beside the ``erl`` on PATH)."""
+    erl = shutil.which("erl")
+    if erl is None:
+        raise BoardError("erl is not installed: apt-get install erlang-nox")
+    return Path(os.path.realpath(erl)).parents[1] / "lib"
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -472,6 +480,7 @@ class LocalBoard:
             allowed_paths=[str(self.release_path), str(self.rw_path)],
             host_key_dir=str(self.workdir / "data" / "relsyncd"),
             port=port,
+            extra_libs=[str(host_otp_lib())],  # the board runs on this machine
         )
         return self.ssh
 

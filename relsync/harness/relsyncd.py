@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import posixpath
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,8 +58,9 @@ def ensure_key(workdir: Path) -> tuple[Path, str]:
     return private, public
 
 
-async def _target_ebins(rpc: Rpc) -> list[str]:
-    """The ebin dirs of OTP's asn1, public_key and ssh on the board (beside its ERTS)."""
+async def _target_ebins(rpc: Rpc, extra_libs: Sequence[str] = ()) -> list[str]:
+    """The ebin dirs of OTP's asn1, public_key and ssh (and crypto, for a release without
+    it) on the board: beside its ERTS, else in ``extra_libs``."""
     bindir = await rpc("os", "getenv", [Charlist("BINDIR")])
     if not isinstance(bindir, str):
         raise RuntimeError("the board's VM has no BINDIR; cannot find OTP's libraries")
@@ -67,13 +68,18 @@ async def _target_ebins(rpc: Rpc) -> list[str]:
     link = await rpc("file", "read_link_all", [Charlist(erts)])  # a release may link to ERTS
     if isinstance(link, tuple) and link[0] == "ok" and isinstance(link[1], str):
         erts = posixpath.normpath(posixpath.join(posixpath.dirname(erts), link[1]))
-    otp_lib = posixpath.join(posixpath.dirname(erts), "lib")
+    libs = [posixpath.join(posixpath.dirname(erts), "lib"), *extra_libs]
+    has_crypto = isinstance(await rpc("code", "lib_dir", [Atom("crypto")]), str)
     found: list[str] = []
-    for app in SSH_APPS:
-        dirs = await rpc("filelib", "wildcard", [Charlist(f"{otp_lib}/{app}-*/ebin")])
+    for app in SSH_APPS if has_crypto else ("crypto", *SSH_APPS):
+        dirs: Term = []
+        for lib in libs:
+            dirs = await rpc("filelib", "wildcard", [Charlist(f"{lib}/{app}-*/ebin")])
+            if isinstance(dirs, list) and dirs:
+                break
         if not (isinstance(dirs, list) and dirs):
             package = "erlang-" + app.replace("_", "-")
-            raise RuntimeError(f"the board has no OTP {app} in {otp_lib}; install {package}")
+            raise RuntimeError(f"the board has no OTP {app} in {libs[0]}; install {package}")
         found.append(str(sorted(str(d) for d in dirs)[-1]))
     return found
 
@@ -88,15 +94,18 @@ async def start_relsyncd(
     port: int = 0,
     listen_any: bool = False,
     public_port: int | None = None,
+    extra_libs: Sequence[str] = (),
 ) -> SshAccess:
     """Start relsyncd (its ebin at ``ebin`` on the board) beside the release behind ``rpc``.
 
     It listens on ``port`` (0: any free one) on 127.0.0.1, or on every interface with
     ``listen_any`` (a container, reached through a published port ``public_port``), and trusts
-    one key pair kept in ``key_dir`` on this machine.
+    one key pair kept in ``key_dir`` on this machine. OTP libraries relsyncd needs that the
+    board's own OTP lacks (a release with its own ERTS and without them) come from
+    ``extra_libs``.
     """
     identity, public = ensure_key(key_dir)
-    dirs = [ebin, *await _target_ebins(rpc)]
+    dirs = [ebin, *await _target_ebins(rpc, extra_libs)]
     added = await rpc("code", "add_pathsz", [[Charlist(d) for d in dirs]])
     if added != "ok":
         raise RuntimeError(f"the board refused relsyncd's code path: {format_term(added)}")

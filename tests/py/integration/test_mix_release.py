@@ -2,8 +2,8 @@
 on a real node from a read-only path: a GenServer keeps its state across the reload, a changed
 protocol implementation and a new one are dispatched to, the consolidated protocol reloaded
 after them; Elixir's own applications are left out like OTP's under -E; hooks written in
-Elixir. erl mode: over ssh the board needs relsyncd in its release (a mix dependency pulling
-in ssh and crypto), which this project does not have."""
+Elixir. Over ssh, relsyncd is started beside the release with OTP's ssh and crypto from this
+machine (a user adds relsyncd to the project's dependencies instead)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def mix_releases(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def test_a_mix_release_reloads_elixir_modules_and_protocols(
-    mix_releases: tuple[Path, Path], tmp_path: Path
+    mix_releases: tuple[Path, Path], tmp_path: Path, mode: str
 ) -> None:
     v1, v2 = mix_releases
 
@@ -56,4 +56,4 @@ def test_a_mix_release_reloads_elixir_modules_and_protocols(
         assert hooks.report["hooks"]["presync"]["status"] == "ok"
         assert await board.rpc("persistent_term", "get", [Atom("myex_presync")]) == "true"
 
-    with_board(v1, tmp_path / "board", body)
+    with_board(v1, tmp_path / "board", body, mode)

@@ -1,8 +1,6 @@
-"""A release without crypto (users do not add it just to be synced): files are compared by
-MD5, which the runtime always has, on a real node from a read-only path.
-
-ssh mode is not here: relsyncd runs on OTP's ssh application, which needs crypto itself.
-"""
+"""A release without crypto (users do not add it just to be synced), on a real node from a
+read-only path: in erl mode files are compared by MD5, which the runtime always has; in ssh mode
+relsyncd brings OTP's ssh and with it crypto, so SHA-256."""
 
 from __future__ import annotations
 
@@ -21,27 +19,30 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize("layout", ["shadow", "in_place"])
-def test_a_release_without_crypto_syncs_by_md5(
-    demo_release: Path, tmp_path: Path, layout: str
+def test_a_release_without_crypto_syncs(
+    demo_release: Path, tmp_path: Path, layout: str, mode: str
 ) -> None:
+    expected = "md5" if mode == "erl" else "sha256"
     bare = without_crypto(demo_release, tmp_path / "bare")
     v2 = Variant(bare, tmp_path / "v2").counter_version(2)
 
     async def body(board: LocalBoard) -> None:
         where = ["-q", str(board.rw_path)] if layout == "shadow" else []
-        assert await board.rpc("code", "is_loaded", [Atom("crypto")]) == "false"
+        if mode == "erl":
+            assert await board.rpc("code", "is_loaded", [Atom("crypto")]) == "false"
         for _ in range(3):
             await board.rpc("demo_counter", "bump")
         run = await relsync(board, v2.root, *where, "--json")
         assert run.code == 0, run.err
-        assert run.report["hash"] == "md5" and run.report["reload"] == ["demo_counter"]
+        assert run.report["hash"] == expected and run.report["reload"] == ["demo_counter"]
         assert await board.rpc("demo_counter", "version") == 2
         assert await board.rpc("demo_counter", "value") == 3
         again = await relsync(board, v2.root, *where, "--json")
         assert again.code == 0 and again.report["written"] == [] and again.report["reload"] == []
         verbose = await relsync(board, v2.root, *where, "-v")
-        assert "files compared by md5 (the board has no crypto)" in verbose.out
-        # Nothing loaded crypto behind our back.
-        assert await board.rpc("code", "is_loaded", [Atom("crypto")]) == "false"
+        assert f"files compared by {expected}" in verbose.out
+        if mode == "erl":  # nothing loaded crypto behind our back
+            assert "(the board has no crypto)" in verbose.out
+            assert await board.rpc("code", "is_loaded", [Atom("crypto")]) == "false"
 
-    with_board(bare, tmp_path / "board", body, writable=layout == "in_place")
+    with_board(bare, tmp_path / "board", body, mode, writable=layout == "in_place")
