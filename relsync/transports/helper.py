@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 
 from relsync.delta import BLOCK, Copy, Op, file_delta
+from relsync.dist.errors import rpc_failure
 from relsync.dist.etf import Atom, Term
 from relsync.dist.pretty import format_term
 from relsync.errors import BusyError, TargetError, UsageError
@@ -214,6 +215,9 @@ def _reason(cause: Term) -> str:
     return describe(format_term(cause))
 
 
+#: Exception classes, as relsyncd reports a call that raised: ``{error, {Class, Reason, St}}``.
+_CLASSES = ("error", "exit", "throw")
+
 #: The keys of a ``sync_state`` reply, in the order :class:`relsync.target.Readout` takes them.
 _STATE_KEYS = ("info", "original", "shadow", "code", "top", "lib")
 _UNKNOWN_FUNCTION = (Atom("error"), Atom("unknown_function"))
@@ -294,7 +298,10 @@ class HelperTarget(ABC):
         if isinstance(result, tuple) and result and result[0] == "error":
             where = f" {_text(result[1])}:" if len(result) == 3 else ""
             last = result[-1]
-            reason = _text(last) if isinstance(last, bytes | str) else format_term(last)
+            if isinstance(last, tuple) and len(last) == 3 and last[0] in _CLASSES:
+                reason = rpc_failure((Atom("EXIT"), (last[1], last[2])))  # a call that raised
+            else:
+                reason = _text(last) if isinstance(last, bytes | str) else format_term(last)
             hint = {
                 "enospc": "free space on it and sync again",
                 "erofs": "give a writable --destination-rw-path",

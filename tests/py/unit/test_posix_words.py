@@ -43,3 +43,12 @@ def test_a_module_that_cannot_load_says_why() -> None:
     result = _module_result("demo", (Atom("error"), Atom("badfile")))
     assert result.status == "error"
     assert result.detail == "not a beam this VM can load (built for a newer OTP, or damaged)"
+
+
+def test_a_call_that_raised_on_the_board_is_one_line() -> None:
+    stack = [(Atom("crypto"), Atom("hash"), 2, []), (Atom("relsync_target"), Atom("f"), 1, [])]
+    with pytest.raises(TargetError) as raised:
+        _Board()._check((Atom("error"), (Atom("error"), Atom("undef"), stack)), "writing files")
+    message = str(raised.value)
+    assert "\n" not in message and "crypto:hash/2 is not on the board" in message
+    assert "relsync_target" not in message
