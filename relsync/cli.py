@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from relsync import __version__
+from relsync import __version__, config
 from relsync.boards import Board, boards_from_file, check_destination
+from relsync.config import project_root
 from relsync.engine import SyncOptions, SyncReport, check_paths, sync
 from relsync.errors import ExitCode, RelsyncError, UsageError
 from relsync.local_scan import LocalScan, scan_while_reading
@@ -251,9 +252,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show what the board runs against its pristine release and the local one",
     )
+    a(
+        "--show-config",
+        action="store_true",
+        help="print the options that apply and where each comes from (command line, "
+        "relsync.toml, --targets [relsync], rebar.config {relsync, [...]}), then exit",
+    )
     a("--json", action="store_true", help="print the result as one JSON object")
     a("-v", "--verbose", action="store_true", help="list every file and module")
     a("--quiet", action="store_true", help="print nothing but errors")
+    a(
+        "--build",
+        action="store_true",
+        help="build the release first (rebar3 release, or mix release), then sync what it built",
+    )
+    a("--profile", metavar="PROFILE", help="--build: rebar3 profile, or MIX_ENV [default: prod]")
+    a("--relname", metavar="NAME", help="--build: the release to build (rebar3 -n)")
     a("--version", action="version", version=f"relsync {__version__}")
     return p
 
@@ -417,7 +431,12 @@ async def run(args: argparse.Namespace, cwd: Path) -> list[SyncReport] | list[Bo
         value = getattr(args, opt)
         if value and not value.startswith("/"):
             raise UsageError(f"--{opt.replace('_', '-')} {value!r} must be an absolute path")
-    root = find_release(args.local_path, cwd)
+    if args.build and not args.local_path:
+        from relsync.build import build_release
+
+        root = await build_release(project_root(cwd) or cwd, args.profile, args.relname)
+    else:
+        root = find_release(args.local_path, cwd)
     hook = None
     if args.hooks:  # before connecting: a hook that does not compile leaves boards untouched
         from relsync.hooks import resolve_hook
@@ -453,7 +472,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     threshold = gc.get_threshold()
     gc.set_threshold(max(threshold[0], 50_000), *threshold[1:])
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        sources = config.apply(parser, args, argv, config.layers(Path.cwd(), args.targets))
+        if args.show_config:
+            sys.stdout.write(config.show(args, sources))
+            return int(ExitCode.OK)
         reports = asyncio.run(run(args, Path.cwd()))
     except RelsyncError as exc:
         print(f"relsync: error: {exc}", file=sys.stderr)

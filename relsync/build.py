@@ -1,0 +1,60 @@
+"""``--build``: make the release with the project's own tool before syncing it.
+
+rebar3 (``rebar3 [as PROFILE] release [-n RELNAME]``) for a project with ``rebar.config``,
+mix (``MIX_ENV=PROFILE mix release [RELNAME] --overwrite``) for one with ``mix.exs``. The
+tool's output goes to stderr as it prints it; a failed build sends nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from relsync.errors import UsageError
+
+
+def build_command(
+    project: Path, profile: str | None, relname: str | None
+) -> tuple[list[str], dict[str, str], Path]:
+    """The build command for ``project``, its environment, and where its releases go."""
+    env = dict(os.environ)
+    if (project / "rebar.config").is_file():
+        command = ["rebar3", *(["as", profile] if profile else []), "release"]
+        command += ["-n", relname] if relname else []
+        return command, env, project / "_build" / (profile or "default") / "rel"
+    if (project / "mix.exs").is_file():
+        env["MIX_ENV"] = profile or env.get("MIX_ENV") or "prod"
+        command = ["mix", "release", *([relname] if relname else []), "--overwrite"]
+        return command, env, project / "_build" / env["MIX_ENV"] / "rel"
+    raise UsageError(
+        f"--build: no rebar.config or mix.exs in {project}; run relsync in the project, or "
+        "build the release yourself and give it with --local-path"
+    )
+
+
+async def build_release(project: Path, profile: str | None, relname: str | None) -> Path:
+    """Build the project's release; return the directory holding it."""
+    command, env, out = build_command(project, profile, relname)
+    if shutil.which(command[0]) is None:
+        raise UsageError(f"--build: {command[0]} is not installed (apt-get install {command[0]})")
+    print(f"relsync: building: {' '.join(command)}", file=sys.stderr, flush=True)
+    proc = await asyncio.create_subprocess_exec(
+        *command, cwd=project, env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=sys.stderr.fileno(), stderr=sys.stderr.fileno(),
+    )  # fmt: skip
+    code = await proc.wait()
+    if code != 0:
+        raise UsageError(
+            f"the build failed ({command[0]} exited {code}, its output is above); fix it, "
+            "nothing was sent"
+        )
+    releases = sorted(p for p in out.glob("*") if (p / "releases").is_dir())
+    if relname:
+        releases = [p for p in releases if p.name == relname]
+    if len(releases) != 1:
+        found = ", ".join(p.name for p in releases) or "none"
+        raise UsageError(f"--build made releases in {out}: {found}; choose one with --relname")
+    return releases[0].resolve()

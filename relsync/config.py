@@ -1,0 +1,176 @@
+"""Options from files, under the command line: what a project keeps so no run repeats them.
+
+Highest first: the command line; ``relsync.toml`` of the project (its ``[relsync]`` table);
+the ``[relsync]`` table of the ``--targets`` file; ``{relsync, [...]}`` in ``rebar.config``
+(the original rebar3 plugin's place); the defaults. Keys are the long option names, with ``-``
+or ``_`` (``destination_rw_path``, ``mode``, ``hooks``, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from relsync.dist.etf import Term
+from relsync.erlterm import consult
+from relsync.errors import UsageError
+
+#: Files that mark a project's top directory.
+PROJECT_FILES = ("relsync.toml", "rebar.config", "mix.exs")
+#: Never shown by --show-config.
+SECRET = frozenset({"cookie"})
+#: Options that make no sense in a file.
+COMMAND_ONLY = frozenset({"show_config", "help", "version"})
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    """One file's options: where they come from, and their values by option name."""
+
+    source: str
+    values: dict[str, Any]
+
+
+def project_root(cwd: Path) -> Path | None:
+    """The nearest directory from ``cwd`` up holding relsync.toml, rebar.config or mix.exs."""
+    for directory in (cwd, *cwd.parents):
+        if any((directory / name).is_file() for name in PROJECT_FILES):
+            return directory
+    return None
+
+
+def _toml_layer(path: Path, what: str) -> Layer | None:
+    import tomllib  # here: ~10 ms of start-up that a run without a config file does not need
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError:
+        return None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path} is not valid TOML ({exc}); fix it") from None
+    table = data.get("relsync", {})
+    if not isinstance(table, dict):
+        raise UsageError(f"{path}: [relsync] must be a table of options; fix it")
+    return Layer(f"{path} ({what})", {k.replace("-", "_"): v for k, v in table.items()})
+
+
+def _plain(term: Term) -> Any:
+    """An Erlang option value as TOML would give it: text for atoms and strings."""
+    if isinstance(term, bytes):
+        return term.decode()
+    if isinstance(term, list):
+        return [_plain(t) for t in term]
+    return str(term) if isinstance(term, str) else term
+
+
+def _rebar_layer(path: Path) -> Layer | None:
+    if not path.is_file():
+        return None
+    try:
+        terms = consult(path.read_text())
+    except (OSError, ValueError, UnicodeError):
+        return None  # rebar3 reads it; relsync only looks for its own options
+    for term in terms:
+        if isinstance(term, tuple) and len(term) == 2 and term[0] == "relsync":
+            options = term[1] if isinstance(term[1], list) else []
+            values = {
+                str(o[0]): _plain(o[1]) for o in options if isinstance(o, tuple) and len(o) == 2
+            }
+            return Layer(f"{path} ({{relsync, [...]}})", values)
+    return None
+
+
+def layers(cwd: Path, targets: Path | None) -> list[Layer]:
+    """The option files that apply, highest first."""
+    found: list[Layer] = []
+    root = project_root(cwd)
+    if root is not None and (own := _toml_layer(root / "relsync.toml", "[relsync]")):
+        found.append(own)
+    if targets is not None and (listed := _toml_layer(targets, "--targets [relsync]")):
+        found.append(listed)
+    if root is not None and (rebar := _rebar_layer(root / "rebar.config")):
+        found.append(rebar)
+    return found
+
+
+def _convert(action: argparse.Action, value: Any, source: str) -> Any:
+    name = action.option_strings[-1]
+    if isinstance(action, argparse._StoreTrueAction):
+        if not isinstance(value, bool):
+            raise UsageError(f"{source}: {name} must be true or false, not {value!r}")
+        return value
+    if isinstance(action, argparse._AppendAction):
+        items = value if isinstance(value, list) else [value]
+        return [_convert_one(action, item, source) for item in items]
+    return _convert_one(action, value, source)
+
+
+def _convert_one(action: argparse.Action, value: Any, source: str) -> Any:
+    convert = action.type if callable(action.type) else None
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    try:
+        result = convert(text) if convert is not None else text
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        name = action.option_strings[-1]
+        raise UsageError(f"{source}: {name} {value!r}: {exc}; fix it there") from None
+    if action.choices is not None and result not in action.choices:
+        choices = ", ".join(map(str, action.choices))
+        raise UsageError(f"{source}: {action.option_strings[-1]} must be one of {choices}")
+    return result
+
+
+def apply(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str], found: list[Layer]
+) -> dict[str, str]:
+    """Fill ``args`` from ``found`` where the command line gave nothing; return each option's
+    source (``command line``, a file, ``default``)."""
+    given = _given(parser, argv)
+    actions = {a.dest: a for a in parser._actions if a.option_strings}
+    for layer in found:
+        for key in layer.values:
+            if key not in actions or key in COMMAND_ONLY:
+                raise UsageError(
+                    f"{layer.source}: no option {key!r}; use the long option names of "
+                    "relsync --help (destination_rw_path, mode, ...)"
+                )
+    sources: dict[str, str] = {}
+    for dest, action in actions.items():
+        if dest in COMMAND_ONLY:
+            continue
+        if dest in given:
+            sources[dest] = "command line"
+            continue
+        sources[dest] = "default"
+        for layer in found:
+            if dest in layer.values:
+                setattr(args, dest, _convert(action, layer.values[dest], layer.source))
+                sources[dest] = layer.source
+                break
+    return sources
+
+
+def _given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The options ``argv`` sets itself (parsed again with every default suppressed)."""
+    probe = argparse.Namespace()
+    saved = [(a, a.default) for a in parser._actions]
+    try:
+        for action, _ in saved:
+            action.default = argparse.SUPPRESS
+        parser.parse_args(argv, namespace=probe)
+    finally:
+        for action, default in saved:
+            action.default = default
+    return set(vars(probe))
+
+
+def show(args: argparse.Namespace, sources: dict[str, str]) -> str:
+    """What applies and where each value came from, one option a line (never the cookie)."""
+    lines = []
+    for dest in sorted(sources):
+        value = getattr(args, dest, None)
+        secret = dest in SECRET and value
+        shown = "(set)" if secret else "" if value is None else str(value)
+        lines.append(f"{dest.replace('_', '-'):24} {shown:30} {sources[dest]}")
+    return "\n".join(lines) + "\n"

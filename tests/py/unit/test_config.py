@@ -1,0 +1,81 @@
+"""Options from relsync.toml, a --targets file's [relsync] and rebar.config's {relsync, [...]}:
+the command line wins, then in that order; --show-config says where each came from."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from relsync.cli import main
+
+REBAR = (
+    '{deps, []}.\n{relsync, [{mode, "ssh"}, {port, 2222}, {user, relsync}, {hooks, my_hooks}]}.\n'
+)
+TOML = '[relsync]\nport = 2300\nexclude-system-libs = false\ncookie = "s3cret"\n'
+TARGETS = '[relsync]\nport = 2400\nuser = "ops"\ndestination_rw_path = "/data/t"\n'
+
+
+def show(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, tuple[str, str]]:
+    """--show-config's rows: option -> (value, source)."""
+    assert main(["--show-config", *argv]) == 0
+    rows = [re.split(r"\s{2,}", line.strip()) for line in capsys.readouterr().out.splitlines()]
+    return {r[0]: (r[1], r[2]) if len(r) == 3 else ("", r[1]) for r in rows}
+
+
+def test_the_command_line_wins_then_each_file_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "rebar.config").write_text(REBAR)
+    (tmp_path / "relsync.toml").write_text(TOML)
+    (tmp_path / "boards.toml").write_text(TARGETS)
+    sub = tmp_path / "src"
+    sub.mkdir()
+    monkeypatch.chdir(sub)  # the project is found from below, too
+    rows = show(capsys, "--targets", str(tmp_path / "boards.toml"), "-u", "bob")
+    assert rows["user"] == ("bob", "command line")
+    assert rows["port"][0] == "2300" and "relsync.toml" in rows["port"][1]
+    assert (
+        rows["destination-rw-path"][0] == "/data/t"
+        and "--targets" in rows["destination-rw-path"][1]
+    )
+    assert rows["mode"][0] == "ssh" and "rebar.config" in rows["mode"][1]
+    assert rows["hooks"][0] == "my_hooks"
+    assert rows["exclude-system-libs"][0] == "False"
+    assert rows["destination-path"] == ("/srv/erlang", "default")
+    assert rows["cookie"][0] == "(set)"  # never the cookie itself
+
+
+def test_the_cookie_is_never_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "relsync.toml").write_text(TOML)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--show-config", "-c", "other-secret"]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret" not in out and "other-secret" not in out
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("[relsync]\nno_such = 1\n", "no option 'no_such'"),
+        ("[relsync]\nport = 70000\n", "--port 70000"),
+        ('[relsync]\nmode = "ftp"\n', "--mode must be one of erl, ssh"),
+        ("[relsync]\ndry-run = 1\n", "--dry-run must be true or false"),
+        ("[relsync\n", "is not valid TOML"),
+    ],
+)
+def test_a_bad_file_is_one_line_naming_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    text: str,
+    words: str,
+) -> None:
+    (tmp_path / "relsync.toml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--show-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err and "relsync.toml" in err, err
