@@ -268,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a("--profile", metavar="PROFILE", help="--build: rebar3 profile, or MIX_ENV [default: prod]")
     a("--relname", metavar="NAME", help="--build: the release to build (rebar3 -n)")
+    a(
+        "--watch",
+        action="store_true",
+        help="sync, then rebuild (--build) and sync every board again whenever the project's "
+        "sources change; Ctrl-C ends it",
+    )
     a("--version", action="version", version=f"relsync {__version__}")
     return p
 
@@ -445,10 +451,25 @@ async def run(args: argparse.Namespace, cwd: Path) -> list[SyncReport] | list[Bo
     local = LocalScan(root, args.exclude_system_libs, args.copy_unsafe_links)
     if args.status:
         return list(await asyncio.gather(*(status_of(b, args, local) for b in boards)))
-    if len(boards) == 1:  # one board: its failure is the command's one-line error
+    if len(boards) == 1 and not args.watch:  # one board: its failure is the one-line error
         bar = not (args.quiet or args.json)
         return [await sync_board(boards[0], args, local, hook, bar)]
     return list(await asyncio.gather(*(_guarded(b, args, local, hook) for b in boards)))
+
+
+async def watch_project(args: argparse.Namespace, cwd: Path) -> None:
+    """``--watch``: a round of build and sync now and after every change of the sources."""
+    from relsync.watch import watch
+
+    if args.local_path:
+        raise UsageError("--watch builds the release itself: run it in the project, without -l")
+    args.build = True
+
+    async def sync_round() -> list[SyncReport]:
+        reports = await run(args, cwd)
+        return [r for r in reports if isinstance(r, SyncReport)]
+
+    await watch(project_root(cwd) or cwd, sync_round)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -477,6 +498,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sources = config.apply(parser, args, argv, config.layers(Path.cwd(), args.targets))
         if args.show_config:
             sys.stdout.write(config.show(args, sources))
+            return int(ExitCode.OK)
+        if args.watch:
+            try:
+                asyncio.run(watch_project(args, Path.cwd()))
+            except KeyboardInterrupt:
+                print("relsync: watch ended", file=sys.stderr)
             return int(ExitCode.OK)
         reports = asyncio.run(run(args, Path.cwd()))
     except RelsyncError as exc:
