@@ -23,13 +23,13 @@ from relsync.harness.qemu import QemuBoard
 
 pytestmark = [pytest.mark.e2e, pytest.mark.arm]
 
-PORT_CHILD = "        #{id => demo_port, start => {demo_port, start_link, []}}\n"
+PORT_CHILD = "        #{id => demo_port, start => {demo_port, start_link, []}},\n"
 EXTRA_SRC = "-module(demo_many).\n-export([hello/0]).\nhello() -> many.\n"
 
 
 def portless(base: Path, root: Path) -> Variant:
     """The example release without its port program, for boards of any architecture."""
-    variant = Variant(base, root).edit("demo_sup", f",\n{PORT_CHILD}", "\n")
+    variant = Variant(base, root).edit("demo_sup", PORT_CHILD, "")
     (variant.root / APP_DIR / "priv" / "demo_port").unlink()
     return variant
 
