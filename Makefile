@@ -6,7 +6,7 @@ EBIN  := relsync/erlang/ebin
 ERL_SRC := $(wildcard relsync/erlang/*.erl)
 BEAMS := $(patsubst relsync/erlang/%.erl,$(EBIN)/%.beam,$(ERL_SRC))
 
-.PHONY: setup erlang examples images arm-image lint test test-arm pytest ct demo bench clean
+.PHONY: setup erlang examples images arm-image lint test test-arm pytest ct demo bench wheel clean
 
 setup:
 	@scripts/setup.sh
@@ -53,6 +53,11 @@ demo: erlang examples
 
 bench: erlang examples
 	$(PY) -m bench
+
+# A wheel in dist/ with the helper beams, relsyncd (compiled) and the harness files.
+wheel: erlang
+	@relsyncd/build.sh
+	$(PY) -m pip wheel -q --no-deps -w dist .
 
 clean:
 	rm -rf $(EBIN) tests/ct/logs .pytest_cache .mypy_cache .ruff_cache .demo

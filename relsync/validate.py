@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
     try:
         import pytest
     except ImportError:
-        print("relsync validate: needs pytest: pip install 'relsync[dev]'", file=sys.stderr)
+        print("relsync validate: needs pytest: pip install 'relsync[test]'", file=sys.stderr)
         return 2
     outcomes = _Outcomes()
     started = time.monotonic()

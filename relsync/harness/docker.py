@@ -18,17 +18,20 @@ from types import TracebackType
 
 from relsync.dist.etf import Term
 from relsync.dist.node import call_once
+from relsync.harness.bundle import harness_root
 from relsync.harness.local import read_release_info
 from relsync.harness.ready import BoardError, parse_tree, tree_command, wait_ready
 from relsync.harness.relsyncd import SshAccess, build_relsyncd, ensure_key, start_relsyncd
 from relsync.transports.ssh import DEFAULT_PORT as SSH_PORT
 
-REPO = Path(__file__).resolve().parents[2]
-TARGET = REPO / "targets" / "docker-otp"
 RELEASE_PATH = "/srv/erlang"
 RW_PATH = "/data/relsync"
 RELSYNCD_EBIN = "/opt/relsyncd/ebin"
 READY_TIMEOUT = 90.0
+
+
+def _recipe() -> Path:
+    return harness_root() / "targets" / "docker-otp"
 
 
 async def _run(*argv: str, check: bool = True) -> str:
@@ -44,16 +47,16 @@ async def _run(*argv: str, check: bool = True) -> str:
 
 async def ensure_engine_and_image(otp: int) -> None:
     """Start the Docker engine if needed and build the board image for ``otp`` if missing."""
-    await _run(str(REPO / "scripts" / "docker-engine.sh"))
+    await _run(str(harness_root() / "scripts" / "docker-engine.sh"))
     flavor = {25: "bookworm", 27: "trixie"}.get(otp)
     if flavor is None:
         raise BoardError(f"no docker-otp board for OTP {otp}; choose 25 or 27")
-    await _run(str(TARGET / "build.sh"), flavor)
+    await _run(str(_recipe() / "build.sh"), flavor)
 
 
 async def example_release(otp: int) -> Path:
     """The example release built against OTP ``otp`` (inside a builder image if need be)."""
-    out = await _run(str(TARGET / "release.sh"), str(otp))
+    out = await _run(str(_recipe() / "release.sh"), str(otp))
     return Path(out.strip().splitlines()[-1])
 
 

@@ -10,15 +10,24 @@ import shutil
 import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "demo"
+from relsync.harness.bundle import harness_root
+
+
+def example_project() -> Path:
+    """The example's rebar3 project (examples/demo)."""
+    return harness_root() / "examples" / "demo"
+
+
 APP_DIR = "lib/demo-0.1.0"
 
 
 def build_example_release() -> Path:
     """Build examples/demo with Debian's rebar3 (skipped when up to date); return its path."""
     out = subprocess.run(
-        [str(REPO / "examples" / "build.sh")], check=True, stdout=subprocess.PIPE, text=True
+        [str(harness_root() / "examples" / "build.sh")],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
     ).stdout
     release = Path(out.strip().splitlines()[-1])
     if not (release / "bin" / "demo").is_file():
@@ -48,7 +57,7 @@ class Variant:
 
     def edit(self, module: str, old: str, new: str) -> Variant:
         """Recompile an example module with one piece of its source replaced."""
-        source = (EXAMPLE / "src" / f"{module}.erl").read_text()
+        source = (example_project() / "src" / f"{module}.erl").read_text()
         if old not in source:
             raise ValueError(f"{old!r} not in {module}.erl")
         return self.compile(module, source.replace(old, new, 1))
@@ -64,7 +73,7 @@ class Variant:
 
     def port_version(self, version: str, cc: str = "cc") -> Variant:
         """Rebuild priv/demo_port answering ``<version>:<request>`` (with compiler ``cc``)."""
-        source = (EXAMPLE / "c_src" / "demo_port.c").read_text()
+        source = (example_project() / "c_src" / "demo_port.c").read_text()
         source = source.replace('#define PORT_VERSION "v1"', f'#define PORT_VERSION "{version}"')
         path = self._src / "demo_port.c"
         path.write_text(source)

@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import shlex
+import sys
 from pathlib import Path
 from types import TracebackType
 
 from relsync.dist.etf import Charlist, Term
 from relsync.dist.node import call_once
+from relsync.harness.bundle import harness_root
 from relsync.harness.local import read_release_info
 from relsync.harness.ready import BoardError, parse_tree, tree_command, wait_ready
 from relsync.harness.relsyncd import SshAccess, ensure_key, start_relsyncd
 from relsync.transports.ssh import DEFAULT_PORT as SSH_PORT
 
-REPO = Path(__file__).resolve().parents[2]
-TARGET = REPO / "targets" / "qemu-arm"
 RELEASE_PATH = "/srv/erlang"
 RW_PATH = "/data/relsync"
 RELSYNCD_EBIN = "/opt/relsyncd/ebin"
@@ -35,10 +36,16 @@ CROSS_CC = "arm-linux-gnueabihf-gcc"
 _STATUS = "relsync-exit-status="
 
 
+def _recipe() -> Path:
+    return harness_root() / "targets" / "qemu-arm"
+
+
 async def _run(*argv: str | Path) -> str:
+    env = {"PYTHON": sys.executable, **os.environ}  # run.sh's boardctl.py, with relsync in it
     proc = await asyncio.create_subprocess_exec(
-        *(str(a) for a in argv), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
+        *(str(a) for a in argv), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )  # fmt: skip
     out, err = await proc.communicate()
     if proc.returncode != 0:
         cmd = " ".join(str(a) for a in argv)
@@ -48,14 +55,14 @@ async def _run(*argv: str | Path) -> str:
 
 async def ensure_image() -> None:
     """Build the board's base image if needed (seconds when the .deb cache is warm)."""
-    await _run(TARGET / "build.sh")
+    await _run(_recipe() / "build.sh")
 
 
 async def example_release() -> Path:
     """The example release cross-built for armhf (its port program is an ARM binary)."""
     await ensure_image()
-    await _run(TARGET / "release.sh", "example")
-    return TARGET / "_build" / "example-src" / "demo" / "_build" / "default" / "rel" / "demo"
+    await _run(_recipe() / "release.sh", "example")
+    return _recipe() / "_build" / "example-src" / "demo" / "_build" / "default" / "rel" / "demo"
 
 
 class QemuBoard:
@@ -91,13 +98,13 @@ class QemuBoard:
         state = (workdir / f"relsync-qemu-{secrets.token_hex(4)}").resolve()
         state.mkdir(parents=True)
         image = await _run(
-            TARGET / "release.sh", "pack", info.root, "-o", state / "release.squashfs"
+            _recipe() / "release.sh", "pack", info.root, "-o", state / "release.squashfs"
         )
         (state / "main_app").write_text(info.main_app)
         (state / "ssh").mkdir()
         (state / "ssh" / "enabled").write_text("yes" if ssh else "no")
         await _run(
-            TARGET / "run.sh", "start", "--state", state, "--name", state.name,
+            _recipe() / "run.sh", "start", "--state", state, "--name", state.name,
             "--release", image.strip().splitlines()[-1], "--cookie", secrets.token_hex(12),
         )  # fmt: skip
         board = cls(state, info.main_app, ssh)
@@ -178,7 +185,7 @@ class QemuBoard:
 
     async def _control(self, command: str) -> None:
         after = self._log_size()
-        await _run(TARGET / "run.sh", command, "--state", self.state)
+        await _run(_recipe() / "run.sh", command, "--state", self.state)
         await self._ready(after)
 
     async def reboot(self) -> None:
@@ -192,7 +199,7 @@ class QemuBoard:
     async def stop(self) -> None:
         """Pull the plug (QEMU quits). Idempotent; the state directory is kept."""
         with contextlib.suppress(BoardError):  # already off
-            await _run(TARGET / "run.sh", "kill", "--state", self.state)
+            await _run(_recipe() / "run.sh", "kill", "--state", self.state)
 
     async def __aenter__(self) -> QemuBoard:
         return self

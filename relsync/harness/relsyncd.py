@@ -17,9 +17,8 @@ import asyncssh
 
 from relsync.dist.etf import Atom, Charlist, Term
 from relsync.dist.pretty import format_term
+from relsync.harness.bundle import harness_root
 
-REPO = Path(__file__).resolve().parents[2]
-RELSYNCD = REPO / "relsyncd"
 SSH_APPS = ("asn1", "public_key", "ssh")
 
 Rpc = Callable[[str, str, list[Term]], Awaitable[Term]]
@@ -38,12 +37,14 @@ class SshAccess:
 async def build_relsyncd() -> Path:
     """Compile relsyncd (quick when up to date); return its ebin directory."""
     proc = await asyncio.create_subprocess_exec(
-        str(RELSYNCD / "build.sh"), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        str(harness_root() / "relsyncd" / "build.sh"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"building relsyncd failed:\n{out.decode(errors='replace')}")
-    return RELSYNCD / "ebin"
+    return harness_root() / "relsyncd" / "ebin"
 
 
 def ensure_key(workdir: Path) -> tuple[Path, str]:

@@ -15,7 +15,7 @@ import pytest
 from support.cli import cli_argv
 from support.local_board import with_board
 
-from relsync.harness.example import EXAMPLE
+from relsync.harness.example import example_project
 from relsync.harness.local import LocalBoard
 
 pytestmark = pytest.mark.integration
@@ -48,7 +48,9 @@ async def next_round(lines: asyncio.StreamReader) -> str:
 
 def test_watch_rebuilds_and_syncs_each_edit(demo_release: Path, tmp_path: Path, mode: str) -> None:
     project = tmp_path / "demo"
-    shutil.copytree(EXAMPLE, project, symlinks=True, ignore=shutil.ignore_patterns("_build"))
+    shutil.copytree(
+        example_project(), project, symlinks=True, ignore=shutil.ignore_patterns("_build")
+    )
     counter = project / "src" / "demo_counter.erl"
 
     async def body(board: LocalBoard) -> None:

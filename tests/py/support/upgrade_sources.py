@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from relsync.harness.example import EXAMPLE, Variant
+from relsync.harness.example import Variant, example_project
 
 STORE_V2 = """-module(demo_store).
 -behaviour(gen_server).
@@ -31,7 +31,7 @@ STORE_V2_OK = STORE_V2.replace("CODE_CHANGE_UP", "{ok, #state{items = I}}")
 STORE_V2_CRASH = STORE_V2.replace("CODE_CHANGE_UP", "error({cannot_convert, I})")
 
 FSM_V2 = (
-    (EXAMPLE / "src" / "demo_fsm.erl")
+    (example_project() / "src" / "demo_fsm.erl")
     .read_text()
     .replace(
         "code_change(_OldVsn, State, Data, _Extra) ->\n    {ok, State, Data}.",

@@ -1,0 +1,7 @@
+"""``python -m relsync``: the ``relsync`` command."""
+
+import sys
+
+from relsync.cli import main
+
+sys.exit(main())
