@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import boards_bench, compare_bench, delta_bench, dist_bench, sync_bench
+from bench import boards_bench, compare_bench, delta_bench, dist_bench, sync_bench, watch_bench
 from bench.table import Row, print_table
 
 #: name -> benchmark returning table rows.
@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, Callable[[], list[Row]]] = {
     "delta": delta_bench.run,
     "compare": compare_bench.run,
     "boards": boards_bench.run,
+    "watch": watch_bench.run,
 }
 
 

@@ -11,6 +11,7 @@ import asyncio
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from relsync.errors import UsageError
@@ -41,6 +42,7 @@ async def build_release(project: Path, profile: str | None, relname: str | None)
     if shutil.which(command[0]) is None:
         raise UsageError(f"--build: {command[0]} is not installed (apt-get install {command[0]})")
     print(f"relsync: building: {' '.join(command)}", file=sys.stderr, flush=True)
+    started = int(time.time())
     proc = await asyncio.create_subprocess_exec(
         *command, cwd=project, env=env, stdin=asyncio.subprocess.DEVNULL,
         stdout=sys.stderr.fileno(), stderr=sys.stderr.fileno(),
@@ -51,6 +53,7 @@ async def build_release(project: Path, profile: str | None, relname: str | None)
             f"the build failed ({command[0]} exited {code}, its output is above); fix it, "
             "nothing was sent"
         )
+    backdate_outputs(out.parent / "lib", started)
     releases = sorted(p for p in out.glob("*") if (p / "releases").is_dir())
     if relname:
         releases = [p for p in releases if p.name == relname]
@@ -58,3 +61,20 @@ async def build_release(project: Path, profile: str | None, relname: str | None)
         found = ", ".join(p.name for p in releases) or "none"
         raise UsageError(f"--build made releases in {out}: {found}; choose one with --relname")
     return releases[0].resolve()
+
+
+def backdate_outputs(lib: Path, started: int) -> None:
+    """Give what a build wrote below ``lib`` (beams, compile manifests) an mtime a second
+    before the build began.
+
+    rebar3 and mix compare mtimes in whole seconds: a source saved in the same second as the
+    beams were written looks older than them and is not recompiled, which in watch mode (rounds
+    well under a second) loses the save. Sources saved since the build began stay newer.
+    """
+    earlier = started - 1
+    for root, _dirs, files in os.walk(lib):  # not into rebar3's links back to the sources
+        for name in files:
+            path = os.path.join(root, name)
+            stat = os.lstat(path)
+            if stat.st_mtime >= started and not os.path.islink(path):
+                os.utime(path, (stat.st_atime, earlier))

@@ -328,7 +328,11 @@ def classify(rel: str, mode: int) -> FileKind:
 
 
 class HashCache:
-    """SHA-256 of local files, reused while a file's size, mtime and inode stay the same.
+    """SHA-256 of local files, reused while a file's size, mtime, ctime and inode stay the same.
+
+    The ctime is there because mtimes lie: build tools copy them (relx keeps whole seconds, and
+    ``--build`` moves beams' mtimes back), so a beam rewritten in place with the same size in
+    the same second would otherwise look unchanged. Nothing but the kernel sets a ctime.
 
     Kept as one JSON file per release directory under ``$XDG_CACHE_HOME/relsync/hashes``.
     """
@@ -349,13 +353,13 @@ class HashCache:
             self._entries = loaded
 
     def sha256(self, rel: str, path: str, st: os.stat_result) -> bytes:
-        """The file's hash, from the cache when its size, mtime and inode match."""
-        key = [st.st_size, st.st_mtime_ns, st.st_ino]
+        """The file's hash, from the cache when its size, mtime, ctime and inode match."""
+        key: list[int | str] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
         hit = self._entries.get(rel)
-        if hit is not None and hit[:3] == key and isinstance(hit[3], str):
+        if hit is not None and hit[:-1] == key and isinstance(hit[-1], str):
             if not os.access(path, os.R_OK):
                 raise unreadable(path, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
-            return bytes.fromhex(hit[3])
+            return bytes.fromhex(hit[-1])
         try:
             digest = sha256_file(path)
         except OSError as exc:

@@ -8,10 +8,12 @@ is shown as the tool printed it and leaves the boards alone.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TextIO
 
@@ -79,8 +81,6 @@ async def watch(
             return
         say(round_line(what, reports, time.perf_counter() - started))
 
-    await one("start")
-    say(f"relsync: watching {root} (Ctrl-C ends)")
     watched = [root / name for name in SOURCES if (root / name).exists()]
     changes = awatch(
         *watched,
@@ -88,7 +88,24 @@ async def watch(
         debounce=DEBOUNCE_MS,
         force_polling=not _inotify_works(),
     )
-    async for batch in changes:
-        names = sorted({str(Path(p).relative_to(root)) for _, p in batch})
-        shown = ", ".join(names[:3]) + (f" (+{len(names) - 3})" if len(names) > 3 else "")
-        await one(f"{shown} changed")
+    # Watching starts before the first round: a save made during any round is kept by the
+    # watcher and starts the next one.
+    pending = asyncio.ensure_future(anext(changes))
+    await asyncio.sleep(0)  # the generator sets its watcher up before its first wait
+    try:
+        await one("start")
+        say(f"relsync: watching {root} (Ctrl-C ends)")
+        while True:
+            batch = await pending
+            pending = asyncio.ensure_future(anext(changes))
+            await one(f"{_changed(root, batch)} changed")
+    finally:
+        pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pending
+        await changes.aclose()
+
+
+def _changed(root: Path, batch: Iterable[tuple[object, str]]) -> str:
+    names = sorted({str(Path(p).relative_to(root)) for _, p in batch})
+    return ", ".join(names[:3]) + (f" (+{len(names) - 3})" if len(names) > 3 else "")

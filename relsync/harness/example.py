@@ -18,6 +18,15 @@ def example_project() -> Path:
     return harness_root() / "examples" / "demo"
 
 
+def copy_example_project(where: Path) -> Path:
+    """A copy of the example's project in ``where/demo``, without build output, to edit."""
+    project = where / "demo"
+    shutil.copytree(
+        example_project(), project, symlinks=True, ignore=shutil.ignore_patterns("_build")
+    )
+    return project
+
+
 APP_DIR = "lib/demo-0.1.0"
 
 

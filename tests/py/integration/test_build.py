@@ -16,7 +16,7 @@ from support.local_board import with_board
 from support.mix_project import mix_env, mix_release
 
 from relsync.harness.client import Run
-from relsync.harness.example import example_project
+from relsync.harness.example import copy_example_project
 from relsync.harness.local import LocalBoard
 
 pytestmark = pytest.mark.integration
@@ -38,10 +38,7 @@ async def relsync_in(project: Path, board: LocalBoard, mode: str, *args: str) ->
 
 
 def test_build_a_rebar3_project_then_sync_it(demo_release: Path, tmp_path: Path, mode: str) -> None:
-    project = tmp_path / "demo"
-    shutil.copytree(
-        example_project(), project, symlinks=True, ignore=shutil.ignore_patterns("_build")
-    )
+    project = copy_example_project(tmp_path)
     counter = project / "src" / "demo_counter.erl"
 
     async def body(board: LocalBoard) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ from support.fake_release import make_release
 
 from relsync.errors import UsageError
 from relsync.release import FileKind, find_release, scan_release, sha256_file
+
+BEAM = "lib/demo-0.1.0/ebin/demo.beam"
 
 
 def test_scan_classifies_and_skips(tmp_path: Path) -> None:
@@ -61,3 +64,19 @@ def test_find_release_errors_say_what_to_do(tmp_path: Path) -> None:
         find_release("notarel", tmp_path)
     with pytest.raises(UsageError, match="no such directory"):
         find_release("missing", tmp_path)
+
+
+def test_hash_cache_sees_a_rewrite_that_keeps_size_and_mtime(tmp_path: Path) -> None:
+    # Build tools copy mtimes in whole seconds (relx) and --build moves them back: a beam
+    # rewritten in place, same size, same mtime, must still be hashed again.
+    root = make_release(tmp_path / "demo")
+    beam = root / "lib/demo-0.1.0/ebin/demo.beam"
+    before = beam.stat()
+    first = scan_release(root, cache_dir=tmp_path / "cache").files[BEAM].digest
+    beam.write_bytes(bytes(b ^ 0xFF for b in beam.read_bytes()))
+    os.utime(beam, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert beam.stat().st_ino == before.st_ino and beam.stat().st_size == before.st_size
+    again = scan_release(root, cache_dir=tmp_path / "cache").files[BEAM].digest
+    assert again != first and again == sha256_file(str(beam))
+    cached = scan_release(root, cache_dir=tmp_path / "cache").files[BEAM].digest
+    assert cached == again
