@@ -103,7 +103,7 @@ def run_cli(argv: list[str], env: dict[str, str] | None = None, ok: tuple[int, .
         wall, cpu, rss_kb, code = usage.read_text().split()
     if int(code) not in ok:
         raise RuntimeError(f"{' '.join(argv[:4])} ... failed ({code}): {errors.strip()}")
-    report = json.loads(text) if text.startswith("{") else {}
+    report = json.loads(text)["boards"][0] if text.startswith("{") else {}
     return Run(float(wall), float(cpu), int(rss_kb) / 1024, report)
 
 

@@ -114,7 +114,7 @@ async def _memory_once(
         if _sha256(board.rw_path / BIG) != _sha256(local / BIG):
             raise RuntimeError("the 500 MB file on the board differs from the local one")
         maxrss = int(text.rsplit("maxrss", 1)[1].split()[0]) * 1024
-        sent: int = json.loads(out)["bytes_sent"]
+        sent: int = json.loads(out)["boards"][0]["bytes_sent"]
         return maxrss, grown, sent, wall
 
 

@@ -77,7 +77,7 @@ def _relsync(
     wall = time.perf_counter() - started
     if done.returncode not in (0, 6):
         raise RuntimeError(f"relsync failed ({done.returncode}): {done.stderr.strip()}")
-    report: dict[str, object] = json.loads(done.stdout)
+    report: dict[str, object] = json.loads(done.stdout)["boards"][0]
     return wall, report
 
 

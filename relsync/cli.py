@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING, Any
 from relsync import __version__, config
 from relsync.boards import Board, boards_from_file, check_destination
 from relsync.config import project_root
+from relsync.destination import release_destination
 from relsync.engine import SyncOptions, SyncReport, check_paths, sync
 from relsync.errors import ExitCode, RelsyncError, UsageError
 from relsync.local_scan import LocalScan, scan_while_reading
 from relsync.plan import SyncPlan
 from relsync.progress import ProgressBar
 from relsync.release import find_release
-from relsync.report import print_boards_json, print_json, print_summary, print_table
+from relsync.release_node import default_cookie, release_node
+from relsync.report import print_json, print_summary, print_table
 from relsync.rollback import rollback
 from relsync.status import BoardStatus, board_status, print_status, print_status_json
 from relsync.target import Target
@@ -110,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NODE",
         help="destination node (erl mode) or host (ssh mode); repeat it to sync several boards "
-        "at once [default: node@other]",
+        "at once [default: the node the release's vm.args or mix release names]",
     )
     a(
         "--targets",
@@ -121,9 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "-p",
         "--destination-path",
-        default="/srv/erlang",
         metavar="PATH",
-        help="path to the release on the destination (can be read-only) [default: /srv/erlang]",
+        help="path to the release on the destination (can be read-only) [default: the release "
+        "the node was booted from]",
+    )
+    a(
+        "--force-path",
+        action="store_true",
+        help="write to -p even when the node runs its release from another path",
     )
     a(
         "-q",
@@ -266,7 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="build the release first (rebar3 release, or mix release), then sync what it built",
     )
-    a("--profile", metavar="PROFILE", help="--build: rebar3 profile, or MIX_ENV [default: prod]")
+    a(
+        "--profile",
+        metavar="PROFILE",
+        help="--build: rebar3 profile, or MIX_ENV [default: rebar3's default; for mix "
+        "MIX_ENV, else prod]",
+    )
     a("--relname", metavar="NAME", help="--build: the release to build (rebar3 -n)")
     a(
         "--watch",
@@ -295,18 +307,28 @@ def local_node_name(args: argparse.Namespace, destination: str) -> str | None:
 
 
 def boards_from_args(args: argparse.Namespace) -> list[Board]:
-    """Every board this run syncs: from ``--targets`` and each ``-d``."""
+    """The boards the command line names: from ``--targets`` and each ``-d`` (maybe none)."""
     boards = boards_from_file(args.targets, args.mode) if args.targets else []
-    named = args.destination_node or ([] if boards else ["node@other"])
-    for destination in named:
+    for destination in args.destination_node or []:
         board = Board(destination, args.mode)
         check_destination(board)
         boards.append(board)
     return boards
 
 
-async def open_target(board: Board, args: argparse.Namespace) -> Target:
-    """Connect to one board in its mode (its own settings first, then the command line's)."""
+def release_board(args: argparse.Namespace, root: Path) -> Board:
+    """The board when none is named: the node the release at ``root`` starts as (erl mode)."""
+    node = release_node(root) if args.mode == "erl" else None
+    if node is None:
+        raise UsageError("no target: pass -d NODE (or -d HOST with -M ssh) or --targets FILE")
+    board = Board(node, args.mode)
+    check_destination(board)
+    return board
+
+
+async def open_target(board: Board, args: argparse.Namespace, root: Path | None) -> Target:
+    """Connect to one board in its mode (its own settings first, then the command line's, then
+    for the cookie what the local release at ``root`` says)."""
     if board.mode == "ssh":
         # Imported here: asyncssh costs ~0.15 s of start-up that erl mode does not need.
         from relsync.transports.ssh import DEFAULT_PORT, SshTarget
@@ -321,7 +343,7 @@ async def open_target(board: Board, args: argparse.Namespace) -> Target:
             accept_new_host_key=args.accept_new_host_key,
             timeout=args.connect_timeout,
         )
-    cookie = board.cookie or args.cookie or os.environ.get("RELSYNC_COOKIE") or "cookie"
+    cookie = board.cookie or args.cookie or default_cookie(root)
     return await ErlTarget.open(
         board.destination,
         cookie,
@@ -331,10 +353,14 @@ async def open_target(board: Board, args: argparse.Namespace) -> Target:
     )
 
 
-def board_options(board: Board, args: argparse.Namespace, hook: Hook | None) -> SyncOptions:
-    """One board's sync options: its own settings first, then the command line's."""
+async def board_options(
+    board: Board, args: argparse.Namespace, hook: Hook | None, target: Target
+) -> SyncOptions:
+    """One board's sync options: its own settings first, then the command line's (the release
+    path, when neither gives it, is the one the board runs)."""
+    given = board.dest_path or args.destination_path
     options = SyncOptions(
-        dest_path=board.dest_path or args.destination_path,
+        dest_path=await release_destination(target, given, args.force_path),
         rw_path=board.rw_path or args.destination_rw_path or None,
         hook=hook,
         hook_timeout=args.hook_timeout,
@@ -357,8 +383,12 @@ async def sync_board(
     board: Board, args: argparse.Namespace, local: LocalScan, hook: Hook | None, bar: bool
 ) -> SyncReport:
     """Connect to one board and sync it (or roll it back)."""
-    options = board_options(board, args, hook)
-    target = await open_target(board, args)
+    target = await open_target(board, args, local.root)
+    try:
+        options = await board_options(board, args, hook, target)
+    except BaseException:
+        await target.close()
+        raise
     if args.rollback:
         try:
             release = await local.release() if args.upgrade else None
@@ -385,10 +415,9 @@ async def sync_board(
 
 async def status_of(board: Board, args: argparse.Namespace, local: LocalScan) -> BoardStatus:
     """Connect to one board and read its status."""
-    options = board_options(board, args, None)
-    target = await open_target(board, args)
+    target = await open_target(board, args, local.root)
     try:
-        return await board_status(target, local, options)
+        return await board_status(target, local, await board_options(board, args, None, target))
     finally:
         await target.close()
 
@@ -428,7 +457,6 @@ async def run(args: argparse.Namespace, cwd: Path) -> list[SyncReport] | list[Bo
         raise UsageError("give either --rollback or --status, not both")
     if args.upgrade_timeout <= 0:
         raise UsageError("--upgrade-timeout must be a positive number of seconds")
-    boards = boards_from_args(args)
     if args.hook_timeout <= 0:
         raise UsageError("--hook-timeout must be a positive number of seconds")
     if args.lock_timeout < 0:
@@ -437,12 +465,14 @@ async def run(args: argparse.Namespace, cwd: Path) -> list[SyncReport] | list[Bo
         value = getattr(args, opt)
         if value and not value.startswith("/"):
             raise UsageError(f"--{opt.replace('_', '-')} {value!r} must be an absolute path")
+    named = boards_from_args(args)
     if args.build and not args.local_path:
         from relsync.build import build_release
 
         root = await build_release(project_root(cwd) or cwd, args.profile, args.relname)
     else:
         root = find_release(args.local_path, cwd)
+    boards = named or [release_board(args, root)]
     hook = None
     if args.hooks:  # before connecting: a hook that does not compile leaves boards untouched
         from relsync.hooks import resolve_hook
@@ -451,7 +481,7 @@ async def run(args: argparse.Namespace, cwd: Path) -> list[SyncReport] | list[Bo
     local = LocalScan(root, args.exclude_system_libs, args.copy_unsafe_links)
     if args.status:
         return list(await asyncio.gather(*(status_of(b, args, local) for b in boards)))
-    if len(boards) == 1 and not args.watch:  # one board: its failure is the one-line error
+    if len(boards) == 1 and not (args.watch or args.json):  # its failure: the one-line error
         bar = not (args.quiet or args.json)
         return [await sync_board(boards[0], args, local, hook, bar)]
     return list(await asyncio.gather(*(_guarded(b, args, local, hook) for b in boards)))
@@ -492,6 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # for cycles among young objects every 50,000 allocations, not every 700 (~20 passes).
     threshold = gc.get_threshold()
     gc.set_threshold(max(threshold[0], 50_000), *threshold[1:])
+    wants_json = "--json" in argv
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -508,6 +539,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         reports = asyncio.run(run(args, Path.cwd()))
     except RelsyncError as exc:
         print(f"relsync: error: {exc}", file=sys.stderr)
+        if wants_json and "--status" not in argv:
+            print_json([], error=str(exc), exit_code=int(exc.exit_code))
         detail = getattr(exc.__cause__, "detail", None)
         if detail and ("-v" in argv or "--verbose" in argv):
             print(f"relsync: the target's error: {detail}", file=sys.stderr)
@@ -527,13 +560,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.OK)
     reports = [r for r in reports if isinstance(r, SyncReport)]
     code = max(r.exit_code for r in reports)
-    if len(reports) > 1:
-        if args.json:
-            print_boards_json(reports)
-        elif not args.quiet or code:
+    if args.json:
+        print_json(reports)
+        if len(reports) == 1 and reports[0].error:
+            print(f"relsync: error: {reports[0].error}", file=sys.stderr)
+    elif len(reports) > 1:
+        if not args.quiet or code:
             print_table(reports, verbose=args.verbose)
-    elif args.json:
-        print_json(reports[0])
     elif not args.quiet or code:
         print_summary(reports[0], verbose=args.verbose)
     return int(code)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from relsync.errors import BusyError, ExitCode, HookError, TargetError, UsageError
 from relsync.otp_check import check_apps_present, check_beams_fit
-from relsync.plan import SyncPlan, TargetState, build_plan
+from relsync.plan import SyncPlan, TargetState, boot_files_changed, build_plan
 from relsync.release import FileKind, LocalRelease, Skipped
 from relsync.target import (
     HookResult,
@@ -227,6 +227,10 @@ async def _sync(
         await check_beams_fit(target, release, plan, state.otp_release)
     if options.upgrade:
         report.upgrade = upgrade_steps(plan, release, state)
+    report.warnings += [
+        f"{rel} changed: the VM reads it when it boots, so it applies after a restart"
+        for rel in boot_files_changed(plan)
+    ]
     if options.dry_run:
         return report
 

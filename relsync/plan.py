@@ -11,6 +11,7 @@ one symlink each) and the VM's code path is re-pointed there.
 from __future__ import annotations
 
 import posixpath
+import re
 from dataclasses import dataclass, field, replace
 
 from relsync.release import FileKind, LocalFile, LocalRelease, app_name, is_shared_lib
@@ -332,3 +333,15 @@ def is_consolidated(rel: str) -> bool:
     which the VM runs instead of the protocol module in ``lib/elixir-*``."""
     parts = rel.split("/")
     return len(parts) == 4 and parts[0] == "releases" and parts[2] == "consolidated"
+
+
+#: Files the VM reads only when it boots (relx, mix): a sync cannot apply them to a running VM.
+_BOOT_FILE = re.compile(
+    r"releases/(COOKIE|[^/]+/(sys\.config(\.src)?|vm\.args(\.src)?|runtime\.exs|env\.sh))"
+)
+
+
+def boot_files_changed(plan: SyncPlan) -> list[str]:
+    """The added or changed files of ``plan`` that only a restart applies (sys.config,
+    vm.args, runtime.exs, env.sh, a mix release's COOKIE)."""
+    return sorted(rel for rel in [*plan.added, *plan.changed] if _BOOT_FILE.fullmatch(rel))

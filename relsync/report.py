@@ -18,8 +18,14 @@ def _size(nbytes: int) -> str:
     raise AssertionError("unreachable")
 
 
+def _below(root: str, path: str) -> str:
+    """``path`` relative to the tree ``root`` it was written in (as added/changed are)."""
+    prefix = root.rstrip("/") + "/"
+    return path[len(prefix) :] if root and path.startswith(prefix) else path
+
+
 def as_dict(report: SyncReport) -> dict[str, Any]:
-    """A JSON-ready description of the sync."""
+    """A JSON-ready description of one board's sync; every path relative to ``root``."""
     plan = report.plan
     return {
         "target": report.label,
@@ -33,9 +39,9 @@ def as_dict(report: SyncReport) -> dict[str, Any]:
         "added": plan.added,
         "changed": plan.changed,
         "deleted": plan.deleted,
-        "written": [w.path for w in plan.writes],
-        "delta": report.deltas,
-        "linked": [link for link, _ in plan.links],
+        "written": [_below(plan.root, w.path) for w in plan.writes],
+        "delta": [_below(plan.root, path) for path in report.deltas],
+        "linked": [_below(plan.root, link) for link, _ in plan.links],
         "reload": [m for m, _, _ in plan.reload],
         "purge": plan.purge,
         "modules": [
@@ -63,9 +69,30 @@ def as_dict(report: SyncReport) -> dict[str, Any]:
     }
 
 
-def print_json(report: SyncReport, out: TextIO = sys.stdout) -> None:
-    """One JSON object on one line."""
-    out.write(json.dumps(as_dict(report)) + "\n")
+def print_json(
+    reports: list[SyncReport],
+    out: TextIO | None = None,
+    *,
+    error: str | None = None,
+    exit_code: int | None = None,
+) -> None:
+    """One JSON object on one line, the same shape for one board and many, and for a run that
+    failed before reaching any (``error``, ``exit_code``): ``{"ok", "exit_code", "error",
+    "boards": [...]}``; the top-level error is the first failed board's."""
+    failed = [r for r in reports if r.exit_code]
+    if exit_code is None:
+        exit_code = max((int(r.exit_code) for r in reports), default=0)
+    if error is None and failed:
+        error = f"{failed[0].label}: {failed[0].error}" if len(reports) > 1 else failed[0].error
+    whole = {"ok": exit_code == 0, "exit_code": exit_code, "error": error,
+             "boards": [as_dict(r) for r in reports]}  # fmt: skip
+    (out or sys.stdout).write(json.dumps(whole) + "\n")
+
+
+def shown(module: str) -> str:
+    """A module name as its language writes it: Elixir's ``Elixir.Myex.Counter`` is
+    ``Myex.Counter``; Erlang's are as they are."""
+    return module.removeprefix("Elixir.")
 
 
 def _names(items: list[str], verbose: bool, limit: int = 6) -> str:
@@ -74,10 +101,10 @@ def _names(items: list[str], verbose: bool, limit: int = 6) -> str:
     return ", ".join(items[:limit]) + f", … (+{len(items) - limit}, -v lists all)"
 
 
-def print_summary(report: SyncReport, *, verbose: bool = False, out: TextIO = sys.stdout) -> None:
-    """The one-screen human summary."""
+def print_summary(report: SyncReport, *, verbose: bool = False, out: TextIO | None = None) -> None:
+    """The one-screen human summary (on stdout unless ``out`` is given)."""
     plan = report.plan
-    w = out.write
+    w = (out or sys.stdout).write
     verb = {
         ("sync", True): "would sync",
         ("sync", False): "synced",
@@ -106,9 +133,9 @@ def print_summary(report: SyncReport, *, verbose: bool = False, out: TextIO = sy
         w(f"    symlinks to the original: {len(plan.links)} to create or fix\n")
     if report.dry_run:
         if plan.reload:
-            w(f"  would reload: {_names([m for m, _, _ in plan.reload], verbose)}\n")
+            w(f"  would reload: {_names([shown(m) for m, _, _ in plan.reload], verbose)}\n")
         if plan.purge:
-            w(f"  would delete modules: {_names(plan.purge, verbose)}\n")
+            w(f"  would delete modules: {_names([shown(m) for m in plan.purge], verbose)}\n")
         if not plan.touches_target:
             w("  nothing to do: the target already runs this release\n")
     if report.upgrade and (report.dry_run or verbose):
@@ -125,11 +152,11 @@ def print_summary(report: SyncReport, *, verbose: bool = False, out: TextIO = sy
             + "\n"
         )
         for event in report.events if verbose else []:
-            w(f"    {event.what} {event.process} ({event.module})\n")
+            w(f"    {event.what} {event.process} ({shown(event.module)})\n")
         for event in report.events:
             if event.what in ("started_child", "stopped_child"):
                 how = "started its new" if event.what == "started_child" else "stopped its old"
-                w(f"  {event.module} {how} child {event.process}\n")
+                w(f"  {shown(event.module)} {how} child {event.process}\n")
     for status, title in (
         ("loaded", "reloaded"),
         ("deleted", "deleted modules"),
@@ -143,15 +170,15 @@ def print_summary(report: SyncReport, *, verbose: bool = False, out: TextIO = sy
     ):
         mods = [m for m in report.modules if m.status == status]
         if mods:
-            w(f"  {title}: {_names([m.module for m in mods], verbose)}\n")
+            w(f"  {title}: {_names([shown(m.module) for m in mods], verbose)}\n")
     lingering = [(m.module, p) for m in report.modules if m.status == "loaded" for p in m.processes]
     for module, proc in lingering:
-        w(f"  warning: {proc} still runs the old code of {module} (not killed)\n")
+        w(f"  warning: {proc} still runs the old code of {shown(module)} (not killed)\n")
     for m in report.modules:
         if m.status == "not_purged":
-            w(f"    {m.module}: {', '.join(m.processes)}\n")
+            w(f"    {shown(m.module)}: {', '.join(m.processes)}\n")
         elif m.status == "error":
-            w(f"    {m.module}: {m.detail}\n")
+            w(f"    {shown(m.module)}: {m.detail}\n")
     for name, hook in report.hooks.items():
         w(f"  {name}: {hook.status}{(' ' + hook.detail) if hook.detail else ''}\n")
         for line in hook.output.rstrip("\n").splitlines() if hook.output else []:
@@ -174,16 +201,11 @@ def print_summary(report: SyncReport, *, verbose: bool = False, out: TextIO = sy
         w(f"  error: {report.error}\n")
 
 
-def print_boards_json(reports: list[SyncReport], out: TextIO = sys.stdout) -> None:
-    """Several boards as one JSON object: ``{"ok": ..., "boards": [...]}``."""
-    ok = all(r.exit_code == 0 for r in reports)
-    out.write(json.dumps({"ok": ok, "boards": [as_dict(r) for r in reports]}) + "\n")
-
-
 def print_table(
-    reports: list[SyncReport], *, verbose: bool = False, out: TextIO = sys.stdout
+    reports: list[SyncReport], *, verbose: bool = False, out: TextIO | None = None
 ) -> None:
-    """One line a board, then each failure's message."""
+    """One line a board, then each failure's message (on stdout unless ``out`` is given)."""
+    out = out or sys.stdout
     failed = [r for r in reports if r.exit_code]
     out.write(f"relsync: {len(reports)} boards, {len(reports) - len(failed)} synced, "
               f"{len(failed)} failed\n")  # fmt: skip

@@ -46,6 +46,9 @@ class TargetInfo:
     root_dir: str = ""
     #: How the target hashes files: ``sha256`` (with crypto) or ``md5`` (without).
     hash: str = "sha256"
+    #: The release the VM was booted from (its boot script's ``ROOT/releases/VSN``); None for
+    #: a VM booted from OTP's own scripts.
+    release_root: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +192,9 @@ class Target(Protocol):
         unfinished sync left. With ``lock`` (who we are), first take the VM's sync lock,
         held until :meth:`unlock` or the connection closes; raise
         :class:`relsync.errors.BusyError` when another sync holds it."""
+
+    async def info(self) -> TargetInfo:
+        """The running VM alone (what :meth:`read` also returns)."""
 
     async def unlock(self) -> None:
         """Release the sync lock :meth:`read` took (nothing when it took none)."""

@@ -27,7 +27,7 @@ import pytest
 from relsync.dist.etf import Atom
 from relsync.harness.client import Run
 from relsync.harness.kinds import Board
-from relsync.harness.local import read_release_info
+from relsync.harness.local import copy_project_links, read_release_info
 from relsync.harness.ready import app_names
 
 pytestmark = pytest.mark.e2e
@@ -54,6 +54,7 @@ def _with_probe(release: Path, workdir: Path) -> tuple[Path, str, str, str]:
     module, token = f"relsync_probe_{secrets.token_hex(4)}", secrets.token_hex(8)
     copy = workdir / f"{info.name}-probe"
     shutil.copytree(release, copy, symlinks=True)
+    copy_project_links(copy, release)
     (copy / ebin).chmod(0o755)
     source = workdir / f"{module}.erl"
     source.write_text(f'-module({module}).\n-export([token/0]).\ntoken() -> <<"{token}">>.\n')

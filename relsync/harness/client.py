@@ -27,11 +27,15 @@ class Target(Protocol):
 
 
 class Run:
-    """One relsync invocation's outcome; ``report`` is the ``--json`` report (or {})."""
+    """One relsync invocation's outcome: ``json`` is what ``--json`` printed (or {}),
+    ``report`` its one board's report (``json["boards"][0]``; the whole object when it names
+    several boards or none)."""
 
     def __init__(self, code: int, out: str, err: str) -> None:
         self.code, self.out, self.err = code, out, err
-        self.report: dict[str, Any] = json.loads(out) if out.startswith("{") else {}
+        self.json: dict[str, Any] = json.loads(out) if out.startswith("{") else {}
+        boards = self.json.get("boards", [])
+        self.report: dict[str, Any] = boards[0] if len(boards) == 1 else self.json
 
     def __repr__(self) -> str:
         return f"Run(code={self.code}, err={self.err.strip()!r})"

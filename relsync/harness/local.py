@@ -36,7 +36,8 @@ from relsync.dist.etf import Atom, Term
 from relsync.dist.node import call_once
 from relsync.harness.ready import BoardError, parse_tree, tree_command, wait_ready
 from relsync.harness.relsyncd import SshAccess, build_relsyncd, start_relsyncd
-from relsync.release import OTP_APPS
+from relsync.release import OTP_APPS, project_of
+from relsync.release_node import release_cookie, release_node
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,37 @@ def read_release_info(root: Path) -> ReleaseInfo:
 
 # --------------------------------------------------------------------------------------------
 # Small helpers
+
+
+def copy_project_links(root: Path, release: Path) -> None:
+    """In ``root``, a copy of ``release``, replace the symlinks that lead into the project the
+    release was built in (how rebar3's and mix's dev-mode releases link their applications)
+    by copies, as a board gets them; dangling links (a missing ``priv``) are left out."""
+    project = project_of(release.resolve())
+    if project is None:
+        return
+    for top, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(top) / name
+            real = os.path.realpath(path)
+            if not path.is_symlink() or not (real + "/").startswith(project.rstrip("/") + "/"):
+                continue
+            path.unlink()
+            if os.path.exists(real):
+                _copy_resolved(real, path)
+
+
+def _copy_resolved(source: str, dest: Path) -> None:
+    """Copy ``source`` to ``dest`` following every symlink, leaving dangling ones out."""
+    if not os.path.isdir(source):
+        shutil.copy2(source, dest)
+        return
+    dest.mkdir()
+    shutil.copystat(source, dest)
+    for name in sorted(os.listdir(source)):
+        child = os.path.join(source, name)
+        if os.path.exists(child):
+            _copy_resolved(os.path.realpath(child), dest / name)
 
 
 def host_otp_lib() -> Path:
@@ -388,11 +420,13 @@ class LocalBoard:
         info = read_release_info(release)
         workdir = Path(workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
+        # A stock release names its node and cookie (relx: vm.args ``-sname myapp``; mix: the
+        # release's name, ``releases/COOKIE``): it answers under them, on this board's EPMD.
         board = cls(
             info=info,
             workdir=workdir,
-            node=node or f"board_{secrets.token_hex(4)}@127.0.0.1",
-            cookie=cookie or secrets.token_hex(16),
+            node=node or release_node(release) or f"board_{secrets.token_hex(4)}@127.0.0.1",
+            cookie=cookie or release_cookie(release) or secrets.token_hex(16),
             epmd_port=epmd_port or _free_port(),
             ready_timeout=ready_timeout,
         )
@@ -521,6 +555,7 @@ class LocalBoard:
             await _run("rm", "-rf", target)
         target.parent.mkdir(parents=True, exist_ok=True)
         await _run("cp", "-a", release, target)
+        copy_project_links(target, release)
         if not self.writable:
             await self._make_read_only()
 
@@ -631,7 +666,7 @@ class LocalBoard:
             env.update(
                 RELEASE_NODE=self.node,
                 RELEASE_COOKIE=self.cookie,
-                RELEASE_DISTRIBUTION="name",
+                RELEASE_DISTRIBUTION="name" if "." in self.node.partition("@")[2] else "sname",
                 RELEASE_TMP=str(run / "out"),
             )
         return env

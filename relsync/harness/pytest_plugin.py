@@ -8,8 +8,8 @@ Check your own release on an emulated board before flashing it::
 (``relsync validate RELEASE --target qemu-arm`` runs the same.) Options:
 
 ``--relsync-release=PATH``
-    the built release (relx, ``include_erts=false``; for qemu-arm its port programs built for
-    armhf and the release for OTP 25)
+    the built release, relx or mix, started as it is (its own node name and cookie; for
+    qemu-arm its port programs built for armhf and the release for OTP 25)
 ``--relsync-target=local|docker-otp|qemu-arm``
     the board kind (default ``local``: this machine's OTP, the release on a read-only bind mount)
 ``--relsync-otp=25|27``
@@ -28,7 +28,8 @@ Fixtures:
 ``relsync_sync``
     ``relsync_sync(local_release, *args)`` runs the relsync command line against
     ``relsync_board`` into its shadow tree (``-q rw_path --json``) and returns a
-    :class:`~relsync.harness.client.Run` (``code``, ``report``, ``err``)
+    :class:`~relsync.harness.client.Run` (``code``; ``json``, the whole ``--json`` object;
+    ``report``, its one board; ``out``, ``err``)
 ``relsync_report``
     ``relsync_report("line")`` adds a line to the report printed at the end of the session
 ``docker_board``

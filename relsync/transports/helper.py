@@ -363,6 +363,9 @@ class HelperTarget(ABC):
             raise BusyError(f"{self.label} is busy: another sync{by} holds it", holder, since)
         raise TargetError(f"{self.label}: cannot take the sync lock ({format_term(reply)})")
 
+    async def info(self) -> TargetInfo:
+        return self._info(await self._call("info", []))
+
     async def unlock(self) -> None:
         """See :class:`relsync.target.Target`."""
         if self._token is not None:
@@ -408,7 +411,9 @@ class HelperTarget(ABC):
             code_path=tuple(_text(p) for p in paths) if isinstance(paths, list) else (),
             root_dir=_text(info.get(Atom("root_dir"), b"")),
             hash=hash_name,
-        )
+            release_root=_text(root) if isinstance(root := info.get(Atom("release_root")), bytes)
+            else None,
+        )  # fmt: skip
 
     def _entries(self, result: Term, root: str) -> dict[str, RemoteEntry]:
         """A manifest reply's entries (packed, or a list from a helper that predates it)."""

@@ -54,16 +54,33 @@
 %%% ------------------------------------------------------------------ info
 
 -spec info() -> #{otp_release := binary(), node := atom(), root_dir := binary(),
-                  code_path := [binary()], crypto := boolean(), hash := sha256 | md5,
-                  helper_vsn := 1}.
+                  release_root := binary() | none, code_path := [binary()],
+                  crypto := boolean(), hash := sha256 | md5, helper_vsn := 1}.
 info() ->
     #{otp_release => list_to_binary(erlang:system_info(otp_release)),
       crypto => ensure_crypto(),
       hash => hash_algo(),
       node => node(),
       root_dir => name_bin(code:root_dir()),
+      release_root => release_root(),
       code_path => [name_bin(P) || P <- code:get_path()],
       helper_vsn => 1}.
+
+%% The directory of the release the VM was booted from (its boot script is
+%% ROOT/releases/VSN/NAME), or none for a VM booted from OTP's own scripts.
+release_root() ->
+    case init:get_argument(boot) of
+        {ok, [[Boot | _] | _]} ->
+            Abs = filename:absname(Boot),
+            VsnDir = filename:dirname(Abs),
+            Releases = filename:dirname(VsnDir),
+            case filename:basename(Releases) of
+                "releases" -> name_bin(filename:dirname(Releases));
+                _ -> none
+            end;
+        _ ->
+            none
+    end.
 
 %%% ------------------------------------------------------------ sync_state
 

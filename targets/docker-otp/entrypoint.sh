@@ -53,6 +53,15 @@ else
 fi
 [ -z "${RELSYNC_EPMD_PORT:-}" ] || export ERL_EPMD_PORT="$RELSYNC_EPMD_PORT"
 
+# A stock vm.args names its own node and cookie (-sname myapp, -setcookie myapp_cookie): the
+# board runs it under ours instead, the name the host reaches on 127.0.0.1 (relx reads VMARGS_PATH).
+vm_args="$rel/releases/$rel_vsn/vm.args"
+if [ -f "$vm_args" ] && grep -Eq '^[[:space:]]*-(s?name|setcookie)[[:space:]]+[^$[:space:]]' "$vm_args"; then
+  { grep -Ev '^[[:space:]]*-(s?name|setcookie)[[:space:]]' "$vm_args"
+    printf -- '-name %s\n-setcookie %s\n' "$RELSYNC_NODE" "$RELSYNC_COOKIE"; } >"/tmp/relx/board.vm.args"
+  export VMARGS_PATH="/tmp/relx/board.vm.args"
+fi
+
 if [ -n "${RELSYNC_SSHD_KEY:-}" ]; then
   # Host key on /data (kept across reboots) when it is writable; the rest on the /tmp tmpfs.
   keys="$data/sshd"; mkdir -p "$keys" 2>/dev/null || keys=/tmp/sshd
@@ -73,5 +82,12 @@ fi
 export ERL_ZFLAGS="${ERL_ZFLAGS:-} -kernel inet_dist_listen_min $RELSYNC_DIST_PORT inet_dist_listen_max $RELSYNC_DIST_PORT ${RELSYNC_ERL_FLAGS:-}"
 
 echo "relsync-board: booting $name $rel_vsn as $RELSYNC_NODE (dist port $RELSYNC_DIST_PORT, epmd ${ERL_EPMD_PORT:-4369}, OTP $(cat /usr/lib/erlang/releases/*/OTP_VERSION 2>/dev/null | head -1))"
-[ $# -gt 0 ] || set -- foreground
+command=foreground
+if [ -f "$rel/releases/COOKIE" ] && [ -f "$rel/releases/$rel_vsn/env.sh" ]; then
+  # A mix release: its script names the node from these, and `start` runs in the foreground.
+  export RELEASE_NODE="$RELSYNC_NODE" RELEASE_COOKIE="$RELSYNC_COOKIE" RELEASE_DISTRIBUTION=name
+  export RELEASE_TMP=/tmp/relx
+  command=start
+fi
+[ $# -gt 0 ] || set -- "$command"
 exec "$rel/bin/$name" "$@"

@@ -108,7 +108,7 @@ def test_installed_target_up_boots_a_docker_board(installed: Path, tmp_path: Pat
                    "-l", v2.root, "--json", cwd=tmp_path,
                    env=clean_env(RELSYNC_COOKIE=board["cookie"]))  # fmt: skip
         assert sync.returncode == 0, sync.stderr
-        assert json.loads(sync.stdout)["reload"] == ["demo_counter"]
+        assert json.loads(sync.stdout)["boards"][0]["reload"] == ["demo_counter"]
     finally:
         down = run(installed / "relsync", "target", "down", board["id"], cwd=tmp_path, env=env)
     assert down.returncode == 0, down.stderr

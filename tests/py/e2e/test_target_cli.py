@@ -49,7 +49,7 @@ def test_board_command_round_trip(tmp_path: Path) -> None:
                       "-p", board["release_path"], "-q", board["rw_path"], "-l", str(v2.root),
                       "--json", env=env)  # fmt: skip
         assert erl.returncode == 0, erl.stderr
-        assert json.loads(erl.stdout)["reload"] == ["demo_counter"]
+        assert json.loads(erl.stdout)["boards"][0]["reload"] == ["demo_counter"]
         reboot = relsync("target", "reboot", board["id"], "--json")
         assert reboot.returncode == 0, reboot.stderr
         ssh = relsync("-M", "ssh", "-d", "127.0.0.1", "-P", str(board["ssh_port"]),
@@ -58,7 +58,8 @@ def test_board_command_round_trip(tmp_path: Path) -> None:
                       "-p", board["release_path"], "-q", board["rw_path"], "-l", str(v2.root),
                       "--json")  # fmt: skip
         assert ssh.returncode == 0, ssh.stderr
-        assert json.loads(ssh.stdout)["reload"] == ["demo_counter"]  # rebooted: pristine again
+        # rebooted: pristine again
+        assert json.loads(ssh.stdout)["boards"][0]["reload"] == ["demo_counter"]
         listed = json.loads(relsync("target", "list", "--json").stdout)
         assert board["id"] in [b["id"] for b in listed]
     finally:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.stock_projects import mix_release, rebar3_release
 
 from relsync.harness.example import Variant
 from relsync.harness.kinds import example_release
@@ -40,6 +41,28 @@ def test_validate_passes_on_a_good_release(kind: str) -> None:
     assert last.startswith(f"relsync validate: demo 0.1.0 on {target} (erl): all 4 checks"), last
     assert "relsync report" in done.stdout
     assert "reboot: back on the untouched release" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("tool", "kind"), [("rebar3", "local"), ("rebar3", "docker-otp"), ("mix", "local"),
+                       ("mix", "docker-otp")],
+)  # fmt: skip
+@pytest.mark.timeout(TIMEOUT)
+def test_validate_passes_on_a_stock_project(tool: str, kind: str, tmp_path: Path) -> None:
+    """Releases of unedited ``rebar3 new release`` and ``mix new --sup`` projects: their own
+    node names and cookies (vm.args ``-sname myapp``; mix's), rebar3's dev-mode release on the
+    local board (applications linked into the project), ``rebar3 as prod release`` on docker-otp
+    (with this machine's ERTS: the OTP 25 board), mix's ``bin/myex start``."""
+    if tool == "rebar3":
+        profile = [] if kind == "local" else ["prod"]
+        project = rebar3_release(tmp_path, *profile)
+        release = project / "_build" / (profile or ["default"])[0] / "rel" / "myapp"
+    else:
+        release = mix_release(tmp_path) / "_build" / "prod" / "rel" / "myex"
+    done = validate(str(release), "--target", kind)
+    assert done.returncode == 0, done.stdout + done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"relsync validate: {release.name} 0.1.0 on {kind} (erl): all 4"), last
 
 
 @pytest.mark.timeout(TIMEOUT)

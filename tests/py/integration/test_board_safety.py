@@ -181,7 +181,11 @@ def test_overlapping_or_missing_destinations_are_refused(
         missing = board.rw_path / "no-such-release"  # writable, and allowed by relsyncd
         run = await relsync(board, v2.root, "-p", str(missing))
         assert run.code == 2, run
-        assert "no such directory" in run.err and release in run.err  # where the VM booted
+        assert "is not the release" in run.err and release in run.err  # where the VM booted
+        assert "--force-path" in run.err and run.err.count("\n") == 1
+        forced = await relsync(board, v2.root, "-p", str(missing), "--force-path")
+        assert forced.code == 2, forced
+        assert "no such directory" in forced.err and forced.err.count("\n") == 1
         assert not missing.exists()
         assert await call(board, "code", "get_path") == path_before
         assert await call(board, "demo_counter", "version") == 1

@@ -140,7 +140,7 @@ def test_cli_syncs_in_place_on_otp27(
             argv, env=env, capture_output=True, text=True, timeout=300, check=False
         )
         assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
-        report = json.loads(done.stdout)
+        report = json.loads(done.stdout)["boards"][0]
         assert report["changed"] == [beam_rel]
         assert (host_dest / beam_rel).read_bytes() == (v2.root / beam_rel).read_bytes()
         assert not list(host_dest.rglob(".relsync-tmp.*"))

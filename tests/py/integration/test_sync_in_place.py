@@ -24,7 +24,9 @@ def relsync(node: ErlNode, dest: Path, local: Path, *args: str) -> tuple[int, di
             "-l", str(local), "--json", *args]  # fmt: skip
     env = dict(os.environ, RELSYNC_COOKIE=node.cookie, ERL_EPMD_PORT=str(node.epmd_port))
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
-    return done.returncode, json.loads(done.stdout) if done.stdout else {"err": done.stderr}
+    if not done.stdout:
+        return done.returncode, {"err": done.stderr}
+    return done.returncode, json.loads(done.stdout)["boards"][0]
 
 
 def test_in_place_sync_writes_loads_and_deletes(

@@ -17,10 +17,12 @@ from relsync.hooks import resolve_hook
 from relsync.progress import ProgressBar
 
 
-def test_defaults_match_the_original() -> None:
+def test_defaults_match_the_original_except_where_it_misled() -> None:
     args = build_parser().parse_args([])
-    assert args.destination_node is None  # node@other unless a targets file names boards
-    assert args.destination_path == "/srv/erlang"
+    # The original's node@other and /srv/erlang wrote to the wrong place: the node comes from
+    # -d, --targets or the release's own files, the path from the board's running release.
+    assert args.destination_node is None
+    assert args.destination_path is None
     assert args.destination_rw_path == ""
     assert args.exclude_system_libs is True
     assert args.mode == "erl"

@@ -43,7 +43,7 @@ def test_the_command_line_wins_then_each_file_in_order(
     assert rows["mode"][0] == "ssh" and "rebar.config" in rows["mode"][1]
     assert rows["hooks"][0] == "my_hooks"
     assert rows["exclude-system-libs"][0] == "False"
-    assert rows["destination-path"] == ("/srv/erlang", "default")
+    assert rows["destination-path"] == ("", "default")  # the release the board runs
     assert rows["cookie"][0] == "(set)"  # never the cookie itself
 
 

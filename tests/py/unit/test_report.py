@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
+import pytest
+
+from relsync.cli import main
 from relsync.engine import SyncReport
+from relsync.errors import ExitCode
 from relsync.plan import SyncPlan
-from relsync.report import as_dict, print_summary
-from relsync.target import FilePut
+from relsync.report import as_dict, print_json, print_summary
+from relsync.target import FilePut, ModuleResult
 
 BIG = "/data/relsync/lib/demo-1/priv/big.bin"
 
@@ -24,7 +30,7 @@ def test_summary_and_json_name_the_block_deltas() -> None:
     assert "1 changed, 0 deleted; 10.0 MB to send, 16.7 kB sent (1 as block deltas)\n" in (
         out.getvalue()
     )
-    assert as_dict(_report([BIG], 16_700))["delta"] == [BIG]
+    assert as_dict(_report([BIG], 16_700))["delta"] == ["lib/demo-1/priv/big.bin"]  # relative
 
 
 def test_a_whole_file_is_no_delta() -> None:
@@ -32,3 +38,42 @@ def test_a_whole_file_is_no_delta() -> None:
     print_summary(_report([], 10_000_000), out=out)
     assert "10.0 MB to send, 10.0 MB sent\n" in out.getvalue()
     assert as_dict(_report([], 10_000_000))["delta"] == []
+
+
+def test_json_has_one_shape_for_one_board_many_and_none() -> None:
+    one, many, none = io.StringIO(), io.StringIO(), io.StringIO()
+    ok = _report([], 10)
+    failed = SyncReport("other@192.0.2.8", SyncPlan(root="/data/relsync"), [])
+    failed.error, failed.exit_code = "could not connect", ExitCode.CONNECT
+    print_json([ok], one)
+    print_json([ok, failed], many)
+    print_json([], none, error="no release found", exit_code=2)
+    shapes = [json.loads(out.getvalue()) for out in (one, many, none)]
+    assert [sorted(s) for s in shapes] == [["boards", "error", "exit_code", "ok"]] * 3
+    assert shapes[0]["ok"] is True and shapes[0]["error"] is None
+    assert shapes[0]["boards"][0]["written"] == ["lib/demo-1/priv/big.bin"]  # relative
+    assert shapes[1]["ok"] is False and shapes[1]["exit_code"] == int(ExitCode.CONNECT)
+    assert shapes[1]["error"] == "other@192.0.2.8: could not connect"
+    assert shapes[2] == {"ok": False, "exit_code": 2, "error": "no release found", "boards": []}
+
+
+def test_json_on_bad_input_is_an_object_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["--json", "-d", "demo@127.0.0.1", "-l", str(tmp_path / "nowhere")])
+    out, err = capsys.readouterr()
+    assert code == 2 and err.startswith("relsync: error: ") and err.count("\n") == 1
+    result = json.loads(out)
+    assert result["ok"] is False and result["exit_code"] == 2 and result["boards"] == []
+    assert "nowhere" in result["error"]
+
+
+def test_elixir_modules_are_named_as_elixir_writes_them() -> None:
+    report = SyncReport("myex@host", SyncPlan(root="/srv/erlang"), [])
+    report.modules = [ModuleResult("Elixir.Myex.Counter", "loaded"), ModuleResult("demo", "loaded"),
+                      ModuleResult("Elixir.Myex.Greet", "error", detail="badfile")]  # fmt: skip
+    out = io.StringIO()
+    print_summary(report, out=out)
+    assert "  reloaded: Myex.Counter, demo\n" in out.getvalue()
+    assert "  FAILED to load: Myex.Greet\n    Myex.Greet: badfile\n" in out.getvalue()
+    assert as_dict(report)["modules"][0]["module"] == "Elixir.Myex.Counter"  # the atom, for tools
