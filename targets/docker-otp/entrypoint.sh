@@ -15,7 +15,7 @@
 #   RELSYNC_ERL_FLAGS    extra emulator flags appended to ERL_ZFLAGS
 #   RELSYNC_SSHD_KEY     unset (default): no sshd. Set to a public key line: OpenSSH's sshd runs
 #                        on port 22 for root, that key only (no passwords), e.g. for rsync
-# Arguments: the start script command, default "foreground".
+# Arguments: the start script command, default "foreground" (relx) or "start" (mix).
 set -eu
 
 die() { echo "relsync-board: $*" >&2; exit 1; }
