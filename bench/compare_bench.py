@@ -117,7 +117,8 @@ def installed_env(pycache: Path) -> dict[str, str]:
 
 def _tools(board: DockerBoard, pycache: Path) -> dict[str, Command]:
     assert board.ssh is not None and board.openssh is not None
-    relsync = [sys.executable, "-m", "relsync.cli", "-E", "false", "--json"]
+    # Into directories of their own beside the board's release: --force-path.
+    relsync = [sys.executable, "-m", "relsync.cli", "-E", "false", "--json", "--force-path"]
     ssh, sshd = board.ssh, board.openssh
     env = installed_env(pycache)
 

@@ -111,7 +111,7 @@ def test_in_place_delta_against_what_the_target_really_holds(
 
         async def sync(content: bytes, name: str) -> int:
             local = with_big_file(big_release, tmp_path / name, content)
-            run = await relsync(view, local, "--json", mode=mode)
+            run = await relsync(view, local, "--json", "--force-path", mode=mode)  # a copy
             assert run.code == 0, run.err
             assert run.report["root"] == str(dest) and run.report["changed"] == [BIG]
             assert (dest / BIG).read_bytes() == content
