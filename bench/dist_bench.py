@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bench.table import Row
-from relsync.dist.connection import Connection
+from relsync.erldist.connection import Connection
 
 # The node/EPMD starters live with the tests; reuse them rather than duplicating them here.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "py"))

@@ -6,7 +6,7 @@ import gzip
 import struct
 from dataclasses import dataclass
 
-from relsync.dist.etf import Term, binary_to_term
+from relsync.erldist.etf import Term, binary_to_term
 
 _HEADER = struct.Struct(">4sI4s")
 _CHUNK = struct.Struct(">4sI")

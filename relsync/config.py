@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from relsync.dist.etf import Term
+from relsync.erldist.etf import Term
 from relsync.erlterm import consult
 from relsync.errors import UsageError
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from relsync.dist.etf import Atom, Charlist, Term
+from relsync.erldist.etf import Atom, Charlist, Term
 
 _TOKEN = re.compile(
     r"""\s+|%[^\n]*

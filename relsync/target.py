@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from relsync.dist.etf import Atom, Term
-from relsync.dist.pretty import format_term
+from relsync.erldist.etf import Atom, Term
+from relsync.erldist.pretty import format_term
 
 
 @dataclass(frozen=True, slots=True)

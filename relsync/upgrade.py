@@ -14,8 +14,8 @@ import re
 from collections.abc import Mapping
 
 from relsync.beam import BeamFacts, facts
-from relsync.dist.etf import Atom, Term
-from relsync.dist.pretty import format_term
+from relsync.erldist.etf import Atom, Term
+from relsync.erldist.pretty import format_term
 from relsync.erlterm import consult
 from relsync.errors import UsageError
 from relsync.plan import SyncPlan, TargetState, effective_files

@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from relsync.dist.etf import Atom, Term
-from relsync.dist.pretty import format_term
+from relsync.erldist.etf import Atom, Term
+from relsync.erldist.pretty import format_term
 from relsync.harness.example import Variant, build_example_release
 from relsync.harness.local import LocalBoard
 

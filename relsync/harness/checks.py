@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from relsync.dist.etf import Atom
+from relsync.erldist.etf import Atom
 from relsync.harness.client import Run
 from relsync.harness.kinds import Board
 from relsync.harness.local import copy_project_links, read_release_info

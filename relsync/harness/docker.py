@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
-from relsync.dist.etf import Term
-from relsync.dist.node import call_once
+from relsync.erldist.etf import Term
+from relsync.erldist.node import call_once
 from relsync.harness.bundle import harness_root
 from relsync.harness.local import read_release_info
 from relsync.harness.ready import BoardError, parse_tree, tree_command, wait_ready

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from relsync.dist.etf import Term
+from relsync.erldist.etf import Term
 from relsync.harness import docker, qemu
 from relsync.harness.example import build_example_release
 from relsync.harness.local import LocalBoard, read_release_info

@@ -32,8 +32,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from relsync.dist.etf import Atom, Term
-from relsync.dist.node import call_once
+from relsync.erldist.etf import Atom, Term
+from relsync.erldist.node import call_once
 from relsync.harness.ready import BoardError, parse_tree, tree_command, wait_ready
 from relsync.harness.relsyncd import SshAccess, build_relsyncd, start_relsyncd
 from relsync.release import OTP_APPS, project_of

@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
-from relsync.dist.etf import Charlist, Term
-from relsync.dist.node import call_once
+from relsync.erldist.etf import Charlist, Term
+from relsync.erldist.node import call_once
 from relsync.harness.bundle import harness_root
 from relsync.harness.local import read_release_info
 from relsync.harness.ready import BoardError, parse_tree, tree_command, wait_ready

@@ -8,8 +8,8 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from relsync.dist.errors import DistError
-from relsync.dist.node import call_once
+from relsync.erldist.errors import DistError
+from relsync.erldist.node import call_once
 
 #: Pause between two readiness probes (the wait itself is bounded by its timeout).
 PROBE_INTERVAL = 0.2

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import asyncssh
 
-from relsync.dist.etf import Atom, Charlist, Term
-from relsync.dist.pretty import format_term
+from relsync.erldist.etf import Atom, Charlist, Term
+from relsync.erldist.pretty import format_term
 from relsync.harness.bundle import harness_root
 
 SSH_APPS = ("asn1", "public_key", "ssh")

@@ -14,9 +14,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 
 from relsync.delta import BLOCK, Copy, Op, file_delta
-from relsync.dist.errors import rpc_failure
-from relsync.dist.etf import Atom, Term
-from relsync.dist.pretty import format_term
+from relsync.erldist.errors import rpc_failure
+from relsync.erldist.etf import Atom, Term
+from relsync.erldist.pretty import format_term
 from relsync.errors import BusyError, TargetError, UsageError
 from relsync.posix import describe
 from relsync.target import (

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import asyncssh
 
-from relsync.dist.etf import Atom, Charlist, EtfError, Term, binary_to_term, term_to_binary
+from relsync.erldist.etf import Atom, Charlist, EtfError, Term, binary_to_term, term_to_binary
 from relsync.errors import ConnectError, TargetError
 from relsync.target import FilePut, Progress
 from relsync.transports.helper import CALL_TIMEOUT, HelperTarget, read_chunks

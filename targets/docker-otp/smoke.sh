@@ -41,8 +41,8 @@ trap cleanup EXIT
 probe() {  # probe NODE EPMD_PORT
   "$py" - "$1" "$cookie" "$2" "$wait_s" <<'EOF'
 import asyncio, sys, time
-from relsync.dist.etf import Atom
-from relsync.dist.node import connect
+from relsync.erldist.etf import Atom
+from relsync.erldist.node import connect
 
 async def main(node: str, cookie: str, epmd_port: int, limit: float) -> int:
     t0 = time.monotonic()

@@ -25,8 +25,8 @@ import socket
 import sys
 import time
 
-from relsync.dist.etf import Atom, Charlist, Term
-from relsync.dist.node import call_once, connect
+from relsync.erldist.etf import Atom, Charlist, Term
+from relsync.erldist.node import call_once, connect
 
 BOOT_MARKER = b"relsync-initramfs: loading modules"
 

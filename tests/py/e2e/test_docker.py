@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from support.cli import relsync
 
-from relsync.dist.etf import Atom
+from relsync.erldist.etf import Atom
 from relsync.harness.docker import RELEASE_PATH, RW_PATH, DockerBoard, example_release
 from relsync.harness.example import APP_DIR, Variant
 from relsync.harness.ready import BoardError

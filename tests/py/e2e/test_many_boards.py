@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from relsync.dist.etf import Atom
+from relsync.erldist.etf import Atom
 from relsync.harness.docker import DockerBoard
 from relsync.harness.example import APP_DIR, Variant, build_example_release
 from relsync.harness.kinds import Board

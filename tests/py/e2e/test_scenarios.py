@@ -44,7 +44,7 @@ from support.faults import (
 )
 from support.upgrade_sources import STORE_V2_CRASH, v2_release
 
-from relsync.dist.etf import Atom, Term
+from relsync.erldist.etf import Atom, Term
 from relsync.harness.client import Run, run_relsync
 from relsync.harness.example import APP_DIR, Variant
 from relsync.harness.kinds import KINDS, Board, example_release, port_cc, start_board

@@ -17,7 +17,7 @@ from support.erlnode import compile_erl
 from support.faults import expected_shadow, release_files, tmp_leftovers, tree, without_tmp
 from support.local_board import open_target, with_board
 
-from relsync.dist.etf import Atom, Charlist, Term
+from relsync.erldist.etf import Atom, Charlist, Term
 from relsync.harness.example import APP_DIR, Variant
 from relsync.harness.local import LocalBoard
 from relsync.transports.erl import ErlTarget, _helper_code

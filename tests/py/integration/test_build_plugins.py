@@ -26,7 +26,7 @@ from support.cli import cli_argv
 from support.local_board import with_board
 from support.mix_project import mix_env, mix_release
 
-from relsync.dist.etf import Atom
+from relsync.erldist.etf import Atom
 from relsync.harness.example import APP_DIR, copy_example_project
 from relsync.harness.local import LocalBoard
 from relsync.harness.watching import WatchRun, save

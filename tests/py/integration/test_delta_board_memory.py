@@ -9,7 +9,7 @@ import pytest
 from support.big_file import random_bytes
 from support.local_board import open_target, with_board
 
-from relsync.dist.etf import Atom, Term
+from relsync.erldist.etf import Atom, Term
 from relsync.harness.local import LocalBoard
 from relsync.transports.helper import FILE_TIMEOUT
 

@@ -9,9 +9,9 @@ import struct
 import pytest
 from support.erlnode import ErlNode, free_port, run_async
 
-from relsync.dist import handshake
-from relsync.dist.epmd import names
-from relsync.dist.errors import (
+from relsync.erldist import handshake
+from relsync.erldist.epmd import names
+from relsync.erldist.errors import (
     ConnectTimeout,
     CookieRejected,
     DistError,
@@ -20,8 +20,8 @@ from relsync.dist.errors import (
     NameMismatch,
     NodeNotFound,
 )
-from relsync.dist.etf import Atom
-from relsync.dist.node import connect
+from relsync.erldist.etf import Atom
+from relsync.erldist.node import connect
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from support.erlnode import ErlNode, run_async
 
-from relsync.dist.errors import ConnectionLost
-from relsync.dist.etf import Atom, Term
+from relsync.erldist.errors import ConnectionLost
+from relsync.erldist.etf import Atom, Term
 
 pytestmark = pytest.mark.integration
 

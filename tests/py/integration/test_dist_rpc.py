@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from support.erlnode import ErlNode, compile_erl, run_async, unique_name
 
-from relsync.dist.errors import BadRpc, RpcTimeout
-from relsync.dist.etf import Atom, Charlist, Pid, Port, Reference
+from relsync.erldist.errors import BadRpc, RpcTimeout
+from relsync.erldist.etf import Atom, Charlist, Pid, Port, Reference
 
 pytestmark = pytest.mark.integration
 

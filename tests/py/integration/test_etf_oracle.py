@@ -1,4 +1,4 @@
-"""Property tests of ``relsync.dist.etf`` against a real Erlang VM.
+"""Property tests of ``relsync.erldist.etf`` against a real Erlang VM.
 
 One ``erl`` per module runs a small echo program on a ``{packet, 4}`` port over its
 stdin/stdout.  Each request is one command byte followed by a payload:
@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.etf_strategies import HAND_MADE_FUNS, norm, terms
 
-from relsync.dist.etf import (
+from relsync.erldist.etf import (
     COMPRESSED,
     FLOAT_EXT,
     NEW_FUN_EXT,

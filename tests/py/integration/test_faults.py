@@ -37,7 +37,7 @@ from support.faults import (
 )
 from support.local_board import with_board
 
-from relsync.dist.etf import Term
+from relsync.erldist.etf import Term
 from relsync.engine import SyncOptions, sync
 from relsync.harness.example import APP_DIR, Variant
 from relsync.harness.local import LocalBoard, mount_points

@@ -12,7 +12,7 @@ import pytest
 from support.erlnode import ErlNode, run_async
 
 from relsync.beam import attributes, vsn
-from relsync.dist.etf import Atom, Charlist
+from relsync.erldist.etf import Atom, Charlist
 from relsync.erlc import helper_beam
 from relsync.transports.erl import ErlTarget
 from relsync.transports.helper import HELPER

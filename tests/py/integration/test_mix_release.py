@@ -15,7 +15,7 @@ from support.cli import relsync
 from support.local_board import with_board
 from support.mix_project import mix_release
 
-from relsync.dist.etf import Atom
+from relsync.erldist.etf import Atom
 from relsync.harness.local import LocalBoard
 
 pytestmark = pytest.mark.integration

@@ -20,7 +20,7 @@ import pytest
 from support.mix_project import mix_env
 from support.stock_projects import mix_release, rebar3_release
 
-from relsync.dist.etf import Atom
+from relsync.erldist.etf import Atom
 from relsync.harness.local import LocalBoard
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

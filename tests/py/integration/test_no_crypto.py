@@ -11,7 +11,7 @@ from support.cli import relsync
 from support.local_board import with_board
 from support.slim import without_crypto
 
-from relsync.dist.etf import Atom
+from relsync.erldist.etf import Atom
 from relsync.harness.example import Variant
 from relsync.harness.local import LocalBoard
 

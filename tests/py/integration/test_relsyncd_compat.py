@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from support.local_board import open_target, with_board
 
-from relsync.dist.etf import Atom, Term
+from relsync.erldist.etf import Atom, Term
 from relsync.harness.example import build_example_release
 from relsync.harness.local import LocalBoard
 from relsync.release import system_lib_prefixes

@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from relsync.dist.etf import Atom, Charlist, Term, binary_to_term, term_to_binary
+from relsync.erldist.etf import Atom, Charlist, Term, binary_to_term, term_to_binary
 from relsync.errors import TargetError
 from relsync.harness.example import build_example_release
 from relsync.harness.local import LocalBoard

@@ -11,7 +11,7 @@ from support.cli import relsync
 from support.local_board import with_board
 from support.slim import DEV_MODE, NO_CRYPTO, SYSTEM_LIBS_FALSE, rebar3_release
 
-from relsync.dist.etf import Atom
+from relsync.erldist.etf import Atom
 from relsync.harness.local import LocalBoard
 
 pytestmark = pytest.mark.integration

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relsync.dist.etf import Atom, Term, binary_to_term, term_to_binary
+from relsync.erldist.etf import Atom, Term, binary_to_term, term_to_binary
 from relsync.harness.example import Variant, build_example_release
 from relsync.harness.local import LocalBoard
 from relsync.harness.relsyncd import ensure_key

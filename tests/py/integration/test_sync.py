@@ -18,7 +18,7 @@ import pytest
 from support.cli import relsync
 from support.local_board import with_board
 
-from relsync.dist.etf import Atom, Term
+from relsync.erldist.etf import Atom, Term
 from relsync.harness.example import APP_DIR, Variant
 from relsync.harness.local import LocalBoard
 

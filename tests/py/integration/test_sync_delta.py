@@ -20,7 +20,7 @@ from support.cli import relsync
 from support.local_board import open_target, with_board
 
 from relsync.delta import BLOCK
-from relsync.dist.etf import Term
+from relsync.erldist.etf import Term
 from relsync.harness.local import LocalBoard
 from relsync.harness.relsyncd import SshAccess
 from relsync.target import FilePut

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from support.erlnode import ErlNode, run_async
 
-from relsync.dist.etf import Atom
+from relsync.erldist.etf import Atom
 from relsync.harness.example import APP_DIR, Variant, build_example_release
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from support.cli import relsync
 from support.local_board import with_board
 from support.upgrade_sources import STORE_V2_CRASH, STORE_V2_OK, v2_release
 
-from relsync.dist.etf import Atom, Term
+from relsync.erldist.etf import Atom, Term
 from relsync.harness.example import Variant
 from relsync.harness.local import LocalBoard
 

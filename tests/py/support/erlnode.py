@@ -23,11 +23,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from relsync.dist.connection import Connection
-from relsync.dist.epmd import names
-from relsync.dist.errors import DistError
-from relsync.dist.etf import Term
-from relsync.dist.node import connect
+from relsync.erldist.connection import Connection
+from relsync.erldist.epmd import names
+from relsync.erldist.errors import DistError
+from relsync.erldist.etf import Term
+from relsync.erldist.node import connect
 
 DEFAULT_COOKIE = "relsync-test-cookie"
 #: Keep idle schedulers from spinning: tests share a 2-core machine.

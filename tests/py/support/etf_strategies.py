@@ -1,10 +1,10 @@
-"""Hypothesis strategies and a canonical normal form for ``relsync.dist.etf`` tests.
+"""Hypothesis strategies and a canonical normal form for ``relsync.erldist.etf`` tests.
 
 Three libraries represent the same Erlang term differently, so every comparison goes
 through one *normal form*: nested, hashable, type-tagged tuples.
 
 ===================  ==========================  ============================================
-Erlang term          relsync.dist.etf            erlang-py (``erlang`` module)
+Erlang term          relsync.erldist.etf            erlang-py (``erlang`` module)
 ===================  ==========================  ============================================
 integer              ``int``                     ``int``
 float                ``float``                   ``float``
@@ -41,7 +41,7 @@ from typing import Any
 import erlang  # type: ignore[import-untyped]
 from hypothesis import strategies as st
 
-from relsync.dist.etf import (
+from relsync.erldist.etf import (
     NEW_FUN_EXT,
     Atom,
     BitBinary,
@@ -78,7 +78,7 @@ def _mask_bits(data: bytes, bits: int) -> Norm:
 
 
 def norm(term: Any) -> Norm:
-    """Normal form of a term as ``relsync.dist.etf`` encodes or decodes it."""
+    """Normal form of a term as ``relsync.erldist.etf`` encodes or decodes it."""
     if isinstance(term, Atom):
         return ("atom", str(term))
     if isinstance(term, Charlist):

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from relsync import delta
 from relsync.delta import BLOCK, Copy, apply_delta, file_delta, make_delta, signatures_of
-from relsync.dist.etf import Atom, Term
+from relsync.erldist.etf import Atom, Term
 from relsync.target import FilePut
 from relsync.transports.helper import CALL_TIMEOUT, HelperTarget
 

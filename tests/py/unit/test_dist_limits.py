@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from relsync.dist import epmd
-from relsync.dist.connection import MAX_PACKET, Connection
-from relsync.dist.errors import ConnectionLost, NotEpmd
+from relsync.erldist import epmd
+from relsync.erldist.connection import MAX_PACKET, Connection
+from relsync.erldist.errors import ConnectionLost, NotEpmd
 
 #: What the endless server sends at most before it gives up (well over the client's limit).
 SERVER_BOUND = 64 << 20

@@ -6,10 +6,10 @@ import hashlib
 
 import pytest
 
-from relsync.dist import etf, handshake, rpc
-from relsync.dist.errors import BadRpc, RpcTimeout
-from relsync.dist.etf import Atom, Pid, Reference
-from relsync.dist.node import default_local_name, is_long_name, split_node_name
+from relsync.erldist import etf, handshake, rpc
+from relsync.erldist.errors import BadRpc, RpcTimeout
+from relsync.erldist.etf import Atom, Pid, Reference
+from relsync.erldist.node import default_local_name, is_long_name, split_node_name
 
 
 def test_advertised_flags() -> None:

@@ -1,4 +1,4 @@
-"""Unit and property tests for the External Term Format codec ``relsync.dist.etf``."""
+"""Unit and property tests for the External Term Format codec ``relsync.erldist.etf``."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.etf_strategies import HAND_MADE_FUNS, norm, norm_erlpy, terms, to_erlpy
 
-from relsync.dist import etf
-from relsync.dist.etf import (
+from relsync.erldist import etf
+from relsync.erldist.etf import (
     ZERO_COPY_MIN,
     Atom,
     BitBinary,

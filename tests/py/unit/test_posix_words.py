@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relsync.dist.etf import Atom, Term
+from relsync.erldist.etf import Atom, Term
 from relsync.errors import TargetError
 from relsync.transports.helper import HelperTarget, _module_result
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from relsync.beam import compiler_version, otp_of_compiler
-from relsync.dist.errors import BadRpc
-from relsync.dist.etf import Atom, Charlist
+from relsync.erldist.errors import BadRpc
+from relsync.erldist.etf import Atom, Charlist
 from relsync.erlterm import consult
 
 

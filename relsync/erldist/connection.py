@@ -24,9 +24,9 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Final, Self, TypeAlias
 
-from relsync.dist import etf, rpc
-from relsync.dist.errors import ConnectionLost, RpcTimeout
-from relsync.dist.etf import Atom, Buffer, Pid, Reference, Term
+from relsync.erldist import etf, rpc
+from relsync.erldist.errors import ConnectionLost, RpcTimeout
+from relsync.erldist.etf import Atom, Buffer, Pid, Reference, Term
 
 PASS_THROUGH: Final = 112
 # Control message operations that carry a message for a local process.
@@ -61,7 +61,7 @@ MAX_PACKET: Final = 64 << 20
 
 
 class Connection:
-    """A link to one Erlang node. Create it with :func:`relsync.dist.node.connect`."""
+    """A link to one Erlang node. Create it with :func:`relsync.erldist.node.connect`."""
 
     def __init__(
         self,

@@ -20,7 +20,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from relsync.dist.errors import CookieRejected, FlagsRefused, HandshakeRefused, NameMismatch
+from relsync.erldist.errors import CookieRejected, FlagsRefused, HandshakeRefused, NameMismatch
 
 # Capability flags (erts/kernel dist.hrl). "mandatory in OTP N" = a peer of release N refuses a
 # handshake without the flag.

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import struct
 
-from relsync.dist import etf
-from relsync.dist.errors import BadRpc
-from relsync.dist.etf import Atom, Buffer, Pid, Reference, Term
+from relsync.erldist import etf
+from relsync.erldist.errors import BadRpc
+from relsync.erldist.etf import Atom, Buffer, Pid, Reference, Term
 
 REX = "rex"
 _GEN_CALL = Atom("$gen_call")

@@ -5,8 +5,8 @@ Every message names what failed, why, and what to do. None of them ever contains
 
 from __future__ import annotations
 
-from relsync.dist.etf import Term
-from relsync.dist.pretty import format_term
+from relsync.erldist.etf import Term
+from relsync.erldist.pretty import format_term
 
 
 class DistError(Exception):

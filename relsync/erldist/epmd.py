@@ -13,7 +13,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from relsync.dist.errors import ConnectTimeout, EpmdUnreachable, NodeNotFound, NotEpmd
+from relsync.erldist.errors import ConnectTimeout, EpmdUnreachable, NodeNotFound, NotEpmd
 
 DEFAULT_PORT = 4369
 PORT_PLEASE2_REQ = 122

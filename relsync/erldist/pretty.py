@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from relsync.dist.etf import (
+from relsync.erldist.etf import (
     Atom,
     BitBinary,
     Charlist,

@@ -12,11 +12,11 @@ import ipaddress
 import os
 import socket
 
-from relsync.dist import epmd
-from relsync.dist.connection import DEFAULT_TICK, Connection
-from relsync.dist.errors import ConnectTimeout, HandshakeRefused
-from relsync.dist.etf import Term
-from relsync.dist.handshake import VERSION, client_handshake, new_creation
+from relsync.erldist import epmd
+from relsync.erldist.connection import DEFAULT_TICK, Connection
+from relsync.erldist.errors import ConnectTimeout, HandshakeRefused
+from relsync.erldist.etf import Term
+from relsync.erldist.handshake import VERSION, client_handshake, new_creation
 
 __all__ = ["Connection", "connect", "split_node_name"]
 
