@@ -22,7 +22,7 @@ import math
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import TypeAlias, Union
+from typing import TypeAlias
 
 VERSION = 131
 
@@ -144,11 +144,11 @@ class OpaqueFun:
     raw: bytes
 
 
-Term: TypeAlias = Union[
-    Atom, Charlist, bool, None, int, float, str, bytes, bytearray, memoryview,
-    tuple["Term", ...], list["Term"], dict["Term", "Term"],
-    Pid, Reference, Port, BitBinary, ImproperList, ExportFun, OpaqueFun,
-]  # fmt: skip
+Term: TypeAlias = (
+    Atom | Charlist | bool | int | float | str | bytes | bytearray | memoryview
+    | tuple["Term", ...] | list["Term"] | dict["Term", "Term"]
+    | Pid | Reference | Port | BitBinary | ImproperList | ExportFun | OpaqueFun | None
+)  # fmt: skip
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
@@ -243,7 +243,7 @@ def _encode_binary(data: Buffer, w: _Writer) -> None:
         w.buf += data
 
 
-def _encode(term: Term, w: _Writer) -> None:  # noqa: C901 - one branch per type is the clearest
+def _encode(term: Term, w: _Writer) -> None:
     buf = w.buf
     if isinstance(term, Atom):
         _encode_atom(term, buf)
@@ -396,7 +396,7 @@ def _decode_items(view: memoryview, pos: int, count: int) -> tuple[list[Term], i
     return items, pos
 
 
-def _decode(view: memoryview, pos: int) -> tuple[Term, int]:  # noqa: C901, PLR0911, PLR0912
+def _decode(view: memoryview, pos: int) -> tuple[Term, int]:
     tag = view[pos]
     pos += 1
     if tag == SMALL_INTEGER_EXT:
@@ -461,7 +461,7 @@ def _decode(view: memoryview, pos: int) -> tuple[Term, int]:  # noqa: C901, PLR0
     return _decode_special(view, tag, pos)
 
 
-def _decode_special(view: memoryview, tag: int, pos: int) -> tuple[Term, int]:  # noqa: C901
+def _decode_special(view: memoryview, tag: int, pos: int) -> tuple[Term, int]:
     if tag == NEW_PID_EXT:
         node, pos = _decode_atom(view, pos)
         ident, serial, creation = struct.unpack_from(">III", view, pos)
@@ -525,4 +525,3 @@ def _decode_special(view: memoryview, tag: int, pos: int) -> tuple[Term, int]:  
         except ValueError as exc:
             raise EtfError(f"bad FLOAT_EXT text {text!r}") from exc
     raise EtfError(f"unsupported term tag {tag} at offset {pos - 1}")
-

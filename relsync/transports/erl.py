@@ -6,12 +6,12 @@ import asyncio
 from typing import Any
 
 from relsync.beam import attributes, vsn
+from relsync.erlc import helper_beam
 from relsync.erldist.connection import Connection
 from relsync.erldist.errors import BadRpc, ConnectionLost, DistError
 from relsync.erldist.etf import Atom, Charlist, Term
 from relsync.erldist.node import connect
 from relsync.erldist.pretty import format_term
-from relsync.erlc import helper_beam
 from relsync.errors import ConnectError, TargetError
 from relsync.transports.helper import CALL_TIMEOUT, HELPER, UPGRADER, HelperTarget
 

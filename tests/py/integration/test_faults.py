@@ -37,8 +37,8 @@ from support.faults import (
 )
 from support.local_board import with_board
 
-from relsync.erldist.etf import Term
 from relsync.engine import SyncOptions, sync
+from relsync.erldist.etf import Term
 from relsync.harness.example import APP_DIR, Variant
 from relsync.harness.local import LocalBoard, mount_points
 from relsync.release import scan_release

@@ -12,8 +12,8 @@ import pytest
 from support.erlnode import ErlNode, run_async
 
 from relsync.beam import attributes, vsn
-from relsync.erldist.etf import Atom, Charlist
 from relsync.erlc import helper_beam
+from relsync.erldist.etf import Atom, Charlist
 from relsync.transports.erl import ErlTarget
 from relsync.transports.helper import HELPER
 

@@ -20,10 +20,10 @@ from support.erlnode import ErlNode, run_async
 from support.local_board import with_board
 from support.otp_rootfs import Rootfs
 
+from relsync.erlc import helper_beam
 from relsync.erldist.errors import BadRpc, CookieRejected
 from relsync.erldist.etf import Atom, Charlist
 from relsync.erldist.node import connect
-from relsync.erlc import helper_beam
 from relsync.harness.client import run_relsync
 from relsync.harness.example import APP_DIR, Variant, build_example_release
 from relsync.harness.local import LocalBoard
