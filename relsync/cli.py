@@ -7,31 +7,21 @@ import asyncio
 import atexit
 import gc
 import os
-import socket
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from relsync import __version__, config
+from relsync import __version__, api, config
 from relsync.boards import Board, boards_from_file, check_destination
 from relsync.config import project_root
-from relsync.destination import release_destination
-from relsync.engine import SyncOptions, SyncReport, check_paths, sync
+from relsync.engine import SyncReport
 from relsync.errors import ExitCode, RelsyncError, UsageError
-from relsync.local_scan import LocalScan, scan_while_reading
-from relsync.plan import SyncPlan
-from relsync.progress import ProgressBar
 from relsync.release import find_release
-from relsync.release_node import default_cookie, release_node
+from relsync.release_node import release_node
 from relsync.report import print_json, print_summary, print_table
-from relsync.rollback import rollback
-from relsync.status import BoardStatus, board_status, print_status, print_status_json
-from relsync.target import Target
-from relsync.transports.erl import ErlTarget
-
-if TYPE_CHECKING:  # relsync.hooks is imported only when there is a hook
-    from relsync.hooks import Hook
+from relsync.status import BoardStatus, print_status, print_status_json
 
 EXIT_CODES = """boards to try a release on: relsync target --help
 check a release on an emulated board before flashing: relsync validate --help
@@ -290,22 +280,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def local_node_name(args: argparse.Namespace, destination: str) -> str | None:
-    """Our own node name from ``--sname``/``--name`` (completed with a host when bare)."""
-    if args.sname and args.name:
-        raise UsageError("give either --sname or --name, not both")
-    if args.sname:
-        name = str(args.sname)
-        return name if "@" in name else f"{name}@{socket.gethostname().split('.')[0]}"
-    if args.name:
-        name = str(args.name)
-        if "@" in name:
-            return name
-        host = destination.partition("@")[2]
-        return f"{name}@{host if host in ('127.0.0.1', 'localhost') else socket.getfqdn()}"
-    return None
-
-
 def boards_from_args(args: argparse.Namespace) -> list[Board]:
     """The boards the command line names: from ``--targets`` and each ``-d`` (maybe none)."""
     boards = boards_from_file(args.targets, args.mode) if args.targets else []
@@ -326,113 +300,6 @@ def release_board(args: argparse.Namespace, root: Path) -> Board:
     return board
 
 
-async def open_target(board: Board, args: argparse.Namespace, root: Path | None) -> Target:
-    """Connect to one board in its mode (its own settings first, then the command line's, then
-    for the cookie what the local release at ``root`` says)."""
-    if board.mode == "ssh":
-        # Imported here: asyncssh costs ~0.15 s of start-up that erl mode does not need.
-        from relsync.transports.ssh import DEFAULT_PORT, SshTarget
-
-        identity = board.identity or args.identity
-        return await SshTarget.open(
-            board.destination,
-            port=board.port or args.port or DEFAULT_PORT,
-            user=board.user or args.user,
-            identity=str(Path(identity).expanduser()) if identity else None,
-            known_hosts=args.known_hosts,
-            accept_new_host_key=args.accept_new_host_key,
-            timeout=args.connect_timeout,
-        )
-    cookie = board.cookie or args.cookie or default_cookie(root)
-    return await ErlTarget.open(
-        board.destination,
-        cookie,
-        local_name=local_node_name(args, board.destination),
-        epmd_port=board.epmd_port or args.epmd_port,
-        timeout=args.connect_timeout,
-    )
-
-
-async def board_options(
-    board: Board, args: argparse.Namespace, hook: Hook | None, target: Target
-) -> SyncOptions:
-    """One board's sync options: its own settings first, then the command line's (the release
-    path, when neither gives it, is the one the board runs)."""
-    given = board.dest_path or args.destination_path
-    options = SyncOptions(
-        dest_path=await release_destination(target, given, args.force_path),
-        rw_path=board.rw_path or args.destination_rw_path or None,
-        hook=hook,
-        hook_timeout=args.hook_timeout,
-        brutal_purge=args.purge == "brutal",
-        dry_run=args.dry_run or args.status,
-        lock_timeout=args.lock_timeout,
-        upgrade=args.upgrade,
-        upgrade_timeout=args.upgrade_timeout,
-    )
-    check_paths(options)
-    if args.rollback and not options.rw_path:
-        raise UsageError(
-            f"--rollback on {board.destination} needs its shadow tree (-q PATH): an in-place "
-            "sync replaced the release's own files, so there is no pristine copy to go back to"
-        )
-    return options
-
-
-async def sync_board(
-    board: Board, args: argparse.Namespace, local: LocalScan, hook: Hook | None, bar: bool
-) -> SyncReport:
-    """Connect to one board and sync it (or roll it back)."""
-    target = await open_target(board, args, local.root)
-    try:
-        options = await board_options(board, args, hook, target)
-    except BaseException:
-        await target.close()
-        raise
-    if args.rollback:
-        try:
-            release = await local.release() if args.upgrade else None
-            return await rollback(
-                target, options, local.exclude_prefixes, release=release, clean=args.clean
-            )
-        finally:
-            await target.close()
-    progress = ProgressBar(board.destination, enabled=bar)
-    try:
-        release, state = await scan_while_reading(target, local, options)
-        return await sync(
-            target,
-            release,
-            options,
-            on_transfer=progress.start,
-            progress=progress.advance,
-            state=state,
-        )
-    finally:
-        progress.finish()
-        await target.close()
-
-
-async def status_of(board: Board, args: argparse.Namespace, local: LocalScan) -> BoardStatus:
-    """Connect to one board and read its status."""
-    target = await open_target(board, args, local.root)
-    try:
-        return await board_status(target, local, await board_options(board, args, None, target))
-    finally:
-        await target.close()
-
-
-async def _guarded(
-    board: Board, args: argparse.Namespace, local: LocalScan, hook: Hook | None
-) -> SyncReport:
-    try:
-        return await sync_board(board, args, local, hook, bar=False)
-    except RelsyncError as exc:
-        report = SyncReport(board.destination, SyncPlan(root=board.rw_path or ""), [])
-        report.error, report.exit_code = str(exc), exc.exit_code
-        return report
-
-
 def _orphan_errors(verbose: bool) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
     """The loop's handler for errors nobody awaited. A lost connection fails every request in
     flight, and asyncssh awaits only the first of a file's parallel writes: that failure is
@@ -447,24 +314,21 @@ def _orphan_errors(verbose: bool) -> Callable[[asyncio.AbstractEventLoop, dict[s
     return handle
 
 
+def settings_from(args: argparse.Namespace) -> api.Settings:
+    """The library's settings from the parsed command line (the same names)."""
+    return api.Settings(**{f.name: getattr(args, f.name) for f in fields(api.Settings)})
+
+
 async def run(args: argparse.Namespace, cwd: Path) -> list[SyncReport] | list[BoardStatus]:
-    """Resolve the options, then sync every board concurrently; the release is scanned once,
-    while the boards list their files."""
+    """Resolve the options, then sync (or roll back, or read) every board concurrently; the
+    release is scanned once, while the boards list their files."""
     asyncio.get_running_loop().set_exception_handler(_orphan_errors(args.verbose))
     if args.clean and not args.rollback:
         raise UsageError("--clean goes with --rollback (it removes the shadow tree)")
     if args.rollback and args.status:
         raise UsageError("give either --rollback or --status, not both")
-    if args.upgrade_timeout <= 0:
-        raise UsageError("--upgrade-timeout must be a positive number of seconds")
-    if args.hook_timeout <= 0:
-        raise UsageError("--hook-timeout must be a positive number of seconds")
-    if args.lock_timeout < 0:
-        raise UsageError("--lock-timeout must be 0 (do not wait) or more seconds")
-    for opt in ("destination_path", "destination_rw_path"):
-        value = getattr(args, opt)
-        if value and not value.startswith("/"):
-            raise UsageError(f"--{opt.replace('_', '-')} {value!r} must be an absolute path")
+    settings = settings_from(args)
+    settings.check()
     named = boards_from_args(args)
     if args.build and not args.local_path:
         from relsync.build import build_release
@@ -478,13 +342,18 @@ async def run(args: argparse.Namespace, cwd: Path) -> list[SyncReport] | list[Bo
         from relsync.hooks import resolve_hook
 
         hook = await resolve_hook(args.hooks, root, cwd)
-    local = LocalScan(root, args.exclude_system_libs, args.copy_unsafe_links)
     if args.status:
-        return list(await asyncio.gather(*(status_of(b, args, local) for b in boards)))
-    if len(boards) == 1 and not (args.watch or args.json):  # its failure: the one-line error
-        bar = not (args.quiet or args.json)
-        return [await sync_board(boards[0], args, local, hook, bar)]
-    return list(await asyncio.gather(*(_guarded(b, args, local, hook) for b in boards)))
+        return await api.status(root, boards, settings)
+    alone = len(boards) == 1 and not (args.watch or args.json)  # its failure: the one-line error
+    if args.rollback:
+        if alone:
+            local = api.scan(root, settings)
+            return [await api.rollback_one(boards[0], settings, local, clean=args.clean)]
+        return await api.rollback(root, boards, settings, clean=args.clean)
+    if alone:
+        local = api.scan(root, settings)
+        return [await api.sync_one(boards[0], settings, local, hook, progress=not args.quiet)]
+    return await api.sync(root, boards, settings, hook)
 
 
 async def watch_project(args: argparse.Namespace, cwd: Path) -> None:

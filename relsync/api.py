@@ -1,0 +1,253 @@
+"""relsync as a library: sync a local release onto boards, roll them back, read their status.
+
+The command line parses its options into :class:`Settings` and calls these; so can a program::
+
+    import asyncio
+    from pathlib import Path
+    import relsync
+
+    reports = asyncio.run(relsync.sync(
+        Path("_build/prod/rel/myapp"),
+        [relsync.Board("myapp@192.0.2.7", "erl")],
+        relsync.Settings(destination_rw_path="/data/relsync"),
+    ))
+    assert all(r.exit_code == 0 for r in reports), [r.error for r in reports]
+
+The release is scanned and hashed once, while every board lists its files; the boards are
+synced concurrently, each with its own plan and hooks. A board's failure is its report's
+``error`` and ``exit_code``; bad local input (a release that is not one, a hook that does not
+compile) raises :class:`~relsync.errors.UsageError` before any board is touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from relsync.boards import Board
+from relsync.destination import release_destination
+from relsync.engine import SyncOptions, SyncReport, check_paths
+from relsync.engine import sync as sync_target
+from relsync.errors import RelsyncError, UsageError
+from relsync.local_scan import LocalScan, scan_while_reading
+from relsync.plan import SyncPlan
+from relsync.progress import ProgressBar
+from relsync.release_node import default_cookie
+from relsync.rollback import rollback as rollback_target
+from relsync.status import BoardStatus, board_status
+from relsync.target import Target
+from relsync.transports.erl import ErlTarget
+
+if TYPE_CHECKING:  # relsync.hooks is imported only when there is a hook
+    from relsync.hooks import Hook
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What applies to every board unless the :class:`Board` says otherwise (the long
+    command-line options, by the same names)."""
+
+    destination_path: str | None = None
+    destination_rw_path: str | None = None
+    force_path: bool = False
+    exclude_system_libs: bool = True
+    copy_unsafe_links: bool = False
+    cookie: str | None = None
+    sname: str | None = None
+    name: str | None = None
+    epmd_port: int | None = None
+    connect_timeout: float = 10.0
+    port: int | None = None
+    user: str = "relsync"
+    identity: str | None = None
+    known_hosts: Path | None = None
+    accept_new_host_key: bool = False
+    dry_run: bool = False
+    purge: str = "soft"
+    hook_timeout: float = 60.0
+    lock_timeout: float = 30.0
+    upgrade: bool = False
+    upgrade_timeout: float = 10.0
+
+    def check(self) -> None:
+        """A one-line UsageError for values no board could use."""
+        if self.upgrade_timeout <= 0:
+            raise UsageError("--upgrade-timeout must be a positive number of seconds")
+        if self.hook_timeout <= 0:
+            raise UsageError("--hook-timeout must be a positive number of seconds")
+        if self.lock_timeout < 0:
+            raise UsageError("--lock-timeout must be 0 (do not wait) or more seconds")
+        if self.sname and self.name:
+            raise UsageError("give either --sname or --name, not both")
+        for opt in ("destination_path", "destination_rw_path"):
+            value = getattr(self, opt)
+            if value and not value.startswith("/"):
+                raise UsageError(f"--{opt.replace('_', '-')} {value!r} must be an absolute path")
+
+
+def local_node_name(settings: Settings, destination: str) -> str | None:
+    """Our own node name from ``sname``/``name`` (completed with a host when bare)."""
+    if settings.sname:
+        name = settings.sname
+        return name if "@" in name else f"{name}@{socket.gethostname().split('.')[0]}"
+    if settings.name:
+        if "@" in settings.name:
+            return settings.name
+        host = destination.partition("@")[2]
+        local = host if host in ("127.0.0.1", "localhost") else socket.getfqdn()
+        return f"{settings.name}@{local}"
+    return None
+
+
+async def open_target(board: Board, settings: Settings, root: Path | None) -> Target:
+    """Connect to one board in its mode (its own settings first, then ``settings``, then for
+    the cookie what the local release at ``root`` says)."""
+    if board.mode == "ssh":
+        # Imported here: asyncssh costs ~0.15 s of start-up that erl mode does not need.
+        from relsync.transports.ssh import DEFAULT_PORT, SshTarget
+
+        identity = board.identity or settings.identity
+        return await SshTarget.open(
+            board.destination,
+            port=board.port or settings.port or DEFAULT_PORT,
+            user=board.user or settings.user,
+            identity=str(Path(identity).expanduser()) if identity else None,
+            known_hosts=settings.known_hosts,
+            accept_new_host_key=settings.accept_new_host_key,
+            timeout=settings.connect_timeout,
+        )
+    return await ErlTarget.open(
+        board.destination,
+        board.cookie or settings.cookie or default_cookie(root),
+        local_name=local_node_name(settings, board.destination),
+        epmd_port=board.epmd_port or settings.epmd_port,
+        timeout=settings.connect_timeout,
+    )
+
+
+async def board_options(
+    board: Board, settings: Settings, hook: Hook | None, target: Target, *, dry_run: bool
+) -> SyncOptions:
+    """One board's sync options: its own settings first, then ``settings`` (the release path,
+    when neither gives it, is the one the board runs)."""
+    given = board.dest_path or settings.destination_path
+    options = SyncOptions(
+        dest_path=await release_destination(target, given, settings.force_path),
+        rw_path=board.rw_path or settings.destination_rw_path or None,
+        hook=hook,
+        hook_timeout=settings.hook_timeout,
+        brutal_purge=settings.purge == "brutal",
+        dry_run=dry_run,
+        lock_timeout=settings.lock_timeout,
+        upgrade=settings.upgrade,
+        upgrade_timeout=settings.upgrade_timeout,
+    )
+    check_paths(options)
+    return options
+
+
+def scan(release: Path, settings: Settings) -> LocalScan:
+    """The local release, to be scanned once for every board."""
+    return LocalScan(release, settings.exclude_system_libs, settings.copy_unsafe_links)
+
+
+async def sync_one(
+    board: Board,
+    settings: Settings,
+    local: LocalScan,
+    hook: Hook | None = None,
+    *,
+    progress: bool = False,
+) -> SyncReport:
+    """Connect to one board and sync it; its failure raises (a :class:`RelsyncError`)."""
+    target = await open_target(board, settings, local.root)
+    bar = ProgressBar(board.destination, enabled=progress)
+    try:
+        options = await board_options(board, settings, hook, target, dry_run=settings.dry_run)
+        release, state = await scan_while_reading(target, local, options)
+        return await sync_target(
+            target, release, options, on_transfer=bar.start, progress=bar.advance, state=state
+        )
+    finally:
+        bar.finish()
+        await target.close()
+
+
+async def rollback_one(
+    board: Board, settings: Settings, local: LocalScan, *, clean: bool = False
+) -> SyncReport:
+    """Connect to one board and take it back to its pristine release (``clean``: remove the
+    shadow tree too); its failure raises."""
+    target = await open_target(board, settings, local.root)
+    try:
+        options = await board_options(board, settings, None, target, dry_run=settings.dry_run)
+        if not options.rw_path:
+            raise UsageError(
+                f"--rollback on {board.destination} needs its shadow tree (-q PATH): an "
+                "in-place sync replaced the release's own files, so there is no pristine copy "
+                "to go back to"
+            )
+        release = await local.release() if settings.upgrade else None
+        return await rollback_target(
+            target, options, local.exclude_prefixes, release=release, clean=clean
+        )
+    finally:
+        await target.close()
+
+
+async def status_one(board: Board, settings: Settings, local: LocalScan) -> BoardStatus:
+    """Connect to one board and read what it runs against its pristine and the local release."""
+    target = await open_target(board, settings, local.root)
+    try:
+        options = await board_options(board, settings, None, target, dry_run=True)
+        return await board_status(target, local, options)
+    finally:
+        await target.close()
+
+
+async def each_board(
+    boards: Sequence[Board], settings: Settings, one: Callable[[Board], Awaitable[SyncReport]]
+) -> list[SyncReport]:
+    """``one(board)`` for every board at once; a board's failure becomes its report's error."""
+
+    async def reported(board: Board) -> SyncReport:
+        try:
+            return await one(board)
+        except RelsyncError as exc:
+            rw = board.rw_path or settings.destination_rw_path or ""
+            report = SyncReport(board.destination, SyncPlan(root=rw), [])
+            report.error, report.exit_code = str(exc), exc.exit_code
+            return report
+
+    return list(await asyncio.gather(*(reported(b) for b in boards)))
+
+
+async def sync(
+    release: Path, boards: Sequence[Board], settings: Settings, hook: Hook | None = None
+) -> list[SyncReport]:
+    """Sync ``release`` onto every board at once; one report a board, in their order."""
+    settings.check()
+    local = scan(release, settings)
+    return await each_board(boards, settings, lambda b: sync_one(b, settings, local, hook))
+
+
+async def rollback(
+    release: Path, boards: Sequence[Board], settings: Settings, *, clean: bool = False
+) -> list[SyncReport]:
+    """Take every board back to its pristine release without a reboot; one report a board."""
+    settings.check()
+    local = scan(release, settings)
+    return await each_board(
+        boards, settings, lambda b: rollback_one(b, settings, local, clean=clean)
+    )
+
+
+async def status(release: Path, boards: Sequence[Board], settings: Settings) -> list[BoardStatus]:
+    """What every board runs, against its pristine release and ``release``."""
+    settings.check()
+    local = scan(release, settings)
+    return list(await asyncio.gather(*(status_one(b, settings, local) for b in boards)))
