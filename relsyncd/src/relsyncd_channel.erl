@@ -35,7 +35,7 @@
 -export([subsystem_spec/1]).
 -export([init/1, handle_msg/2, handle_ssh_msg/2, terminate/2]).
 %% internal
--export([worker_init/4, dispatch/3]).
+-export([worker_init/4, dispatch/3, api/0]).
 
 -define(NAME, "relsync").
 -define(DEFAULT_MAX_FRAME, (16 * 1024 * 1024)).
@@ -255,6 +255,11 @@ dispatch(F, Args, Opts) ->
             end
     end.
 
+-type api_function() :: {atom(), arity()}.
+
+%% Every function of relsync_target the channel calls (ping, load_binary and
+%% run_hook's cap are dispatched above).
+-spec api() -> [api_function()].
 api() ->
     [{sync_state, 3}, {sync_state, 4}, {unlock, 1}, {info, 0}, {list_dir, 1}, {manifest, 2},
      {put_files, 1}, {put_files, 2}, {block_signatures, 2}, {put_delta, 5},

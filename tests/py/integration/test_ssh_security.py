@@ -12,7 +12,7 @@ import os
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncssh
@@ -154,27 +154,75 @@ def test_sftp_refuses_every_escaping_path(env: Env, data: st.DataObject) -> None
     _outside_intact(env)
 
 
+SHA = bytes(32)
+
+#: Each function of the control channel that takes a path: the calls that name ``p`` (a path
+#: whose real location is not allowed) in each of its path positions; ``ok`` is an allowed
+#: path, ``rel`` the release.
+PATH_CALLS: dict[tuple[str, int], Callable[[bytes, bytes, bytes], list[list[Term]]]] = {
+    ("sync_state", 3): lambda p, ok, rel: [[p, [], Atom("none")], [rel, [], p]],
+    ("sync_state", 4): lambda p, ok, rel: [[p, [], Atom("none"), {}], [rel, [], p, {}]],
+    ("manifest", 2): lambda p, ok, rel: [[p, {}]],
+    ("list_dir", 1): lambda p, ok, rel: [[p]],
+    ("put_files", 1): lambda p, ok, rel: [[[(p + b".x", 0o644, b"x", SHA)]]],
+    ("put_files", 2): lambda p, ok, rel: [[[(p + b".x", 0o644, b"x", SHA)], b""]],
+    ("block_signatures", 2): lambda p, ok, rel: [[p, 4096]],
+    # The base a delta copies from is read: outside, it would copy bytes from anywhere.
+    ("put_delta", 5): lambda p, ok, rel: [[p + b".x", rel + b"/releases/start_erl.data",
+                                           [(Atom("copy"), 0, 4)], 0o644, SHA],
+                                          [ok, p, [(Atom("copy"), 0, 4)], 0o644, SHA]],
+    ("put_chunk", 3): lambda p, ok, rel: [[p + b".x", 0, b"x"]],
+    ("put_chunk", 4): lambda p, ok, rel: [[p + b".x", 0, b"x", b""]],
+    ("commit", 3): lambda p, ok, rel: [[p, 0o644, SHA]],
+    ("commit", 4): lambda p, ok, rel: [[p, 0o644, SHA, b""]],
+    ("delete_files", 1): lambda p, ok, rel: [[[p]]],
+    ("delete_dirs", 1): lambda p, ok, rel: [[[p]]],
+    ("make_symlinks", 1): lambda p, ok, rel: [[[(p + b".l", b"/")]]],
+    ("update_code_path", 1): lambda p, ok, rel: [[{Atom("add"): [p]}],
+                                                 [{Atom("replace_prefix"): (rel, p)}]],
+    ("load_modules", 2): lambda p, ok, rel: [[[(Atom("lists"), p)], Atom("soft")]],
+    ("upgrade", 2): lambda p, ok, rel: [[[(Atom("load_module"), Atom("lists"), p, b"")], {}]],
+}  # fmt: skip
+
+#: The functions that take no path, and why nothing they are given reaches the file system.
+NO_PATH: dict[tuple[str, int], str] = {
+    ("info", 0): "the VM's own facts",
+    ("unlock", 1): "a lock token",
+    ("loaded_shas", 0): "the loaded modules' hashes",
+    ("code_state", 0): "the code path and loaded modules",
+    ("old_code", 0): "processes running old code",
+    ("mark_pending", 1): "module names",
+    ("stash_code", 1): "module names",
+    ("delete_modules", 2): "module names",
+    ("check_beams", 1): "beam binaries, prepared and never loaded",
+    ("missing_apps", 1): "application names",
+    ("running_programs", 1): "compared with /proc/PID/exe of the VM's ports only",
+    ("run_hook", 3): "a module of the release, already loaded",
+}
+
+
+def test_every_function_of_the_channel_has_a_forbidden_case(env: Env) -> None:
+    api = env.run(env.board.rpc("relsyncd_channel", "api"))
+    assert isinstance(api, list)
+    functions = {(str(f), a) for f, a in api}  # type: ignore[misc]
+    assert not set(PATH_CALLS) & set(NO_PATH)
+    assert functions - set(PATH_CALLS) - set(NO_PATH) == set(), "no forbidden-path case"
+    assert set(PATH_CALLS) | set(NO_PATH) == functions, "cases for functions gone from the API"
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_control_channel_refuses_every_escaping_path(env: Env, data: st.DataObject) -> None:
     path = data.draw(_escaping_paths(env)).encode()
-    sha = bytes(32)
-    calls: list[tuple[str, list[Term]]] = [
-        ("manifest", [path, {}]),
-        ("sync_state", [path, [], Atom("none")]),
-        ("sync_state", [str(env.board.release_path).encode(), [], path]),
-        ("list_dir", [path]),
-        ("put_files", [[(path + b".x", 0o644, b"x", sha)]]),
-        ("commit", [path, 0o644, sha]),
-        ("delete_files", [[path]]),
-        ("make_symlinks", [[(path + b".l", b"/")]]),
-        ("load_modules", [[(Atom("lists"), path)], Atom("soft")]),
-    ]
-    for function, args in calls:
-        result = env.run(env.control(function, args))
-        assert isinstance(result, tuple) and result[0] == "error", (function, path, result)
-        assert isinstance(result[1], tuple) and result[1][0] == "forbidden", (function, result)
+    ok = str(env.board.rw_path / "relsync-probe.bin").encode()
+    rel = str(env.board.release_path).encode()
+    for (function, _arity), calls in PATH_CALLS.items():
+        for args in calls(path, ok, rel):
+            result = env.run(env.control(function, args))
+            assert isinstance(result, tuple) and result[0] == "error", (function, path, result)
+            assert isinstance(result[1], tuple) and result[1][0] == "forbidden", (function, result)
     _outside_intact(env)
+    assert not (env.board.rw_path / "relsync-probe.bin").exists()
 
 
 def test_control_channel_refuses_functions_outside_the_api(env: Env) -> None:
