@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from relsync.errors import BusyError, ExitCode, HookError, TargetError, UsageError
 from relsync.otp_check import check_apps_present, check_beams_fit
+from relsync.pause import pause_point
 from relsync.plan import SyncPlan, TargetState, boot_files_changed, build_plan
 from relsync.release import FileKind, LocalRelease, Skipped
 from relsync.target import (
@@ -261,8 +262,10 @@ async def _sync(
         on_transfer(plan.bytes_to_send)
     await _apply_files(target, plan, report, count)
     report.bytes_sent = sent
+    await pause_point("files_replaced")
 
     await switch_code(target, options, report)
+    await pause_point("reloaded")
 
     if hook is not None:
         post = await _run_hook(target, hook, "postsync", options)

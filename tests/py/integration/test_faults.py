@@ -25,6 +25,7 @@ from support.faults import (
     cli_argv,
     cut_offsets,
     expected_shadow,
+    kill_when_paused,
     phase,
     port_programs,
     release_files,
@@ -215,6 +216,31 @@ def test_client_killed_mid_sync_never_leaves_half_written_files(
         assert not leftovers, "temporary files left after a converging sync:\n" + "\n".join(
             leftovers
         )
+
+    with_board(demo_release, tmp_path / "board", body, mode)
+
+
+@pytest.mark.parametrize("point", ["files_replaced", "reloaded"])
+def test_a_kill_at_each_pause_point_is_finished_by_the_next_sync(
+    demo_release: Path, tmp_path: Path, mode: str, point: str
+) -> None:
+    """Killed where it counts, every time: after every file was replaced (in place and whole,
+    the old code still running) and right after the reload (the new code running). The next
+    sync finishes the job: the pending marks make it reload what the killed one did not."""
+    v2 = Variant(demo_release, tmp_path / "v2").counter_version(2)
+    beam = f"{APP_DIR}/ebin/demo_counter.beam"
+
+    async def body(board: LocalBoard) -> None:
+        rw = board.rw_path
+        argv = cli_argv(board, v2.root, "-q", str(rw), mode=mode)
+        await kill_when_paused(argv, point)
+        assert sha(rw / beam) == sha(v2.root / beam)  # the new file, whole
+        assert "tmp" not in tree(rw).values()  # no temporary file left
+        running = await call(board, "demo_counter", "version")
+        assert running == (1 if point == "files_replaced" else 2)
+        code, _, err = await timed(argv)
+        assert code == 0, err
+        assert await call(board, "demo_counter", "version") == 2
 
     with_board(demo_release, tmp_path / "board", body, mode)
 

@@ -45,6 +45,25 @@ async def run_and_kill(argv: list[str], after: float) -> tuple[bool, float]:
         return True, loop.time() - started
 
 
+async def kill_when_paused(argv: list[str], point: str) -> str:
+    """Run ``argv`` with ``RELSYNC_PAUSE_AT=point``; SIGKILL it once it says it paused there.
+    Returns its stderr up to then (it fails the test when it ends without pausing)."""
+    env = {**os.environ, "RELSYNC_PAUSE_AT": point}
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    said = b""
+    while f"relsync: paused at {point}\n".encode() not in said:
+        line = await asyncio.wait_for(proc.stderr.readline(), timeout=120)
+        assert line, f"relsync ended (exit {await proc.wait()}) without pausing: {said!r}"
+        said += line
+    proc.kill()
+    await proc.wait()
+    return said.decode()
+
+
 async def timed(argv: list[str]) -> tuple[int, float, str]:
     """Run ``argv`` to the end: (exit code, seconds, stderr)."""
     loop = asyncio.get_running_loop()
