@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.table import Row
 from relsync.harness.example import build_example_release, copy_example_project
-from relsync.harness.kinds import Board, start_board
+from relsync.harness.kinds import EmulatedBoard, start_board
 from relsync.harness.watching import WatchRun, save, watch_argv
 
 EDITS = 20
@@ -29,7 +29,7 @@ BOARDS = (("local", "erl"), ("docker-otp", "ssh"))
 _ROUND_MS = re.compile(r"\((\d+) ms\)")
 
 
-async def _edits(board: Board, mode: str, work: Path) -> tuple[list[float], list[float]]:
+async def _edits(board: EmulatedBoard, mode: str, work: Path) -> tuple[list[float], list[float]]:
     """Seconds from each save to its round's line, and each round's own figure (s)."""
     project = copy_example_project(work)
     counter = project / "src" / "demo_counter.erl"

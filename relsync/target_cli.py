@@ -19,14 +19,10 @@ from typing import Any
 
 from relsync.errors import ExitCode, RelsyncError, UsageError
 from relsync.harness.docker import DockerBoard
-from relsync.harness.local import read_release_info
+from relsync.harness.kinds import STANDING, EmulatedBoard, start_board
 from relsync.harness.qemu import QemuBoard
 from relsync.harness.ready import BoardError
 from relsync.release import default_cache_dir
-
-KINDS = ("docker-otp", "qemu-arm")
-#: ERTS major version -> OTP release, to pick a board image matching a release.
-ERTS_TO_OTP = {"13": 25, "14": 26, "15": 27}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="relsync target", description="Emulated boards for trying a release.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     up = sub.add_parser("up", help="boot a board running a release; returns when it answers")
-    up.add_argument("kind", choices=KINDS)
+    up.add_argument("kind", choices=STANDING)
     up.add_argument("--release", required=True, type=Path, help="the release directory")
     up.add_argument(
         "--otp",
@@ -61,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def describe(board: DockerBoard | QemuBoard) -> dict[str, Any]:
+def describe(board: EmulatedBoard) -> dict[str, Any]:
     """The board as ``--json`` prints it."""
     ssh = board.ssh
     return {
@@ -80,7 +76,7 @@ def describe(board: DockerBoard | QemuBoard) -> dict[str, Any]:
     }
 
 
-def _print_board(board: DockerBoard | QemuBoard, as_json: bool) -> None:
+def _print_board(board: EmulatedBoard, as_json: bool) -> None:
     info = describe(board)
     if as_json:
         print(json.dumps(info))
@@ -95,17 +91,6 @@ def _print_board(board: DockerBoard | QemuBoard, as_json: bool) -> None:
         print("  sync over ssh:")
         print(f"    relsync -M ssh -d 127.0.0.1 -P {board.ssh.port} -i {board.ssh.identity} "
               f"--accept-new-host-key -p {board.release_path} -q {board.rw_path}")  # fmt: skip
-
-
-def _otp_of(release: Path) -> int:
-    erts = read_release_info(release).erts_version.split(".")[0]
-    otp = ERTS_TO_OTP.get(erts)
-    if otp not in (25, 27):
-        raise UsageError(
-            f"{release} was built with ERTS {erts}; there are boards for OTP 25 and 27 only: "
-            "rebuild it with one of those, or force one with --otp"
-        )
-    return otp
 
 
 BOARDS_DIR = default_cache_dir() / "boards"
@@ -129,13 +114,8 @@ async def run(args: argparse.Namespace) -> None:
         release = args.release.resolve()
         if not (release / "releases").is_dir():
             raise UsageError(f"--release {args.release}: not a release directory (no releases/)")
-        board: DockerBoard | QemuBoard
-        if args.kind == "qemu-arm":
-            board = await QemuBoard.start(release, workdir=args.workdir)
-        else:
-            otp = args.otp or _otp_of(release)
-            board = await DockerBoard.start(release, otp=otp, workdir=args.workdir)
-        _print_board(board, args.json)
+        _print_board(await start_board(args.kind, release, workdir=args.workdir, otp=args.otp),
+                     args.json)  # fmt: skip
     elif args.command == "reboot":
         board = await _find(args.id)
         await (board.power_cut() if args.power_cut else board.reboot())

@@ -26,7 +26,7 @@ import pytest
 
 from relsync.erldist.etf import Atom
 from relsync.harness.client import Run
-from relsync.harness.kinds import Board
+from relsync.harness.kinds import EmulatedBoard
 from relsync.harness.local import copy_project_links, read_release_info
 from relsync.harness.ready import app_names
 
@@ -65,7 +65,7 @@ def _with_probe(release: Path, workdir: Path) -> tuple[Path, str, str, str]:
 
 
 @pytest.fixture(scope="module")
-def pristine(relsync_board: Board) -> dict[str, str]:
+def pristine(relsync_board: EmulatedBoard) -> dict[str, str]:
     """The board's release as it booted (files and links, with their hashes)."""
     return asyncio.run(relsync_board.tree(str(relsync_board.release_path)))
 
@@ -79,7 +79,10 @@ def probe(
 
 
 def test_board_runs_the_release(
-    relsync_board: Board, relsync_release: Path, pristine: dict[str, str], relsync_report: Report
+    relsync_board: EmulatedBoard,
+    relsync_release: Path,
+    pristine: dict[str, str],
+    relsync_report: Report,
 ) -> None:
     info = read_release_info(relsync_release)
     apps = app_names(asyncio.run(relsync_board.rpc("application", "which_applications")))
@@ -93,7 +96,7 @@ def test_board_runs_the_release(
 
 
 def test_same_release_syncs_as_a_no_op(
-    relsync_board: Board, relsync_release: Path, relsync_sync: Sync, relsync_report: Report
+    relsync_board: EmulatedBoard, relsync_release: Path, relsync_sync: Sync, relsync_report: Report
 ) -> None:
     run = relsync_sync(relsync_release)
     _ok(run, "syncing the release the board runs")
@@ -105,7 +108,7 @@ def test_same_release_syncs_as_a_no_op(
 
 
 def test_added_module_syncs_loads_and_goes(
-    relsync_board: Board,
+    relsync_board: EmulatedBoard,
     relsync_release: Path,
     probe: tuple[Path, str, str, str],
     relsync_sync: Sync,
@@ -128,7 +131,7 @@ def test_added_module_syncs_loads_and_goes(
 
 
 def test_reboot_comes_back_pristine(
-    relsync_board: Board,
+    relsync_board: EmulatedBoard,
     relsync_release: Path,
     probe: tuple[Path, str, str, str],
     pristine: dict[str, str],

@@ -20,7 +20,7 @@ from relsync.erldist.etf import Term
 from relsync.erldist.node import call_once
 from relsync.harness.bundle import harness_root
 from relsync.harness.local import read_release_info
-from relsync.harness.ready import BoardError, parse_tree, tree_command, wait_ready
+from relsync.harness.ready import BoardError, parse_tree, run_command, tree_command, wait_ready
 from relsync.harness.relsyncd import SshAccess, build_relsyncd, ensure_key, start_relsyncd
 from relsync.transports.ssh import DEFAULT_PORT as SSH_PORT
 
@@ -34,29 +34,18 @@ def _recipe() -> Path:
     return harness_root() / "targets" / "docker-otp"
 
 
-async def _run(*argv: str, check: bool = True) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    out, _ = await proc.communicate()
-    text = out.decode(errors="replace")
-    if check and proc.returncode != 0:
-        raise BoardError(f"`{' '.join(argv)}` failed (exit {proc.returncode}): {text.strip()}")
-    return text
-
-
 async def ensure_engine_and_image(otp: int) -> None:
     """Start the Docker engine if needed and build the board image for ``otp`` if missing."""
-    await _run(str(harness_root() / "scripts" / "docker-engine.sh"))
+    await run_command(str(harness_root() / "scripts" / "docker-engine.sh"))
     flavor = {25: "bookworm", 27: "trixie"}.get(otp)
     if flavor is None:
         raise BoardError(f"no docker-otp board for OTP {otp}; choose 25 or 27")
-    await _run(str(_recipe() / "build.sh"), flavor)
+    await run_command(str(_recipe() / "build.sh"), flavor)
 
 
 async def example_release(otp: int) -> Path:
     """The example release built against OTP ``otp`` (inside a builder image if need be)."""
-    out = await _run(str(_recipe() / "release.sh"), str(otp))
+    out = await run_command(str(_recipe() / "release.sh"), str(otp))
     return Path(out.strip().splitlines()[-1])
 
 
@@ -146,7 +135,7 @@ class DockerBoard:
             board.openssh = SshAccess(port, "root", identity, identity.parent / "known_hosts")
             argv += ["-e", f"RELSYNC_SSHD_KEY={public}", "-p", f"127.0.0.1:{port}:22"]
         try:  # a failed `docker run` may still leave a created container and its volume
-            await _run(*argv, f"relsync/otp-board:{otp}")
+            await run_command(*argv, f"relsync/otp-board:{otp}")
             await board._follow_log()
             await board._ready()
         except BaseException:
@@ -157,7 +146,7 @@ class DockerBoard:
     @classmethod
     async def attach(cls, name: str) -> DockerBoard:
         """The board ``name``, as :meth:`start` described it in the container's labels."""
-        out = await _run(
+        out = await run_command(
             "docker", "inspect", "--format", "{{json .Config.Labels}}", name, check=False
         )  # fmt: skip
         try:
@@ -179,7 +168,7 @@ class DockerBoard:
     @classmethod
     async def list_ids(cls) -> list[str]:
         """Names of every docker-otp board on this machine."""
-        out = await _run(
+        out = await run_command(
             "docker", "ps", "-a", "--filter", f"label=relsync.board={cls.kind}",
             "--format", "{{.Names}}",
         )  # fmt: skip
@@ -229,7 +218,7 @@ class DockerBoard:
 
     async def exec(self, *command: str) -> str:
         """Run a command inside the board and return its output (fails on a non-zero exit)."""
-        return await _run("docker", "exec", self.id, *command)
+        return await run_command("docker", "exec", self.id, *command)
 
     async def read_file(self, path: str) -> bytes:
         """The content of a file on the board."""
@@ -249,22 +238,22 @@ class DockerBoard:
     async def reboot(self) -> None:
         """``docker restart``: a clean reboot; returns when the node (and relsyncd) answer."""
         since = _now()
-        await _run("docker", "restart", self.id)
+        await run_command("docker", "restart", self.id)
         await self._follow_log(since)  # the follower ended when the container stopped
         await self._ready()
 
     async def power_cut(self) -> None:
         """``docker kill`` + ``docker start``: no clean shutdown; returns when it answers again."""
         since = _now()
-        await _run("docker", "kill", self.id)
-        await _run("docker", "start", self.id)
+        await run_command("docker", "kill", self.id)
+        await run_command("docker", "start", self.id)
         await self._follow_log(since)
         await self._ready()
 
     async def stop(self) -> None:
         """Remove the container and its data volume (keeps the console log). Idempotent."""
-        await _run("docker", "rm", "-f", "-v", self.id, check=False)
-        await _run("docker", "volume", "rm", "-f", f"{self.id}-data", check=False)
+        await run_command("docker", "rm", "-f", "-v", self.id, check=False)
+        await run_command("docker", "volume", "rm", "-f", f"{self.id}-data", check=False)
 
     async def __aenter__(self) -> DockerBoard:
         return self

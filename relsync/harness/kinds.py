@@ -12,16 +12,21 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from relsync.erldist.etf import Term
+from relsync.errors import UsageError
 from relsync.harness import docker, qemu
 from relsync.harness.example import build_example_release
 from relsync.harness.local import LocalBoard, read_release_info
 from relsync.harness.ready import BoardError
 from relsync.harness.relsyncd import SshAccess
-from relsync.target_cli import ERTS_TO_OTP
 
-KINDS = ("local", "docker-otp-25", "docker-otp-27", "qemu-arm")
-#: What users pick from (``--relsync-target``, ``relsync validate --target``).
+#: The board kinds users pick from (``--relsync-target``, ``relsync validate --target``).
 TARGETS = ("local", "docker-otp", "qemu-arm")
+#: Those ``relsync target up`` leaves running after it exits (a local board ends with it).
+STANDING = ("docker-otp", "qemu-arm")
+#: Every kind the end-to-end suite runs on: docker-otp at each OTP it has an image for.
+KINDS = ("local", "docker-otp-25", "docker-otp-27", "qemu-arm")
+#: ERTS major version -> OTP release, to pick a board image matching a release.
+ERTS_TO_OTP = {"13": 25, "14": 26, "15": 27}
 #: The board options ``relsync validate`` (``--NAME``) and the pytest plugin
 #: (``--relsync-NAME``) share: name -> keyword arguments of ``add_argument``/``addoption``.
 BOARD_OPTIONS: dict[str, dict[str, Any]] = {
@@ -33,8 +38,8 @@ BOARD_OPTIONS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-class Board(Protocol):
-    """What every board kind offers."""
+class EmulatedBoard(Protocol):
+    """What every emulated board kind offers."""
 
     kind: str
     node: str
@@ -62,11 +67,15 @@ class Board(Protocol):
 
 
 def otp_of(release: Path) -> int:
-    """The OTP release ``release`` was built with (from its ERTS version)."""
+    """The OTP release ``release`` was built with (from its ERTS version), one there are
+    docker-otp boards for."""
     erts = read_release_info(release).erts_version.split(".")[0]
     otp = ERTS_TO_OTP.get(erts)
-    if otp is None:
-        raise BoardError(f"{release}: unknown ERTS {erts}; known: {sorted(ERTS_TO_OTP)}")
+    if otp not in (25, 27):
+        raise UsageError(
+            f"{release} was built with ERTS {erts}; there are boards for OTP 25 and 27 only: "
+            "rebuild it with one of those, or force one with --otp"
+        )
     return otp
 
 
@@ -89,7 +98,7 @@ def port_cc(kind: str) -> str:
 
 async def start_board(
     kind: str, release: Path, *, workdir: Path, ssh: bool = True, otp: int | None = None
-) -> Board:
+) -> EmulatedBoard:
     """Boot a board of ``kind`` running ``release`` read-only; return when it answers.
 
     ``ssh``: also start relsyncd beside the release (ssh mode). ``otp`` only matters for

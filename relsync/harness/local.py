@@ -34,7 +34,7 @@ from typing import Any
 
 from relsync.erldist.etf import Atom, Term
 from relsync.erldist.node import call_once
-from relsync.harness.ready import BoardError, parse_tree, tree_command, wait_ready
+from relsync.harness.ready import BoardError, parse_tree, run_command, tree_command, wait_ready
 from relsync.harness.relsyncd import SshAccess, build_relsyncd, start_relsyncd
 from relsync.release import OTP_APPS, project_of
 from relsync.release_node import release_cookie, release_node
@@ -254,22 +254,6 @@ async def _port_open(port: int) -> bool:
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     return True
-
-
-async def _run(*argv: str | Path) -> str:
-    """Runs a short command and returns its output; raises BoardError with it when it fails."""
-    proc = await asyncio.create_subprocess_exec(
-        *(str(a) for a in argv),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await proc.communicate()
-    if proc.returncode != 0:
-        cmd = " ".join(str(a) for a in argv)
-        text = out.decode(errors="replace").strip()
-        raise BoardError(f"`{cmd}` failed (exit {proc.returncode}): {text}")
-    return out.decode(errors="replace")
 
 
 def mount_points() -> set[Path]:
@@ -499,7 +483,7 @@ class LocalBoard:
 
     async def exec(self, *command: str) -> str:
         """Runs a command on the board (this machine) and returns its output."""
-        return await _run(*command)
+        return await run_command(*command)
 
     async def tree(self, root: str | Path) -> dict[str, str]:
         """Files and symlinks below ``root``: 'file:<sha256>' or 'link:<target>'."""
@@ -549,12 +533,12 @@ class LocalBoard:
     async def _install(self, release: Path) -> None:
         target = self.release_path
         if target in mount_points():
-            await _run("umount", target)
+            await run_command("umount", target)
         if target.exists() or target.is_symlink():
-            await _run("chmod", "-R", "u+w", target)
-            await _run("rm", "-rf", target)
+            await run_command("chmod", "-R", "u+w", target)
+            await run_command("rm", "-rf", target)
         target.parent.mkdir(parents=True, exist_ok=True)
-        await _run("cp", "-a", release, target)
+        await run_command("cp", "-a", release, target)
         copy_project_links(target, release)
         if not self.writable:
             await self._make_read_only()
@@ -563,7 +547,7 @@ class LocalBoard:
         target = self.release_path
         if os.geteuid() == 0:
             try:
-                await _run("mount", "--bind", target, target)
+                await run_command("mount", "--bind", target, target)
             except BoardError as exc:
                 log.warning(
                     "cannot bind-mount %s (%s): falling back to chmod -R a-w, which does not "
@@ -573,13 +557,13 @@ class LocalBoard:
                 )
             else:
                 self._mounted = True
-                await _run("mount", "-o", "remount,bind,ro", target)
+                await run_command("mount", "-o", "remount,bind,ro", target)
                 self.read_only_mode = "bind-mount"
                 log.info("release at %s is a read-only bind mount", target)
                 return
         else:
             log.info("not root: making %s read-only with chmod -R a-w (no bind mount)", target)
-        await _run("chmod", "-R", "a-w", target)
+        await run_command("chmod", "-R", "a-w", target)
         self.read_only_mode = "chmod"
 
     async def _release_read_only(self) -> None:
@@ -588,7 +572,7 @@ class LocalBoard:
             last: BoardError | None = None
             for _attempt in range(50):
                 try:
-                    await _run("umount", target)
+                    await run_command("umount", target)
                     break
                 except BoardError as exc:
                     if target not in mount_points():
@@ -597,11 +581,11 @@ class LocalBoard:
                     await asyncio.sleep(0.1)  # busy: something still has a file open
             else:
                 log.warning("umount %s keeps failing (%s): lazy unmount", target, last)
-                await _run("umount", "-l", target)
+                await run_command("umount", "-l", target)
             self._mounted = False
         elif self.read_only_mode == "chmod" and target.exists():
             # Let whoever cleans up workdir delete the copy.
-            await _run("chmod", "-R", "u+w", target)
+            await run_command("chmod", "-R", "u+w", target)
             self.read_only_mode = ""
 
     # -- epmd ------------------------------------------------------------------------------------
@@ -674,7 +658,7 @@ class LocalBoard:
     async def _boot(self, why: str) -> None:
         run = self.run_dir
         if run.exists():
-            await _run("rm", "-rf", run)
+            await run_command("rm", "-rf", run)
         for d in (run / "out", run / "log", run / "home", self.rw_path):
             d.mkdir(parents=True, exist_ok=True)
         # For releases whose vm.args has no -setcookie: the VM then reads $HOME/.erlang.cookie.

@@ -23,7 +23,7 @@ Fixtures:
     the release's path (``--relsync-release``), a :class:`~pathlib.Path`
 ``relsync_board``
     session-scoped: a board of ``--relsync-target`` running that release read-only, booted once
-    (see :class:`relsync.harness.kinds.Board`: ``rpc``, ``exec``, ``tree``, ``reboot``,
+    (see :class:`relsync.harness.kinds.EmulatedBoard`: ``rpc``, ``exec``, ``tree``, ``reboot``,
     ``power_cut``, ``release_path``, ``rw_path``, ``console_log``)
 ``relsync_sync``
     ``relsync_sync(local_release, *args)`` runs the relsync command line against
@@ -52,9 +52,10 @@ from typing import Any
 
 import pytest
 
+from relsync.errors import UsageError
 from relsync.harness.client import Run, run_relsync
 from relsync.harness.docker import DockerBoard
-from relsync.harness.kinds import BOARD_OPTIONS, Board, start_board
+from relsync.harness.kinds import BOARD_OPTIONS, EmulatedBoard, start_board
 from relsync.harness.ready import BoardError
 
 #: Lines of a board's console attached to a failure.
@@ -99,7 +100,7 @@ def relsync_release(pytestconfig: pytest.Config) -> Path:
 @pytest.fixture(scope="session")
 def relsync_board(
     pytestconfig: pytest.Config, relsync_release: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Board]:
+) -> Iterator[EmulatedBoard]:
     """A board of ``--relsync-target`` running ``relsync_release`` read-only (one per session)."""
     target = str(pytestconfig.getoption("relsync_target"))
     mode = str(pytestconfig.getoption("relsync_mode"))
@@ -111,7 +112,7 @@ def relsync_board(
             otp=int(otp) if otp else None,
         )  # fmt: skip
         board = asyncio.run(starting)
-    except BoardError as exc:
+    except (BoardError, UsageError) as exc:
         pytest.fail(f"the {target} board did not come up with {relsync_release}: {exc}",
                     pytrace=False)  # fmt: skip
     try:
@@ -121,7 +122,7 @@ def relsync_board(
 
 
 @pytest.fixture
-def relsync_sync(pytestconfig: pytest.Config, relsync_board: Board) -> Callable[..., Run]:
+def relsync_sync(pytestconfig: pytest.Config, relsync_board: EmulatedBoard) -> Callable[..., Run]:
     """``relsync_sync(local, *args)``: sync ``local`` to ``relsync_board``'s shadow tree."""
     mode = str(pytestconfig.getoption("relsync_mode"))
     state = pytestconfig.stash[_STATE]

@@ -22,7 +22,7 @@ from relsync.erldist.etf import Charlist, Term
 from relsync.erldist.node import call_once
 from relsync.harness.bundle import harness_root
 from relsync.harness.local import read_release_info
-from relsync.harness.ready import BoardError, parse_tree, tree_command, wait_ready
+from relsync.harness.ready import BoardError, parse_tree, run_command, tree_command, wait_ready
 from relsync.harness.relsyncd import SshAccess, ensure_key, start_relsyncd
 from relsync.transports.ssh import DEFAULT_PORT as SSH_PORT
 
@@ -42,15 +42,7 @@ def _recipe() -> Path:
 
 async def _run(*argv: str | Path) -> str:
     env = {"PYTHON": sys.executable, **os.environ}  # run.sh's boardctl.py, with relsync in it
-    proc = await asyncio.create_subprocess_exec(
-        *(str(a) for a in argv), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        cmd = " ".join(str(a) for a in argv)
-        raise BoardError(f"`{cmd}` failed (exit {proc.returncode}): {err.decode().strip()}")
-    return out.decode()
+    return await run_command(*argv, env=env, split=True)
 
 
 async def ensure_image() -> None:

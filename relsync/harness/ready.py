@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from relsync.erldist.errors import DistError
@@ -108,3 +109,27 @@ def tree_command(root: str) -> str:
 def parse_tree(output: str) -> dict[str, str]:
     """``tree_command``'s output as {relative path: 'file:<sha256>' | 'link:<target>'}."""
     return dict(line.split(" ", 1) for line in output.splitlines() if " " in line)
+
+
+async def run_command(
+    *argv: str | Path,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    split: bool = False,
+) -> str:
+    """Run a short command to its end and return its output (stdout and stderr together, or
+    with ``split`` stdout alone); with ``check``, a failure raises :class:`BoardError` naming
+    the command and what it said (its stderr when ``split``)."""
+    proc = await asyncio.create_subprocess_exec(
+        *(str(a) for a in argv), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE if split else asyncio.subprocess.STDOUT,
+        env=None if env is None else dict(env),
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    text = out.decode(errors="replace")
+    if check and proc.returncode != 0:
+        said = (err if split else out).decode(errors="replace").strip()
+        command = " ".join(str(a) for a in argv)
+        raise BoardError(f"`{command}` failed (exit {proc.returncode}): {said}")
+    return text

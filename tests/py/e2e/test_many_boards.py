@@ -18,7 +18,7 @@ import pytest
 from relsync.erldist.etf import Atom
 from relsync.harness.docker import DockerBoard
 from relsync.harness.example import APP_DIR, Variant, build_example_release
-from relsync.harness.kinds import Board
+from relsync.harness.kinds import EmulatedBoard
 from relsync.harness.qemu import QemuBoard
 
 pytestmark = [pytest.mark.e2e, pytest.mark.arm]
@@ -34,7 +34,7 @@ def portless(base: Path, root: Path) -> Variant:
     return variant
 
 
-def board_entry(board: Board, mode: str, index: int, env: dict[str, str]) -> list[str]:
+def board_entry(board: EmulatedBoard, mode: str, index: int, env: dict[str, str]) -> list[str]:
     """The targets-file lines for ``board`` over ``mode``."""
     paths = [f'destination_path = "{board.release_path}"',
              f'destination_rw_path = "{board.rw_path}"']  # fmt: skip
@@ -62,7 +62,7 @@ def test_four_docker_boards_and_one_arm_board_in_one_run(tmp_path: Path) -> None
         started = await asyncio.gather(
             *starting, QemuBoard.start(base, workdir=workdir, ssh=True), return_exceptions=True
         )
-        boards: list[Board] = [b for b in started if not isinstance(b, BaseException)]
+        boards: list[EmulatedBoard] = [b for b in started if not isinstance(b, BaseException)]
         try:
             failures = [b for b in started if isinstance(b, BaseException)]
             assert not failures, f"boards did not come up: {failures}"

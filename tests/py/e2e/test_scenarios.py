@@ -47,7 +47,7 @@ from support.upgrade_sources import STORE_V2_CRASH, v2_release
 from relsync.erldist.etf import Atom, Term
 from relsync.harness.client import Run, run_relsync
 from relsync.harness.example import APP_DIR, Variant
-from relsync.harness.kinds import KINDS, Board, example_release, port_cc, start_board
+from relsync.harness.kinds import KINDS, EmulatedBoard, example_release, port_cc, start_board
 from relsync.harness.local import LocalBoard
 
 REPO = Path(__file__).resolve().parents[3]
@@ -107,7 +107,7 @@ class Env:
 
     kind: str
     mode: str
-    board: Board
+    board: EmulatedBoard
     release: Path
     tmp: Path
     base: dict[str, str] = field(default_factory=dict)

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from relsync.harness.example import copy_example_project
-from relsync.harness.kinds import Board
+from relsync.harness.kinds import EmulatedBoard
 from relsync.harness.watching import WatchRun, save, watch_argv
 
 
-async def three_edits(board: Board, mode: str, where: Path) -> None:
+async def three_edits(board: EmulatedBoard, mode: str, where: Path) -> None:
     """Each save is rebuilt and reloaded, a compile error is shown and leaves the board alone,
     and Ctrl-C ends the watch with exit 0."""
     project = copy_example_project(where)
