@@ -34,10 +34,12 @@ test-arm: erlang arm-image
 	@scripts/setup.sh test
 	$(PY) -m pytest -rs -m arm tests/py
 
-lint: setup
+lint:
+	@scripts/setup.sh lint
 	$(VENV)/bin/ruff check relsync tests bench scripts targets
 	$(VENV)/bin/ruff format --check relsync tests bench scripts targets
 	$(VENV)/bin/mypy --strict relsync targets/qemu-arm/boardctl.py
+	@scripts/dialyzer.sh
 
 pytest: erlang examples
 	@scripts/setup.sh test

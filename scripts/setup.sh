@@ -2,12 +2,16 @@
 # Installs what relsync's demo and tests need: Debian packages (when root; otherwise prints the
 # exact command) and the Python dependencies into ./.venv. Safe to run again: it skips what is there.
 #   scripts/setup.sh        what `make demo` needs
-#   scripts/setup.sh test   also what `make test` needs (mmdebstrap builds the OTP 27 test rootfs,
-#                           elixir builds a mix release)
+#   scripts/setup.sh lint   also dialyzer, for `make lint`
+#   scripts/setup.sh test   also what `make test` needs (dialyzer; mmdebstrap builds the OTP 27
+#                           test rootfs, elixir builds a mix release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 debs=(erlang-nox erlang-dev erlang-src erlang-common-test rebar3 gcc make rsync openssh-client)
+if [ "${1:-}" = test ] || [ "${1:-}" = lint ]; then
+  debs+=(erlang-dialyzer)  # make lint checks relsyncd's Erlang
+fi
 if [ "${1:-}" = test ]; then
   debs+=(mmdebstrap elixir)  # elixir: the mix release tests build one
 fi
