@@ -42,6 +42,8 @@ HELPER = "relsync_target"
 UPGRADER = "relsync_upgrade"
 #: Files up to this size travel in batches; larger ones in chunks of this size.
 CHUNK = 4 << 20
+#: put_files batches (of about CHUNK bytes each) sent before the first is answered.
+BATCHES_IN_FLIGHT = 2
 #: Generous per-call timeout for file operations (a slow SD card fsyncs slowly).
 FILE_TIMEOUT = 120.0
 CALL_TIMEOUT = 60.0
@@ -453,22 +455,36 @@ class HelperTarget(ABC):
         deltas: list[str] = []
         batch: list[Term] = []
         batch_bytes = 0
-        for put in files:
-            if await self._put_delta(put, progress):
-                deltas.append(put.path)
-                continue
-            if put.size > CHUNK:
-                await self._put_large(put, progress)
-                continue
-            with open(put.local, "rb") as handle:
-                data = handle.read()
-            batch.append((_path(put.path), put.mode, data, put.digest))
-            batch_bytes += len(data)
-            if batch_bytes >= CHUNK:
-                await self._put_batch(batch, batch_bytes, progress)
-                batch, batch_bytes = [], 0
-        if batch:
-            await self._put_batch(batch, batch_bytes, progress)
+        # Up to BATCHES_IN_FLIGHT batches on their way: the target writes one while the
+        # next is read here and sent.
+        flying: list[asyncio.Task[None]] = []
+        try:
+            for put in files:
+                if await self._put_delta(put, progress):
+                    deltas.append(put.path)
+                    continue
+                if put.size > CHUNK:
+                    await self._put_large(put, progress)
+                    continue
+                with open(put.local, "rb") as handle:
+                    data = handle.read()
+                batch.append((_path(put.path), put.mode, data, put.digest))
+                batch_bytes += len(data)
+                if batch_bytes >= CHUNK:
+                    flying.append(
+                        asyncio.ensure_future(self._put_batch(batch, batch_bytes, progress))
+                    )
+                    batch, batch_bytes = [], 0
+                    if len(flying) >= BATCHES_IN_FLIGHT:
+                        await flying.pop(0)
+            if batch:
+                flying.append(asyncio.ensure_future(self._put_batch(batch, batch_bytes, progress)))
+            while flying:
+                await flying.pop(0)
+        finally:
+            for task in flying:  # a failure: the batches still on their way are not waited for
+                task.cancel()
+            await asyncio.gather(*flying, return_exceptions=True)
         return deltas
 
     async def _put_delta(self, put: FilePut, progress: Progress) -> bool:

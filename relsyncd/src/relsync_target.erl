@@ -8,13 +8,13 @@
 %% Conventions: paths are absolute binaries; expected failures are returned as
 %% error tuples carrying posix atoms, never raised to the rpc caller.
 %%
-%% Hash cache: a named public ETS table (?CACHE) keyed by absolute path, value
-%% {Size, Mtime, Inode, Sha256}. It is owned by a process registered as ?CACHE,
+%% Hash cache: a named public ETS table (?STATE) keyed by absolute path, value
+%% {Size, Mtime, Inode, Sha256}. It is owned by a process registered as ?STATE,
 %% spawned unlinked (so it outlives the rpc worker) with init's group leader.
 %% Once the table exists, the owner hibernates into timer:sleep(infinity), so
 %% its stack and heap hold no reference to this module: reloading and purging
 %% relsync_target (which kills processes running old code) leaves it alone.
-%% Stop it with exit(whereis(relsync_target_cache), kill); the table goes too.
+%% Stop it with exit(whereis(relsync_target_state), kill); the table goes too.
 %% A file whose mtime is within ?RACY_SECS of the clock is hashed but not
 %% cached, so a same-size rewrite within the same second is never missed.
 %% The same table keeps directory listings, keyed by {dir, Path}, see walk/6.
@@ -31,13 +31,15 @@
 
 -include_lib("kernel/include/file.hrl").
 
--define(CACHE, relsync_target_cache).
+-define(STATE, relsync_target_state).
 -define(LOCK, relsync_target_lock).
 -define(LOCK_KEY, relsync_lock).
 -define(TMP_PREFIX, ".relsync-tmp.").
 -define(CHUNK, (1024 * 1024)).
 -define(RACY_SECS, 2).
 -define(NEW_FILE, [write, raw, binary, exclusive]).
+%% Processes writing one put_files call's files at once (see put_parallel/2).
+-define(WRITERS, 8).
 %% Directories down to this depth below a manifest's root are walked by
 %% processes of their own (lib/APP in a release is depth 2), at most this many
 %% at a time (each may hold a 1 MiB read buffer while it hashes).
@@ -279,7 +281,7 @@ list_dir(_) ->
           {ok, [entry()] | binary()} | {error, {binary(), posix()}}.
 manifest(Root, Opts) when is_binary(Root), is_map(Opts) ->
     Excl = maps:get(exclude, Opts, []),
-    ensure_cache(),
+    ensure_state(),
     case file:read_file_info(Root, [raw, {time, posix}]) of
         {ok, #file_info{type = directory} = FI} ->
             Slots = atomics:new(1, []),
@@ -359,7 +361,7 @@ dir_stamp(#file_info{major_device = Dev, inode = Ino, mtime = M, ctime = C}) ->
 
 cache_listing(Dir, {_, _, M, C} = Stamp, Listing) ->
     case erlang:system_time(second) - max(M, C) > ?RACY_SECS of
-        true -> catch ets:insert(?CACHE, {{dir, Dir}, Stamp, Listing}), ok;
+        true -> cache_put({{dir, Dir}, Stamp, Listing});
         false -> ok
     end.
 
@@ -517,12 +519,12 @@ cached_hash(Abs, #file_info{size = Size, mtime = Mtime, inode = Ino}) ->
     end.
 
 cache_lookup(Abs) ->
-    try ets:lookup(?CACHE, Abs) catch error:badarg -> [] end.  % owner was killed
+    try ets:lookup(?STATE, Abs) catch error:badarg -> [] end.  % owner was killed
 
 cache_insert(Abs, Size, Mtime, Ino, Hash) ->
     case abs(erlang:system_time(second) - Mtime) =< ?RACY_SECS of
         true -> ok;
-        false -> catch ets:insert(?CACHE, {Abs, {Size, Mtime, Ino, Hash}}), ok
+        false -> cache_put({Abs, {Size, Mtime, Ino, Hash}})
     end.
 
 %% After writing a file ourselves we know its hash (computed here, of the data
@@ -532,35 +534,43 @@ cache_insert(Abs, Size, Mtime, Ino, Hash) ->
 %% there since has not been hashed).
 cache_known(Path0, #file_info{size = S, mtime = M, inode = I}, Hash) ->
     Path = filename:join([Path0]),              % same spelling as manifest's keys
-    catch ets:insert(?CACHE, {Path, {S, M, I, Hash}}),
-    ok.
+    cache_put({Path, {S, M, I, Hash}}).
 
-ensure_cache() ->
-    case ets:whereis(?CACHE) of
-        undefined -> start_cache();
+%% A cache entry (a listing, a file's hash) goes with the table if its owner
+%% was killed, which only costs a re-read. Pending marks are correctness state
+%% and never put this way (mark_pending/1).
+cache_put(Entry) ->
+    try ets:insert(?STATE, Entry) of
+        true -> ok
+    catch error:badarg -> ok
+    end.
+
+ensure_state() ->
+    case ets:whereis(?STATE) of
+        undefined -> start_state();
         _ -> ok
     end.
 
 %% Race-safe: creating the named table is the lock. A loser finds the table
 %% already there, which is all its caller needs.
-start_cache() ->
+start_state() ->
     Ref = make_ref(),
     Caller = self(),
-    {Pid, MRef} = spawn_monitor(fun() -> cache_owner(Caller, Ref) end),
+    {Pid, MRef} = spawn_monitor(fun() -> state_owner(Caller, Ref) end),
     receive
         {Ref, Pid} -> erlang:demonitor(MRef, [flush]), ok;
         {'DOWN', MRef, process, Pid, _} -> ok
     end.
 
-cache_owner(Caller, Ref) ->
+state_owner(Caller, Ref) ->
     case whereis(init) of
         undefined -> ok;
         Init -> group_leader(Init, self())
     end,
-    try ets:new(?CACHE, [named_table, public, set, {read_concurrency, true},
+    try ets:new(?STATE, [named_table, public, set, {read_concurrency, true},
                          {write_concurrency, true}]) of
         _ ->
-            catch register(?CACHE, self()),
+            catch register(?STATE, self()),
             Caller ! {Ref, self()},
             erlang:hibernate(timer, sleep, [infinity])
     catch error:badarg ->
@@ -577,10 +587,30 @@ put_files(Files) -> put_files(Files, <<>>).
 %% must still hold the lock; <<>> for a client that takes no lock.
 -spec put_files([{binary(), integer(), binary(), binary()}], binary()) ->
           ok | {error, lock_lost} | {error, binary(), posix() | hash_mismatch}.
-put_files(Files, Token) when is_binary(Token) ->
+put_files(Files, Token) when is_list(Files), is_binary(Token) ->
     case holds_lock(Token) of
-        ok -> put_each(Files, Token);
+        ok -> put_parallel(Files, Token);
         Lost -> Lost
+    end.
+
+%% The files of one call are written by up to ?WRITERS processes at once. Each
+%% file still has its own fdatasync before its rename; concurrent flushes are
+%% committed together by the file system instead of one journal commit a file.
+put_parallel(Files, Token) ->
+    N = max(1, min(?WRITERS, length(Files))),
+    Numbered = lists:zip(lists:seq(0, length(Files) - 1), Files),
+    Writers = [spawn_monitor(fun() -> exit({written, put_each(Part, Token)}) end)
+               || K <- lists:seq(0, N - 1),
+                  Part <- [[F || {I, F} <- Numbered, I rem N =:= K]]],
+    case [R || R <- [written(Ref) || {_Pid, Ref} <- Writers], R =/= ok] of
+        [] -> ok;
+        [Error | _] -> Error
+    end.
+
+written(Ref) ->
+    receive
+        {'DOWN', Ref, process, _, {written, Result}} -> Result;
+        {'DOWN', Ref, process, _, Reason} -> erlang:error(Reason)
     end.
 
 put_each([], _Token) -> ok;
@@ -991,7 +1021,7 @@ real_path([Part | Rest], Acc, Depth) ->
 -spec load_modules([{module(), binary()} | {module(), binary(), binary()}], purge()) ->
           [{module(), {loaded, procs()} | {not_purged, procs()} | sticky | {error, term()}}].
 load_modules(Mods, Purge) ->
-    ensure_cache(),
+    ensure_state(),
     [{element(1, Mod), load_entry(Mod, Purge)} || Mod <- Mods].
 
 load_entry({M, Path}, Purge) -> load_module(M, Path, any, Purge);
@@ -1024,7 +1054,7 @@ read_beam(Path, Sha) ->
 
 record_loaded(M, Sha, {loaded, _} = Result) ->
     clear_pending(M),
-    is_binary(Sha) andalso ets:insert(?CACHE, {{loaded, M}, Sha}),
+    is_binary(Sha) andalso ets:insert(?STATE, {{loaded, M}, Sha}),
     Result;
 record_loaded(_M, _Sha, Result) ->
     Result.
@@ -1035,25 +1065,31 @@ record_loaded(_M, _Sha, Result) ->
 %% on disk say. In memory only: a reboot clears the marks with the code.
 -spec mark_pending([module()]) -> ok.
 mark_pending(Mods) when is_list(Mods) ->
-    ensure_cache(),
-    catch ets:insert(?CACHE, [{{pending, M}, true} || M <- Mods, is_atom(M)]),
+    ensure_state(),
+    true = ets:insert(?STATE, [{{pending, M}, true} || M <- Mods, is_atom(M)]),
     ok.
 
 -spec code_state() -> #{recorded := #{module() => binary()}, pending := [module()]}.
 code_state() ->
-    ensure_cache(),
-    Pending = try ets:match(?CACHE, {{pending, '$1'}, '_'}) catch error:badarg -> [] end,
+    ensure_state(),
+    Pending = try ets:match(?STATE, {{pending, '$1'}, '_'}) catch error:badarg -> [] end,
     #{recorded => loaded_shas(), pending => lists:sort([M || [M] <- Pending])}.
 
 clear_pending(M) ->
-    catch ets:delete(?CACHE, {pending, M}),
-    ok.
+    state_delete({pending, M}).
+
+%% With the table gone (its owner killed) the entry is gone too.
+state_delete(Key) ->
+    try ets:delete(?STATE, Key) of
+        true -> ok
+    catch error:badarg -> ok
+    end.
 
 %% Modules relsync loaded into this VM (and still loaded) -> SHA-256 of their beam.
 -spec loaded_shas() -> #{module() => binary()}.
 loaded_shas() ->
-    ensure_cache(),
-    Recorded = try ets:match(?CACHE, {{loaded, '$1'}, '$2'}) catch error:badarg -> [] end,
+    ensure_state(),
+    Recorded = try ets:match(?STATE, {{loaded, '$1'}, '$2'}) catch error:badarg -> [] end,
     maps:from_list([{M, Sha} || [M, Sha] <- Recorded, code:is_loaded(M) =/= false]).
 
 load_binary(M, Path, Bin) ->
@@ -1065,7 +1101,7 @@ load_binary(M, Path, Bin) ->
 -spec delete_modules([module()], purge()) ->
           [{module(), deleted | not_loaded | sticky | {not_purged, procs()}}].
 delete_modules(Mods, Purge) ->
-    ensure_cache(),
+    ensure_state(),
     [{M, settled(M, delete_module(M, Purge))} || M <- Mods].
 
 settled(M, Result) when Result =:= deleted; Result =:= not_loaded; Result =:= sticky ->
@@ -1081,7 +1117,7 @@ delete_module(M, Purge) ->
         {true, _, _} -> sticky;
         {_, false, false} -> not_loaded;
         {_, Loaded, _} ->
-            catch ets:delete(?CACHE, {loaded, M}),
+            ok = state_delete({loaded, M}),
             case purge_old(M, Purge) of
                 ok when Loaded =:= false -> deleted;
                 ok -> _ = code:delete(M),
@@ -1160,7 +1196,7 @@ has_app(A, Libs) ->
 %% upgrade step that fails can load it again. Not loaded: nothing kept.
 -spec stash_code([module()]) -> ok.
 stash_code(Mods) when is_list(Mods) ->
-    ensure_cache(),
+    ensure_state(),
     lists:foreach(fun stash/1, [M || M <- Mods, is_atom(M)]).
 
 stash(M) ->
@@ -1170,7 +1206,7 @@ stash(M) ->
                false -> none;
                _ -> unavailable
            end,
-    true = ets:insert(?CACHE, {Key, Kept}).
+    true = ets:insert(?STATE, {Key, Kept}).
 
 running_beam(M, File) ->
     case file:read_file(File) of
@@ -1193,11 +1229,11 @@ running_beam(M, File) ->
 -spec upgrade([relsync_upgrade:step()], #{direction => up | down, timeout => timeout(),
                                           purge => purge()}) -> map().
 upgrade(Steps, Opts) when is_list(Steps), is_map(Opts) ->
-    ensure_cache(),
+    ensure_state(),
     Purge = maps:get(purge, Opts, soft),
     Mods = [element(2, S) || S <- Steps, is_tuple(S), tuple_size(S) >= 2],
     Old = maps:from_list([{M, stashed(M)} || M <- Mods]),
-    _ = [ets:delete(?CACHE, {old_code, M}) || M <- Mods],
+    _ = [ets:delete(?STATE, {old_code, M}) || M <- Mods],
     case [M || {M, unavailable} <- maps:to_list(Old)] of
         [M | _] ->
             #{result => {error, {no_old_code, M}}, events => [], modules => []};
@@ -1214,14 +1250,14 @@ upgrade(Steps, Opts) when is_list(Steps), is_map(Opts) ->
 
 %% What a module ran before: stashed by stash_code/1, else what it runs now.
 stashed(M) ->
-    case ets:lookup(?CACHE, {old_code, M}) of
+    case ets:lookup(?STATE, {old_code, M}) of
         [{_, Kept}] -> Kept;
         [] -> stash(M), stashed(M)
     end.
 
 restore(M, Old) ->
-    ets:delete(?CACHE, {loaded, M}),
-    true = ets:insert(?CACHE, {{pending, M}, true}),
+    ets:delete(?STATE, {loaded, M}),
+    true = ets:insert(?STATE, {{pending, M}, true}),
     _ = code:purge(M),
     case Old of
         none -> _ = code:delete(M), _ = code:purge(M), ok;

@@ -432,18 +432,18 @@ unpack(<<1, N:32, Rel:N/binary, T:32, Target:T/binary, Rest/binary>>) ->
 cache_owner(Config) ->
     Dir = ?config(dir, Config),
     _ = write(<<Dir/binary, "/f">>, <<"x">>),
-    case whereis(relsync_target_cache) of
+    case whereis(relsync_target_state) of
         undefined -> ok;
         Old -> kill_and_wait(Old)
     end,
-    ?assertEqual(undefined, ets:whereis(relsync_target_cache)),
+    ?assertEqual(undefined, ets:whereis(relsync_target_state)),
     Self = self(),
     Pids = [spawn(fun() -> Self ! {self(), ?T:manifest(Dir, #{})} end)
             || _ <- lists:seq(1, 20)],
     [receive {P, R} -> ?assertMatch({ok, [_]}, R) end || P <- Pids],
-    Owner = whereis(relsync_target_cache),
+    Owner = whereis(relsync_target_state),
     ?assert(is_pid(Owner)),
-    ?assertEqual(Owner, ets:info(relsync_target_cache, owner)),
+    ?assertEqual(Owner, ets:info(relsync_target_state, owner)),
     ?assertEqual({links, []}, process_info(Owner, links)),
     %% Reload the helper twice; each purge kills processes running old code.
     {?T, Bin, File} = code:get_object_code(?T),
@@ -452,12 +452,12 @@ cache_owner(Config) ->
          _ = code:purge(?T)
      end || _ <- [1, 2]],
     ?assert(is_process_alive(Owner)),
-    ?assertEqual(Owner, whereis(relsync_target_cache)),
+    ?assertEqual(Owner, whereis(relsync_target_state)),
     ?assertMatch({ok, [_]}, ?T:manifest(Dir, #{})),
     %% If it is killed, the next call simply starts a new one.
     kill_and_wait(Owner),
     ?assertMatch({ok, [_]}, ?T:manifest(Dir, #{})),
-    ?assert(is_pid(whereis(relsync_target_cache))).
+    ?assert(is_pid(whereis(relsync_target_state))).
 
 %%% ------------------------------------------------------------- put_files
 
@@ -483,7 +483,7 @@ put_files_basic(Config) ->
     %% put_files seeded the cache with what it wrote; the manifest agrees.
     {ok, #file_info{size = 5, mtime = Mtime, inode = Ino}} =
         file:read_file_info(B, [{time, posix}]),
-    ?assertEqual([{B, {5, Mtime, Ino, sha(<<"new b">>)}}], ets:lookup(relsync_target_cache, B)),
+    ?assertEqual([{B, {5, Mtime, Ino, sha(<<"new b">>)}}], ets:lookup(relsync_target_state, B)),
     {ok, M} = ?T:manifest(Dir, #{}),
     ?assertEqual({<<"b">>, regular, 5, 8#600, sha(<<"new b">>)},
                  lists:keyfind(<<"b">>, 1, M)),
@@ -565,9 +565,11 @@ put_files_hash_mismatch(Config) ->
                  ?T:put_files([{A, 8#644, <<"a">>, sha(<<"a">>)},
                                {B, 8#644, <<"new b">>, sha(<<"something else">>)},
                                {C, 8#644, <<"c">>, sha(<<"c">>)}])),
-    ?assertEqual({ok, <<"a">>}, file:read_file(A)),      % before the error: done
-    ?assertEqual({ok, <<"old b">>}, file:read_file(B)),  % untouched
-    ?assertEqual({error, enoent}, file:read_file(C)),    % after the error: not done
+    %% The files are written by several processes at once: the others are whole
+    %% or absent (written, or not reached), the bad one untouched.
+    ?assert(lists:member(file:read_file(A), [{ok, <<"a">>}, {error, enoent}])),
+    ?assertEqual({ok, <<"old b">>}, file:read_file(B)),
+    ?assert(lists:member(file:read_file(C), [{ok, <<"c">>}, {error, enoent}])),
     ?assertEqual([], tmp_files(Dir)),
     ?assertEqual({error, <<"rel">>, badarg}, ?T:put_files([<<"rel">>])).
 
@@ -1066,7 +1068,7 @@ mode(Path) ->
 
 %% The cached listing of directory Dir ([] when there is none).
 listing(Dir) ->
-    ets:lookup(relsync_target_cache, {dir, Dir}).
+    ets:lookup(relsync_target_state, {dir, Dir}).
 
 set_mtime(Path, T) ->
     ok = file:write_file_info(Path, #file_info{mtime = T, atime = T}, [{time, posix}]).
