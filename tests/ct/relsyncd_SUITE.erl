@@ -510,11 +510,25 @@ ctl_forbidden(Config) ->
              {update_code_path, [#{add => [Evil]}], Evil},
              {upgrade, [[{delete_module, rs_none},
                          {update, lists, {advanced, []}, Secret, Sha}], #{}], Secret},
-             {upgrade, [[{load_module, lists, Dotdot, Sha}], #{}], Dotdot}],
+             {upgrade, [[{load_module, lists, Dotdot, Sha}], #{}], Dotdot},
+             {sync_state, [Out, [], none, #{}], Out},
+             {put_files, [[{Evil, 8#644, <<"x">>, Sha}], <<>>], Evil},
+             {put_chunk, [Dotdot, 0, <<"x">>, <<>>], Dotdot},
+             {commit, [Evil, 8#644, Sha, <<>>], Evil},
+             {block_signatures, [Secret, 4096], Secret},
+             {put_delta, [Evil, <<D/binary, "/ok">>, [], 8#644, Sha], Evil},
+             %% the base a delta copies from: outside, bytes from anywhere
+             {put_delta, [<<D/binary, "/ok">>, Secret, [{copy, 0, 4}], 8#644, Sha], Secret}],
     lists:foldl(fun({F, Args, Bad}, N) ->
                         ?assertEqual({N, {error, {forbidden, Bad}}}, call(C, Ch, N, F, Args)),
                         N + 1
                 end, 1, Cases),
+    %% Every function of the channel's API has a case here, or takes no path.
+    NoPath = [{info, 0}, {unlock, 1}, {loaded_shas, 0}, {code_state, 0}, {old_code, 0},
+              {mark_pending, 1}, {stash_code, 1}, {delete_modules, 2}, {check_beams, 1},
+              {missing_apps, 1}, {running_programs, 1}, {run_hook, 3}],
+    Covered = lists:usort([{F, length(Args)} || {F, Args, _} <- Cases] ++ NoPath),
+    ?assertEqual(lists:sort(relsyncd_channel:api()), Covered),
     %% nothing of a refused batch was done, not even its allowed part
     ?assertEqual({error, enoent}, file:read_file_info(<<D/binary, "/ok">>)),
     ?assertEqual({error, enoent}, file:read_link_info(<<Out/binary, "/link">>)),
