@@ -257,66 +257,75 @@ dispatch(F, Args, Opts) ->
 
 -type api_function() :: {atom(), arity()}.
 
-%% Every function of relsync_target the channel calls (ping, load_binary and
-%% run_hook's cap are dispatched above).
+%% The wire API: every function relsync_target exports (declared once, there;
+%% ping, load_binary and run_hook's cap are dispatched above). A function it
+%% exports that neither takes no path (no_path/0) nor has its paths checked
+%% below is refused as forbidden: the channel fails closed.
 -spec api() -> [api_function()].
 api() ->
-    [{sync_state, 3}, {sync_state, 4}, {unlock, 1}, {info, 0}, {list_dir, 1}, {manifest, 2},
-     {put_files, 1}, {put_files, 2}, {block_signatures, 2}, {put_delta, 5},
-     {put_chunk, 3}, {put_chunk, 4}, {commit, 3}, {commit, 4},
-     {delete_files, 1}, {delete_dirs, 1}, {make_symlinks, 1},
-     {update_code_path, 1}, {load_modules, 2}, {delete_modules, 2},
-     {loaded_shas, 0}, {mark_pending, 1}, {code_state, 0}, {running_programs, 1},
-     {stash_code, 1}, {upgrade, 2}, {old_code, 0}, {check_beams, 1}, {missing_apps, 1},
-     {run_hook, 3}].
+    [FA || {F, _} = FA <- relsync_target:module_info(exports), F =/= module_info].
+
+%% The functions that take no path: nothing they are given reaches the file
+%% system (running_programs only compares its paths with /proc/PID/exe of the
+%% VM's own ports).
+no_path() ->
+    [{info, 0}, {unlock, 1}, {loaded_shas, 0}, {code_state, 0}, {old_code, 0},
+     {mark_pending, 1}, {stash_code, 1}, {delete_modules, 2}, {check_beams, 1},
+     {missing_apps, 1}, {running_programs, 1}, {run_hook, 3}].
+
+check_args(F, Args, A) ->
+    case lists:member({F, length(Args)}, no_path()) of
+        true -> ok;
+        false -> check_paths(F, Args, A)
+    end.
 
 %% The lock's owner is this channel's worker (the caller): no other pid is taken.
-check_args(sync_state, [Dest, Excl, Rw, Opts], A) when is_map(Opts) ->
+check_paths(sync_state, [Dest, Excl, Rw, Opts], A) when is_map(Opts) ->
     case maps:is_key(owner, Opts) of
         true -> {error, {forbidden, owner}};
-        false -> check_args(sync_state, [Dest, Excl, Rw], A)
+        false -> check_paths(sync_state, [Dest, Excl, Rw], A)
     end;
-check_args(sync_state, [Dest, _Excl, Rw], A) when is_binary(Dest) ->
+check_paths(sync_state, [Dest, _Excl, Rw], A) when is_binary(Dest) ->
     Shadow = case Rw of
                  none -> [];
                  _ -> [Rw, <<Dest/binary, "/lib">>]   % the lib listing follows a link
              end,
     relsyncd_paths:check_many([Dest | Shadow], follow, A);
-check_args(manifest, [Root, _], A) -> one(Root, follow, A);
-check_args(list_dir, [Dir], A) -> one(Dir, follow, A);
-check_args(block_signatures, [Path, _], A) -> one(Path, follow, A);
-check_args(put_delta, [Path, Base | _], A) ->
+check_paths(manifest, [Root, _], A) -> one(Root, follow, A);
+check_paths(list_dir, [Dir], A) -> one(Dir, follow, A);
+check_paths(block_signatures, [Path, _], A) -> one(Path, follow, A);
+check_paths(put_delta, [Path, Base | _], A) ->
     case one(Path, nofollow, A) of
         ok -> one(Base, follow, A);
         E -> E
     end;
-check_args(put_files, [Files, _Token], A) -> check_args(put_files, [Files], A);
-check_args(put_files, [Files], A) when is_list(Files) ->
+check_paths(put_files, [Files, _Token], A) -> check_paths(put_files, [Files], A);
+check_paths(put_files, [Files], A) when is_list(Files) ->
     each(fun({P, _Mode, _Data, _Sha}) -> one(P, nofollow, A);
             (Bad) -> {error, {forbidden, Bad}}
          end, Files);
-check_args(put_chunk, [Path, _, _ | _], A) -> one(Path, nofollow, A);
-check_args(commit, [Path, _, _ | _], A) -> one(Path, nofollow, A);
-check_args(delete_files, [Paths], A) -> relsyncd_paths:check_many(Paths, nofollow, A);
-check_args(delete_dirs, [Paths], A) -> relsyncd_paths:check_many(Paths, nofollow, A);
+check_paths(put_chunk, [Path, _, _ | _], A) -> one(Path, nofollow, A);
+check_paths(commit, [Path, _, _ | _], A) -> one(Path, nofollow, A);
+check_paths(delete_files, [Paths], A) -> relsyncd_paths:check_many(Paths, nofollow, A);
+check_paths(delete_dirs, [Paths], A) -> relsyncd_paths:check_many(Paths, nofollow, A);
 %% Only where a link is made is checked: a link's text grants nothing by
 %% itself, and whatever later goes through it is resolved and checked again.
-check_args(make_symlinks, [Links], A) when is_list(Links) ->
+check_paths(make_symlinks, [Links], A) when is_list(Links) ->
     each(fun({Link, _Target}) -> one(Link, nofollow, A);
             (Bad) -> {error, {forbidden, Bad}}
          end, Links);
-check_args(update_code_path, [Opts], A) when is_map(Opts) ->
+check_paths(update_code_path, [Opts], A) when is_map(Opts) ->
     To = case maps:get(replace_prefix, Opts, none) of
              {_From, T} -> [T];
              Pairs when is_list(Pairs) -> [T || {_From, T} <- Pairs];
              _ -> []
          end,
     relsyncd_paths:check_many(To ++ maps:get(add, Opts, []), follow, A);
-check_args(load_modules, [Mods, _], A) when is_list(Mods) ->
+check_paths(load_modules, [Mods, _], A) when is_list(Mods) ->
     each(fun(M) when is_tuple(M), tuple_size(M) >= 2 -> one(element(2, M), follow, A);
             (Bad) -> {error, {forbidden, Bad}}
          end, Mods);
-check_args(upgrade, [Steps, Opts], A) when is_list(Steps), is_map(Opts) ->
+check_paths(upgrade, [Steps, Opts], A) when is_list(Steps), is_map(Opts) ->
     each(fun({delete_module, M}) when is_atom(M) -> ok;
             %% An appup's apply runs code, as run_hook does: no path to check.
             ({apply, M, F, Args}) when is_atom(M), is_atom(F), is_list(Args) -> ok;
@@ -324,16 +333,10 @@ check_args(upgrade, [Steps, Opts], A) when is_list(Steps), is_map(Opts) ->
                  one(element(tuple_size(S) - 1, S), follow, A);
             (Bad) -> {error, {forbidden, Bad}}
          end, Steps);
-%% running_programs only compares its paths with /proc/<os pid>/exe of ports.
-check_args(F, _Args, _A) when F =:= info; F =:= loaded_shas; F =:= delete_modules;
-                              F =:= unlock;
-                              F =:= run_hook; F =:= running_programs;
-                              F =:= mark_pending; F =:= code_state;
-                              F =:= stash_code; F =:= old_code; F =:= check_beams;
-                              F =:= missing_apps ->
-    ok;
-check_args(_F, [Bad | _], _A) ->
-    {error, {forbidden, Bad}}.          % a path list that is not a list, ...
+check_paths(_F, [Bad | _], _A) ->
+    {error, {forbidden, Bad}};          % a path list that is not a list, ...
+check_paths(F, [], _A) ->
+    {error, {forbidden, F}}.
 
 one(Path, Mode, A) ->
     case relsyncd_paths:check(Path, Mode, A) of
