@@ -13,7 +13,7 @@ setup:
 
 # Target-side helpers, compiled once here (beams from OTP 25 load on 25-27).
 erlang: setup $(BEAMS)
-$(EBIN)/%.beam: relsync/erlang/%.erl
+$(EBIN)/%.beam: relsync/erlang/%.erl relsync/erlang/relsync_target.hrl
 	@mkdir -p $(EBIN)
 	erlc +deterministic +debug_info -o $(EBIN) $<
 

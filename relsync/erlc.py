@@ -47,7 +47,8 @@ async def helper_beam(module: str) -> bytes:
         not source.is_file() or prebuilt.stat().st_mtime >= source.stat().st_mtime
     ):
         return prebuilt.read_bytes()
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    included = b"".join(p.read_bytes() for p in sorted(_PACKAGE_ERLANG.glob("*.hrl")))
+    digest = hashlib.sha256(source.read_bytes() + included).hexdigest()[:16]
     cached = default_cache_dir() / "ebin" / digest / f"{module}.beam"
     if cached.is_file():
         return cached.read_bytes()

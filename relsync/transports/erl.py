@@ -13,7 +13,13 @@ from relsync.erldist.etf import Atom, Charlist, Term
 from relsync.erldist.node import connect
 from relsync.erldist.pretty import format_term
 from relsync.errors import ConnectError, TargetError
-from relsync.transports.helper import CALL_TIMEOUT, HELPER, UPGRADER, HelperTarget
+from relsync.transports.helper import (
+    CALL_TIMEOUT,
+    HELPER,
+    HELPER_MODULES,
+    UPGRADER,
+    HelperTarget,
+)
 
 
 class ErlTarget(HelperTarget):
@@ -44,8 +50,13 @@ class ErlTarget(HelperTarget):
         except DistError as exc:
             raise ConnectError(str(exc)) from exc
         target = cls(conn, node)
-        target._helper = asyncio.ensure_future(target._ensure(HELPER))
+        target._helper = asyncio.ensure_future(target._ensure_helper())
         return target
+
+    async def _ensure_helper(self) -> bool:
+        """Load every module of our helper not loaded already in the same version; whether
+        one was loaded now."""
+        return any(await asyncio.gather(*(self._ensure(m) for m in HELPER_MODULES)))
 
     async def _ensure(self, module: str) -> bool:
         """Load one of our target-side modules unless the same one is loaded already; whether

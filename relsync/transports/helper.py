@@ -38,6 +38,9 @@ from relsync.target import (
 )
 
 HELPER = "relsync_target"
+#: Every module of the helper (relsync_target hands its work to the others), pushed together.
+HELPER_MODULES = ("relsync_state", "relsync_hash", "relsync_manifest", "relsync_files",
+                  "relsync_code", "relsync_hooks", HELPER)  # fmt: skip
 #: The helper's upgrade steps (see ``relsync_upgrade.erl``), pushed only when needed.
 UPGRADER = "relsync_upgrade"
 #: Files up to this size travel in batches; larger ones in chunks of this size.

@@ -27,6 +27,7 @@ from relsync.erldist.node import connect
 from relsync.harness.client import run_relsync
 from relsync.harness.example import APP_DIR, Variant, build_example_release
 from relsync.harness.local import LocalBoard
+from relsync.transports.helper import HELPER_MODULES
 
 # The first test may build the tree (mmdebstrap, ~30 s on a fast mirror): allow for a slow one.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -71,7 +72,7 @@ def test_wrong_cookie_rejected(otp27_node: ErlNode) -> None:
 
 
 def test_helper_from_otp25_erlc_loads_and_works(otp27_node: ErlNode, otp27_rootfs: Rootfs) -> None:
-    beam = run_async(helper_beam("relsync_target"))
+    beams = {m: run_async(helper_beam(m)) for m in HELPER_MODULES}
     body = b"hello from the host\n"
     with otp27_rootfs.scratch_dir() as inside:
         tree = otp27_rootfs.host_path(inside) / "tree"
@@ -83,14 +84,14 @@ def test_helper_from_otp25_erlc_loads_and_works(otp27_node: ErlNode, otp27_rootf
 
         async def go() -> tuple[object, object, object]:
             async with await otp27_node.connect() as conn:
-                # Forget any earlier load, so that this one is a real load of our beam.
-                await conn.call("code", "purge", [Atom("relsync_target")])
-                await conn.call("code", "delete", [Atom("relsync_target")])
-                loaded = await conn.call(
-                    "code",
-                    "load_binary",
-                    [Atom("relsync_target"), Charlist("relsync_target.beam"), beam],
-                )
+                # Forget any earlier load, so that this one is a real load of our beams.
+                loaded = []
+                for module, beam in beams.items():
+                    await conn.call("code", "purge", [Atom(module)])
+                    await conn.call("code", "delete", [Atom(module)])
+                    loaded.append(await conn.call(
+                        "code", "load_binary", [Atom(module), Charlist(f"{module}.beam"), beam]
+                    ))  # fmt: skip
                 info = await conn.call("relsync_target", "info", [])
                 manifest = await conn.call(
                     "relsync_target", "manifest", [f"{inside}/tree".encode(), {}]
@@ -98,7 +99,7 @@ def test_helper_from_otp25_erlc_loads_and_works(otp27_node: ErlNode, otp27_rootf
                 return loaded, info, manifest
 
         loaded, info, manifest = run_async(go())
-    assert loaded == (Atom("module"), Atom("relsync_target"))
+    assert loaded == [(Atom("module"), Atom(m)) for m in HELPER_MODULES]
     assert isinstance(info, dict)
     assert info[Atom("otp_release")] == b"27"
     assert info[Atom("crypto")] == Atom("true")

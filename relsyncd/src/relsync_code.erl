@@ -1,0 +1,330 @@
+%% relsync_code: part of relsync's target-side helper (see relsync_target).
+%% Code: the code path, loading and deleting modules, checks of beams and
+%% applications against this VM, port programs, upgrades.
+-module(relsync_code).
+
+-export([check_beams/1, delete_modules/2, load_modules/2, loaded_shas/0, missing_apps/1,
+         old_code/0, otp_libs/0, running_programs/1, stash_code/1, strip_slash/1,
+         update_code_path/1, upgrade/2]).
+
+-include("relsync_target.hrl").
+
+%% The new path is installed with one code:set_path/1 call, which validates
+%% every entry; non-directories are reported as {error, {bad_directory, Dirs}}.
+%% replace_prefix: one {From, To} or a list of them, applied in order.
+-spec update_code_path(#{replace_prefix => {binary(), binary()} | [{binary(), binary()}] | none,
+                         add => [binary()], remove => [binary()]}) ->
+          {ok, [binary()]} | {error, {bad_directory, [binary()]}}.
+update_code_path(Opts) when is_map(Opts) ->
+    Old = [relsync_hash:name_bin(P) || P <- code:get_path()],
+    Pairs = case maps:get(replace_prefix, Opts, none) of
+                none -> [];
+                {_, _} = Pair -> [Pair];
+                List when is_list(List) -> List
+            end,
+    Replaced = lists:foldl(fun({From, To}, Path) ->
+                                   [rewrite(P, strip_slash(From), strip_slash(To)) || P <- Path]
+                           end, Old, Pairs),
+    Remove = maps:get(remove, Opts, []),
+    Kept = [P || P <- Replaced, not lists:member(P, Remove)],
+    New = dedup(Kept ++ maps:get(add, Opts, [])),
+    case New =:= Old of
+        true -> {ok, Old};
+        false ->
+            case code:set_path([relsync_hash:to_list(P) || P <- New]) of
+                true -> {ok, [relsync_hash:name_bin(P) || P <- code:get_path()]};
+                _BadDirectory ->
+                    {error, {bad_directory, [P || P <- New, not filelib:is_dir(P)]}}
+            end
+    end.
+
+rewrite(From, From, To) -> To;
+rewrite(P, From, To) ->
+    N = byte_size(From),
+    case P of
+        <<From:N/binary, "/", Rest/binary>> -> <<To/binary, "/", Rest/binary>>;
+        _ -> P
+    end.
+
+strip_slash(<<"/">>) -> <<"/">>;
+strip_slash(P) ->
+    case binary:last(P) of
+        $/ -> strip_slash(binary:part(P, 0, byte_size(P) - 1));
+        _ -> P
+    end.
+
+dedup(L) -> dedup(L, #{}).
+dedup([], _) -> [];
+dedup([X | T], Seen) when is_map_key(X, Seen) -> dedup(T, Seen);
+dedup([X | T], Seen) -> [X | dedup(T, Seen#{X => true})].
+
+%% Which of Paths are running right now as the program of one of this VM's
+%% ports (found through /proc/<os pid>/exe; [] where there is no /proc). A
+%% program replaced by rename keeps running its old binary until restarted.
+-spec running_programs([binary()]) -> [{binary(), integer(), pid() | undefined, atom()}].
+running_programs(Paths) when is_list(Paths) ->
+    Wanted = maps:from_list([{real_path(P), P} || P <- Paths, is_binary(P)]),
+    lists:filtermap(
+      fun(Port) ->
+              case {erlang:port_info(Port, os_pid), erlang:port_info(Port, connected)} of
+                  {{os_pid, OsPid}, {connected, Owner}} when is_integer(OsPid) ->
+                      Exe = exe_of(OsPid),
+                      case maps:find(Exe, Wanted) of
+                          {ok, Path} -> {true, {Path, OsPid, Owner, reg_name(Owner)}};
+                          error -> false
+                      end;
+                  _ -> false
+              end
+      end, erlang:ports());
+running_programs(_) ->
+    [].
+
+exe_of(OsPid) ->
+    case file:read_link_all("/proc/" ++ integer_to_list(OsPid) ++ "/exe") of
+        {ok, Exe} -> relsync_hash:name_bin(Exe);
+        {error, _} -> undefined
+    end.
+
+%% The path with every symlink resolved (as /proc/PID/exe shows it).
+real_path(Path) -> real_path(filename:split(Path), <<"/">>, 0).
+
+real_path([], Acc, _) -> Acc;
+real_path(_, Acc, Depth) when Depth > 40 -> Acc;
+real_path([<<"/">> | Rest], _Acc, Depth) -> real_path(Rest, <<"/">>, Depth);
+real_path([Part | Rest], Acc, Depth) ->
+    Next = filename:join(Acc, Part),
+    case file:read_link_all(Next) of
+        {ok, Target} ->
+            Abs = filename:absname(relsync_hash:name_bin(Target), Acc),
+            real_path(filename:split(Abs) ++ Rest, <<"/">>, Depth + 1);
+        {error, _} -> real_path(Rest, Next, Depth)
+    end.
+
+%% With {Module, BeamPath, Sha256} the file must have that hash, and the hash is
+%% recorded (in the cache table, as {{loaded, Module}, Sha256}) once it is loaded:
+%% loaded_shas/0 then tells the next sync what this VM really runs, even if an
+%% earlier sync died between writing files and reloading them. The record lives
+%% in memory only, so a reboot forgets it along with the code it describes.
+-spec load_modules([{module(), binary()} | {module(), binary(), binary()}], purge()) ->
+          [{module(), {loaded, procs()} | {not_purged, procs()} | sticky | {error, term()}}].
+load_modules(Mods, Purge) ->
+    relsync_state:ensure_state(),
+    [{element(1, Mod), load_entry(Mod, Purge)} || Mod <- Mods].
+
+load_entry({M, Path}, Purge) -> load_module(M, Path, any, Purge);
+load_entry({M, Path, Sha}, Purge) -> load_module(M, Path, Sha, Purge).
+
+load_module(M, Path, Sha, Purge) ->
+    case code:is_sticky(M) of
+        true -> relsync_state:clear_pending(M), sticky;           % final: never loadable here
+        false ->
+            case read_beam(Path, Sha) of
+                {ok, Bin} ->
+                    case purge_old(M, Purge) of
+                        ok -> record_loaded(M, Sha, load_binary(M, Path, Bin));
+                        NotPurged -> NotPurged
+                    end;
+                {error, _} = E -> E
+            end
+    end.
+
+read_beam(Path, Sha) ->
+    case file:read_file(Path) of
+        {ok, Bin} when Sha =:= any -> {ok, Bin};
+        {ok, Bin} ->
+            case relsync_hash:hash(Bin) of
+                Sha -> {ok, Bin};
+                _ -> {error, hash_mismatch}
+            end;
+        {error, _} = E -> E
+    end.
+
+record_loaded(M, Sha, {loaded, _} = Result) ->
+    relsync_state:clear_pending(M),
+    is_binary(Sha) andalso ets:insert(?STATE, {{loaded, M}, Sha}),
+    Result;
+record_loaded(_M, _Sha, Result) ->
+    Result.
+
+%% Modules relsync loaded into this VM (and still loaded) -> SHA-256 of their beam.
+-spec loaded_shas() -> #{module() => binary()}.
+loaded_shas() ->
+    relsync_state:ensure_state(),
+    Recorded = try ets:match(?STATE, {{loaded, '$1'}, '$2'}) catch error:badarg -> [] end,
+    maps:from_list([{M, Sha} || [M, Sha] <- Recorded, code:is_loaded(M) =/= false]).
+
+load_binary(M, Path, Bin) ->
+    case code:load_binary(M, relsync_hash:to_list(Path), Bin) of
+        {module, M} -> {loaded, lingering(M)};
+        {error, _} = E -> E
+    end.
+
+-spec delete_modules([module()], purge()) ->
+          [{module(), deleted | not_loaded | sticky | {not_purged, procs()}}].
+delete_modules(Mods, Purge) ->
+    relsync_state:ensure_state(),
+    [{M, settled(M, delete_module(M, Purge))} || M <- Mods].
+
+settled(M, Result) when Result =:= deleted; Result =:= not_loaded; Result =:= sticky ->
+    relsync_state:clear_pending(M),
+    Result;
+settled(_M, Result) ->
+    Result.
+
+%% A {not_purged, _} from the second purge means the current code is gone but
+%% the listed processes still run the (now old) code.
+delete_module(M, Purge) ->
+    case {code:is_sticky(M), code:is_loaded(M), erlang:check_old_code(M)} of
+        {true, _, _} -> sticky;
+        {_, false, false} -> not_loaded;
+        {_, Loaded, _} ->
+            ok = relsync_state:state_delete({loaded, M}),
+            case purge_old(M, Purge) of
+                ok when Loaded =:= false -> deleted;
+                ok -> _ = code:delete(M),
+                      case purge_old(M, Purge) of
+                          ok -> deleted;
+                          NotPurged -> NotPurged
+                      end;
+                NotPurged -> NotPurged
+            end
+    end.
+
+purge_old(M, Purge) ->
+    case erlang:check_old_code(M) andalso not code:soft_purge(M) of
+        false -> ok;
+        true when Purge =:= brutal -> _ = code:purge(M), ok;
+        true -> {not_purged, lingering(M)}
+    end.
+
+%% Processes still executing the old code of M (none if it can be purged
+%% softly, in which case we do so right away: nothing needs it any more).
+lingering(M) ->
+    case erlang:check_old_code(M) andalso not code:soft_purge(M) of
+        false -> [];
+        true -> [{P, reg_name(P)} || P <- processes(), P =/= self(), uses_old(P, M)]
+    end.
+
+uses_old(Pid, M) ->
+    try erlang:check_process_code(Pid, M) catch error:_ -> false end.
+
+reg_name(Pid) ->
+    case process_info(Pid, registered_name) of
+        {registered_name, Name} -> Name;
+        _ -> undefined
+    end.
+
+%% Whether this VM can load each beam, without loading it (erlang:prepare_loading
+%% checks the code as a load would): a beam from a newer OTP is refused here,
+%% before anything is written. Answers the modules it cannot load, with why.
+-spec check_beams([{module(), binary()}]) -> [{module(), term()}].
+check_beams(Beams) when is_list(Beams) ->
+    [{M, Why} || {M, Bin} <- Beams, is_atom(M), is_binary(Bin),
+                 {error, Why} <- [prepare(M, Bin)]].
+
+prepare(M, Bin) ->
+    try erlang:prepare_loading(M, Bin) of
+        {error, _} = E -> E;
+        _Prepared -> ok
+    catch error:Why -> {error, Why}
+    end.
+
+%% Which of Apps (applications a slim release expects from the board's OTP) this
+%% VM has neither on its code path nor among the OTP libraries beside it.
+-spec missing_apps([atom()]) -> [atom()].
+missing_apps(Apps) when is_list(Apps) ->
+    Libs = otp_libs(),
+    [A || A <- Apps, is_atom(A), not has_app(A, Libs)].
+
+%% Where OTP's libraries are: the root's lib, and where kernel comes from (the
+%% board's OTP, in a slim release).
+otp_libs() ->
+    lists:usort([filename:join(code:root_dir(), "lib"), filename:dirname(code:lib_dir(kernel))]).
+
+has_app(A, Libs) ->
+    case code:lib_dir(A) of
+        {error, _} ->
+            Name = atom_to_list(A),
+            lists:any(fun(L) -> filelib:wildcard(filename:join(L, Name ++ "-*")) =/= [] end,
+                      Libs);
+        _ -> true
+    end.
+
+%% Before the files change, keep the code each module runs now ({File, Beam}
+%% in the state table, checked against the loaded code's MD5), so that an
+%% upgrade step that fails can load it again. Not loaded: nothing kept.
+-spec stash_code([module()]) -> ok.
+stash_code(Mods) when is_list(Mods) ->
+    relsync_state:ensure_state(),
+    lists:foreach(fun stash/1, [M || M <- Mods, is_atom(M)]).
+
+stash(M) ->
+    Key = {old_code, M},
+    Kept = case code:is_loaded(M) of
+               {file, File} when is_list(File) -> running_beam(M, File);
+               false -> none;
+               _ -> unavailable
+           end,
+    true = ets:insert(?STATE, {Key, Kept}).
+
+running_beam(M, File) ->
+    case file:read_file(File) of
+        {ok, Bin} ->
+            case beam_lib:md5(Bin) of
+                {ok, {M, Md5}} ->
+                    case erlang:get_module_info(M, md5) of
+                        Md5 -> {relsync_hash:name_bin(File), Bin};
+                        _ -> unavailable
+                    end;
+                _ -> unavailable
+            end;
+        {error, _} -> unavailable
+    end.
+
+%% Carry out upgrade steps (see relsync_upgrade) with this module's loading and
+%% records: a module loaded is recorded as by load_modules/2; one whose load
+%% is undone is marked pending, so the next sync loads it whatever the files
+%% say. Opts: direction (up | down), timeout (ms, per process call), purge.
+-spec upgrade([relsync_upgrade:step()], #{direction => up | down, timeout => timeout(),
+                                          purge => purge()}) -> map().
+upgrade(Steps, Opts) when is_list(Steps), is_map(Opts) ->
+    relsync_state:ensure_state(),
+    Purge = maps:get(purge, Opts, soft),
+    Mods = [element(2, S) || S <- Steps, is_tuple(S), tuple_size(S) >= 2],
+    Old = maps:from_list([{M, stashed(M)} || M <- Mods]),
+    _ = [ets:delete(?STATE, {old_code, M}) || M <- Mods],
+    case [M || {M, unavailable} <- maps:to_list(Old)] of
+        [M | _] ->
+            #{result => {error, {no_old_code, M}}, events => [], modules => []};
+        [] ->
+            relsync_upgrade:run(
+              Steps,
+              #{direction => maps:get(direction, Opts, up),
+                timeout => maps:get(timeout, Opts, 5000),
+                load => fun(M, Path, Sha) -> load_module(M, Path, Sha, Purge) end,
+                restore => fun restore/2,
+                delete => fun(M) -> settled(M, delete_module(M, Purge)) end,
+                old_code => maps:filter(fun(_, V) -> V =/= none end, Old)})
+    end.
+
+%% What a module ran before: stashed by stash_code/1, else what it runs now.
+stashed(M) ->
+    case ets:lookup(?STATE, {old_code, M}) of
+        [{_, Kept}] -> Kept;
+        [] -> stash(M), stashed(M)
+    end.
+
+restore(M, Old) ->
+    ets:delete(?STATE, {loaded, M}),
+    true = ets:insert(?STATE, {{pending, M}, true}),
+    _ = code:purge(M),
+    case Old of
+        none -> _ = code:delete(M), _ = code:purge(M), ok;
+        {File, Bin} -> {module, M} = code:load_binary(M, relsync_hash:to_list(File), Bin), ok
+    end.
+
+%% Modules whose old code some process still runs, with those processes.
+-spec old_code() -> [{module(), procs()}].
+old_code() ->
+    [{M, Procs} || {M, _} <- code:all_loaded(), erlang:check_old_code(M),
+                   (Procs = lingering(M)) =/= []].
