@@ -177,6 +177,8 @@ async def _measure(work: Path, raw_mb_s: float) -> list[Row]:
             argv, env = tools[tool](locals_[tool], dests[tool])
             return run_cli(argv, env, ok=(0,) if tool == "rsync" else (0, 6))
 
+        for dest in dests.values():  # relsync syncs into a directory that is there
+            await board.exec("mkdir", "-p", dest)
         bulk: dict[str, Run] = {}
         for tool in TOOLS:
             if tool != "rsync":

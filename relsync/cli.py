@@ -376,9 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``relsync validate ...`` checks a release on one)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["target"]:  # imported here: the board harness is not needed to sync
-        from relsync import target_cli
+        from relsync import board_command
 
-        return target_cli.main(argv[1:])
+        return board_command.main(argv[1:])
     if argv[:1] == ["validate"]:
         from relsync import validate
 

@@ -109,23 +109,59 @@ real_path([Part | Rest], Acc, Depth) ->
           [{module(), {loaded, procs()} | {not_purged, procs()} | sticky | {error, term()}}].
 load_modules(Mods, Purge) ->
     relsync_state:ensure_state(),
-    [{element(1, Mod), load_entry(Mod, Purge)} || Mod <- Mods].
+    Staged = [{element(1, Mod), stage(Mod, Purge)} || Mod <- Mods],
+    Loaded = load_all([{M, Path, Sha, Bin} || {M, {staged, Path, Sha, Bin}} <- Staged]),
+    [{M, case R of {staged, _, _, _} -> maps:get(M, Loaded); _ -> R end} || {M, R} <- Staged].
 
-load_entry({M, Path}, Purge) -> load_module(M, Path, any, Purge);
-load_entry({M, Path, Sha}, Purge) -> load_module(M, Path, Sha, Purge).
+stage({M, Path}, Purge) -> stage(M, Path, any, Purge);
+stage({M, Path, Sha}, Purge) -> stage(M, Path, Sha, Purge).
 
-load_module(M, Path, Sha, Purge) ->
+%% Read and check a module's beam and purge its old code, ready to load.
+stage(M, Path, Sha, Purge) ->
     case code:is_sticky(M) of
         true -> relsync_state:clear_pending(M), sticky;           % final: never loadable here
         false ->
             case read_beam(Path, Sha) of
                 {ok, Bin} ->
                     case purge_old(M, Purge) of
-                        ok -> record_loaded(M, Sha, load_binary(M, Path, Bin));
+                        ok -> {staged, Path, Sha, Bin};
                         NotPurged -> NotPurged
                     end;
                 {error, _} = E -> E
             end
+    end.
+
+%% The staged modules loaded together (code:atomic_load/1: the VM's export
+%% table is staged once for all of them, not once a module); those it refuses
+%% (an on_load function, a bad beam) are loaded one at a time, as are all when
+%% the rest is refused again. Module -> its result.
+load_all([]) -> #{};
+load_all(Staged) ->
+    case code:atomic_load([{M, relsync_hash:to_list(Path), Bin} || {M, Path, _, Bin} <- Staged]) of
+        ok ->
+            maps:from_list([{M, record_loaded(M, Sha, {loaded, lingering(M)})}
+                            || {M, _, Sha, _} <- Staged]);
+        {error, Refused} ->
+            Singly = [S || {M, _, _, _} = S <- Staged, lists:keymember(M, 1, Refused)],
+            Rest = Staged -- Singly,
+            Together = case Rest =/= [] andalso code:atomic_load(
+                                                  [{M, relsync_hash:to_list(P), B}
+                                                   || {M, P, _, B} <- Rest]) of
+                           ok -> [{M, record_loaded(M, Sha, {loaded, lingering(M)})}
+                                  || {M, _, Sha, _} <- Rest];
+                           _ -> [load_one(S) || S <- Rest]
+                       end,
+            maps:from_list(Together ++ [load_one(S) || S <- Singly])
+    end.
+
+load_one({M, Path, Sha, Bin}) ->
+    {M, record_loaded(M, Sha, load_binary(M, Path, Bin))}.
+
+%% One module read, checked, purged and loaded (an upgrade's steps, one by one).
+load_module(M, Path, Sha, Purge) ->
+    case stage(M, Path, Sha, Purge) of
+        {staged, _, _, Bin} -> element(2, load_one({M, Path, Sha, Bin}));
+        NotStaged -> NotStaged
     end.
 
 read_beam(Path, Sha) ->
