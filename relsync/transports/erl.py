@@ -156,8 +156,9 @@ async def _helper_code(module: str) -> tuple[bytes, Term | None]:
 
 
 #: Helper functions that only read, in every version that has them: safe to call before the
-#: check (a helper without one answers undef, and is replaced).
-_READ_ONLY = frozenset({"sync_state"})
+#: check (a helper without one answers undef, and is replaced). info: the release path a sync
+#: defaults to is asked first.
+_READ_ONLY = frozenset({"info", "sync_state"})
 
 
 async def _discard(call: asyncio.Future[Any] | None) -> None:

@@ -135,24 +135,25 @@ stage(M, Path, Sha, Purge) ->
 %% table is staged once for all of them, not once a module); those it refuses
 %% (an on_load function, a bad beam) are loaded one at a time, as are all when
 %% the rest is refused again. Module -> its result.
-load_all([]) -> #{};
 load_all(Staged) ->
-    case code:atomic_load([{M, relsync_hash:to_list(Path), Bin} || {M, Path, _, Bin} <- Staged]) of
-        ok ->
-            maps:from_list([{M, record_loaded(M, Sha, {loaded, lingering(M)})}
-                            || {M, _, Sha, _} <- Staged]);
+    case atomic_load(Staged) of
+        ok -> maps:from_list(loaded(Staged));
         {error, Refused} ->
-            Singly = [S || {M, _, _, _} = S <- Staged, lists:keymember(M, 1, Refused)],
-            Rest = Staged -- Singly,
-            Together = case Rest =/= [] andalso code:atomic_load(
-                                                  [{M, relsync_hash:to_list(P), B}
-                                                   || {M, P, _, B} <- Rest]) of
-                           ok -> [{M, record_loaded(M, Sha, {loaded, lingering(M)})}
-                                  || {M, _, Sha, _} <- Rest];
-                           _ -> [load_one(S) || S <- Rest]
+            Refuses = fun({M, _, _, _}) -> lists:keymember(M, 1, Refused) end,
+            {Singly, Rest} = lists:partition(Refuses, Staged),
+            Together = case atomic_load(Rest) of
+                           ok -> loaded(Rest);
+                           {error, _} -> [load_one(S) || S <- Rest]
                        end,
             maps:from_list(Together ++ [load_one(S) || S <- Singly])
     end.
+
+atomic_load([]) -> ok;
+atomic_load(Staged) ->
+    code:atomic_load([{M, relsync_hash:to_list(Path), Bin} || {M, Path, _, Bin} <- Staged]).
+
+loaded(Staged) ->
+    [{M, record_loaded(M, Sha, {loaded, lingering(M)})} || {M, _, Sha, _} <- Staged].
 
 load_one({M, Path, Sha, Bin}) ->
     {M, record_loaded(M, Sha, load_binary(M, Path, Bin))}.

@@ -233,10 +233,14 @@ def test_rebar3_relsync_without_the_command(plugin_repo: str, tmp_path: Path) ->
     described = help_text.stdout + help_text.stderr
     assert "relsync --build" in described and "--destination-node" in described, described
     # No $RELSYNC, no relsync on the PATH (only what rebar3 itself needs).
-    tools = (shutil.which(tool) for tool in ("rebar3", "escript", "erl", "git"))
-    path = os.pathsep.join(dict.fromkeys(str(Path(t).parent) for t in tools if t))
-    if shutil.which("relsync", path=path):
-        pytest.skip(f"a relsync command is installed beside rebar3 ({path})")
+    # A PATH of links to only these, wherever a relsync command may be installed.
+    bin_dir = tmp_path / "only-rebar3"
+    bin_dir.mkdir()
+    for tool in ("rebar3", "escript", "erl", "git", "sh"):
+        found = shutil.which(tool)
+        assert found, f"{tool} is not installed"
+        (bin_dir / tool).symlink_to(found)
+    path = str(bin_dir)
     missing = subprocess.run(
         ["rebar3", "relsync", "-n", "demo"], cwd=project,
         env={**tool_env(tmp_path), "RELSYNC": "", "PATH": path},
