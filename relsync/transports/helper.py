@@ -458,8 +458,9 @@ class HelperTarget(ABC):
         deltas: list[str] = []
         batch: list[Term] = []
         batch_bytes = 0
-        # Up to BATCHES_IN_FLIGHT batches on their way: the target writes one while the
-        # next is read here and sent.
+        # Batches on their way at once: the target writes one while the next is read here and
+        # sent.
+        in_flight = await self._open_lanes(sum(p.size for p in files if p.size <= CHUNK))
         flying: list[asyncio.Task[None]] = []
         try:
             for put in files:
@@ -478,7 +479,7 @@ class HelperTarget(ABC):
                         asyncio.ensure_future(self._put_batch(batch, batch_bytes, progress))
                     )
                     batch, batch_bytes = [], 0
-                    if len(flying) >= BATCHES_IN_FLIGHT:
+                    if len(flying) >= in_flight:
                         await flying.pop(0)
             if batch:
                 flying.append(asyncio.ensure_future(self._put_batch(batch, batch_bytes, progress)))
@@ -516,8 +517,17 @@ class HelperTarget(ABC):
         progress(delta_bytes(put, ops))
         return result == "ok"
 
+    async def _open_lanes(self, nbytes: int) -> int:
+        """How many put_files batches of ``nbytes`` in all may be on their way at once (a
+        transport may open lanes of its own for them first: see :meth:`_write`)."""
+        return BATCHES_IN_FLIGHT
+
+    async def _write(self, function: str, args: list[Term]) -> Term:
+        """A call that carries file bytes (``put_files``, ``put_chunk``)."""
+        return await self._call(function, args, FILE_TIMEOUT)
+
     async def _put_batch(self, batch: list[Term], nbytes: int, progress: Progress) -> None:
-        result = await self._call("put_files", self._with_token([batch]), FILE_TIMEOUT)
+        result = await self._write("put_files", self._with_token([batch]))
         self._check(result, "writing files")
         progress(nbytes)
 
@@ -526,7 +536,7 @@ class HelperTarget(ABC):
         offset = 0
         for chunk in read_chunks(put.local):
             args = self._with_token([path, offset, chunk])
-            self._check(await self._call("put_chunk", args, FILE_TIMEOUT), f"writing {put.path}")
+            self._check(await self._write("put_chunk", args), f"writing {put.path}")
             offset += len(chunk)
             progress(len(chunk))
         await self.commit(put)

@@ -14,6 +14,7 @@ import os
 import posixpath
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
@@ -21,7 +22,14 @@ import asyncssh
 from relsync.erldist.etf import Atom, Charlist, EtfError, Term, binary_to_term, term_to_binary
 from relsync.errors import ConnectError, TargetError
 from relsync.target import FilePut, Progress
-from relsync.transports.helper import CALL_TIMEOUT, HelperTarget, read_chunks
+from relsync.transports.helper import (
+    BATCHES_IN_FLIGHT,
+    CALL_TIMEOUT,
+    CHUNK,
+    FILE_TIMEOUT,
+    HelperTarget,
+    read_chunks,
+)
 
 SUBSYSTEM = "relsync"
 DEFAULT_PORT = 2228
@@ -30,9 +38,14 @@ DEFAULT_USER = "relsync"
 #: server (ssh 4.15, OTP 25) hands out a handle still in use once three files are open, mixing
 #: their data (the hash check catches it): never keep more than two open.
 UPLOADS_IN_FLIGHT = 2
-#: Files from this size on are streamed over SFTP; smaller ones are batched on the control
-#: channel.
-SFTP_MIN = 64 << 10
+#: Files over a batch's size are streamed over SFTP; the others go in batches on the control
+#: channels, which write a hundred small files in one round trip (over SFTP each file took an
+#: open, its writes, a close and a commit).
+SFTP_MIN = CHUNK + 1
+#: Control channels opened beside the first for a sync's file batches: relsyncd's worker runs a
+#: channel's requests one at a time, so each lane writes while the others carry bytes. With the
+#: first channel and SFTP they stay within relsyncd's default max_channels of 4.
+EXTRA_LANES = 2
 # A board that loses power leaves our TCP connection open with nothing coming back; ask every
 # 15 s and give up after 60 s, like an Erlang node's net_ticktime in erl mode. (asyncssh gives up
 # when the keepalive after KEEPALIVE_COUNT_MAX unanswered ones falls due: 3 makes 4 intervals.)
@@ -131,17 +144,29 @@ class _ControlSession(asyncssh.SSHClientSession[bytes]):
         self.pending.clear()
 
 
+@dataclass(frozen=True, slots=True)
+class _Lane:
+    """One relsync subsystem channel and the session reading its replies."""
+
+    chan: asyncssh.SSHClientChannel[bytes]
+    session: _ControlSession
+
+
+async def _open_lane(conn: asyncssh.SSHClientConnection, label: str) -> _Lane:
+    session = _ControlSession(label)
+    chan, _ = await conn.create_session(lambda: session, subsystem=SUBSYSTEM, encoding=None)
+    return _Lane(chan, session)
+
+
 class SshTarget(HelperTarget):
     """A target reached over SSH through relsyncd."""
 
-    def __init__(
-        self,
-        conn: asyncssh.SSHClientConnection,
-        chan: asyncssh.SSHClientChannel[bytes],
-        session: _ControlSession,
-        label: str,
-    ) -> None:
-        self._conn, self._chan, self._session = conn, chan, session
+    def __init__(self, conn: asyncssh.SSHClientConnection, lane: _Lane, label: str) -> None:
+        self._conn, self._control = conn, lane
+        #: The lanes file batches go on, idle ones waiting here (the control channel among them).
+        self._idle: asyncio.Queue[_Lane] = asyncio.Queue()
+        self._idle.put_nowait(lane)
+        self._extra: list[_Lane] = []
         self._sftp_started: asyncio.Future[asyncssh.SFTPClient] | None = None
         self._ids = itertools.count(1)
         self.label = label
@@ -190,28 +215,53 @@ class SshTarget(HelperTarget):
         if policy.new_key is not None:
             _record_host_key(known, host, port, policy.new_key)
         try:
-            session = _ControlSession(label)
-            chan, _ = await conn.create_session(lambda: session, subsystem=SUBSYSTEM, encoding=None)
+            lane = await _open_lane(conn, label)
         except asyncssh.Error as exc:
             conn.close()
             raise ConnectError(
                 f"ssh: {label} has no relsync subsystem ({exc.reason}); add the relsyncd "
                 "application to the board's release"
             ) from exc
-        return cls(conn, chan, session, label)
+        return cls(conn, lane, label)
 
     async def _call(self, function: str, args: list[Term], timeout: float = CALL_TIMEOUT) -> Term:
-        if self._session.lost is not None:
-            raise self._lost(self._session.lost)
+        return await self._call_on(self._control, function, args, timeout)
+
+    async def _open_lanes(self, nbytes: int) -> int:
+        """Opens up to EXTRA_LANES more channels when the batches fill more than one each; a
+        relsyncd that allows fewer channels gets fewer lanes."""
+        wanted = min(EXTRA_LANES, nbytes // CHUNK) - len(self._extra)
+        if wanted > 0:
+            opened = await asyncio.gather(
+                *(_open_lane(self._conn, self.label) for _ in range(wanted)),
+                return_exceptions=True,
+            )
+            for lane in opened:
+                if isinstance(lane, _Lane):
+                    self._extra.append(lane)
+                    self._idle.put_nowait(lane)
+        return max(BATCHES_IN_FLIGHT, 1 + len(self._extra))
+
+    async def _write(self, function: str, args: list[Term]) -> Term:
+        lane = await self._idle.get()
+        try:
+            return await self._call_on(lane, function, args, FILE_TIMEOUT)
+        finally:
+            self._idle.put_nowait(lane)
+
+    async def _call_on(self, lane: _Lane, function: str, args: list[Term], timeout: float) -> Term:
+        session = lane.session
+        if session.lost is not None:
+            raise self._lost(session.lost)
         ident = next(self._ids)
         future: asyncio.Future[Term] = asyncio.get_running_loop().create_future()
-        self._session.pending[ident] = future
+        session.pending[ident] = future
         frame = term_to_binary((ident, Atom(function), args))
         try:
-            self._chan.write(_LEN.pack(len(frame)) + frame)
+            lane.chan.write(_LEN.pack(len(frame)) + frame)
             result = await asyncio.wait_for(future, timeout)
         except TimeoutError as exc:
-            self._session.pending.pop(ident, None)
+            session.pending.pop(ident, None)
             raise TargetError(
                 f"{self.label} did not answer {function} within {timeout:g} s; "
                 "check the board, then run relsync again"
@@ -255,12 +305,14 @@ class SshTarget(HelperTarget):
             raise self._lost(exc) from exc
 
     async def put_files(self, files: Sequence[FilePut], progress: Progress) -> list[str]:
-        """Files under ``SFTP_MIN`` bytes go in batches over the control channel (one round
+        """Files under ``SFTP_MIN`` bytes go in batches over the control channels (one round
         trip for many). Bigger ones are uploaded over SFTP to their ``temp_path`` beside each
         file, then committed (hash checked, renamed into place) over the control
         channel; a file with a delta base goes as a block delta there when that pays."""
+        streamed = [p for p in files if p.size >= SFTP_MIN]
+        if streamed:  # SFTP's channel first: the batches' extra lanes take what relsyncd has left
+            await self._sftp()
         deltas = await super().put_files([p for p in files if p.size < SFTP_MIN], progress)
-        files = [p for p in files if p.size >= SFTP_MIN]
         made: dict[str, asyncio.Task[None]] = {}
         slots = asyncio.Semaphore(UPLOADS_IN_FLIGHT)
 
@@ -295,7 +347,7 @@ class SshTarget(HelperTarget):
 
         try:
             async with asyncio.TaskGroup() as group:
-                for put in files:
+                for put in streamed:
                     group.create_task(upload(put))
         except BaseExceptionGroup as group_error:
             raise _first(group_error) from None
@@ -311,7 +363,8 @@ class SshTarget(HelperTarget):
             and not started.exception()
         ):
             started.result().exit()
-        self._chan.close()
+        for lane in (self._control, *self._extra):
+            lane.chan.close()
         self._conn.close()
         with contextlib.suppress(OSError, asyncssh.Error):  # already gone with the board
             await self._conn.wait_closed()

@@ -22,7 +22,8 @@
 %%                           refused and its channel closed
 %%   max_sessions            default 4: concurrent connections
 %%   max_channels            default 4: channels with a subsystem (or an env request) per
-%%                           connection; relsync uses two (control and SFTP)
+%%                           connection; relsync uses up to four (control, SFTP and
+%%                           two more control channels for file batches)
 %%   retry_interval          ms, default 5000: the app retries a daemon that failed to start
 -module(relsyncd).
 

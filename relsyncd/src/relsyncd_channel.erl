@@ -27,7 +27,9 @@
 %% message's size when handle_ssh_msg/2 returns. While the worker has
 %% requests to do, the channel does not return (it waits for the worker), so
 %% a client can be at most one window ahead of the worker: memory stays
-%% bounded (max_frame plus a window) whatever a client sends.
+%% bounded (max_frame plus a window) whatever a client sends. A client that
+%% wants requests done side by side opens more channels (relsync's file
+%% batches do).
 -module(relsyncd_channel).
 
 -behaviour(ssh_server_channel).
@@ -49,6 +51,11 @@
 -record(st, {cm :: ssh:connection_ref() | undefined,
              id :: ssh:channel_id() | undefined,
              opts :: map(),
+             %% bytes of frames not yet whole, newest part first (see more/2)
+             parts = [] :: [binary()],
+             size = 0 :: non_neg_integer(),
+             %% what `size` must reach before frames/1 can take one
+             need = 4 :: pos_integer(),
              buf = <<>> :: binary(),
              worker :: pid() | undefined,
              pending = 0 :: non_neg_integer(),
@@ -90,11 +97,8 @@ handle_msg(_Msg, S) ->
     {ok, S}.
 
 -spec handle_ssh_msg(term(), #st{}) -> {ok, #st{}} | {stop, ssh:channel_id(), #st{}}.
-handle_ssh_msg({ssh_cm, _CM, {data, Id, 0, Data}}, #st{id = Id, eof = false, buf = Buf} = S) ->
-    case frames(S#st{buf = <<Buf/binary, Data/binary>>}) of
-        {ok, S1} -> wait_idle(S1);
-        Stop -> Stop
-    end;
+handle_ssh_msg({ssh_cm, _CM, {data, Id, 0, Data}}, #st{id = Id, eof = false} = S) ->
+    more(Data, S);
 handle_ssh_msg({ssh_cm, _CM, {data, Id, _Ext, _Data}}, #st{id = Id} = S) ->
     {ok, S};                            % stderr, or what follows an oversized frame
 handle_ssh_msg({ssh_cm, _CM, {eof, Id}}, #st{id = Id} = S) ->
@@ -114,6 +118,33 @@ terminate(_Reason, #st{worker = W}) ->
     ok.
 
 %%% -------------------------------------------------------------- framing
+
+%% A frame of megabytes comes in packets of a few kilobytes. They are kept in
+%% a list and joined once, when a frame (or its length header) is whole:
+%% appending each packet to one binary copied the whole frame again for
+%% every packet.
+more(Data, #st{parts = Parts, size = Size, need = Need} = S0) ->
+    S = S0#st{parts = [Data | Parts], size = Size + byte_size(Data)},
+    case S#st.size >= Need of
+        false ->
+            {ok, S};
+        true ->
+            Buf = iolist_to_binary(lists:reverse(S#st.parts)),
+            case frames(S#st{buf = Buf, parts = []}) of
+                {ok, S1} -> wait_idle(rest(S1));
+                Stop -> Stop
+            end
+    end.
+
+%% What frames/1 left (part of a frame) waits for the bytes that complete it.
+rest(#st{buf = Buf, opts = #{max_frame := Max}} = S) ->
+    Need = case Buf of
+               <<Len:32/big, _/binary>> when Len =< Max -> 4 + Len;
+               <<_:32, _/binary>> -> byte_size(Buf) + 1;   % an oversized one's ReqId
+               _ -> 4
+           end,
+    Parts = case Buf of <<>> -> []; _ -> [Buf] end,
+    S#st{buf = <<>>, parts = Parts, size = byte_size(Buf), need = Need}.
 
 frames(#st{buf = <<Len:32/big, Head/binary>>, opts = #{max_frame := Max}} = S)
   when Len > Max ->
@@ -301,9 +332,7 @@ check_paths(put_delta, [Path, Base | _], A) ->
     end;
 check_paths(put_files, [Files, _Token], A) -> check_paths(put_files, [Files], A);
 check_paths(put_files, [Files], A) when is_list(Files) ->
-    each(fun({P, _Mode, _Data, _Sha}) -> one(P, nofollow, A);
-            (Bad) -> {error, {forbidden, Bad}}
-         end, Files);
+    entries(fun({P, _Mode, _Data, _Sha}) -> P; (_) -> bad end, Files, nofollow, A);
 check_paths(put_chunk, [Path, _, _ | _], A) -> one(Path, nofollow, A);
 check_paths(commit, [Path, _, _ | _], A) -> one(Path, nofollow, A);
 check_paths(delete_files, [Paths], A) -> relsyncd_paths:check_many(Paths, nofollow, A);
@@ -311,9 +340,7 @@ check_paths(delete_dirs, [Paths], A) -> relsyncd_paths:check_many(Paths, nofollo
 %% Only where a link is made is checked: a link's text grants nothing by
 %% itself, and whatever later goes through it is resolved and checked again.
 check_paths(make_symlinks, [Links], A) when is_list(Links) ->
-    each(fun({Link, _Target}) -> one(Link, nofollow, A);
-            (Bad) -> {error, {forbidden, Bad}}
-         end, Links);
+    entries(fun({Link, _Target}) -> Link; (_) -> bad end, Links, nofollow, A);
 check_paths(update_code_path, [Opts], A) when is_map(Opts) ->
     To = case maps:get(replace_prefix, Opts, none) of
              {_From, T} -> [T];
@@ -322,9 +349,8 @@ check_paths(update_code_path, [Opts], A) when is_map(Opts) ->
          end,
     relsyncd_paths:check_many(To ++ maps:get(add, Opts, []), follow, A);
 check_paths(load_modules, [Mods, _], A) when is_list(Mods) ->
-    each(fun(M) when is_tuple(M), tuple_size(M) >= 2 -> one(element(2, M), follow, A);
-            (Bad) -> {error, {forbidden, Bad}}
-         end, Mods);
+    entries(fun(M) when is_tuple(M), tuple_size(M) >= 2 -> element(2, M); (_) -> bad end,
+            Mods, follow, A);
 check_paths(upgrade, [Steps, Opts], A) when is_list(Steps), is_map(Opts) ->
     each(fun({delete_module, M}) when is_atom(M) -> ok;
             %% An appup's apply runs code, as run_hook does: no path to check.
@@ -337,6 +363,22 @@ check_paths(_F, [Bad | _], _A) ->
     {error, {forbidden, Bad}};          % a path list that is not a list, ...
 check_paths(F, [], _A) ->
     {error, {forbidden, F}}.
+
+%% The path each entry of a request names (Pick gives it, or `bad` for an
+%% entry of the wrong shape), checked together.
+entries(Pick, Entries, Mode, A) ->
+    case picked(Pick, Entries, []) of
+        {ok, Paths} -> relsyncd_paths:check_many(Paths, Mode, A);
+        {bad, Bad} -> {error, {forbidden, Bad}}
+    end.
+
+picked(_Pick, [], Acc) -> {ok, lists:reverse(Acc)};
+picked(Pick, [E | Es], Acc) ->
+    case Pick(E) of
+        bad -> {bad, E};
+        P -> picked(Pick, Es, [P | Acc])
+    end;
+picked(_Pick, Bad, _Acc) -> {bad, Bad}.
 
 one(Path, Mode, A) ->
     case relsyncd_paths:check(Path, Mode, A) of

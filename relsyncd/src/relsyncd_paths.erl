@@ -32,35 +32,62 @@
 -spec check(file:name_all() | term(), mode(), [binary()]) ->
           {ok, binary()} | {error, {forbidden, term()}}.
 check(Path, Mode, Allowed) ->
-    try check1(Path, Mode, Allowed)
-    catch _:_ -> {error, {forbidden, Path}}     % any failed step refuses
+    {Result, _} = check(Path, Mode, roots(Allowed), #{}),
+    Result.
+
+%% Checks every path of a request (see check/3) before any of it is done. The
+%% allowed prefixes are resolved once, and each directory once: a batch of a
+%% hundred files in a few directories costs a few lookups, not a hundred.
+-spec check_many([term()], mode(), [binary()]) -> ok | {error, {forbidden, term()}}.
+check_many(Paths, Mode, Allowed) ->
+    many(Paths, Mode, roots(Allowed), #{}).
+
+many([], _Mode, _Roots, _Seen) -> ok;
+many([P | Ps], Mode, Roots, Seen0) ->
+    case check(P, Mode, Roots, Seen0) of
+        {{ok, _}, Seen} -> many(Ps, Mode, Roots, Seen);
+        {Err, _} -> Err
+    end;
+many(Bad, _Mode, _Roots, _Seen) -> {error, {forbidden, Bad}}.
+
+-type roots() :: {Lexical :: [binary()], Real :: [binary()]}.
+-type seen() :: #{binary() => {ok, binary()} | {error, eloop}}.  % directory -> realpath
+
+-spec roots([binary()]) -> roots().
+roots(Allowed) ->
+    Roots = [R || A <- Allowed, {ok, R} <- [normalize(A)]],
+    {Roots, [RR || R <- Roots, {ok, RR} <- [realpath(R)]]}.
+
+-spec check(term(), mode(), roots(), seen()) ->
+          {{ok, binary()} | {error, {forbidden, term()}}, seen()}.
+check(Path, Mode, Roots, Seen) ->
+    try check1(Path, Mode, Roots, Seen)
+    catch _:_ -> {{error, {forbidden, Path}}, Seen}     % any failed step refuses
     end.
 
--spec check_many([term()], mode(), [binary()]) -> ok | {error, {forbidden, term()}}.
-check_many([], _Mode, _Allowed) -> ok;
-check_many([P | Ps], Mode, Allowed) ->
-    case check(P, Mode, Allowed) of
-        {ok, _} -> check_many(Ps, Mode, Allowed);
-        Err -> Err
-    end;
-check_many(Bad, _Mode, _Allowed) -> {error, {forbidden, Bad}}.
-
-check1(Path, Mode, Allowed) ->
+check1(Path, Mode, {Roots, RealRoots}, Seen0) ->
     {ok, Lex} = normalize(Path),
-    Roots = [R || A <- Allowed, {ok, R} <- [normalize(A)]],
     true = lists:any(fun(R) -> inside(Lex, R, Mode) end, Roots),
-    Real = case Mode of
-               follow -> realpath(Lex);
-               nofollow ->
-                   case realpath(filename:dirname(Lex)) of
-                       {ok, D} -> {ok, filename:join(D, filename:basename(Lex))};
-                       E -> E
-                   end
-           end,
+    {Real, Seen} = real(Lex, Mode, Seen0),
     {ok, RealPath} = Real,
-    RealRoots = [RR || R <- Roots, {ok, RR} <- [realpath(R)]],
     true = lists:any(fun(R) -> inside(RealPath, R, Mode) end, RealRoots),
-    {ok, Lex}.
+    {{ok, Lex}, Seen}.
+
+%% Where Lex really is: its parent directory resolved (remembered in Seen),
+%% then, for follow, its last component.
+real(<<"/">>, _Mode, Seen) ->
+    {{ok, <<"/">>}, Seen};
+real(Lex, Mode, Seen0) ->
+    Dir = filename:dirname(Lex),
+    {{ok, D}, Seen} = case Seen0 of
+                          #{Dir := Known} -> {Known, Seen0};
+                          _ -> R = realpath(Dir), {R, Seen0#{Dir => R}}
+                      end,
+    Base = filename:basename(Lex),
+    case Mode of
+        follow -> {resolve(D, [Base], ?MAX_LINKS), Seen};
+        nofollow -> {{ok, filename:join(D, Base)}, Seen}
+    end.
 
 inside(Path, Root, follow) -> within(Path, Root);
 inside(Path, Root, nofollow) -> Path =/= Root andalso within(Path, Root).

@@ -747,7 +747,21 @@ paths_unit(Config) ->
                                                [<<Base/binary, "/alias">>])),
     ?assertMatch({ok, _}, relsyncd_paths:check(<<A/binary, "/sub">>, follow,
                                                [<<Base/binary, "/alias">>, A])),
-    ?assertEqual({ok, <<A/binary, "/sub/x">>}, relsyncd_paths:realpath(<<A/binary, "/in/x">>)).
+    ?assertEqual({ok, <<A/binary, "/sub/x">>}, relsyncd_paths:realpath(<<A/binary, "/in/x">>)),
+    %% check_many resolves each directory once: a link out, met after a
+    %% directory already resolved, is still refused, in either mode
+    Many = fun(Ps, M) -> relsyncd_paths:check_many(Ps, M, Al) end,
+    ok = Many([<<A/binary, "/sub/a">>, <<A/binary, "/sub/b">>, <<A/binary, "/in/c">>], nofollow),
+    ok = Many([<<A/binary, "/sub/a">>, <<A/binary, "/in">>, <<A/binary, "/in/x">>], follow),
+    OutX = <<A/binary, "/out/x">>,
+    {error, {forbidden, OutX}} = Many([<<A/binary, "/sub/a">>, OutX], nofollow),
+    Out = <<A/binary, "/out">>,
+    {error, {forbidden, Out}} = Many([<<A/binary, "/sub">>, <<A/binary, "/in">>, Out], follow),
+    Loop = <<A/binary, "/loop1/y">>,
+    {error, {forbidden, Loop}} = Many([<<A/binary, "/sub/a">>, Loop, Loop], nofollow),
+    {error, {forbidden, nope}} = Many(nope, nofollow),
+    {error, {forbidden, 42}} = Many([<<A/binary, "/sub/a">>, 42], nofollow),
+    ok = Many([], follow).
 
 %%% ------------------------------------------------------------ the app
 

@@ -7,13 +7,16 @@ One board with relsyncd (the example release, ``LocalBoard.enable_ssh``) serves 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+import random
 import shutil
 import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import pytest
@@ -23,6 +26,8 @@ from relsync.errors import TargetError
 from relsync.harness.example import build_example_release
 from relsync.harness.local import LocalBoard
 from relsync.harness.relsyncd import SshAccess
+from relsync.target import FilePut
+from relsync.transports import helper
 from relsync.transports import ssh as ssh_transport
 from relsync.transports.ssh import MAX_REPLY, SshTarget, _ControlSession
 
@@ -313,3 +318,63 @@ def test_a_board_that_stops_answering_is_given_up_after_60_s(
     sent = sum("Sending keepalive request" in r.getMessage() for r in caplog.records)
     assert sent == ssh_transport.KEEPALIVE_COUNT_MAX
     assert interval * (sent + 1) == 60
+
+
+def _puts(tmp: Path, dest: Path, sizes: list[int]) -> list[FilePut]:
+    """Local files of ``sizes`` bytes (random) and their puts into ``dest`` on the board."""
+    puts = []
+    rnd = random.Random(len(sizes))
+    for n, size in enumerate(sizes):
+        local = tmp / f"f{n}.bin"
+        local.write_bytes(rnd.randbytes(size))
+        digest = hashlib.sha256(local.read_bytes()).digest()
+        puts.append(FilePut(str(dest / local.name), str(local), size, 0o644, digest))
+    return puts
+
+
+def _written(puts: list[FilePut]) -> bool:
+    return all(Path(p.path).read_bytes() == Path(p.local).read_bytes() for p in puts)
+
+
+@pytest.mark.parametrize("taken", [0, 2], ids=["free", "channels-taken"])
+def test_file_batches_go_side_by_side_on_extra_channels_that_leave_sftp_its_place(
+    board: Board, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, taken: int
+) -> None:
+    """Batches of small files go over up to EXTRA_LANES more control channels at once; a file
+    over a batch goes over SFTP, whose channel is opened first: with ``taken`` of relsyncd's 4
+    channels held by others, the sync still writes everything, on the channels left."""
+    dest = board.board.rw_path / f"lanes-{taken}"
+    dest.mkdir()
+    puts = _puts(tmp_path, dest, [300_000] * 60 + [helper.CHUNK + 1000])
+    busy, peak = 0, 0
+    call_on = SshTarget._call_on
+
+    async def counted(self: SshTarget, *args: Any) -> Term:
+        nonlocal busy, peak
+        busy += 1
+        peak = max(peak, busy)
+        try:
+            return await call_on(self, *args)
+        finally:
+            busy -= 1
+
+    monkeypatch.setattr(SshTarget, "_call_on", counted)
+
+    async def go() -> tuple[int, int]:
+        target = await SshTarget.open(
+            "127.0.0.1", port=board.ssh.port, user=board.ssh.user,
+            identity=str(board.ssh.identity), known_hosts=board.board.workdir / "kh",
+            accept_new_host_key=True,
+        )  # fmt: skip
+        try:
+            held = [await Channel.open(target._conn) for _ in range(taken)]
+            assert await target.put_files(puts, lambda _n: None) == []
+            assert all([await c.call(1, "ping", []) == "pong" for c in held])
+            return len(target._extra), peak
+        finally:
+            await target.close()
+
+    extra, most = board.run(go())  # type: ignore[misc]
+    assert _written(puts)
+    assert extra == (ssh_transport.EXTRA_LANES if taken == 0 else 0)
+    assert most >= (1 + ssh_transport.EXTRA_LANES if taken == 0 else 1)
