@@ -6,7 +6,8 @@ into its own directory from its own local copy: relsync in erl mode, relsync in 
 (relsyncd), and ``rsync -a --checksum`` over OpenSSH (the board's optional sshd):
 
 * bulk first sync: MB/s as a share of raw loopback TCP (dist_bench's measure), and the peak
-  RSS (ru_maxrss, through RUSAGE_SHIM) of the syncing process and its children;
+  RSS (ru_maxrss, through RUSAGE_SHIM) of the syncing process and its children; then the same
+  files into a second directory, with every module already loaded (the transfer alone);
 * no-op resync, CLI start to exit;
 * one changed beam, CLI start to exit: relsync has reloaded the module, rsync only copied it.
 
@@ -177,13 +178,18 @@ async def _measure(work: Path, raw_mb_s: float) -> list[Row]:
             argv, env = tools[tool](locals_[tool], dests[tool])
             return run_cli(argv, env, ok=(0,) if tool == "rsync" else (0, 6))
 
-        for dest in dests.values():  # relsync syncs into a directory that is there
+        again = {tool: f"{dest}-again" for tool, dest in dests.items() if tool != "rsync"}
+        for dest in [*dests.values(), *again.values()]:  # relsync syncs into a directory there
             await board.exec("mkdir", "-p", dest)
         bulk: dict[str, Run] = {}
+        files_only: dict[str, Run] = {}
         for tool in TOOLS:
             if tool != "rsync":
                 await board.reboot()  # a VM that has loaded nothing yet
             bulk[tool] = sync(tool)
+            if tool in again:  # the same files again, elsewhere: its modules are loaded
+                argv, env = tools[tool](locals_[tool], again[tool])
+                files_only[tool] = run_cli(argv, env, ok=(0, 6))
         noop: dict[str, list[float]] = {tool: [] for tool in TOOLS}
         one: dict[str, list[float]] = {tool: [] for tool in TOOLS}
         retried: set[str] = set()  # modules whose load failed before, tried again every sync
@@ -226,6 +232,10 @@ async def _measure(work: Path, raw_mb_s: float) -> list[Row]:
                 "<= 1.5x rsync", run.wall <= 1.5 * rs_bulk.wall),
             Row("compare", f"peak RSS during bulk sync, {tool} process", rss(run.max_rss_mb),
                 f"rsync + its ssh {rss(rs_bulk.max_rss_mb)}"),
+            Row("compare", f"the same files into a second directory, {tool}",
+                f"{files_only[tool].wall:.2f} s = {files_only[tool].wall / rs_bulk.wall:.2f}x "
+                "rsync", f"no module to load ({_loaded(files_only[tool].report)} loaded): the "
+                "file transfer alone against rsync's bulk sync"),
         ]  # fmt: skip
     for label, samples in (("no-op resync, CLI start to exit", noop),
                            ("one changed beam, CLI start to reloaded", one)):  # fmt: skip

@@ -15,6 +15,7 @@ from enum import Enum
 from pathlib import Path
 
 from relsync.errors import UsageError
+from relsync.rel_file import RelFileError, find_rel_file
 
 #: Applications shipped with Erlang/OTP 25-27 ("system libs"); skipped unless asked for.
 OTP_APPS = frozenset(
@@ -155,19 +156,16 @@ def _check_release_dir(root: Path, what: str) -> None:
 
 
 def release_name_version(root: Path) -> tuple[str, str]:
-    """The release name and version, from ``releases/start_erl.data`` or the ``.rel`` file."""
-    releases = root / "releases"
-    rel_files = sorted(releases.glob("*/*.rel"))
-    start_data = releases / "start_erl.data"
-    if start_data.is_file():
-        parts = start_data.read_text().split()
-        if len(parts) == 2:
-            for rel_file in rel_files:
-                if rel_file.parent.name == parts[1]:
-                    return rel_file.stem, parts[1]
-    if rel_files:
-        return rel_files[-1].stem, rel_files[-1].parent.name
-    return root.name, "unknown"
+    """The release name and version (see :func:`relsync.rel_file.find_rel_file`); for a tree
+    that does not say, the last ``.rel`` file's, else the directory's name and "unknown"."""
+    try:
+        version, rel_file = find_rel_file(root)
+    except RelFileError:
+        rel_files = sorted((root / "releases").glob("*/*.rel"))
+        if not rel_files:
+            return root.name, "unknown"
+        version, rel_file = rel_files[-1].parent.name, rel_files[-1]
+    return rel_file.stem, version
 
 
 def is_shared_lib(rel: str) -> bool:

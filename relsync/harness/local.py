@@ -36,6 +36,7 @@ from relsync.erldist.etf import Atom, Term
 from relsync.erldist.node import call_once
 from relsync.harness.ready import BoardError, parse_tree, run_command, tree_command, wait_ready
 from relsync.harness.relsyncd import SshAccess, build_relsyncd, start_relsyncd
+from relsync.rel_file import ReleaseApp, RelFileError, read_rel_file
 from relsync.release import OTP_APPS, project_of
 from relsync.release_node import release_cookie, release_node
 
@@ -63,15 +64,6 @@ _SCRUBBED_ENV = (
 
 # --------------------------------------------------------------------------------------------
 # The release on disk
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseApp:
-    """One application of a ``.rel`` file."""
-
-    name: str
-    version: str
-    start_type: str = "permanent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,78 +110,19 @@ class ReleaseInfo:
         raise BoardError(f"release {self.name} {self.version} lists no applications")
 
 
-_REL_RE = re.compile(
-    r"""\{\s*release\s*,\s*\{\s*"(?P<name>[^"]*)"\s*,\s*"(?P<vsn>[^"]*)"\s*\}\s*,
-        \s*\{\s*erts\s*,\s*"(?P<erts>[^"]*)"\s*\}\s*,\s*\[(?P<apps>.*)\]\s*\}\s*\.""",
-    re.DOTALL | re.VERBOSE,
-)
-_REL_APP_RE = re.compile(
-    r"""\{\s*(?P<name>'(?:[^'\\]|\\.)*'|[a-z][A-Za-z0-9_@]*)\s*,\s*"(?P<vsn>[^"]*)"
-        \s*(?:,\s*(?P<type>[a-z]+)\s*)?(?:,\s*\[[^\]]*\]\s*)?\}""",
-    re.VERBOSE,
-)
-
-
-def _strip_erlang_comments(text: str) -> str:
-    out = []
-    for line in text.splitlines():
-        # Good enough for .rel files: no '%' inside their strings in practice.
-        pos = line.find("%")
-        out.append(line if pos < 0 else line[:pos])
-    return "\n".join(out)
-
-
-def parse_rel_file(text: str) -> tuple[str, str, str, tuple[ReleaseApp, ...]]:
-    """Parses a ``.rel`` file: (release name, release version, erts version, applications)."""
-    match = _REL_RE.search(_strip_erlang_comments(text))
-    if match is None:
-        raise BoardError("not a .rel file: no {release, {Name, Vsn}, {erts, Vsn}, Apps} term")
-    apps = tuple(
-        ReleaseApp(
-            name=m["name"].strip("'"),
-            version=m["vsn"],
-            start_type=m["type"] or "permanent",
-        )
-        for m in _REL_APP_RE.finditer(match["apps"])
-    )
-    return match["name"], match["vsn"], match["erts"], apps
-
-
 def read_release_info(root: Path) -> ReleaseInfo:
-    """Finds the name, version and applications of the release built into ``root``.
-
-    The version comes from ``releases/start_erl.data`` (``"<erts vsn> <rel vsn>"``), else from
-    the only ``releases/<vsn>/`` directory holding a ``.rel`` file; the name from the ``.rel``
-    file in that directory (preferring one with a matching ``bin/<name>`` script).
-    """
-    releases = root / "releases"
-    if not releases.is_dir():
-        raise BoardError(f"{root} is not a release: no releases/ directory")
-    version: str | None = None
-    start_erl = releases / "start_erl.data"
-    if start_erl.is_file():
-        fields = start_erl.read_text().split()
-        if len(fields) == 2:
-            version = fields[1]
-    if version is None:
-        candidates = sorted(d.name for d in releases.iterdir() if any(d.glob("*.rel")))
-        if len(candidates) != 1:
-            raise BoardError(
-                f"{root}: cannot tell the release version (no usable releases/start_erl.data, "
-                f"release directories with a .rel file: {candidates})"
-            )
-        version = candidates[0]
-    rel_files = sorted((releases / version).glob("*.rel"))
-    if not rel_files:
-        raise BoardError(f"{root}: no .rel file in releases/{version}/")
-    with_script = [f for f in rel_files if (root / "bin" / f.stem).is_file()]
-    rel_file = (with_script or rel_files)[0]
-    name, rel_vsn, erts_vsn, apps = parse_rel_file(rel_file.read_text())
-    if rel_vsn != version:
-        log.warning("%s says version %s, expected %s", rel_file, rel_vsn, version)
-    info = ReleaseInfo(root=root, name=name, version=version, erts_version=erts_vsn, apps=apps)
+    """Finds the name, version and applications of the release built into ``root`` (see
+    :func:`relsync.rel_file.find_rel_file`); it must have its start script."""
+    try:
+        rel = read_rel_file(root)
+    except RelFileError as exc:
+        raise BoardError(str(exc)) from exc
+    info = ReleaseInfo(
+        root=root, name=rel.name, version=rel.version, erts_version=rel.erts_version,
+        apps=rel.apps,
+    )  # fmt: skip
     if not info.start_script.is_file():
-        raise BoardError(f"{root}: no start script bin/{name}")
+        raise BoardError(f"{root}: no start script bin/{rel.name}")
     return info
 
 

@@ -13,13 +13,9 @@ from typing import TypeVar
 
 import pytest
 
-from relsync.harness.local import (
-    LocalBoard,
-    mount_points,
-    parse_rel_file,
-    read_release_info,
-)
+from relsync.harness.local import LocalBoard, mount_points, read_release_info
 from relsync.harness.ready import BoardError
+from relsync.rel_file import parse_rel_file
 
 T = TypeVar("T")
 
