@@ -3,12 +3,9 @@ applications). The one place relsync and its harness read release metadata from.
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 
 class RelFileError(ValueError):
@@ -23,18 +20,6 @@ class ReleaseApp:
     name: str
     version: str
     start_type: str = "permanent"
-
-
-@dataclass(frozen=True, slots=True)
-class RelFile:
-    """A release's ``.rel`` file, parsed."""
-
-    path: Path
-    name: str
-    #: The release version: its ``releases/<vsn>/`` directory.
-    version: str
-    erts_version: str
-    apps: tuple[ReleaseApp, ...]
 
 
 def find_rel_file(root: Path) -> tuple[str, Path]:
@@ -66,16 +51,6 @@ def find_rel_file(root: Path) -> tuple[str, Path]:
         raise RelFileError(f"{root}: no .rel file in releases/{version}/")
     with_script = [f for f in rel_files if (root / "bin" / f.stem).is_file()]
     return version, (with_script or rel_files)[0]
-
-
-def read_rel_file(root: Path) -> RelFile:
-    """The ``.rel`` file of the release built into ``root`` (see :func:`find_rel_file`),
-    parsed; its version is the directory it is in."""
-    version, path = find_rel_file(root)
-    name, declared, erts, apps = parse_rel_file(path.read_text())
-    if declared != version:
-        log.warning("%s says version %s, expected %s", path, declared, version)
-    return RelFile(path=path, name=name, version=version, erts_version=erts, apps=apps)
 
 
 _REL_RE = re.compile(

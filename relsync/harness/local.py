@@ -36,7 +36,7 @@ from relsync.erldist.etf import Atom, Term
 from relsync.erldist.node import call_once
 from relsync.harness.ready import BoardError, parse_tree, run_command, tree_command, wait_ready
 from relsync.harness.relsyncd import SshAccess, build_relsyncd, start_relsyncd
-from relsync.rel_file import ReleaseApp, RelFileError, read_rel_file
+from relsync.rel_file import ReleaseApp, RelFileError, find_rel_file, parse_rel_file
 from relsync.release import OTP_APPS, project_of
 from relsync.release_node import release_cookie, release_node
 
@@ -114,15 +114,15 @@ def read_release_info(root: Path) -> ReleaseInfo:
     """Finds the name, version and applications of the release built into ``root`` (see
     :func:`relsync.rel_file.find_rel_file`); it must have its start script."""
     try:
-        rel = read_rel_file(root)
+        version, rel_file = find_rel_file(root)
+        name, declared, erts_vsn, apps = parse_rel_file(rel_file.read_text())
     except RelFileError as exc:
         raise BoardError(str(exc)) from exc
-    info = ReleaseInfo(
-        root=root, name=rel.name, version=rel.version, erts_version=rel.erts_version,
-        apps=rel.apps,
-    )  # fmt: skip
+    if declared != version:
+        log.warning("%s says version %s, expected %s", rel_file, declared, version)
+    info = ReleaseInfo(root=root, name=name, version=version, erts_version=erts_vsn, apps=apps)
     if not info.start_script.is_file():
-        raise BoardError(f"{root}: no start script bin/{rel.name}")
+        raise BoardError(f"{root}: no start script bin/{name}")
     return info
 
 
