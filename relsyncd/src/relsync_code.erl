@@ -176,9 +176,11 @@ read_beam(Path, Sha) ->
         {error, _} = E -> E
     end.
 
-record_loaded(M, Sha, {loaded, _} = Result) ->
+record_loaded(M, Sha, {loaded, _} = Result) when is_binary(Sha) ->
+    ok = relsync_state:record_loaded(M, Sha),
+    Result;
+record_loaded(M, _Sha, {loaded, _} = Result) ->
     relsync_state:clear_pending(M),
-    is_binary(Sha) andalso ets:insert(?STATE, {{loaded, M}, Sha}),
     Result;
 record_loaded(_M, _Sha, Result) ->
     Result.
@@ -186,9 +188,8 @@ record_loaded(_M, _Sha, Result) ->
 %% Modules relsync loaded into this VM (and still loaded) -> SHA-256 of their beam.
 -spec loaded_shas() -> #{module() => binary()}.
 loaded_shas() ->
-    relsync_state:ensure_state(),
-    Recorded = try ets:match(?STATE, {{loaded, '$1'}, '$2'}) catch error:badarg -> [] end,
-    maps:from_list([{M, Sha} || [M, Sha] <- Recorded, code:is_loaded(M) =/= false]).
+    maps:from_list([{M, Sha} || {M, Sha} <- relsync_state:loaded_records(),
+                                code:is_loaded(M) =/= false]).
 
 load_binary(M, Path, Bin) ->
     case code:load_binary(M, relsync_hash:to_list(Path), Bin) of
@@ -215,7 +216,7 @@ delete_module(M, Purge) ->
         {true, _, _} -> sticky;
         {_, false, false} -> not_loaded;
         {_, Loaded, _} ->
-            ok = relsync_state:state_delete({loaded, M}),
+            ok = relsync_state:forget_loaded(M),
             case purge_old(M, Purge) of
                 ok when Loaded =:= false -> deleted;
                 ok -> _ = code:delete(M),
@@ -296,13 +297,12 @@ stash_code(Mods) when is_list(Mods) ->
     lists:foreach(fun stash/1, [M || M <- Mods, is_atom(M)]).
 
 stash(M) ->
-    Key = {old_code, M},
     Kept = case code:is_loaded(M) of
                {file, File} when is_list(File) -> running_beam(M, File);
                false -> none;
                _ -> unavailable
            end,
-    true = ets:insert(?STATE, {Key, Kept}).
+    relsync_state:keep_old_code(M, Kept).
 
 running_beam(M, File) ->
     case file:read_file(File) of
@@ -329,7 +329,7 @@ upgrade(Steps, Opts) when is_list(Steps), is_map(Opts) ->
     Purge = maps:get(purge, Opts, soft),
     Mods = [element(2, S) || S <- Steps, is_tuple(S), tuple_size(S) >= 2],
     Old = maps:from_list([{M, stashed(M)} || M <- Mods]),
-    _ = [ets:delete(?STATE, {old_code, M}) || M <- Mods],
+    ok = relsync_state:drop_old_code(Mods),
     case [M || {M, unavailable} <- maps:to_list(Old)] of
         [M | _] ->
             #{result => {error, {no_old_code, M}}, events => [], modules => []};
@@ -346,14 +346,14 @@ upgrade(Steps, Opts) when is_list(Steps), is_map(Opts) ->
 
 %% What a module ran before: stashed by stash_code/1, else what it runs now.
 stashed(M) ->
-    case ets:lookup(?STATE, {old_code, M}) of
-        [{_, Kept}] -> Kept;
-        [] -> stash(M), stashed(M)
+    case relsync_state:old_code(M) of
+        {ok, Kept} -> Kept;
+        error -> ok = stash(M), stashed(M)
     end.
 
 restore(M, Old) ->
-    ets:delete(?STATE, {loaded, M}),
-    true = ets:insert(?STATE, {{pending, M}, true}),
+    ok = relsync_state:forget_loaded(M),
+    ok = relsync_state:mark_pending([M]),
     _ = code:purge(M),
     case Old of
         none -> _ = code:delete(M), _ = code:purge(M), ok;

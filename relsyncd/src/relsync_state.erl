@@ -16,8 +16,9 @@
 -module(relsync_state).
 
 -export([cache_insert/5, cache_known/3, cache_listing/3, cache_lookup/1, clear_pending/1,
-         code_state/0, ensure_state/0, holds_lock/1, lock/2, mark_pending/1,
-         state_delete/1, unlock/1]).
+         code_state/0, drop_old_code/1, ensure_state/0, forget_loaded/1, holds_lock/1,
+         keep_old_code/2, loaded_records/0, lock/2, mark_pending/1, old_code/1,
+         record_loaded/2, unlock/1]).
 
 -include("relsync_target.hrl").
 
@@ -171,6 +172,47 @@ code_state() ->
 
 clear_pending(M) ->
     state_delete({pending, M}).
+
+%% A module relsync loaded, with the SHA-256 of its beam: loading clears its
+%% pending mark. The record outlives the load only while the module is loaded
+%% (see relsync_code:loaded_shas/0).
+-spec record_loaded(module(), binary()) -> ok.
+record_loaded(M, Sha) when is_atom(M), is_binary(Sha) ->
+    ensure_state(),
+    true = ets:insert(?STATE, {{loaded, M}, Sha}),
+    clear_pending(M).
+
+-spec forget_loaded(module()) -> ok.
+forget_loaded(M) ->
+    state_delete({loaded, M}).
+
+-spec loaded_records() -> [{module(), binary()}].
+loaded_records() ->
+    try ets:match(?STATE, {{loaded, '$1'}, '$2'}) of
+        Rows -> [{M, Sha} || [M, Sha] <- Rows]
+    catch error:badarg -> []
+    end.
+
+%% The code a module ran before a sync changed its files, kept for an upgrade
+%% step that has to load it again: {File, Beam}, none (it was not loaded) or
+%% unavailable (its beam on disk was not the code it ran).
+-spec keep_old_code(module(), {binary(), binary()} | none | unavailable) -> ok.
+keep_old_code(M, Kept) ->
+    ensure_state(),
+    true = ets:insert(?STATE, {{old_code, M}, Kept}),
+    ok.
+
+-spec old_code(module()) -> {ok, {binary(), binary()} | none | unavailable} | error.
+old_code(M) ->
+    try ets:lookup(?STATE, {old_code, M}) of
+        [{_, Kept}] -> {ok, Kept};
+        [] -> error
+    catch error:badarg -> error
+    end.
+
+-spec drop_old_code([module()]) -> ok.
+drop_old_code(Mods) ->
+    lists:foreach(fun(M) -> state_delete({old_code, M}) end, Mods).
 
 %% With the table gone (its owner killed) the entry is gone too.
 state_delete(Key) ->
