@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.compare_bench import host_otp, installed_env, run_cli
+from bench.compare_bench import host_otp, run_cli
+from bench.sync_bench import installed_env
 from bench.table import Row
 from relsync.harness.docker import DockerBoard, example_release
 from relsync.harness.example import APP_DIR, Variant

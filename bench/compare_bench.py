@@ -31,11 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.dist_bench import MIB, _raw_tcp_mb_s
-from bench.sync_bench import _compile_probe, _make_release
+from bench.sync_bench import _compile_probe, _make_release, installed_env
 from bench.table import Row
 from relsync.harness.docker import DockerBoard, example_release
 
 ROUNDS = 5
+#: Bulk first syncs per tool (each into new directories, the board rebooted before relsync's).
+BULK_ROUNDS = 3
 CLI_TIMEOUT_S = 300.0
 BOARD_TIMEOUT_S = 180.0
 TOOLS = ("relsync erl", "relsync ssh", "rsync")
@@ -108,14 +110,6 @@ def run_cli(argv: list[str], env: dict[str, str] | None = None, ok: tuple[int, .
     return Run(float(wall), float(cpu), int(rss_kb) / 1024, report)
 
 
-def installed_env(pycache: Path) -> dict[str, str]:
-    """The environment for relsync runs: bytecode cached in ``pycache``, as an installed relsync
-    has it (like sync_bench: ``PYTHONDONTWRITEBYTECODE`` would recompile it on every run)."""
-    env = dict(os.environ, PYTHONPYCACHEPREFIX=str(pycache))
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return env
-
-
 def _tools(board: DockerBoard, pycache: Path) -> dict[str, Command]:
     assert board.ssh is not None and board.openssh is not None
     # Into directories of their own beside the board's release: --force-path.
@@ -150,6 +144,11 @@ def _loaded(report: dict[str, object]) -> int:
     return sum(1 for m in modules if m["status"] == "loaded")
 
 
+def _median(runs: list[Run]) -> Run:
+    """The run of median wall time (its CPU, RSS and report go with it)."""
+    return sorted(runs, key=lambda run: run.wall)[len(runs) // 2]
+
+
 def _probe(tool: str) -> str:
     return "relsync_bench_probe_" + tool.replace("relsync ", "").replace(" ", "_")
 
@@ -174,22 +173,24 @@ async def _measure(work: Path, raw_mb_s: float) -> list[Row]:
         tools = _tools(board, work / "pycache")
         dests = {tool: f"/data/bench-{n}" for n, tool in enumerate(TOOLS)}
 
-        def sync(tool: str) -> Run:
-            argv, env = tools[tool](locals_[tool], dests[tool])
+        def sync(tool: str, dest: str | None = None) -> Run:
+            argv, env = tools[tool](locals_[tool], dest or dests[tool])
             return run_cli(argv, env, ok=(0,) if tool == "rsync" else (0, 6))
 
-        again = {tool: f"{dest}-again" for tool, dest in dests.items() if tool != "rsync"}
-        for dest in [*dests.values(), *again.values()]:  # relsync syncs into a directory there
-            await board.exec("mkdir", "-p", dest)
-        bulk: dict[str, Run] = {}
-        files_only: dict[str, Run] = {}
-        for tool in TOOLS:
-            if tool != "rsync":
-                await board.reboot()  # a VM that has loaded nothing yet
-            bulk[tool] = sync(tool)
-            if tool in again:  # the same files again, elsewhere: its modules are loaded
-                argv, env = tools[tool](locals_[tool], again[tool])
-                files_only[tool] = run_cli(argv, env, ok=(0, 6))
+        bulk: dict[str, list[Run]] = {tool: [] for tool in TOOLS}
+        files_only: dict[str, list[Run]] = {tool: [] for tool in TOOLS if tool != "rsync"}
+        for n in range(BULK_ROUNDS):  # interleaved, each into new directories
+            for tool in TOOLS:
+                dest = f"{dests[tool]}-{n}"
+                again = f"{dest}-again"  # the same files again, elsewhere: modules loaded
+                await board.exec("mkdir", "-p", dest, again)
+                if tool != "rsync":
+                    await board.reboot()  # a VM that has loaded nothing yet
+                bulk[tool].append(sync(tool, dest))
+                if tool in files_only:
+                    files_only[tool].append(sync(tool, again))
+        for tool, dest in dests.items():  # the rounds below sync into the last ones
+            dests[tool] = f"{dest}-{BULK_ROUNDS - 1}"
         noop: dict[str, list[float]] = {tool: [] for tool in TOOLS}
         one: dict[str, list[float]] = {tool: [] for tool in TOOLS}
         retried: set[str] = set()  # modules whose load failed before, tried again every sync
@@ -217,13 +218,13 @@ async def _measure(work: Path, raw_mb_s: float) -> list[Row]:
 
     release = f"{nfiles} files, {nbytes / 1e6:.0f} MB"
     rows: list[Row] = []
-    rs_bulk = bulk["rsync"]
+    rs_bulk = _median(bulk["rsync"])
     for tool in TOOLS[:2]:
-        run = bulk[tool]
+        run, alone = _median(bulk[tool]), _median(files_only[tool])
         mb_s = nbytes / run.wall / 1e6
         loaded = _loaded(run.report)
         rows += [
-            Row("compare", f"bulk first sync ({release}), {tool}",
+            Row("compare", f"bulk first sync ({release}), {tool} (median of {BULK_ROUNDS})",
                 f"{run.wall:.2f} s = {run.wall / rs_bulk.wall:.2f}x rsync = {mb_s:.0f} MB/s = "
                 f"{mb_s / raw_mb_s:.1%} of raw TCP",
                 f"raw loopback TCP {raw_mb_s:,.0f} MB/s; rsync {rs_bulk.wall:.2f} s = "
@@ -232,10 +233,10 @@ async def _measure(work: Path, raw_mb_s: float) -> list[Row]:
                 "<= 1.5x rsync", run.wall <= 1.5 * rs_bulk.wall),
             Row("compare", f"peak RSS during bulk sync, {tool} process", rss(run.max_rss_mb),
                 f"rsync + its ssh {rss(rs_bulk.max_rss_mb)}"),
-            Row("compare", f"the same files into a second directory, {tool}",
-                f"{files_only[tool].wall:.2f} s = {files_only[tool].wall / rs_bulk.wall:.2f}x "
-                "rsync", f"no module to load ({_loaded(files_only[tool].report)} loaded): the "
-                "file transfer alone against rsync's bulk sync"),
+            Row("compare", f"the same files into a second directory, {tool} (median of "
+                f"{BULK_ROUNDS})", f"{alone.wall:.2f} s = {alone.wall / rs_bulk.wall:.2f}x rsync",
+                f"no module to load ({_loaded(alone.report)} loaded): the file transfer alone "
+                "against rsync's bulk sync"),
         ]  # fmt: skip
     for label, samples in (("no-op resync, CLI start to exit", noop),
                            ("one changed beam, CLI start to reloaded", one)):  # fmt: skip
