@@ -27,6 +27,7 @@ from relsync.target import (
     UpgradeEvent,
     UpgradeStep,
 )
+from relsync.transfer import apply_files
 from relsync.upgrade import upgrade_steps
 
 if TYPE_CHECKING:  # relsync.hooks (tempfile, erlc) is imported only when there is a hook
@@ -260,7 +261,7 @@ async def _sync(
 
     if on_transfer is not None:
         on_transfer(plan.bytes_to_send)
-    await _apply_files(target, plan, report, count)
+    await apply_files(target, report, count, load_early=not options.upgrade)
     report.bytes_sent = sent
     await pause_point("files_replaced")
 
@@ -298,8 +299,9 @@ async def switch_code(
     if report.upgrade:
         await _run_upgrade(target, options, report, down=down)
     else:
-        if plan.reload:
-            report.modules += await target.load_modules(plan.reload, options.brutal_purge)
+        loaded = {m.module for m in report.modules}  # some while the files were written
+        if reload := [r for r in plan.reload if r[0] not in loaded]:
+            report.modules += await target.load_modules(reload, options.brutal_purge)
         if plan.purge:
             report.modules += await target.delete_modules(plan.purge, options.brutal_purge)
     if report.exit_code == ExitCode.OK and any(
@@ -346,17 +348,3 @@ async def _busy_programs(
         "(presync: stop, postsync: start)"
         for p in running
     ]
-
-
-async def _apply_files(target: Target, plan: SyncPlan, report: SyncReport, count: Progress) -> None:
-    # Deletions first: a symlink or file that must give way to a directory (or the other way
-    # round) is gone before anything is written through its path.
-    if plan.delete_paths:
-        await target.delete_files(plan.delete_paths)
-    if plan.delete_dirs:
-        stuck = await target.delete_dirs(plan.delete_dirs)
-        report.warnings += [f"directory not empty, left in place: {d}" for d in stuck]
-    if plan.writes:
-        report.deltas = sorted(await target.put_files(plan.writes, count))
-    if plan.links:
-        await target.make_symlinks(plan.links)

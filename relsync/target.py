@@ -129,6 +129,13 @@ class RunningProgram:
 
 Progress = Callable[[int], None]
 
+#: Called with the target paths of files once they are in place.
+Written = Callable[[Sequence[str]], None]
+
+
+def nothing_written(paths: Sequence[str]) -> None:
+    """A :data:`Written` for a caller that does not wait for files one by one."""
+
 
 @dataclass(frozen=True, slots=True)
 class UpgradeStep:
@@ -205,10 +212,12 @@ class Target(Protocol):
     async def running_programs(self, paths: Sequence[str]) -> list[RunningProgram]:
         """Which of ``paths`` run now as port programs (so replacing them needs a restart)."""
 
-    async def put_files(self, files: Sequence[FilePut], progress: Progress) -> list[str]:
+    async def put_files(
+        self, files: Sequence[FilePut], progress: Progress, written: Written = nothing_written
+    ) -> list[str]:
         """Write each file atomically (temp name, fsync, rename), calling ``progress(nbytes)``
-        with the bytes actually sent; return the paths that went as a block delta (a file
-        with a ``base`` may)."""
+        with the bytes actually sent and ``written(paths)`` as files are in place; return the
+        paths that went as a block delta (a file with a ``base`` may)."""
 
     async def make_symlinks(self, links: Sequence[tuple[str, str]]) -> None:
         """Create or atomically replace ``(link, target)`` symlinks."""
@@ -229,6 +238,11 @@ class Target(Protocol):
         self, modules: Sequence[tuple[str, str, bytes]], brutal: bool
     ) -> list[ModuleResult]:
         """Load ``(module, beam path, digest)`` from the target's files (soft purge first)."""
+
+    async def load_fresh(self, modules: Sequence[tuple[str, str, bytes]]) -> list[ModuleResult]:
+        """Load, together, those ``(module, beam path, digest)`` the VM has no code of at all
+        (while other files are still being written); their results. The rest, and any the VM
+        will not load together (an ``on_load`` function), are left for :meth:`load_modules`."""
 
     async def delete_modules(self, modules: Sequence[str], brutal: bool) -> list[ModuleResult]:
         """Purge and delete modules."""

@@ -35,6 +35,8 @@ from relsync.target import (
     UpgradeEvent,
     UpgradeResult,
     UpgradeStep,
+    Written,
+    nothing_written,
 )
 
 HELPER = "relsync_target"
@@ -139,6 +141,11 @@ def _text(value: Term) -> str:
 
 def _path(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
+
+
+def _modules(modules: Sequence[tuple[str, str, bytes]]) -> list[Term]:
+    """``(module, beam path, digest)`` as the helper takes them."""
+    return [(Atom(m), _path(p), sha) for m, p, sha in modules]
 
 
 def _proc(entry: Term) -> str:
@@ -453,36 +460,46 @@ class HelperTarget(ABC):
                 found.append(RunningProgram(_text(item[0]), item[1], owner))
         return found
 
-    async def put_files(self, files: Sequence[FilePut], progress: Progress) -> list[str]:
+    async def put_files(
+        self, files: Sequence[FilePut], progress: Progress, written: Written = nothing_written
+    ) -> list[str]:
         """See :class:`relsync.target.Target`."""
         deltas: list[str] = []
         batch: list[Term] = []
+        paths: list[str] = []
         batch_bytes = 0
         # Batches on their way at once: the target writes one while the next is read here and
         # sent.
         in_flight = await self._open_lanes(sum(p.size for p in files if p.size <= CHUNK))
         flying: list[asyncio.Task[None]] = []
+
+        def send() -> None:
+            flying.append(
+                asyncio.ensure_future(self._put_batch(batch, paths, batch_bytes, progress, written))
+            )
+
         try:
             for put in files:
                 if await self._put_delta(put, progress):
                     deltas.append(put.path)
+                    written([put.path])
                     continue
                 if put.size > CHUNK:
                     await self._put_large(put, progress)
+                    written([put.path])
                     continue
                 with open(put.local, "rb") as handle:
                     data = handle.read()
                 batch.append((_path(put.path), put.mode, data, put.digest))
+                paths.append(put.path)
                 batch_bytes += len(data)
                 if batch_bytes >= CHUNK:
-                    flying.append(
-                        asyncio.ensure_future(self._put_batch(batch, batch_bytes, progress))
-                    )
-                    batch, batch_bytes = [], 0
+                    send()
+                    batch, paths, batch_bytes = [], [], 0
                     if len(flying) >= in_flight:
                         await flying.pop(0)
             if batch:
-                flying.append(asyncio.ensure_future(self._put_batch(batch, batch_bytes, progress)))
+                send()
             while flying:
                 await flying.pop(0)
         finally:
@@ -519,24 +536,29 @@ class HelperTarget(ABC):
 
     async def _open_lanes(self, nbytes: int) -> int:
         """How many put_files batches of ``nbytes`` in all may be on their way at once (a
-        transport may open lanes of its own for them first: see :meth:`_write`)."""
+        transport may open lanes of its own for them first: see :meth:`_on_lane`)."""
         return BATCHES_IN_FLIGHT
 
-    async def _write(self, function: str, args: list[Term]) -> Term:
-        """A call that carries file bytes (``put_files``, ``put_chunk``)."""
+    async def _on_lane(self, function: str, args: list[Term]) -> Term:
+        """A long call (file bytes, loading) that may go beside others (a transport with
+        lanes of its own puts each on a lane it has to itself)."""
         return await self._call(function, args, FILE_TIMEOUT)
 
-    async def _put_batch(self, batch: list[Term], nbytes: int, progress: Progress) -> None:
-        result = await self._write("put_files", self._with_token([batch]))
+    async def _put_batch(
+        self, batch: list[Term], paths: list[str], nbytes: int, progress: Progress,
+        written: Written,
+    ) -> None:  # fmt: skip
+        result = await self._on_lane("put_files", self._with_token([batch]))
         self._check(result, "writing files")
         progress(nbytes)
+        written(paths)
 
     async def _put_large(self, put: FilePut, progress: Progress) -> None:
         path = _path(put.path)
         offset = 0
         for chunk in read_chunks(put.local):
             args = self._with_token([path, offset, chunk])
-            self._check(await self._write("put_chunk", args), f"writing {put.path}")
+            self._check(await self._on_lane("put_chunk", args), f"writing {put.path}")
             offset += len(chunk)
             progress(len(chunk))
         await self.commit(put)
@@ -583,9 +605,16 @@ class HelperTarget(ABC):
         self, modules: Sequence[tuple[str, str, bytes]], brutal: bool
     ) -> list[ModuleResult]:
         """See :class:`relsync.target.Target`."""
-        args: list[Term] = [(Atom(m), _path(p), sha) for m, p, sha in modules]
         purge = Atom("brutal" if brutal else "soft")
-        return self._module_results(await self._call("load_modules", [args, purge], FILE_TIMEOUT))
+        args: list[Term] = [_modules(modules), purge]
+        return self._module_results(await self._call("load_modules", args, FILE_TIMEOUT))
+
+    async def load_fresh(self, modules: Sequence[tuple[str, str, bytes]]) -> list[ModuleResult]:
+        """See :class:`relsync.target.Target`: on a lane of its own, beside the file batches."""
+        result = await self._on_lane("load_fresh", [_modules(modules)])
+        if result == ("error", "unknown_function"):  # a relsyncd from before it: all at the end
+            return []
+        return self._module_results(result)
 
     async def delete_modules(self, modules: Sequence[str], brutal: bool) -> list[ModuleResult]:
         """See :class:`relsync.target.Target`."""

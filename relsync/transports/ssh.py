@@ -21,7 +21,7 @@ import asyncssh
 
 from relsync.erldist.etf import Atom, Charlist, EtfError, Term, binary_to_term, term_to_binary
 from relsync.errors import ConnectError, TargetError
-from relsync.target import FilePut, Progress
+from relsync.target import FilePut, Progress, Written, nothing_written
 from relsync.transports.helper import (
     BATCHES_IN_FLIGHT,
     CALL_TIMEOUT,
@@ -242,7 +242,7 @@ class SshTarget(HelperTarget):
                     self._idle.put_nowait(lane)
         return max(BATCHES_IN_FLIGHT, 1 + len(self._extra))
 
-    async def _write(self, function: str, args: list[Term]) -> Term:
+    async def _on_lane(self, function: str, args: list[Term]) -> Term:
         lane = await self._idle.get()
         try:
             return await self._call_on(lane, function, args, FILE_TIMEOUT)
@@ -304,7 +304,9 @@ class SshTarget(HelperTarget):
         except (OSError, asyncssh.Error) as exc:
             raise self._lost(exc) from exc
 
-    async def put_files(self, files: Sequence[FilePut], progress: Progress) -> list[str]:
+    async def put_files(
+        self, files: Sequence[FilePut], progress: Progress, written: Written = nothing_written
+    ) -> list[str]:
         """Files under ``SFTP_MIN`` bytes go in batches over the control channels (one round
         trip for many). Bigger ones are uploaded over SFTP to their ``temp_path`` beside each
         file, then committed (hash checked, renamed into place) over the control
@@ -312,11 +314,16 @@ class SshTarget(HelperTarget):
         streamed = [p for p in files if p.size >= SFTP_MIN]
         if streamed:  # SFTP's channel first: the batches' extra lanes take what relsyncd has left
             await self._sftp()
-        deltas = await super().put_files([p for p in files if p.size < SFTP_MIN], progress)
+        small = [p for p in files if p.size < SFTP_MIN]
+        deltas = await super().put_files(small, progress, written)
         made: dict[str, asyncio.Task[None]] = {}
         slots = asyncio.Semaphore(UPLOADS_IN_FLIGHT)
 
         async def upload(put: FilePut) -> None:
+            await place(put)
+            written([put.path])
+
+        async def place(put: FilePut) -> None:
             directory = posixpath.dirname(put.path)
             tmp = self.temp_path(put.path)
             async with slots:  # (also bounds the whole files read for a delta)

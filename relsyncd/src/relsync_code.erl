@@ -3,7 +3,8 @@
 %% applications against this VM, port programs, upgrades.
 -module(relsync_code).
 
--export([check_beams/1, delete_modules/2, load_modules/2, loaded_shas/0, missing_apps/1,
+-export([check_beams/1, delete_modules/2, load_fresh/1, load_modules/2, loaded_shas/0,
+         missing_apps/1,
          old_code/0, otp_libs/0, running_programs/1, stash_code/1, strip_slash/1,
          update_code_path/1, upgrade/2]).
 
@@ -116,37 +117,76 @@ load_modules(Mods, Purge) ->
 stage({M, Path}, Purge) -> stage(M, Path, any, Purge);
 stage({M, Path, Sha}, Purge) -> stage(M, Path, Sha, Purge).
 
-%% Read and check a module's beam and purge its old code, ready to load.
+%% Read and check a module's beam and purge its old code, ready to load. When
+%% the VM runs that very code already, it is recorded as loaded and left be.
 stage(M, Path, Sha, Purge) ->
     case code:is_sticky(M) of
         true -> relsync_state:clear_pending(M), sticky;           % final: never loadable here
         false ->
             case read_beam(Path, Sha) of
                 {ok, Bin} ->
-                    case purge_old(M, Purge) of
-                        ok -> {staged, Path, Sha, Bin};
-                        NotPurged -> NotPurged
+                    case runs(M, Bin) of
+                        true -> record_loaded(M, Sha, {loaded, []});
+                        false -> purge_staged(M, Path, Sha, Bin, Purge)
                     end;
                 {error, _} = E -> E
             end
     end.
+
+purge_staged(M, Path, Sha, Bin, Purge) ->
+    case purge_old(M, Purge) of
+        ok -> {staged, Path, Sha, Bin};
+        NotPurged -> NotPurged
+    end.
+
+%% Whether M's loaded code is the beam's (its MD5 covers the code, not the
+%% compile time and other attributes): a reload would change nothing, but
+%% would make the running code old, for every process running it to leave.
+runs(M, Bin) ->
+    code:is_loaded(M) =/= false andalso
+        case beam_lib:md5(Bin) of
+            {ok, {M, Md5}} -> erlang:get_module_info(M, md5) =:= Md5;
+            _ -> false
+        end.
 
 %% The staged modules loaded together (code:atomic_load/1: the VM's export
 %% table is staged once for all of them, not once a module); those it refuses
 %% (an on_load function, a bad beam) are loaded one at a time, as are all when
 %% the rest is refused again. Module -> its result.
 load_all(Staged) ->
+    {Loaded, Refused} = together(Staged),
+    maps:from_list(Loaded ++ [load_one(S) || S <- Refused]).
+
+%% The staged modules the VM loads together, with their results, and those it
+%% would not: the ones it refused, or all when it refuses the rest again.
+together(Staged) ->
     case atomic_load(Staged) of
-        ok -> maps:from_list(loaded(Staged));
-        {error, Refused} ->
-            Refuses = fun({M, _, _, _}) -> lists:keymember(M, 1, Refused) end,
-            {Singly, Rest} = lists:partition(Refuses, Staged),
-            Together = case atomic_load(Rest) of
-                           ok -> loaded(Rest);
-                           {error, _} -> [load_one(S) || S <- Rest]
-                       end,
-            maps:from_list(Together ++ [load_one(S) || S <- Singly])
+        ok -> {loaded(Staged), []};
+        {error, Errors} ->
+            Refuses = fun({M, _, _, _}) -> lists:keymember(M, 1, Errors) end,
+            {Refused, Rest} = lists:partition(Refuses, Staged),
+            case atomic_load(Rest) of
+                ok -> {loaded(Rest), Refused};
+                {error, _} -> {[], Staged}
+            end
     end.
+
+%% The modules of Mods this VM has no code of at all (not loaded, no old code),
+%% loaded together while the rest of a sync's files are still on their way:
+%% nothing runs them, so nothing sees them change. What it cannot load together
+%% (an on_load function, which may need files not written yet) and the others
+%% are left to load_modules/2, once every file is in place. Returns the results
+%% of those it loaded, recorded as load_modules/2 records them.
+-spec load_fresh([{module(), binary(), binary()}]) -> [{module(), {loaded, procs()}}].
+load_fresh(Mods) when is_list(Mods) ->
+    relsync_state:ensure_state(),
+    Staged = [{M, Path, Sha, Bin} || {M, Path, Sha} <- Mods, is_atom(M), is_binary(Sha),
+                                     fresh(M), {ok, Bin} <- [read_beam(Path, Sha)]],
+    element(1, together(Staged)).
+
+fresh(M) ->
+    code:is_loaded(M) =:= false andalso not erlang:check_old_code(M)
+        andalso not code:is_sticky(M).
 
 atomic_load([]) -> ok;
 atomic_load(Staged) ->

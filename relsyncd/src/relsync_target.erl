@@ -19,7 +19,7 @@
          put_files/1, put_files/2, put_chunk/3, put_chunk/4, commit/3, commit/4,
          block_signatures/2, put_delta/5,
          delete_files/1, delete_dirs/1, make_symlinks/1, update_code_path/1,
-         load_modules/2, delete_modules/2, loaded_shas/0, mark_pending/1, code_state/0,
+         load_fresh/1, load_modules/2, delete_modules/2, loaded_shas/0, mark_pending/1, code_state/0,
          running_programs/1, stash_code/1, upgrade/2, old_code/0, check_beams/1,
          missing_apps/1,
          run_hook/3]).
@@ -117,6 +117,7 @@ delete_files(A1) -> relsync_files:delete_files(A1).
 delete_dirs(A1) -> relsync_files:delete_dirs(A1).
 make_symlinks(A1) -> relsync_files:make_symlinks(A1).
 update_code_path(A1) -> relsync_code:update_code_path(A1).
+load_fresh(A1) -> relsync_code:load_fresh(A1).
 load_modules(A1, A2) -> relsync_code:load_modules(A1, A2).
 delete_modules(A1, A2) -> relsync_code:delete_modules(A1, A2).
 loaded_shas() -> relsync_code:loaded_shas().

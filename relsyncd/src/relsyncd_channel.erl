@@ -348,6 +348,7 @@ check_paths(update_code_path, [Opts], A) when is_map(Opts) ->
              _ -> []
          end,
     relsyncd_paths:check_many(To ++ maps:get(add, Opts, []), follow, A);
+check_paths(load_fresh, [Mods], A) -> check_paths(load_modules, [Mods, soft], A);
 check_paths(load_modules, [Mods, _], A) when is_list(Mods) ->
     entries(fun(M) when is_tuple(M), tuple_size(M) >= 2 -> element(2, M); (_) -> bad end,
             Mods, follow, A);

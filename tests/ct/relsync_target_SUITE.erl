@@ -22,7 +22,7 @@
          delete_files/1, delete_dirs/1, make_symlinks/1,
          update_code_path/1,
          load_modules_basic/1, load_modules_recorded/1, load_modules_gen_server/1,
-         load_modules_old_code/1, delete_modules/1,
+         load_modules_old_code/1, load_modules_same_code/1, load_fresh/1, delete_modules/1,
          run_hook_output/1, run_hook_exception/1, run_hook_timeout/1,
          run_hook_caller_dies/1, run_hook_not_exported/1]).
 
@@ -41,7 +41,7 @@ all() ->
      delete_files, delete_dirs, make_symlinks,
      update_code_path,
      load_modules_basic, load_modules_recorded, load_modules_gen_server,
-     load_modules_old_code, delete_modules,
+     load_modules_old_code, load_modules_same_code, load_fresh, delete_modules,
      run_hook_output, run_hook_exception, run_hook_timeout,
      run_hook_caller_dies, run_hook_not_exported].
 
@@ -924,6 +924,62 @@ load_modules_gen_server(Config) ->
     after
         gen_server:stop(rs_counter)
     end.
+
+%% The beam of the code the VM runs (here a copy elsewhere, as a first sync
+%% into a new directory has it) is recorded as loaded but not loaded again: a
+%% reload would make the running code old for a process looping in it.
+load_modules_same_code(Config) ->
+    Dir = ?config(dir, Config),
+    V1 = compile_mod(Dir, "v1", rs_same, "-export([start/0]).\n"
+                     "start() -> spawn(fun loop/0).\nloop() -> receive stop -> ok end.\n"),
+    {ok, Bin} = file:read_file(V1),
+    Copy = write(<<Dir/binary, "/copy/rs_same.beam">>, Bin),
+    Sha = crypto:hash(sha256, Bin),
+    [{rs_same, {loaded, []}}] = ?T:load_modules([{rs_same, V1}], soft),
+    Pid = rs_same:start(),
+    try
+        ?assertEqual([{rs_same, {loaded, []}}], ?T:load_modules([{rs_same, Copy, Sha}], soft)),
+        ?assertNot(erlang:check_old_code(rs_same)),
+        ?assertEqual(binary_to_list(V1), code:which(rs_same)),
+        ?assertEqual(Sha, maps:get(rs_same, ?T:loaded_shas())),
+        %% Other code is loaded, and the process is left in the old.
+        V2 = compile_mod(Dir, "v2", rs_same, "-export([start/0, v/0]). v() -> 2.\n"
+                         "start() -> spawn(fun loop/0).\nloop() -> receive stop -> ok end.\n"),
+        ?assertMatch([{rs_same, {loaded, [{Pid, _}]}}], ?T:load_modules([{rs_same, V2}], soft)),
+        ?assertEqual(binary_to_list(V2), code:which(rs_same))
+    after
+        Pid ! stop
+    end,
+    [{rs_same, deleted}] = ?T:delete_modules([rs_same], brutal).
+
+%% load_fresh/1 loads only the modules the VM has no code of, together; a
+%% loaded one, one with an on_load function (its files may not be there yet)
+%% and a beam that does not match its hash are left for load_modules/2.
+load_fresh(Config) ->
+    Dir = ?config(dir, Config),
+    Beam = fun(Mod, Body) ->
+                   Path = compile_mod(Dir, "fresh", Mod, Body),
+                   {ok, Bin} = file:read_file(Path),
+                   {Mod, Path, crypto:hash(sha256, Bin)}
+           end,
+        A = Beam(rs_fresh_a, "-export([v/0]). v() -> rs_fresh_b:v() + 1."),
+    B = Beam(rs_fresh_b, "-export([v/0]). v() -> 1."),
+    OnLoad = Beam(rs_fresh_on_load, "-on_load(init/0). init() -> ok."),
+    {Bad, BadPath, _} = Beam(rs_fresh_bad, ""),
+    Loaded = Beam(rs_fresh_loaded, "-export([v/0]). v() -> 7."),
+    [{rs_fresh_loaded, {loaded, []}}] = ?T:load_modules([Loaded], soft),
+    ok = ?T:mark_pending([rs_fresh_a, rs_fresh_b]),
+    ?assertEqual([{rs_fresh_a, {loaded, []}}, {rs_fresh_b, {loaded, []}}],
+                 lists:sort(?T:load_fresh([A, B, OnLoad, {Bad, BadPath, <<0:256>>}, Loaded]))),
+    ?assertEqual(2, rs_fresh_a:v()),
+    ?assertEqual(false, code:is_loaded(rs_fresh_on_load)),
+    ?assertEqual(false, code:is_loaded(rs_fresh_bad)),
+    #{recorded := Recorded, pending := Pending} = ?T:code_state(),
+    ?assertEqual(element(3, A), maps:get(rs_fresh_a, Recorded)),
+    ?assertEqual([], [M || M <- Pending, M =:= rs_fresh_a orelse M =:= rs_fresh_b]),
+    ?assertEqual([], ?T:load_fresh([A, B])),        % loaded now: nothing fresh left
+    [{_, deleted}, {_, deleted}, {_, deleted}] =
+        ?T:delete_modules([rs_fresh_a, rs_fresh_b, rs_fresh_loaded], soft).
 
 %% A process looping in a local function stays in the old code after a load.
 load_modules_old_code(Config) ->

@@ -507,6 +507,7 @@ ctl_forbidden(Config) ->
              {delete_dirs, [[Out]], Out},
              {make_symlinks, [[{<<Out/binary, "/link">>, <<"x">>}]], <<Out/binary, "/link">>},
              {load_modules, [[{lists, Secret}], soft], Secret},
+             {load_fresh, [[{rs_none, Evil, Sha}]], Evil},
              {update_code_path, [#{add => [Evil]}], Evil},
              {upgrade, [[{delete_module, rs_none},
                          {update, lists, {advanced, []}, Secret, Sha}], #{}], Secret},

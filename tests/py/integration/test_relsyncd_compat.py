@@ -1,7 +1,8 @@
 """A board's relsyncd can be older than the relsync talking to it (it is built into the
 board's firmware): one from before ``sync_state`` answers ``unknown_function``, and relsync
 then asks for the same things one by one; one from before the sync lock (``sync_state/4``) is
-read with ``sync_state/3``, and written without a lock token."""
+read with ``sync_state/3``, and written without a lock token; one from before ``load_fresh``
+gets every module loaded once the files are in place."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from pathlib import Path
 import pytest
 from support.local_board import open_target, with_board
 
+from relsync.engine import SyncOptions, sync
 from relsync.erldist.etf import Atom, Term
-from relsync.harness.example import build_example_release
+from relsync.harness.example import Variant, build_example_release
 from relsync.harness.local import LocalBoard
-from relsync.release import system_lib_prefixes
+from relsync.release import scan_release, system_lib_prefixes
 from relsync.transports.helper import CALL_TIMEOUT
 from relsync.transports.ssh import SshTarget
 
@@ -38,6 +40,18 @@ class _OldRelsyncd(SshTarget):
 
 class _BeforeTheLock(_OldRelsyncd):
     unknown = (4,)
+
+
+class _BeforeLoadFresh(SshTarget):
+    """The board's real relsyncd, except that it does not know ``load_fresh``."""
+
+    asked_fresh = 0
+
+    async def _on_lane(self, function: str, args: list[Term]) -> Term:
+        if function == "load_fresh":
+            self.asked_fresh += 1
+            return (Atom("error"), Atom("unknown_function"))
+        return await super()._on_lane(function, args)
 
 
 def test_read_from_a_relsyncd_without_sync_state(tmp_path: Path) -> None:
@@ -74,5 +88,25 @@ def test_a_relsyncd_from_before_the_lock_syncs_without_one(tmp_path: Path) -> No
             assert target.asked[-1] == ("sync_state", 3)
         finally:
             await target.close()
+
+    with_board(build_example_release(), tmp_path / "board", body, "ssh")
+
+
+def test_a_relsyncd_from_before_load_fresh_loads_new_modules_at_the_end(tmp_path: Path) -> None:
+    extra = "-module(demo_extra).\n-export([hello/0]).\nhello() -> world.\n"
+    v2 = Variant(build_example_release(), tmp_path / "v2").compile("demo_extra", extra)
+
+    async def body(board: LocalBoard) -> None:
+        target = await open_target(board, "ssh", _BeforeLoadFresh)
+        assert isinstance(target, _BeforeLoadFresh)
+        try:
+            options = SyncOptions(dest_path=str(board.release_path), rw_path=str(board.rw_path))
+            report = await sync(target, scan_release(v2.root), options)
+        finally:
+            await target.close()
+        assert report.exit_code == 0, report.error
+        assert target.asked_fresh == 1
+        assert [(m.module, m.status) for m in report.modules] == [("demo_extra", "loaded")]
+        assert await board.rpc("demo_extra", "hello", []) == "world"
 
     with_board(build_example_release(), tmp_path / "board", body, "ssh")

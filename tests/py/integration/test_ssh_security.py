@@ -181,6 +181,7 @@ PATH_CALLS: dict[tuple[str, int], Callable[[bytes, bytes, bytes], list[list[Term
     ("update_code_path", 1): lambda p, ok, rel: [[{Atom("add"): [p]}],
                                                  [{Atom("replace_prefix"): (rel, p)}]],
     ("load_modules", 2): lambda p, ok, rel: [[[(Atom("lists"), p)], Atom("soft")]],
+    ("load_fresh", 1): lambda p, ok, rel: [[[(Atom("relsync_none"), p, SHA)]]],
     ("upgrade", 2): lambda p, ok, rel: [[[(Atom("load_module"), Atom("lists"), p, b"")], {}]],
 }  # fmt: skip
 
