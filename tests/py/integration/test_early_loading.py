@@ -65,17 +65,32 @@ def _variant(tmp_path: Path, dest: Path) -> Variant:
     return variant
 
 
-async def _sync(node: ErlNode, dest: Path, local: Path, *, upgrade: bool) -> tuple[
-    SyncReport, list[tuple[str, tuple[str, ...]]]
-]:  # fmt: skip
-    target = await _Logged.open(node.node, node.cookie, epmd_port=node.epmd_port)
-    target.events = []
-    try:
-        options = SyncOptions(dest_path=str(dest), upgrade=upgrade)
-        report = await sync(target, scan_release(local), options)
-    finally:
-        await target.close()
-    return report, target.events
+#: What the logged target saw: ("written", paths) and ("load_fresh" | "load_modules", modules).
+Events = list[tuple[str, tuple[str, ...]]]
+
+
+def _synced(
+    make_erl_node: Callable[..., ErlNode], tmp_path: Path, *, upgrade: bool
+) -> tuple[ErlNode, Path, SyncReport, Events]:
+    """A node whose release (in place, at the returned path) was synced to :func:`_variant`."""
+    dest = tmp_path / "dest"
+    shutil.copytree(build_example_release(), dest, symlinks=True)
+    variant = _variant(tmp_path, dest)
+    node = make_erl_node()
+    node.wait_ready()
+
+    async def synced() -> tuple[SyncReport, Events]:
+        target = await _Logged.open(node.node, node.cookie, epmd_port=node.epmd_port)
+        target.events = []
+        try:
+            options = SyncOptions(dest_path=str(dest), upgrade=upgrade)
+            return await sync(target, scan_release(variant.root), options), target.events
+        finally:
+            await target.close()
+
+    report, events = run_async(synced())
+    assert report.exit_code == 0, report.error
+    return node, dest, report, events
 
 
 def _module(path: str) -> str:
@@ -85,14 +100,7 @@ def _module(path: str) -> str:
 def test_new_modules_load_while_the_other_files_are_written(
     make_erl_node: Callable[..., ErlNode], tmp_path: Path
 ) -> None:
-    dest = tmp_path / "dest"
-    shutil.copytree(build_example_release(), dest, symlinks=True)
-    variant = _variant(tmp_path, dest)
-    node = make_erl_node()
-    node.wait_ready()
-    report, events = run_async(_sync(node, dest, variant.root, upgrade=False))
-    assert report.exit_code == 0, report.error
-
+    node, dest, report, events = _synced(make_erl_node, tmp_path, upgrade=False)
     blob_landed = next(n for n, (kind, paths) in enumerate(events)
                        if kind == "written" and str(dest / BLOB) in paths)  # fmt: skip
     fresh_calls = [n for n, (kind, _) in enumerate(events) if kind == "load_fresh"]
@@ -121,12 +129,6 @@ def test_new_modules_load_while_the_other_files_are_written(
 def test_an_upgrade_loads_nothing_early(
     make_erl_node: Callable[..., ErlNode], tmp_path: Path
 ) -> None:
-    dest = tmp_path / "dest"
-    shutil.copytree(build_example_release(), dest, symlinks=True)
-    variant = _variant(tmp_path, dest)
-    node = make_erl_node()
-    node.wait_ready()
-    report, events = run_async(_sync(node, dest, variant.root, upgrade=True))
-    assert report.exit_code == 0, report.error
+    node, _, _, events = _synced(make_erl_node, tmp_path, upgrade=True)
     assert [e for e in events if e[0] in ("load_fresh", "load_modules")] == []
     assert run_async(node.call("demo_fresh", "hello", [])) == "world"
