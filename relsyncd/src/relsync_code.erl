@@ -10,6 +10,9 @@
 
 -include("relsync_target.hrl").
 
+%% Fresh modules loaded together at most (see load_fresh/1).
+-define(FRESH_GROUP, 64).
+
 %% The new path is installed with one code:set_path/1 call, which validates
 %% every entry; non-directories are reported as {error, {bad_directory, Dirs}}.
 %% replace_prefix: one {From, To} or a list of them, applied in order.
@@ -172,17 +175,24 @@ together(Staged) ->
     end.
 
 %% The modules of Mods this VM has no code of at all (not loaded, no old code),
-%% loaded together while the rest of a sync's files are still on their way:
-%% nothing runs them, so nothing sees them change. What it cannot load together
-%% (an on_load function, which may need files not written yet) and the others
-%% are left to load_modules/2, once every file is in place. Returns the results
-%% of those it loaded, recorded as load_modules/2 records them.
+%% loaded while the rest of a sync's files are still on their way: nothing runs
+%% them, so nothing sees them change. They are loaded ?FRESH_GROUP at a time: a
+%% group the VM refuses (an on_load function, which may need files not written
+%% yet) is prepared again without the refused, and a small group costs less to
+%% prepare again. The refused and the others are left to load_modules/2, once
+%% every file is in place. Returns the results of those it loaded, recorded as
+%% load_modules/2 records them.
 -spec load_fresh([{module(), binary(), binary()}]) -> [{module(), {loaded, procs()}}].
 load_fresh(Mods) when is_list(Mods) ->
     relsync_state:ensure_state(),
     Staged = [{M, Path, Sha, Bin} || {M, Path, Sha} <- Mods, is_atom(M), is_binary(Sha),
                                      fresh(M), {ok, Bin} <- [read_beam(Path, Sha)]],
-    element(1, together(Staged)).
+    lists:append([element(1, together(Group)) || Group <- groups(Staged)]).
+
+groups(L) when length(L) =< ?FRESH_GROUP -> [L];
+groups(L) ->
+    {Group, Rest} = lists:split(?FRESH_GROUP, L),
+    [Group | groups(Rest)].
 
 fresh(M) ->
     code:is_loaded(M) =:= false andalso not erlang:check_old_code(M)

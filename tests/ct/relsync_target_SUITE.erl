@@ -978,6 +978,14 @@ load_fresh(Config) ->
     ?assertEqual(element(3, A), maps:get(rs_fresh_a, Recorded)),
     ?assertEqual([], [M || M <- Pending, M =:= rs_fresh_a orelse M =:= rs_fresh_b]),
     ?assertEqual([], ?T:load_fresh([A, B])),        % loaded now: nothing fresh left
+    %% More than one group (?FRESH_GROUP): every module of every group is loaded,
+    %% but the on_load one.
+    Many = [Beam(list_to_atom("rs_fresh_" ++ integer_to_list(N)), "") || N <- lists:seq(1, 70)],
+    OnLoad2 = Beam(rs_fresh_on_load2, "-on_load(init/0). init() -> ok."),
+    Results = ?T:load_fresh([OnLoad2 | Many]),
+    ?assertEqual(lists:sort([{M, {loaded, []}} || {M, _, _} <- Many]), lists:sort(Results)),
+    ?assertEqual(false, code:is_loaded(rs_fresh_on_load2)),
+    _ = ?T:delete_modules([M || {M, _, _} <- Many], soft),
     [{_, deleted}, {_, deleted}, {_, deleted}] =
         ?T:delete_modules([rs_fresh_a, rs_fresh_b, rs_fresh_loaded], soft).
 
