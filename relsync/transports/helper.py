@@ -612,7 +612,7 @@ class HelperTarget(ABC):
     async def load_fresh(self, modules: Sequence[tuple[str, str, bytes]]) -> list[ModuleResult]:
         """See :class:`relsync.target.Target`: on a lane of its own, beside the file batches."""
         result = await self._on_lane("load_fresh", [_modules(modules)])
-        if result == ("error", "unknown_function"):  # a relsyncd from before it: all at the end
+        if result == _UNKNOWN_FUNCTION:  # a relsyncd from before it: all load at the end
             return []
         return self._module_results(result)
 

@@ -357,13 +357,9 @@ stash(M) ->
 running_beam(M, File) ->
     case file:read_file(File) of
         {ok, Bin} ->
-            case beam_lib:md5(Bin) of
-                {ok, {M, Md5}} ->
-                    case erlang:get_module_info(M, md5) of
-                        Md5 -> {relsync_hash:name_bin(File), Bin};
-                        _ -> unavailable
-                    end;
-                _ -> unavailable
+            case runs(M, Bin) of
+                true -> {relsync_hash:name_bin(File), Bin};
+                false -> unavailable
             end;
         {error, _} -> unavailable
     end.
