@@ -185,7 +185,7 @@ write_new(Tmp, Data, Sync) ->
 
 synced_info(Fd) ->
     case file:datasync(Fd) of
-        ok -> file:read_file_info(Fd, [raw, {time, posix}]);
+        ok -> file:read_file_info(Fd, ?INFO);
         Err -> Err
     end.
 
@@ -226,15 +226,23 @@ finish(Tmp, Path, Mode, Sha) ->
 %% the hash for that file.
 install(Tmp, #file_info{inode = Ino} = Info, Path, Mode, Sha) ->
     case do_steps([fun() -> same_inode(Tmp, Ino) end,
-                   fun() -> file:write_file_info(Tmp, #file_info{mode = Mode band 8#7777},
-                                                 [raw]) end,
+                   fun() -> set_mode(Tmp, Info, Mode band 8#7777) end,
                    fun() -> file:rename(Tmp, Path) end]) of
         ok -> relsync_state:cache_known(Path, Info, Sha);
         Err -> Err
     end.
 
+%% Most files are made with the mode they need (0666 less the umask): leave
+%% those be. file:write_file_info/3 also sets the owner and both times (three
+%% calls to the file system, each a trip to a dirty I/O scheduler): the times
+%% it sets are Info's, so the hash cached for Info still matches the file.
+set_mode(_Tmp, #file_info{mode = Made}, Mode) when Made band 8#7777 =:= Mode -> ok;
+set_mode(Tmp, #file_info{atime = Atime, mtime = Mtime}, Mode) ->
+    file:write_file_info(Tmp, #file_info{mode = Mode, atime = Atime, mtime = Mtime},
+                         ?INFO).
+
 same_inode(Tmp, Ino) ->
-    case file:read_link_info(Tmp, [raw]) of
+    case file:read_link_info(Tmp, ?INFO) of
         {ok, #file_info{type = regular, inode = Ino}} -> ok;
         {ok, _} -> {error, staged_file_replaced};
         Err -> Err
@@ -267,7 +275,7 @@ closed_then(Err, _Result) -> Err.
 
 %% The staged file must be our own regular file, never followed through a link.
 is_regular(Tmp) ->
-    case file:read_link_info(Tmp, [raw]) of
+    case file:read_link_info(Tmp, ?INFO) of
         {ok, #file_info{type = regular}} -> ok;
         {ok, _} -> {error, einval};
         Err -> Err
@@ -275,7 +283,7 @@ is_regular(Tmp) ->
 
 %% Create Dir and its parents; an existing non-directory is enotdir.
 mkdir_p(Dir) ->
-    case file:read_file_info(Dir, [raw]) of
+    case file:read_file_info(Dir, ?INFO) of
         {ok, #file_info{type = directory}} -> ok;
         {ok, _} -> {error, enotdir};
         {error, enoent} ->

@@ -26,7 +26,7 @@ list_dir(_) ->
 manifest(Root, Opts) when is_binary(Root), is_map(Opts) ->
     Excl = maps:get(exclude, Opts, []),
     relsync_state:ensure_state(),
-    case file:read_file_info(Root, [raw, {time, posix}]) of
+    case file:read_file_info(Root, ?INFO) of
         {ok, #file_info{type = directory} = FI} ->
             Slots = atomics:new(1, []),
             ok = atomics:put(Slots, 1, ?MAX_WALKERS),
@@ -248,7 +248,7 @@ cached_hash(Abs, #file_info{size = Size, mtime = Mtime, inode = Ino}) ->
                        {error, R} -> throw({walk_error, Abs, R})
                    end,
             %% Cache only if the file did not change while we read it.
-            case file:read_link_info(Abs, [raw, {time, posix}]) of
+            case file:read_link_info(Abs, ?INFO) of
                 {ok, #file_info{size = Size, mtime = Mtime, inode = Ino}} ->
                     relsync_state:cache_insert(Abs, Size, Mtime, Ino, Hash);
                 _ -> ok

@@ -94,7 +94,7 @@ sync_state(Dest, Excl, Rw, Opts) when is_binary(Dest), is_map(Opts) ->
     end.
 
 dest_type(Dest) ->
-    case file:read_file_info(Dest, [raw]) of
+    case file:read_file_info(Dest, ?INFO) of
         {ok, #file_info{type = Type}} -> Type;
         {error, Reason} -> Reason
     end.

@@ -9,6 +9,9 @@
 -define(CHUNK, (1024 * 1024)).
 -define(RACY_SECS, 2).
 -define(NEW_FILE, [write, raw, binary, exclusive]).
+%% Options of every file-info call: times as POSIX seconds, which also spares
+%% three local-time conversions (each a stat of /etc/localtime) a call.
+-define(INFO, [raw, {time, posix}]).
 %% Processes writing one put_files call's files at once (see put_parallel/2).
 -define(WRITERS, 8).
 %% Directories down to this depth below a manifest's root are walked by

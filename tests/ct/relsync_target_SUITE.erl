@@ -598,16 +598,29 @@ put_files_file_calls(Config) ->
                     erlang:trace_pattern({file, '_', '_'}, false, [call_count]),
                     lists:sort(Counted)
             end,
+    ok = file:write_file(<<Dir/binary, "/made">>, <<>>),
+    Made = mode(<<Dir/binary, "/made">>),              % what a new file gets here
     %% read_file_info: of our descriptor (what the cache records); read_link_info:
-    %% the staged name is still that file, just before the rename.
+    %% the staged name is still that file, just before the rename. A file made
+    %% with the mode it needs is not given it again.
     ?assertEqual([{close, 1}, {datasync, 1}, {open, 1}, {pwrite, 1}, {read_file_info, 1},
-                  {read_link_info, 1}, {rename, 1}, {write_file_info, 1}],
-                 Calls([{<<Dir/binary, "/a">>, 8#644, Data, sha(Data)}])),
+                  {read_link_info, 1}, {rename, 1}],
+                 Calls([{<<Dir/binary, "/a">>, Made, Data, sha(Data)}])),
     ok = file:write_file(<<Dir/binary, "/.relsync-tmp.b.part">>, <<"left over">>),
     ?assertEqual([{close, 1}, {datasync, 1}, {delete, 1}, {open, 2}, {pwrite, 1},
-                  {read_file_info, 1}, {read_link_info, 1}, {rename, 1}, {write_file_info, 1}],
-                 Calls([{<<Dir/binary, "/b">>, 8#644, Data, sha(Data)}])),
+                  {read_file_info, 1}, {read_link_info, 1}, {rename, 1}],
+                 Calls([{<<Dir/binary, "/b">>, Made, Data, sha(Data)}])),
     ?assertEqual({ok, Data}, file:read_file(<<Dir/binary, "/b">>)),
+    %% Another mode costs one call more; the hash cached matches the file installed.
+    Exec = Made bxor 8#100,
+    ?assertEqual([{close, 1}, {datasync, 1}, {open, 1}, {pwrite, 1}, {read_file_info, 1},
+                  {read_link_info, 1}, {rename, 1}, {write_file_info, 1}],
+                 Calls([{<<Dir/binary, "/c">>, Exec, Data, sha(Data)}])),
+    C = <<Dir/binary, "/c">>,
+    ?assertEqual(Exec, mode(C)),
+    {ok, #file_info{size = S, mtime = M, inode = I}} = file:read_file_info(C, [{time, posix}]),
+    ?assertEqual([{C, {S, M, I, sha(Data)}}], relsync_state:cache_lookup(C)),
+    ?assertEqual([Made, Made], [mode(<<Dir/binary, F/binary>>) || F <- [<<"/a">>, <<"/b">>]]),
     ?assertEqual([], tmp_files(Dir)).
 
 %% What is really tested here depends on who runs the suite:
