@@ -186,7 +186,8 @@ together(Staged) ->
 load_fresh(Mods) when is_list(Mods) ->
     relsync_state:ensure_state(),
     Staged = [{M, Path, Sha, Bin} || {M, Path, Sha} <- Mods, is_atom(M), is_binary(Sha),
-                                     fresh(M), {ok, Bin} <- [read_beam(Path, Sha)]],
+                                     fresh(M), {ok, Bin} <- [read_beam(Path, Sha)],
+                                     not loads_nif(Bin)],
     lists:append([element(1, together(Group)) || Group <- groups(Staged)]).
 
 groups(L) when length(L) =< ?FRESH_GROUP -> [L];
@@ -197,6 +198,15 @@ groups(L) ->
 fresh(M) ->
     code:is_loaded(M) =:= false andalso not erlang:check_old_code(M)
         andalso not code:is_sticky(M).
+
+%% Whether a beam names load_nif (a NIF's loader, nearly always from an on_load
+%% function). A module with an on_load function makes code:atomic_load/1 refuse
+%% its whole group, which is then prepared again without it: those are left
+%% out of the groups up front, for the load after every file is in place. Only
+%% the speed depends on this guess: an on_load module it misses is refused, a
+%% module it wrongly names is loaded later.
+loads_nif(Bin) ->
+    binary:match(Bin, <<"load_nif">>) =/= nomatch.
 
 atomic_load([]) -> ok;
 atomic_load(Staged) ->

@@ -998,7 +998,21 @@ load_fresh(Config) ->
     Results = ?T:load_fresh([OnLoad2 | Many]),
     ?assertEqual(lists:sort([{M, {loaded, []}} || {M, _, _} <- Many]), lists:sort(Results)),
     ?assertEqual(false, code:is_loaded(rs_fresh_on_load2)),
-    _ = ?T:delete_modules([M || {M, _, _} <- Many], soft),
+    %% A NIF's loader is left out before its group is prepared: every other
+    %% module is prepared once.
+    Nif = Beam(rs_fresh_nif, "-on_load(init/0). init() -> erlang:load_nif(\"none\", 0)."),
+    Few = [Beam(list_to_atom("rs_fresh_few_" ++ integer_to_list(N)), "") || N <- lists:seq(1, 5)],
+    erlang:trace_pattern({erlang, prepare_loading, 2}, true, [call_count]),
+    erlang:trace(all, true, [call]),
+    try ?assertEqual(lists:sort([{M, {loaded, []}} || {M, _, _} <- Few]),
+                     lists:sort(?T:load_fresh([Nif | Few])))
+    after erlang:trace(all, false, [call])
+    end,
+    {call_count, Prepared} = erlang:trace_info({erlang, prepare_loading, 2}, call_count),
+    erlang:trace_pattern({erlang, prepare_loading, 2}, false, [call_count]),
+    ?assertEqual(length(Few), Prepared),
+    ?assertEqual(false, code:is_loaded(rs_fresh_nif)),
+    _ = ?T:delete_modules([M || {M, _, _} <- Many ++ Few], soft),
     [{_, deleted}, {_, deleted}, {_, deleted}] =
         ?T:delete_modules([rs_fresh_a, rs_fresh_b, rs_fresh_loaded], soft).
 
