@@ -267,10 +267,8 @@ async def _measure(work: Path, raw_mb_s: float) -> list[Row]:
     rs_bulk = _median(bulk["rsync"])
     for tool in TOOLS[:2]:
         run, alone = _median(bulk[tool]), _median(files_only[tool])
-        ratio, alone_ratio = (
-            _ratio(bulk[tool], bulk["rsync"]),
-            _ratio(files_only[tool], bulk["rsync"]),
-        )
+        ratio = _ratio(bulk[tool], bulk["rsync"])
+        alone_ratio = _ratio(files_only[tool], bulk["rsync"])
         mb_s = nbytes / run.wall / 1e6
         loaded = _loaded(run.report)
         rows += [

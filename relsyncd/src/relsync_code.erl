@@ -204,7 +204,8 @@ fresh(M) ->
 %% its whole group, which is then prepared again without it: those are left
 %% out of the groups up front, for the load after every file is in place. Only
 %% the speed depends on this guess: an on_load module it misses is refused, a
-%% module it wrongly names is loaded later.
+%% module it wrongly names is loaded later. Not in together/1: for modules the
+%% VM runs, a wrong guess would load one apart from the others it goes with.
 loads_nif(Bin) ->
     binary:match(Bin, <<"load_nif">>) =/= nomatch.
 
