@@ -149,6 +149,12 @@ def _delta_base(lf: LocalFile, candidates: list[tuple[str, RemoteEntry | None]])
     return None
 
 
+def deletable(rel: str) -> bool:
+    """Whether a sync deletes ``rel`` when the release has it no more: files under ``lib/``
+    other than shared libraries (a loaded one cannot be replaced safely)."""
+    return rel.startswith(DELETE_SCOPE) and not is_shared_lib(rel)
+
+
 def is_temp(rel: str) -> bool:
     """Whether ``rel`` names one of relsync's temporary files."""
     return posixpath.basename(rel).startswith(TEMP_PREFIX)
@@ -187,12 +193,7 @@ def build_plan(release: LocalRelease, state: TargetState) -> SyncPlan:
     plan.added.sort()
     plan.changed.sort()
     plan.deleted = sorted(
-        rel
-        for rel in current
-        if rel not in local
-        and rel not in release.links
-        and rel.startswith(DELETE_SCOPE)
-        and not is_shared_lib(rel)
+        rel for rel in current if rel not in local and rel not in release.links and deletable(rel)
     )
 
     if state.rw:
@@ -234,7 +235,6 @@ def _depth_first(path: str) -> tuple[int, str]:
 def _plan_shadow(release: LocalRelease, state: TargetState, plan: SyncPlan) -> None:
     assert state.rw is not None
     rw, dest = state.rw, state.dest
-    deleted = set(plan.deleted)
     desired_links: dict[str, str] = {rel: _join(dest, rel) for rel in state.excluded_dirs}
     desired_links.update(release.links)  # relative: they resolve inside the shadow tree
     desired_files: dict[str, LocalFile] = {}
@@ -244,7 +244,9 @@ def _plan_shadow(release: LocalRelease, state: TargetState, plan: SyncPlan) -> N
         else:
             desired_files[rel] = lf
     for rel, entry in state.original.items():
-        known = rel in release.files or rel in release.links or rel in deleted
+        # An original file the release no longer has stays deleted on every later sync,
+        # whether or not this sync is the one deleting it; only what is never deleted is kept.
+        known = rel in release.files or rel in release.links or deletable(rel)
         if not known and isinstance(entry, RemoteFile):
             desired_links[rel] = _join(dest, rel)
 

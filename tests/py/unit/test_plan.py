@@ -345,3 +345,17 @@ def test_shadow_without_any_regular_copy_sends_whole() -> None:
     original = {**remote(BASE), BIG: RemoteLink(BIG, "/elsewhere/big.bin")}
     plan = build_plan(big(local(BASE), "big v2", DELTA_MIN), TargetState(DEST, RW, original))
     assert [(w.path, w.base) for w in plan.writes] == [(f"{RW}/{BIG}", None)]
+
+
+def test_a_deleted_file_stays_deleted_on_every_later_shadow_sync() -> None:
+    # Files the release dropped: a module and a priv file under lib/, and a boot file outside it.
+    smaller = dict(BASE)
+    del smaller["lib/demo-0.1.0/ebin/demo_app.beam"]
+    first = build_plan(local(smaller), TargetState(DEST, RW, remote(BASE)))
+    assert f"{RW}/lib/demo-0.1.0/ebin/demo_app.beam" not in dict(first.links)
+    shadow = _shadow_after(first, {})
+    for _ in range(3):  # the same release again, and again: nothing to do, nothing linked back
+        again = build_plan(local(smaller), TargetState(DEST, RW, remote(BASE), shadow, True))
+        assert not again.touches_target, again
+        shadow = _shadow_after(again, shadow)
+    assert "lib/demo-0.1.0/ebin/demo_app.beam" not in shadow
