@@ -159,6 +159,7 @@ async def read_state(target: Target, excl: tuple[str, ...], options: SyncOptions
         excluded_dirs=excluded,
         loaded=seen.code.recorded,
         pending=seen.code.pending,
+        vm_loaded=seen.code.vm_loaded,
         code_path=seen.info.code_path,
         root_dir=seen.info.root_dir,
         hash=seen.info.hash,

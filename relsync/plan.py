@@ -41,6 +41,8 @@ class TargetState:
     loaded: dict[str, bytes] = field(default_factory=dict)
     #: Modules an unfinished sync meant to load or delete: handled whatever the files say.
     pending: frozenset[str] = frozenset()
+    #: Every module the VM has loaded, in embedded mode (None: interactive, or not told).
+    vm_loaded: frozenset[str] | None = None
     #: The VM's code path, and the root it was booted from (``code:root_dir()``).
     code_path: tuple[str, ...] = ()
     root_dir: str = ""
@@ -290,7 +292,8 @@ def _plan_code(
     for module, lf in sorted(
         local_modules.items(), key=lambda m: (is_consolidated(m[1].rel), m[0])
     ):
-        if module in state.pending or running.get(module) != lf.digest:
+        unloaded = state.vm_loaded is not None and module not in state.vm_loaded
+        if module in state.pending or unloaded or running.get(module) != lf.digest:
             plan.reload.append((module, _join(root, lf.rel), lf.digest))
             if module not in running:
                 plan.new_modules.append(module)

@@ -98,6 +98,9 @@ class CodeState:
 
     recorded: dict[str, bytes]
     pending: frozenset[str]
+    #: Every module the VM has loaded, when it runs in embedded mode (None: interactive mode,
+    #: where a module not loaded yet loads from its file when first called).
+    vm_loaded: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

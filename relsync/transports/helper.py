@@ -245,11 +245,13 @@ def _names(result: Term) -> list[str]:
 def _code_state(result: Term) -> CodeState:
     recorded = result.get(Atom("recorded"), {}) if isinstance(result, dict) else {}
     pending = result.get(Atom("pending"), []) if isinstance(result, dict) else []
+    loaded = result.get(Atom("loaded")) if isinstance(result, dict) else None
     return CodeState(
         {str(m): s for m, s in recorded.items() if isinstance(s, bytes)}
         if isinstance(recorded, dict)
         else {},
         frozenset(str(m) for m in pending) if isinstance(pending, list) else frozenset(),
+        frozenset(str(m) for m in loaded) if isinstance(loaded, list) else None,
     )
 
 

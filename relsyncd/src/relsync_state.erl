@@ -164,11 +164,20 @@ mark_pending(Mods) when is_list(Mods) ->
     true = ets:insert(?STATE, [{{pending, M}, true} || M <- Mods, is_atom(M)]),
     ok.
 
--spec code_state() -> #{recorded := #{module() => binary()}, pending := [module()]}.
+%% In embedded mode also every module loaded: nothing loads on demand there, so a
+%% beam of the release the VM has not loaded (a reboot boots only what the boot
+%% script names) is code it does not run, and the next sync loads it.
+-spec code_state() -> #{recorded := #{module() => binary()}, pending := [module()],
+                        loaded => [module()]}.
 code_state() ->
     ensure_state(),
     Pending = try ets:match(?STATE, {{pending, '$1'}, '_'}) catch error:badarg -> [] end,
-    #{recorded => relsync_code:loaded_shas(), pending => lists:sort([M || [M] <- Pending])}.
+    State = #{recorded => relsync_code:loaded_shas(),
+              pending => lists:sort([M || [M] <- Pending])},
+    case code:get_mode() of
+        embedded -> State#{loaded => [M || {M, _} <- code:all_loaded()]};
+        interactive -> State
+    end.
 
 clear_pending(M) ->
     state_delete({pending, M}).

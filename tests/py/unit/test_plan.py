@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
-from relsync.plan import DELTA_MIN, SyncPlan, TargetState, build_plan, effective_files
+from relsync.plan import (
+    DELTA_MIN,
+    SyncPlan,
+    TargetState,
+    build_plan,
+    effective_files,
+    module_of,
+)
 from relsync.release import FileKind, LocalFile, LocalRelease, classify
 from relsync.target import RemoteEntry, RemoteFile, RemoteLink
 
@@ -359,3 +367,14 @@ def test_a_deleted_file_stays_deleted_on_every_later_shadow_sync() -> None:
         assert not again.touches_target, again
         shadow = _shadow_after(again, shadow)
     assert "lib/demo-0.1.0/ebin/demo_app.beam" not in shadow
+
+
+def test_a_beam_the_embedded_vm_has_not_loaded_is_loaded() -> None:
+    # After a reboot the VM loads what its boot script names; a module synced in place since
+    # has its beam on disk and nothing loaded: the next sync loads it, and only it.
+    everything = frozenset(module_of(r) for r in BASE if r.endswith(".beam"))
+    extra = {**BASE, "lib/demo-0.1.0/ebin/late.beam": "late"}
+    state = TargetState(DEST, None, remote(extra), vm_loaded=everything)
+    assert [m for m, _, _ in build_plan(local(extra), state).reload] == ["late"]
+    assert build_plan(local(extra), replace(state, vm_loaded=everything | {"late"})).reload == []
+    assert build_plan(local(extra), replace(state, vm_loaded=None)).reload == []  # interactive
