@@ -305,10 +305,33 @@ async def switch_code(
             report.modules += await target.load_modules(reload, options.brutal_purge)
         if plan.purge:
             report.modules += await target.delete_modules(plan.purge, options.brutal_purge)
+    report.warnings += [_still_used(m) for m in report.modules if _used(m)]
     if report.exit_code == ExitCode.OK and any(
-        m.status in ("not_purged", "error") for m in report.modules
+        m.status in ("not_purged", "in_use", "error") for m in report.modules
     ):
         report.exit_code = ExitCode.RELOAD
+
+
+def _used(result: ModuleResult) -> bool:
+    """Whether a deleted module was still in use: kept loaded, or unloaded by ``--purge
+    brutal`` all the same."""
+    return result.status == "in_use" or (result.status == "deleted" and bool(result.processes))
+
+
+def _still_used(result: ModuleResult) -> str:
+    """One line for a deleted module something still used (see :func:`_used`)."""
+    users = ", ".join(result.processes)
+    if result.status == "deleted":
+        return (
+            f"{result.module} unloaded (--purge brutal) though still used by {users}: "
+            "a call into it or a restart of them fails"
+        )
+    return (
+        f"{result.module} is no longer in the release but still used by {users}: it stays "
+        "loaded and the next sync tries again; stop its users first (a supervisor's child: "
+        "drop it from the supervisor and sync with --upgrade), or unload it anyway with "
+        "--purge brutal"
+    )
 
 
 async def _run_upgrade(

@@ -111,7 +111,10 @@ def print_status(status: BoardStatus, out: TextIO = sys.stdout) -> None:
     else:
         w("  against the local release: up to date\n")
     if status.pending:
-        w(f"  pending (left by a sync that did not finish): {_list(status.pending)}\n")
+        w(
+            "  pending (left by a sync that did not finish, or deleted but still in use): "
+            f"{_list(status.pending)}\n"
+        )
     for m in status.old_code:
         w(f"  old code of {m.module} still runs in {', '.join(m.processes)}\n")
     if not status.old_code:

@@ -73,7 +73,10 @@ class ModuleResult:
     """What happened to one module on a load or delete.
 
     ``status`` is one of ``loaded``, ``deleted``, ``not_loaded``, ``not_purged``, ``sticky``,
-    ``error``; ``processes`` names processes still running old code (``<0.90.0> name``).
+    ``in_use``, ``error``; ``processes`` names processes still running old code (``<0.90.0>
+    name``), or for ``in_use`` (a deleted module kept loaded) and ``deleted`` (with ``--purge
+    brutal``) what still used the module: processes, ``child ID of <0.80.0> sup``,
+    ``application APP``.
     """
 
     module: str

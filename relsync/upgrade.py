@@ -18,7 +18,7 @@ from relsync.erldist.etf import Atom, Term
 from relsync.erldist.pretty import format_term
 from relsync.erlterm import consult
 from relsync.errors import UsageError
-from relsync.plan import SyncPlan, TargetState, effective_files
+from relsync.plan import SyncPlan, TargetState, effective_files, module_of
 from relsync.release import FileKind, LocalRelease
 from relsync.target import UpgradeStep
 
@@ -137,8 +137,23 @@ def appup_steps(
         except (OSError, ValueError, UnicodeError) as exc:
             raise UsageError(f"{rel} cannot be read ({exc}); fix it or remove it") from None
         entry = _appup_entry(rel, terms, vsn, board_vsn[app], down)
-        steps += [s for i in entry if (s := _instruction(rel, i, targets)) is not None]
+        found = [s for i in entry if (s := _instruction(rel, i, targets)) is not None]
+        if not down:
+            _refuse_deleting_carried(rel, found, release)
+        steps += found
     return steps
+
+
+def _refuse_deleting_carried(rel: str, steps: list[UpgradeStep], release: LocalRelease) -> None:
+    """An appup deleting a module whose beam the release still carries was written for
+    another release: refused, as carrying it out would unload code the release runs."""
+    beams = {module_of(r): r for r, lf in release.files.items() if lf.kind is FileKind.BEAM}
+    for step in steps:
+        if step.action == "delete_module" and step.module in beams:
+            raise UsageError(
+                f"{rel}: {step.appup()}, but the release still carries {beams[step.module]}; "
+                "remove that instruction from the appup (or the module from the release)"
+            )
 
 
 def _app_dir(rel: str) -> tuple[str, str]:

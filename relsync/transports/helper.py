@@ -149,6 +149,15 @@ def _modules(modules: Sequence[tuple[str, str, bytes]]) -> list[Term]:
 
 
 def _proc(entry: Term) -> str:
+    """A process (``<0.90.0> name``), or another user of a module (see delete_modules)."""
+    if isinstance(entry, tuple) and len(entry) == 2 and entry[0] == "application":
+        return f"application {format_term(entry[1])}"
+    if isinstance(entry, tuple) and len(entry) == 4 and entry[0] == "child":
+        _, sup, name, child = entry
+        of = (
+            format_term(sup) if name == "undefined" else f"{format_term(name)} ({format_term(sup)})"
+        )
+        return f"child {format_term(child)} of {of}"
     if isinstance(entry, tuple) and len(entry) == 2:
         pid, name = entry
         label = format_term(pid)
@@ -161,6 +170,8 @@ def _module_result(module: str, result: Term) -> ModuleResult:
         return ModuleResult(module, str(result))
     if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], Atom):
         status, extra = result
+        if status == "deleted" and isinstance(extra, Atom | tuple):  # an upgrade's delete
+            return _module_result(module, extra)
         if isinstance(extra, list):
             return ModuleResult(module, str(status), tuple(_proc(p) for p in extra))
         return ModuleResult(module, str(status), detail=describe(_text(extra)))

@@ -13,6 +13,13 @@
 %% Fresh modules loaded together at most (see load_fresh/1).
 -define(FRESH_GROUP, 64).
 
+%% How long a supervisor may take to answer which children it has (see users/1).
+-define(ASK_TIMEOUT, 2000).
+
+%% What still needs a module's code: a process ({Pid, RegisteredName}), a
+%% supervisor's child ({child, Sup, SupName, Id}), an application.
+-type user() :: {pid(), atom()} | {child, pid(), atom(), term()} | {application, atom()}.
+
 %% The new path is installed with one code:set_path/1 call, which validates
 %% every entry; non-directories are reported as {error, {bad_directory, Dirs}}.
 %% replace_prefix: one {From, To} or a list of them, applied in order.
@@ -258,13 +265,21 @@ load_binary(M, Path, Bin) ->
         {error, _} = E -> E
     end.
 
+%% Modules whose beams the release no longer has, unloaded unless something
+%% still needs their code (see users/1): such a module stays loaded and
+%% pending, {in_use, Users}, so the next sync tries again; brutal unloads it
+%% anyway and says who used it, {deleted, Users}.
 -spec delete_modules([module()], purge()) ->
-          [{module(), deleted | not_loaded | sticky | {not_purged, procs()}}].
+          [{module(), deleted | {deleted, [user()]} | not_loaded | sticky | {in_use, [user()]}
+                    | {not_purged, procs()}}].
 delete_modules(Mods, Purge) ->
     relsync_state:ensure_state(),
-    [{M, settled(M, delete_module(M, Purge))} || M <- Mods].
+    Users = users([M || M <- Mods, is_atom(M), code:is_loaded(M) =/= false,
+                        not code:is_sticky(M)]),
+    [{M, settled(M, delete_module(M, maps:get(M, Users, []), Purge))} || M <- Mods].
 
-settled(M, Result) when Result =:= deleted; Result =:= not_loaded; Result =:= sticky ->
+settled(M, Result) when Result =:= deleted; Result =:= not_loaded; Result =:= sticky;
+                        element(1, Result) =:= deleted ->
     relsync_state:clear_pending(M),
     Result;
 settled(_M, Result) ->
@@ -272,21 +287,100 @@ settled(_M, Result) ->
 
 %% A {not_purged, _} from the second purge means the current code is gone but
 %% the listed processes still run the (now old) code.
-delete_module(M, Purge) ->
+delete_module(M, Users, Purge) ->
     case {code:is_sticky(M), code:is_loaded(M), erlang:check_old_code(M)} of
         {true, _, _} -> sticky;
         {_, false, false} -> not_loaded;
+        {_, {file, _}, _} when Users =/= [], Purge =/= brutal -> {in_use, Users};
         {_, Loaded, _} ->
             ok = relsync_state:forget_loaded(M),
             case purge_old(M, Purge) of
                 ok when Loaded =:= false -> deleted;
                 ok -> _ = code:delete(M),
                       case purge_old(M, Purge) of
-                          ok -> deleted;
+                          ok when Users =:= [] -> deleted;
+                          ok -> {deleted, Users};
                           NotPurged -> NotPurged
                       end;
                 NotPurged -> NotPurged
             end
+    end.
+
+%% Who still needs the current code of each of Mods, found without unloading
+%% it and without waiting on a process that does not answer (a suspended one
+%% is not asked): a process executing it (in its stack) or running it as its
+%% callback module (proc_lib's initial call: gen_server, gen_statem,
+%% supervisor...), a running supervisor's child spec starting it or naming it
+%% among its modules (it would be restarted with it), an application whose
+%% callback module it is. Module -> its users (only modules that have some).
+%% The stack is read as far as the VM's backtrace depth; code deeper down is
+%% still found by the soft purge after the delete ({not_purged, _}).
+-spec users([module()]) -> #{module() => [user()]}.
+users([]) -> #{};
+users(Mods) ->
+    Wanted = maps:from_list([{M, true} || M <- Mods]),
+    Procs = [{P, initial_call(P)} || P <- processes(), P =/= self()],
+    Found = [{M, {P, reg_name(P)}} || {P, {_, Initial}} <- Procs,
+                                      M <- lists:usort([Initial | stack(P)]),
+                                      is_map_key(M, Wanted)]
+        ++ [{M, {child, Sup, reg_name(Sup), Id}} || {Sup, {supervisor, _}} <- Procs,
+                                                   {Id, Named} <- children(Sup),
+                                                   M <- Named, is_map_key(M, Wanted)]
+        ++ [{M, {application, App}} || {App, M} <- app_modules(), is_map_key(M, Wanted)],
+    maps:groups_from_list(fun({M, _}) -> M end, fun({_, U}) -> U end, Found).
+
+%% {supervisor | process, the callback module it runs} from proc_lib's record
+%% of how a process started (the spawned module for others).
+initial_call(P) ->
+    case catch proc_lib:translate_initial_call(P) of
+        {supervisor, M, 1} -> {supervisor, M};
+        {supervisor_bridge, M, 1} -> {process, M};
+        {M, _, _} when is_atom(M) -> {process, M};
+        _ -> {process, undefined}
+    end.
+
+stack(P) ->
+    case process_info(P, current_stacktrace) of
+        {current_stacktrace, Frames} -> [M || {M, _, _, _} <- Frames];
+        undefined -> []
+    end.
+
+%% {Id, Modules} for each child of a supervisor: its start function's module
+%% and the modules its spec declares. A simple_one_for_one supervisor's
+%% children share one spec, asked for by its first child's pid.
+children(Sup) ->
+    case ask(Sup, which_children) of
+        [{undefined, Pid, _, Mods} | _] when is_pid(Pid) -> [{Pid, spec_modules(Sup, Pid, Mods)}];
+        Children when is_list(Children) ->
+            [{Id, spec_modules(Sup, Id, Mods)} || {Id, _, _, Mods} <- Children, Id =/= undefined];
+        error -> []
+    end.
+
+spec_modules(Sup, Key, Mods) ->
+    Start = case ask(Sup, {get_childspec, Key}) of
+                {ok, #{start := {M, _, _}}} -> [M];
+                _ -> []
+            end,
+    lists:usort(Start ++ [M || is_list(Mods), M <- Mods]).
+
+%% A supervisor's answer to one of its calls (as supervisor:which_children/1
+%% and get_childspec/2 ask), within ?ASK_TIMEOUT; error from one that is
+%% suspended (erlang:suspend_process/1, or in sys's loop: sys:suspend/1) or
+%% that does not answer in time.
+ask(Sup, Request) ->
+    case process_info(Sup, [status, current_function]) of
+        [{status, Status}, {current_function, {Mod, _, _}}] when Status =/= suspended,
+                                                                Mod =/= sys ->
+            try gen_server:call(Sup, Request, ?ASK_TIMEOUT) catch exit:_ -> error end;
+        _ -> error
+    end.
+
+%% {Application, its callback module} for each running application.
+app_modules() ->
+    case catch application:which_applications(?ASK_TIMEOUT) of
+        Apps when is_list(Apps) ->
+            [{App, M} || {App, _, _} <- Apps, {ok, {M, _}} <- [application:get_key(App, mod)]];
+        _ -> []
     end.
 
 purge_old(M, Purge) ->
@@ -397,7 +491,7 @@ upgrade(Steps, Opts) when is_list(Steps), is_map(Opts) ->
                 timeout => maps:get(timeout, Opts, 5000),
                 load => fun(M, Path, Sha) -> load_module(M, Path, Sha, Purge) end,
                 restore => fun restore/2,
-                delete => fun(M) -> settled(M, delete_module(M, Purge)) end,
+                delete => fun(M) -> [{M, R}] = delete_modules([M], Purge), R end,
                 old_code => maps:filter(fun(_, V) -> V =/= none end, Old)})
     end.
 

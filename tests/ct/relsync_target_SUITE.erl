@@ -23,6 +23,7 @@
          update_code_path/1,
          load_modules_basic/1, load_modules_recorded/1, load_modules_gen_server/1,
          load_modules_old_code/1, load_modules_same_code/1, load_fresh/1, delete_modules/1,
+         delete_modules_users/1,
          run_hook_output/1, run_hook_exception/1, run_hook_timeout/1,
          run_hook_caller_dies/1, run_hook_not_exported/1]).
 
@@ -42,6 +43,7 @@ all() ->
      update_code_path,
      load_modules_basic, load_modules_recorded, load_modules_gen_server,
      load_modules_old_code, load_modules_same_code, load_fresh, delete_modules,
+     delete_modules_users,
      run_hook_output, run_hook_exception, run_hook_timeout,
      run_hook_caller_dies, run_hook_not_exported].
 
@@ -1053,21 +1055,77 @@ delete_modules(Config) ->
     ?assertEqual(false, code:is_loaded(rs_del)),
     ?assertNot(erlang:check_old_code(rs_del)),
     ?assertEqual([{rs_del, not_loaded}], ?T:delete_modules([rs_del], soft)),
-    %% With a process in its code: soft deletes the current code but reports
-    %% the process (old code stays); brutal then kills it and purges.
+    %% With a process in its code: soft keeps it loaded, in use, and says by
+    %% whom; brutal kills the process, deletes the module and still says so.
     [{rs_del, {loaded, []}}] = ?T:load_modules([{rs_del, Beam}], soft),
     Pid = rs_del:start(),
-    ?assertEqual([{rs_del, {not_purged, [{Pid, undefined}]}}],
-                 ?T:delete_modules([rs_del], soft)),
-    ?assertEqual(false, code:is_loaded(rs_del)),
-    ?assert(erlang:check_old_code(rs_del)),
+    ?assertEqual([{rs_del, {in_use, [{Pid, undefined}]}}], ?T:delete_modules([rs_del], soft)),
+    ?assertMatch({file, _}, code:is_loaded(rs_del)),
+    ?assertNot(erlang:check_old_code(rs_del)),
     ?assert(is_process_alive(Pid)),
-    ?assertEqual([{rs_del, {not_purged, [{Pid, undefined}]}}],
-                 ?T:delete_modules([rs_del], soft)),
     Ref = monitor(process, Pid),
-    ?assertEqual([{rs_del, deleted}], ?T:delete_modules([rs_del], brutal)),
+    ?assertEqual([{rs_del, {deleted, [{Pid, undefined}]}}],
+                 ?T:delete_modules([rs_del], brutal)),
     receive {'DOWN', Ref, process, Pid, killed} -> ok after 5000 -> ct:fail(not_killed) end,
+    ?assertEqual(false, code:is_loaded(rs_del)),
     ?assertNot(erlang:check_old_code(rs_del)).
+
+-define(USER_SRV,
+        "-behaviour(gen_server).\n"
+        "-export([start_link/1, init/1, handle_call/3, handle_cast/2]).\n"
+        "start_link(Name) -> gen_server:start_link({local, Name}, ?MODULE, [], []).\n"
+        "init([]) -> {ok, []}.\n"
+        "handle_call(_, _, S) -> {reply, ok, S}.\n"
+        "handle_cast(_, S) -> {noreply, S}.\n").
+-define(USER_SUP,
+        "-behaviour(supervisor).\n"
+        "-export([start_link/0, init/1]).\n"
+        "start_link() -> supervisor:start_link({local, rs_user_sup}, ?MODULE, []).\n"
+        "init([]) ->\n"
+        "    {ok, {#{}, [#{id => srv, start => {rs_user_srv, start_link, [rs_user_a]}},\n"
+        "                #{id => named, start => {rs_user_srv, start_link, [rs_user_b]},\n"
+        "                  modules => [rs_user_named]}]}}.\n").
+
+%% A module's users keep it loaded (and pending): processes running it as
+%% their callback module, a supervisor's child specs starting it or naming it
+%% among their modules. A suspended supervisor is not asked (its processes are
+%% still found); a module nobody uses goes; brutal unloads a used one anyway.
+delete_modules_users(Config) ->
+    Dir = ?config(dir, Config),
+    Plain = "-export([x/0]).\nx() -> ok.\n",
+    Mods = [{rs_user_srv, ?USER_SRV}, {rs_user_sup, ?USER_SUP}, {rs_user_named, Plain},
+            {rs_user_free, Plain}],
+    Beams = [{M, compile_mod(Dir, "v1", M, Src)} || {M, Src} <- Mods],
+    [{_, {loaded, []}}, {_, {loaded, []}}, {_, {loaded, []}}, {_, {loaded, []}}] =
+        ?T:load_modules(Beams, soft),
+    {ok, Sup} = rs_user_sup:start_link(),
+    unlink(Sup),
+    {A, B} = {whereis(rs_user_a), whereis(rs_user_b)},
+    Child = fun(Id) -> {child, Sup, rs_user_sup, Id} end,
+    ok = ?T:mark_pending([M || {M, _} <- Mods]),
+    [{rs_user_srv, {in_use, Srv}}, {rs_user_sup, {in_use, SupUsers}},
+     {rs_user_named, {in_use, Named}}, {rs_user_free, deleted}] =
+        ?T:delete_modules([M || {M, _} <- Mods], soft),
+    ?assertEqual(lists:sort([{A, rs_user_a}, {B, rs_user_b}, Child(srv), Child(named)]),
+                 lists:sort(Srv)),
+    ?assertEqual([{Sup, rs_user_sup}], SupUsers),
+    ?assertEqual([Child(named)], Named),
+    [?assertMatch({file, _}, code:is_loaded(M)) || M <- [rs_user_srv, rs_user_sup, rs_user_named]],
+    ?assertEqual(false, code:is_loaded(rs_user_free)),
+    ?assertMatch(#{pending := [rs_user_named, rs_user_srv, rs_user_sup]}, ?T:code_state()),
+    ok = sys:suspend(Sup),
+    [{rs_user_srv, {in_use, Procs}}] = ?T:delete_modules([rs_user_srv], soft),
+    ?assertEqual(lists:sort([{A, rs_user_a}, {B, rs_user_b}]), lists:sort(Procs)),
+    ok = sys:resume(Sup),
+    ?assertEqual([{rs_user_named, {deleted, [Child(named)]}}],
+                 ?T:delete_modules([rs_user_named], brutal)),
+    ?assertEqual(false, code:is_loaded(rs_user_named)),
+    Ref = monitor(process, Sup),
+    exit(Sup, shutdown),
+    receive {'DOWN', Ref, process, Sup, shutdown} -> ok after 5000 -> ct:fail(sup_alive) end,
+    ?assertEqual([{rs_user_srv, deleted}, {rs_user_sup, deleted}],
+                 ?T:delete_modules([rs_user_srv, rs_user_sup], soft)),
+    ?assertMatch(#{pending := []}, ?T:code_state()).
 
 %%% ------------------------------------------------------------------ hooks
 
