@@ -33,7 +33,8 @@ exit codes:
   3  could not connect to the target; it was not touched
   4  a hook failed (presync: nothing was changed; postsync: files and code were updated)
   5  a file operation on the target failed; run relsync again, it converges
-  6  synced, but some modules could not be reloaded (processes still run old code)
+  6  synced, but some modules could not be reloaded (processes still run old code), or a
+     deleted module is still in use and stays loaded (the warning names its users)
   7  the board was busy with another sync for --lock-timeout seconds; it was not touched
   8  --upgrade: a process refused a step; every step was undone, the old code runs
 with several boards, the highest of their codes (0 only when every board synced)"""
