@@ -36,7 +36,9 @@ exit codes:
   6  synced, but some modules could not be reloaded (processes still run old code), or a
      deleted module is still in use and stays loaded (the warning names its users)
   7  the board was busy with another sync for --lock-timeout seconds; it was not touched
-  8  --upgrade: a process refused a step; every step was undone, the old code runs
+  8  --upgrade: a step failed; every step was undone, the old code runs with its old state
+  9  --upgrade: a step failed after the point of no return (a new child, an apply), or could
+     not be undone without killing processes: the new code runs where the error says
 with several boards, the highest of their codes (0 only when every board synced)"""
 
 

@@ -28,7 +28,7 @@ from relsync.target import (
     UpgradeStep,
 )
 from relsync.transfer import apply_files
-from relsync.upgrade import upgrade_steps
+from relsync.upgrade import app_data, upgrade_steps
 
 if TYPE_CHECKING:  # relsync.hooks (tempfile, erlc) is imported only when there is a hook
     from relsync.hooks import Hook
@@ -74,6 +74,10 @@ class SyncReport:
     events: list[UpgradeEvent] = field(default_factory=list)
     #: The upgrade failed and every step of it was undone (the code from before runs).
     upgrade_undone: bool = False
+    #: With ``--upgrade``: the ``.app`` files and ``sys.config`` the applications' specs and
+    #: env are updated from (see :func:`relsync.upgrade.app_data`).
+    app_specs: list[str] = field(default_factory=list)
+    sys_config: str | None = None
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
@@ -230,6 +234,7 @@ async def _sync(
         await check_beams_fit(target, release, plan, state.otp_release)
     if options.upgrade:
         report.upgrade = upgrade_steps(plan, release, state)
+        report.app_specs, report.sys_config = app_data(plan, release)
     report.warnings += [
         f"{rel} changed: the VM reads it when it boots, so it applies after a restart"
         for rel in boot_files_changed(plan)
@@ -297,7 +302,7 @@ async def switch_code(
         await target.update_code_path(
             plan.code_path_replace, plan.code_path_add, plan.code_path_remove
         )
-    if report.upgrade:
+    if report.upgrade or report.app_specs:
         await _run_upgrade(target, options, report, down=down)
     else:
         loaded = {m.module for m in report.modules}  # some while the files were written
@@ -339,11 +344,22 @@ async def _run_upgrade(
 ) -> None:
     """Carry out ``report.upgrade``; a refused step leaves the old code running (exit 8)."""
     result = await target.upgrade(
-        report.upgrade, down=down, timeout=options.upgrade_timeout, brutal=options.brutal_purge
+        report.upgrade,
+        down=down,
+        timeout=options.upgrade_timeout,
+        brutal=options.brutal_purge,
+        apps=report.app_specs,
+        config=report.sys_config,
     )
     report.modules += result.modules
     report.events += result.events
     report.upgrade_undone = bool(result.error and result.undone)
+    report.warnings += [
+        f"{m.module}: {', '.join(m.processes)} still run its old code (a {m.module} loop not "
+        "called by module name?)"
+        for m in result.modules
+        if m.status == "loaded" and m.processes
+    ]
     if report.upgrade_undone:
         report.error = (
             f"upgrade undone, {target.label} runs the code it ran before: {result.error}; "
@@ -352,8 +368,15 @@ async def _run_upgrade(
         )
         report.exit_code = ExitCode.UPGRADE
     elif result.error:
-        report.error = f"upgraded (the new code runs), but {result.error}; fix it and sync again"
-        report.exit_code = ExitCode.UPGRADE
+        kept = sorted({e.module for e in result.events if e.what == "not_undone"})
+        how = (
+            f"could not be undone without killing the processes still running the old code "
+            f"of {', '.join(kept)} (they run the new code)"
+            if kept
+            else "the new code runs"
+        )
+        report.error = f"upgrade failed: {result.error}; {how}: fix it and sync again"
+        report.exit_code = ExitCode.UPGRADE_KEPT
 
 
 async def _busy_programs(

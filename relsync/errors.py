@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     RELOAD = 6
     BUSY = 7
     UPGRADE = 8
+    UPGRADE_KEPT = 9
 
 
 class RelsyncError(Exception):

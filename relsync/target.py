@@ -257,10 +257,19 @@ class Target(Protocol):
         """Keep, before the files change, the code ``modules`` run now (for an upgrade's undo)."""
 
     async def upgrade(
-        self, steps: Sequence[UpgradeStep], *, down: bool, timeout: float, brutal: bool
+        self,
+        steps: Sequence[UpgradeStep],
+        *,
+        down: bool,
+        timeout: float,
+        brutal: bool,
+        apps: Sequence[str] = (),
+        config: str | None = None,
     ) -> UpgradeResult:
         """Carry out ``steps`` with processes suspended and their state converted (``down``:
-        ``code_change`` with ``{down, Vsn}``); a failing step undoes them all."""
+        ``code_change`` with ``{down, Vsn}``); a failing step undoes them all. ``apps``: the
+        ``.app`` files whose specs and env replace the loaded applications' (with the
+        ``config`` file's env), as release_handler does."""
 
     async def check_beams(self, beams: Sequence[tuple[str, bytes]]) -> dict[str, str]:
         """Test-load ``(module, beam)`` without loading; the refused modules, with why."""

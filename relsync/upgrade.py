@@ -22,7 +22,9 @@ from relsync.plan import SyncPlan, TargetState, effective_files, module_of
 from relsync.release import FileKind, LocalRelease
 from relsync.target import UpgradeStep
 
-_CODE_CHANGE = (("code_change", 3), ("code_change", 4))
+#: A gen_server, gen_statem or gen_event handler (code_change), or a special process
+#: (system_code_change, as sys calls it).
+_CODE_CHANGE = (("code_change", 3), ("code_change", 4), ("system_code_change", 4))
 
 
 def change_of(beam: BeamFacts) -> str:
@@ -113,6 +115,19 @@ def generated_steps(plan: SyncPlan, release: LocalRelease) -> list[UpgradeStep]:
         steps.append(UpgradeStep(action, module, path, sha, change))
     steps += [UpgradeStep("delete_module", m) for m in plan.purge]
     return steps
+
+
+def app_data(plan: SyncPlan, release: LocalRelease) -> tuple[list[str], str | None]:
+    """What release_handler gives application_controller:change_application_data/2 on an
+    upgrade: the ``.app`` files the sync writes (their vsn, keys and env), as target paths,
+    and the release's ``sys.config`` (None when it has none, or only a ``.src``)."""
+    apps = [
+        f"{plan.root}/{rel}"
+        for rel in sorted(plan.added + plan.changed)
+        if (app := _app_dir(rel)[0]) and rel.endswith(f"/ebin/{app}.app")
+    ]
+    config = f"releases/{release.version}/sys.config"
+    return apps, f"{plan.root}/{config}" if config in release.files else None
 
 
 _SUPPORTED = "load_module, update, add_module, delete_module and apply"

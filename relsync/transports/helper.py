@@ -657,7 +657,14 @@ class HelperTarget(ABC):
             )
 
     async def upgrade(
-        self, steps: Sequence[UpgradeStep], *, down: bool, timeout: float, brutal: bool
+        self,
+        steps: Sequence[UpgradeStep],
+        *,
+        down: bool,
+        timeout: float,
+        brutal: bool,
+        apps: Sequence[str] = (),
+        config: str | None = None,
     ) -> UpgradeResult:
         """See :class:`relsync.target.Target`."""
         await self._ensure_upgrader()
@@ -665,6 +672,8 @@ class HelperTarget(ABC):
             Atom("direction"): Atom("down" if down else "up"),
             Atom("timeout"): int(timeout * 1000),
             Atom("purge"): Atom("brutal" if brutal else "soft"),
+            Atom("apps"): [_path(a) for a in apps],
+            Atom("config"): Atom("none") if config is None else _path(config),
         }
         args: list[Term] = [[_step(s) for s in steps], opts]
         # Every process call may take ``timeout``: the call as a whole gets them all.

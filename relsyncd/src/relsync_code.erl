@@ -472,9 +472,12 @@ running_beam(M, File) ->
 %% Carry out upgrade steps (see relsync_upgrade) with this module's loading and
 %% records: a module loaded is recorded as by load_modules/2; one whose load
 %% is undone is marked pending, so the next sync loads it whatever the files
-%% say. Opts: direction (up | down), timeout (ms, per process call), purge.
+%% say. Opts: direction (up | down), timeout (ms, per process call), purge,
+%% apps (.app files whose specs replace the loaded applications') and config
+%% (the release's sys.config, or none).
 -spec upgrade([relsync_upgrade:step()], #{direction => up | down, timeout => timeout(),
-                                          purge => purge()}) -> map().
+                                          purge => purge(), apps => [binary()],
+                                          config => binary() | none}) -> map().
 upgrade(Steps, Opts) when is_list(Steps), is_map(Opts) ->
     relsync_state:ensure_state(),
     Purge = maps:get(purge, Opts, soft),
@@ -485,14 +488,42 @@ upgrade(Steps, Opts) when is_list(Steps), is_map(Opts) ->
         [M | _] ->
             #{result => {error, {no_old_code, M}}, events => [], modules => []};
         [] ->
-            relsync_upgrade:run(
-              Steps,
-              #{direction => maps:get(direction, Opts, up),
-                timeout => maps:get(timeout, Opts, 5000),
-                load => fun(M, Path, Sha) -> load_module(M, Path, Sha, Purge) end,
-                restore => fun restore/2,
-                delete => fun(M) -> [{M, R}] = delete_modules([M], Purge), R end,
-                old_code => maps:filter(fun(_, V) -> V =/= none end, Old)})
+            EnvBefore = application_controller:prep_config_change(),
+            Specs = [S || P <- maps:get(apps, Opts, []), {ok, [S]} <- [file:consult(P)]],
+            Before = change_apps(Specs, config(maps:get(config, Opts, none))),
+            Result = relsync_upgrade:run(
+                       Steps,
+                       #{direction => maps:get(direction, Opts, up),
+                         timeout => maps:get(timeout, Opts, 5000),
+                         load => fun(M, Path, Sha) -> load_module(M, Path, Sha, Purge) end,
+                         restore => fun(M, OldCode) -> restore(M, OldCode, Purge) end,
+                         purge => Purge,
+                         delete => fun(M) -> [{M, R}] = delete_modules([M], Purge), R end,
+                         old_code => maps:filter(fun(_, V) -> V =/= none end, Old)}),
+            _ = case Result of
+                    #{undone := true} -> change_apps(Before, []);
+                    _ -> ok
+                end,
+            _ = application_controller:config_change(EnvBefore),
+            Result
+    end.
+
+%% The loaded applications' specs (vsn, keys, env) replaced by those of Specs,
+%% with the env of Config (a sys.config's terms), as release_handler does on an
+%% upgrade (config_change/3 follows once the steps are done). Returns the
+%% specs replaced, with the env each had, to put them back.
+change_apps([], _Config) -> [];
+change_apps(Specs, Config) ->
+    Before = [{application, App, [{env, application:get_all_env(App)} | Keys]}
+              || {application, App, _} <- Specs, {ok, Keys} <- [application:get_all_key(App)]],
+    _ = application_controller:change_application_data(Specs, Config),
+    Before.
+
+config(none) -> [];
+config(Path) ->
+    case file:consult(Path) of
+        {ok, [Config]} when is_list(Config) -> Config;
+        _ -> []
     end.
 
 %% What a module ran before: stashed by stash_code/1, else what it runs now.
@@ -502,12 +533,14 @@ stashed(M) ->
         error -> ok = stash(M), stashed(M)
     end.
 
-restore(M, Old) ->
+%% M's code from before loaded again (relsync_upgrade checked that, under soft
+%% purge, no process runs M's old code: nothing is killed).
+restore(M, Old, Purge) ->
     ok = relsync_state:forget_loaded(M),
     ok = relsync_state:mark_pending([M]),
-    _ = code:purge(M),
+    _ = purge_old(M, Purge),
     case Old of
-        none -> _ = code:delete(M), _ = code:purge(M), ok;
+        none -> _ = code:delete(M), _ = purge_old(M, Purge), ok;
         {File, Bin} -> {module, M} = code:load_binary(M, relsync_hash:to_list(File), Bin), ok
     end.
 

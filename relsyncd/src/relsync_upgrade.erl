@@ -1,31 +1,46 @@
-%% A code upgrade (or downgrade) the way an appup does it, without sasl or
-%% release_handler: the processes running an updated module are suspended,
-%% modules are loaded in the order given, each process's state is converted
-%% with sys:change_code, and everything is resumed. A step that fails undoes
-%% what came before it: converted processes are converted back, old code is
-%% loaded again, added modules are removed; every suspended process is resumed
-%% whatever happens.
+%% A code upgrade (or downgrade) the way release_handler runs a relup, without
+%% sasl: each step is its own group, as systools makes of an appup whose
+%% instructions name no DepMods. For an update, the processes running the
+%% module (found through every application's supervision tree, as
+%% release_handler finds them, and by their initial call) are suspended, the
+%% module is loaded, each process's state is converted with sys:change_code
+%% (a supervisor's code_change re-reads its child specs inside the supervisor,
+%% as OTP does; relsync never calls a user's init/1), and they are resumed
+%% before the next step: a code_change may call a server upgraded earlier.
+%%
+%% A step that fails undoes the steps before it, last first: its processes are
+%% suspended again, converted back ({down, Vsn} in the newer code), the code
+%% from before is loaded again, they are resumed. Under soft purge the undo
+%% never kills: a module whose old code some process still runs is left on
+%% its new code (and said so: undone is then false). Nothing is left
+%% suspended, whatever happens.
+%%
+%% Once every step went through (the point of no return), a supervisor starts
+%% the children it gained, children whose module is deleted are stopped (as an
+%% appup's supervisor:terminate_child and delete_child would), the appup's
+%% apply instructions run (each bounded by the timeout), deleted modules go.
+%% A failure there keeps the new code (undone is false).
 %%
 %% Steps (relsync builds them from its plan, in dependency order):
 %%   {add_module, M, BeamPath, Sha256}      load a module the VM did not have
 %%   {load_module, M, BeamPath, Sha256}     reload, no process touched
 %%   {update, M, supervisor, BeamPath, Sha256}
-%%                                          reload, re-read the child specs,
-%%                                          start the children it gained
+%%                                          suspend, reload, sys:change_code
 %%   {update, M, {advanced, Extra}, BeamPath, Sha256}
-%%                                          suspend M's processes, reload,
-%%                                          code_change(OldVsn, State, Extra)
+%%                                          suspend, reload, code_change
 %%   {update, M, soft, BeamPath, Sha256}    reload with M's processes suspended
-%%   {apply, M, F, Args}                    M:F(Args...) once all is resumed
+%%   {apply, M, F, Args}                    M:F(Args...) after the last step
 %%   {delete_module, M}                     purge it once the rest is done
 %% With direction down, code_change gets {down, Vsn} (Vsn: the vsn of the code
 %% being loaded) and runs before the load, in the newer code that knows both
 %% state formats; a supervisor always re-reads its specs after the load.
 %%
-%% The caller supplies the loading (Load(M, Path, Sha) -> {loaded, _} | Error,
-%% which checks the hash and keeps its own records) and the undo of a load
-%% (Restore(M, OldCodeOrNone) -> ok: OldCode is {File, Beam} as stashed before
-%% the files changed, none for a module that was not loaded).
+%% The caller supplies the loading (Load(M, Path, Sha) -> {loaded, Procs} |
+%% Error, which checks the hash and keeps its own records), the undo of a load
+%% (Restore(M, OldCodeOrNone) -> ok: OldCode is {File, Beam} as stashed
+%% before the files changed, none for a module that was not loaded; called
+%% only once M's old code is purged, unless purge is brutal) and the deletion
+%% of a module.
 -module(relsync_upgrade).
 
 -export([run/2]).
@@ -34,213 +49,65 @@
               | {update, module(), supervisor | soft | {advanced, term()}, binary(), binary()}
               | {apply, module(), atom(), list()}
               | {delete_module, module()}.
--type event() :: {suspended | resumed | converted, module(), pid(), atom()}
-               | {started_child | stopped_child | applied, module(), term()}.
+-type event() :: {suspended | resumed | converted | converted_back, module(), pid(), atom()}
+               | {started_child | stopped_child | applied, module(), term()}
+               | {not_undone, module(), term()}.
 -type opts() :: #{direction := up | down, timeout := timeout(),
                   load := fun((module(), binary(), binary()) -> term()),
                   restore := fun((module(), term()) -> ok),
+                  purge => soft | brutal,
                   delete := fun((module()) -> term()),
                   old_code := #{module() => {binary(), binary()}}}.
 
 -export_type([step/0, event/0]).
 
+%% A process an update touches: {Supervisor | undefined, ChildId, Pid, Modules}.
+-type proc() :: {pid() | undefined, term(), pid(), [module()]}.
+
 %% Result: #{result => ok | {error, Why}, undone => boolean(), events =>
-%% [event()] (in order), modules => [{M, loaded | {deleted, Result}}]}. Why names the step:
-%% {suspend, M, Pid, Name, Reason}, {load, M, Reason},
-%% {code_change, M, Pid, Name, Reason}, {child, M, Id, Reason}, {apply, M, F, Why}.
+%% [event()] (in order), modules => [{M, {loaded, Procs} | {deleted, Result}}]}.
+%% Why names the step: {suspend, M, Pid, Name, Reason}, {load, M, Reason},
+%% {code_change, M, Pid, Name, Reason}, {child, M, Id, Reason}, {apply, M, F,
+%% Why}. undone: every step before the failing one was undone (the code and
+%% state from before run); false after the point of no return or when a
+%% module could not be undone without killing (a not_undone event names it).
 -spec run([step()], opts()) -> #{result := ok | {error, term()}, undone := boolean(),
                                  events := [event()], modules := [{module(), term()}]}.
 run(Steps, Opts) ->
-    Sups = [M || {update, M, supervisor, _, _} <- Steps],
-    Users = users([M || {update, M, _, _, _} <- Steps]),
-    %% A suspended supervisor answers no calls: its children are listed now,
-    %% and started or stopped once it is resumed.
-    Children = [{M, P, child_ids(P)} || {M, P} <- Users, lists:member(M, Sups)],
-    St0 = #{events => [], undo => [], suspended => [], modules => [], opts => Opts,
-            users => Users},
-    St1 = suspend(lists:usort([P || {_M, P} <- Users]), Users, St0),
+    St0 = #{events => [], done => [], modules => [], opts => Opts, sups => []},
+    Loads = [S || S <- Steps, not lists:member(element(1, S), [delete_module, apply])],
+    St1 = lists:foldl(fun step/2, St0, Loads),
     St2 = case St1 of
-              #{error := _} -> St1;
-              _ -> steps([S || S <- Steps, not lists:member(element(1, S), [delete_module, apply])],
-                         St1)
+              #{error := _} -> undo(St1);
+              _ -> no_return(Steps, St1)
           end,
-    St3 = case St2 of
-              #{error := _} -> undo(St2);
-              _ -> St2
-          end,
-    St4 = resume(St3),
-    St5 = case St4 of
-              #{error := _} -> St4#{undone => true};
-              _ -> children(Children, St4)
-          end,
-    St6 = lists:foldl(fun apply_step/2, St5, [S || {apply, _, _, _} = S <- Steps]),
-    St7 = case St6 of
-              #{error := _} -> St6;
-              _ -> lists:foldl(fun delete/2, St6, [M || {delete_module, M} <- Steps])
-          end,
-    #{result => case St7 of #{error := E} -> {error, E}; _ -> ok end,
-      undone => maps:get(undone, St7, false),
-      events => lists:reverse(maps:get(events, St7)),
-      modules => lists:reverse(maps:get(modules, St7))}.
+    #{result => case St2 of #{error := E} -> {error, E}; _ -> ok end,
+      undone => maps:get(undone, St2, false),
+      events => lists:reverse(maps:get(events, St2)),
+      modules => lists:reverse(maps:get(modules, St2))}.
 
-%%% ------------------------------------------------------------ processes
+%% After the point of no return: gained children started, children of deleted
+%% modules stopped, applies run, modules deleted; the first failure stops it.
+no_return(Steps, #{sups := Sups} = St) ->
+    Deleted = [M || {delete_module, M} <- Steps],
+    Then = [{start, S} || S <- lists:reverse(Sups)]
+        ++ [{stop, P} || P <- procs(Deleted)]
+        ++ [S || {apply, _, _, _} = S <- Steps]
+        ++ [{delete, M} || M <- Deleted],
+    lists:foldl(fun after_step/2, St, Then).
 
-%% {Module, Pid} for every process whose callback module is one of Mods: the
-%% children of every application's supervision tree (with their declared
-%% modules, asked for when dynamic) and, for processes outside those trees,
-%% the callback module in their initial call.
-users([]) -> [];
-users(Mods) ->
-    Known = lists:foldl(fun walk_app/2, #{}, application:which_applications()),
-    All = lists:foldl(fun by_initial_call/2, Known, processes()),
-    [{M, P} || {P, PMods} <- maps:to_list(All), P =/= self(), M <- lists:usort(PMods),
-               lists:member(M, Mods)].
-
-walk_app({App, _, _}, Acc) ->
-    case application_controller:get_master(App) of
-        Master when is_pid(Master) ->
-            case catch application_master:get_child(Master) of
-                {Root, _Mod} when is_pid(Root) -> walk_sup(Root, Acc);
-                _ -> Acc
-            end;
-        _ -> Acc
-    end.
-
-walk_sup(Sup, Acc) ->
-    case catch supervisor:which_children(Sup) of
-        Children when is_list(Children) ->
-            lists:foldl(
-              fun({_Id, Pid, Type, Mods}, A) when is_pid(Pid) ->
-                      A1 = add_mods(Pid, child_mods(Pid, Mods), A),
-                      if Type =:= supervisor -> walk_sup(Pid, A1); true -> A1 end;
-                 (_, A) -> A
-              end, Acc, Children);
-        _ -> Acc
-    end.
-
-child_mods(Pid, dynamic) ->
-    case catch gen:call(Pid, self(), get_modules, 5000) of
-        {ok, Mods} when is_list(Mods) -> Mods;
-        _ -> []
-    end;
-child_mods(_Pid, Mods) when is_list(Mods) -> Mods;
-child_mods(_, _) -> [].
-
-by_initial_call(Pid, Acc) ->
-    case catch proc_lib:translate_initial_call(Pid) of
-        {supervisor, M, 1} when is_atom(M) -> add_mods(Pid, [M], Acc);
-        {M, init, 1} when is_atom(M), M =/= proc_lib -> add_mods(Pid, [M], Acc);
-        _ -> Acc
-    end.
-
-add_mods(Pid, Mods, Acc) ->
-    maps:update_with(Pid, fun(Old) -> Mods ++ Old end, Mods, Acc).
-
-suspend([], _Users, St) -> St;
-suspend([Pid | Rest], Users, #{opts := #{timeout := T}} = St) ->
-    M = module_of(Pid, Users),
-    try sys:suspend(Pid, T) of
-        ok -> suspend(Rest, Users, event({suspended, M, Pid, name(Pid)},
-                                          St#{suspended := [Pid | maps:get(suspended, St)]}))
-    catch
-        _:Reason ->
-            %% The suspend request is queued: a resume right behind it makes
-            %% sure a process that gets to it late does not stay suspended.
-            catch sys:resume(Pid, 0),
-            St#{error => {suspend, M, Pid, name(Pid), exit_reason(Reason)}}
-    end.
-
-resume(#{suspended := Pids, users := Users, opts := #{timeout := T}} = St) ->
-    lists:foldl(
-      fun(Pid, S) ->
-              catch sys:resume(Pid, T),
-              event({resumed, module_of(Pid, Users), Pid, name(Pid)}, S)
-      end, St#{suspended := []}, Pids).
-
-module_of(Pid, Users) ->
-    case [M || {M, P} <- Users, P =:= Pid] of
-        [M | _] -> M;
-        [] -> undefined
-    end.
-
-%%% ---------------------------------------------------------------- steps
-
-steps([], St) -> St;
-steps([Step | Rest], #{users := Users} = St) ->
-    case step(Step, [P || {M, P} <- Users, M =:= element(2, Step)], St) of
-        #{error := _} = Failed -> Failed;
-        Next -> steps(Rest, Next)
-    end.
-
-step({Kind, M, Path, Sha}, _Pids, St) when Kind =:= add_module; Kind =:= load_module ->
-    then(load(M, Path, Sha, St), fun(Undo, S) -> push_undo(Undo, S) end);
-step({update, M, soft, Path, Sha}, _Pids, St) ->          % suspended, nothing converted
-    then(load(M, Path, Sha, St), fun(Undo, S) -> push_undo(Undo, S) end);
-step({update, M, supervisor, Path, Sha}, Pids, St) ->
-    %% Undone as it was done: old code back first, then its specs re-read.
-    Vsn = case direction(St) of up -> loaded_vsn(M); down -> {down, beam_vsn(Path)} end,
-    then(load(M, Path, Sha, St),
-         fun(Undo, S) -> push_undo(Undo, convert(Pids, M, Vsn, undefined, S)) end);
-step({update, M, {advanced, Extra}, Path, Sha}, Pids, St) ->
-    case direction(St) of
-        up ->
-            Vsn = loaded_vsn(M),
-            then(load(M, Path, Sha, St),
-                 fun(Undo, S) -> convert(Pids, M, Vsn, Extra, push_undo(Undo, S)) end);
-        down ->
-            %% Converted first, by the newer code that knows both formats.
-            case convert(Pids, M, {down, beam_vsn(Path)}, Extra, St) of
-                #{error := _} = Failed -> Failed;
-                Converted -> then(load(M, Path, Sha, Converted),
-                                  fun(Undo, S) -> push_undo(Undo, S) end)
-            end
-    end.
-
-then({ok, Undo, St}, Fun) -> Fun(Undo, St);
-then(#{error := _} = Failed, _Fun) -> Failed.
-
-load(M, Path, Sha, #{opts := #{load := Load, old_code := Old}} = St) ->
-    case Load(M, Path, Sha) of
-        {loaded, _} ->
-            {ok, {restore, M, maps:get(M, Old, none)},
-             St#{modules := [{M, loaded} | maps:get(modules, St)]}};
-        Error ->
-            St#{error => {load, M, Error}}
-    end.
-
-convert(_Pids, _M, _Vsn, _Extra, #{error := _} = St) -> St;
-convert([], _M, _Vsn, _Extra, St) -> St;
-convert([Pid | Rest], M, Vsn, Extra, #{opts := #{timeout := T}} = St) ->
-    case catch sys:change_code(Pid, M, Vsn, Extra, T) of
-        ok ->
-            Undo = {code_change, M, Pid, back(Vsn), Extra},
-            convert(Rest, M, Vsn, Extra, push_undo(Undo, event({converted, M, Pid, name(Pid)}, St)));
-        Other ->
-            St#{error => {code_change, M, Pid, name(Pid), exit_reason(Other)}}
-    end.
-
-%% The conversion that undoes one: up from Old goes back {down, Old}; down to
-%% Vsn goes back up from Vsn.
-back({down, Vsn}) -> Vsn;
-back(Old) -> {down, Old}.
-
-%% Once resumed, a supervisor whose specs were re-read starts the children it
-%% gained and stops (and forgets) those its init/1 no longer names, as an
-%% appup's supervisor:restart_child and terminate_child/delete_child would.
-%% The new code stays if one fails (the error says so: undone is false).
-children(Sups, St) ->
-    lists:foldl(
-      fun(_, #{error := _} = S) -> S;
-         ({M, Sup, Old}, S) ->
-              Now = child_ids(Sup),
-              New = [Id || Id <- Now, not lists:member(Id, Old)],
-              S1 = lists:foldl(fun(Id, A) -> start_child(Sup, M, Id, A) end, S, New),
-              Gone = case spec_ids(Sup, M) of
-                         {ok, Ids} -> [Id || Id <- Now, not lists:member(Id, Ids)];
-                         error -> []
-                     end,
-              lists:foldl(fun(Id, A) -> stop_child(Sup, M, Id, A) end, S1, Gone)
-      end, St, Sups).
+after_step(_, #{error := _} = St) -> St;
+after_step({start, {M, Sup, Old}}, St) ->
+    New = [Id || {Id, undefined, _, _} <- children(Sup), not lists:member(Id, Old)],
+    lists:foldl(fun(Id, S) -> start_child(Sup, M, Id, S) end, St, New);
+after_step({stop, {Sup, Id, _Pid, _Mods}}, St) when is_pid(Sup) ->
+    _ = (catch supervisor:terminate_child(Sup, Id)),
+    _ = (catch supervisor:delete_child(Sup, Id)),
+    event({stopped_child, hd(sup_mods(Sup) ++ [undefined]), Id}, St);
+after_step({stop, _}, St) -> St;
+after_step({apply, M, F, A}, St) -> apply_step(M, F, A, St);
+after_step({delete, M}, #{opts := #{delete := Delete}} = St) ->
+    St#{modules := [{M, {deleted, Delete(M)}} | maps:get(modules, St)]}.
 
 start_child(_Sup, _M, _Id, #{error := _} = St) -> St;
 start_child(Sup, M, Id, St) ->
@@ -251,58 +118,231 @@ start_child(Sup, M, Id, St) ->
         Other -> St#{error => {child, M, Id, exit_reason(Other)}}
     end.
 
-stop_child(_Sup, _M, _Id, #{error := _} = St) -> St;
-stop_child(Sup, M, Id, St) ->
-    _ = (catch supervisor:terminate_child(Sup, Id)),
-    _ = (catch supervisor:delete_child(Sup, Id)),
-    event({stopped_child, M, Id}, St).
+%% An appup's {apply, {M, F, A}}, in a process of its own bounded by the
+%% timeout (one that hangs is killed): its failure keeps the new code.
+apply_step(M, F, A, #{opts := #{timeout := T}} = St) ->
+    {Pid, Ref} = spawn_monitor(fun() -> exit({done, catch erlang:apply(M, F, A)}) end),
+    receive
+        {'DOWN', Ref, process, Pid, {done, {'EXIT', Why}}} ->
+            St#{error => {apply, M, F, Why}};
+        {'DOWN', Ref, process, Pid, {done, _}} ->
+            event({applied, M, F}, St);
+        {'DOWN', Ref, process, Pid, Why} ->
+            St#{error => {apply, M, F, Why}}
+    after T ->
+            exit(Pid, kill),
+            receive {'DOWN', Ref, process, Pid, _} -> ok end,
+            St#{error => {apply, M, F, timeout}}
+    end.
 
-child_ids(Sup) ->
-    case catch supervisor:which_children(Sup) of
-        L when is_list(L) -> [Id || {Id, _, _, _} <- L];
+%%% ---------------------------------------------------------------- steps
+
+step(_, #{error := _} = St) -> St;
+step({Kind, M, Path, Sha}, St) when Kind =:= add_module; Kind =:= load_module ->
+    then(load(M, Path, Sha, St), fun(S) -> done({M, load, [], none}, S) end);
+step({update, M, How, Path, Sha}, St) ->
+    Procs = procs([M]),
+    Pids = [P || {_, _, P, _} <- Procs],
+    Sups = case How of
+               supervisor -> [{M, P, [Id || {Id, _, _, _} <- children(P)]} || P <- Pids];
+               _ -> []
+           end,
+    case suspend(Pids, M, St) of
+        #{error := _} = Failed -> Failed;
+        Suspended ->
+            Done = update(M, How, Path, Sha, Pids, Suspended),
+            Resumed = resume(Pids, M, Done),
+            case Resumed of
+                #{error := _} -> Resumed;
+                _ -> Resumed#{sups := Sups ++ maps:get(sups, Resumed)}
+            end
+    end.
+
+%% M's processes are suspended: convert and load, in the direction's order.
+%% What was done is recorded for the undo as it goes, so a conversion that
+%% fails half way is undone for the processes it converted.
+update(M, How, Path, Sha, Pids, St) ->
+    Extra = case How of {advanced, E} -> E; _ -> [] end,
+    case {direction(St), How} of
+        {_, soft} ->
+            then(load(M, Path, Sha, St), fun(S) -> done({M, load, Pids, none}, S) end);
+        {down, {advanced, _}} ->
+            %% Converted first, by the newer code that knows both formats.
+            Vsn = {down, beam_vsn(Path)},
+            {Converted, S1} = convert(Pids, M, Vsn, Extra, St),
+            case S1 of
+                #{error := _} -> done({M, convert, Converted, {Vsn, Extra}}, S1);
+                _ -> then(load(M, Path, Sha, S1),
+                          fun(S2) -> done({M, convert_load, Pids, {Vsn, Extra}}, S2) end)
+            end;
+        {Dir, _} ->
+            Vsn = case Dir of up -> loaded_vsn(M); down -> {down, beam_vsn(Path)} end,
+            then(load(M, Path, Sha, St),
+                 fun(S) ->
+                         {Converted, S1} = convert(Pids, M, Vsn, Extra, S),
+                         done({M, load_convert, Converted, {Vsn, Extra}}, S1)
+                 end)
+    end.
+
+then(#{error := _} = Failed, _Fun) -> Failed;
+then(St, Fun) -> Fun(St).
+
+done(Undo, St) -> St#{done := [Undo | maps:get(done, St)]}.
+
+load(M, Path, Sha, #{opts := #{load := Load}} = St) ->
+    case Load(M, Path, Sha) of
+        {loaded, _} = Loaded -> St#{modules := [{M, Loaded} | maps:get(modules, St)]};
+        Error -> St#{error => {load, M, Error}}
+    end.
+
+%% {the processes converted, St}: each in turn, up to one that refuses.
+convert(Pids, M, Vsn, Extra, #{opts := #{timeout := T}} = St) ->
+    lists:foldl(
+      fun(_Pid, {Done, #{error := _} = S}) -> {Done, S};
+         (Pid, {Done, S}) ->
+              case catch sys:change_code(Pid, M, Vsn, Extra, T) of
+                  ok -> {[Pid | Done], event({converted, M, Pid, name(Pid)}, S)};
+                  Other -> {Done, S#{error => {code_change, M, Pid, name(Pid),
+                                               exit_reason(Other)}}}
+              end
+      end, {[], St}, Pids).
+
+%%% ------------------------------------------------------------ processes
+
+%% Every process whose modules include one of Mods: the children of every
+%% application's supervision tree with the modules their child specs declare
+%% (asked for when dynamic) and the supervisors themselves, as release_handler
+%% finds them; then the processes outside those trees by their initial call.
+-spec procs([module()]) -> [proc()].
+procs([]) -> [];
+procs(Mods) ->
+    Tree = lists:foldl(fun walk_app/2, [], application:which_applications()),
+    InTree = maps:from_list([{P, true} || {_, _, P, _} <- Tree]),
+    Loose = [{undefined, undefined, P, [M]} || P <- processes(), P =/= self(),
+                                              not is_map_key(P, InTree),
+                                              M <- [initial_module(P)], M =/= undefined],
+    [Proc || {_, _, P, PMods} = Proc <- Tree ++ Loose, P =/= self(),
+             lists:any(fun(M) -> lists:member(M, Mods) end, PMods)].
+
+walk_app({App, _, _}, Acc) ->
+    case application_controller:get_master(App) of
+        Master when is_pid(Master) ->
+            case catch application_master:get_child(Master) of
+                {Root, _AppMod} when is_pid(Root) ->
+                    walk_sup(Root, [{undefined, App, Root, sup_mods(Root)} | Acc]);
+                _ -> Acc
+            end;
+        _ -> Acc
+    end.
+
+walk_sup(Sup, Acc) ->
+    lists:foldl(
+      fun({Id, Pid, Type, Mods}, A) when is_pid(Pid) ->
+              A1 = [{Sup, Id, Pid, child_mods(Pid, Mods)} | A],
+              if Type =:= supervisor -> walk_sup(Pid, A1); true -> A1 end;
+         (_, A) -> A
+      end, Acc, children(Sup)).
+
+child_mods(Pid, dynamic) ->
+    case catch gen:call(Pid, self(), get_modules, 5000) of
+        {ok, Mods} when is_list(Mods) -> Mods;
+        _ -> []
+    end;
+child_mods(_Pid, Mods) when is_list(Mods) -> Mods;
+child_mods(_, _) -> [].
+
+sup_mods(Sup) ->
+    case catch supervisor:get_callback_module(Sup) of
+        M when is_atom(M) -> [M];
         _ -> []
     end.
 
-%% The ids the supervisor's (now loaded) init/1 names, from the arguments it
-%% was started with (the last field of supervisor's state, after the module).
-spec_ids(Sup, M) ->
-    try sys:get_state(Sup) of
-        State when is_tuple(State), tuple_size(State) > 2 ->
-            case element(tuple_size(State) - 1, State) of
-                M ->
-                    {ok, {_Flags, Specs}} = M:init(element(tuple_size(State), State)),
-                    {ok, [spec_id(Spec) || Spec <- Specs]};
-                _ -> error
-            end;
-        _ -> error
-    catch _:_ -> error
+initial_module(Pid) ->
+    case catch proc_lib:translate_initial_call(Pid) of
+        {supervisor, M, 1} when is_atom(M) -> M;
+        {M, init, 1} when is_atom(M), M =/= proc_lib -> M;
+        _ -> undefined
     end.
 
-spec_id(#{id := Id}) -> Id;
-spec_id(Spec) when is_tuple(Spec) -> element(1, Spec).
-
-%% An appup's {apply, {M, F, A}}: run once everything is resumed (a call to a
-%% suspended process would wait for ever); its failure keeps the new code.
-apply_step(_, #{error := _} = St) -> St;
-apply_step({apply, M, F, A}, St) ->
-    try erlang:apply(M, F, A) of
-        _ -> event({applied, M, F}, St)
-    catch Class:Reason -> St#{error => {apply, M, F, {Class, Reason}}}
+children(Sup) ->
+    case catch supervisor:which_children(Sup) of
+        L when is_list(L) -> L;
+        _ -> []
     end.
 
-delete(M, #{opts := #{delete := Delete}} = St) ->
-    St#{modules := [{M, {deleted, Delete(M)}} | maps:get(modules, St)]}.
+%% All of Pids suspended, or none: one that does not suspend in time is
+%% resumed too (its suspend request is queued: a resume right behind it makes
+%% sure it does not stay suspended when it gets to it late).
+suspend(Pids, M, #{opts := #{timeout := T}} = St) ->
+    suspend(Pids, M, T, [], St).
+
+suspend([], _M, _T, _Done, St) -> St;
+suspend([Pid | Rest], M, T, Done, St) ->
+    try sys:suspend(Pid, T) of
+        ok -> suspend(Rest, M, T, [Pid | Done], event({suspended, M, Pid, name(Pid)}, St))
+    catch
+        _:Reason ->
+            catch sys:resume(Pid, 0),
+            Failed = St#{error => {suspend, M, Pid, name(Pid), exit_reason(Reason)}},
+            resume(lists:reverse(Done), M, Failed)
+    end.
+
+resume(Pids, M, #{opts := #{timeout := T}} = St) ->
+    lists:foldl(
+      fun(Pid, S) ->
+              catch sys:resume(Pid, T),
+              event({resumed, M, Pid, name(Pid)}, S)
+      end, St, Pids).
 
 %%% ----------------------------------------------------------------- undo
 
-undo(#{undo := Undo, opts := #{restore := Restore, timeout := T}} = St) ->
-    lists:foreach(
-      fun({code_change, M, Pid, Vsn, Extra}) -> catch sys:change_code(Pid, M, Vsn, Extra, T);
-         ({restore, M, Old}) -> catch Restore(M, Old)
-      end, Undo),
-    St#{undo := [], modules := []}.
+%% The steps done, last first, each with its processes suspended again.
+undo(#{done := Done} = St) ->
+    Undone = lists:foldl(fun undo_step/2, St#{done := []}, Done),
+    Undone#{undone => not lists:keymember(not_undone, 1, maps:get(events, Undone))}.
 
-push_undo(Action, St) -> St#{undo := [Action | maps:get(undo, St)]}.
+undo_step({M, How, Pids, Conv}, #{opts := #{old_code := Old} = Opts} = St) ->
+    Live = [P || P <- Pids, is_process_alive(P)],
+    case restorable(M, maps:get(purge, Opts, soft)) of
+        {false, Procs} when How =/= convert ->
+            event({not_undone, M, Procs}, St);
+        _ ->
+            Suspended = quiet_suspend(Live, St),
+            S1 = case How of
+                     load_convert -> restore(M, Old, convert_back(Suspended, M, Conv, St));
+                     convert_load -> convert_back(Suspended, M, Conv, restore(M, Old, St));
+                     convert -> convert_back(Suspended, M, Conv, St);
+                     load -> restore(M, Old, St)
+                 end,
+            resume(Suspended, M, S1)
+    end.
+
+%% Whether M's code from before can be loaded again without killing: no
+%% process still runs its old code (or brutal purge was asked for).
+restorable(M, soft) ->
+    case erlang:check_old_code(M) andalso not code:soft_purge(M) of
+        false -> true;
+        true -> {false, [{P, name(P)} || P <- processes(),
+                                        catch erlang:check_process_code(P, M)]}
+    end;
+restorable(_M, brutal) -> true.
+
+restore(M, Old, #{opts := #{restore := Restore}} = St) ->
+    ok = Restore(M, maps:get(M, Old, none)),
+    St#{modules := lists:keydelete(M, 1, maps:get(modules, St))}.
+
+quiet_suspend(Pids, #{opts := #{timeout := T}}) ->
+    [P || P <- Pids, catch sys:suspend(P, T) =:= ok].
+
+%% The conversion that undoes one: up from Old goes back {down, Old}; down to
+%% Vsn goes back up from Vsn.
+convert_back(Pids, M, {Vsn, Extra}, #{opts := #{timeout := T}} = St) ->
+    Back = case Vsn of {down, V} -> V; _ -> {down, Vsn} end,
+    lists:foldl(fun(Pid, S) ->
+                        _ = (catch sys:change_code(Pid, M, Back, Extra, T)),
+                        event({converted_back, M, Pid, name(Pid)}, S)
+                end, St, Pids);
+convert_back(_Pids, _M, none, St) -> St.
 
 %%% -------------------------------------------------------------- helpers
 

@@ -358,12 +358,19 @@ check_paths(upgrade, [Steps, Opts], A) when is_list(Steps), is_map(Opts) ->
             ({apply, M, F, Args}) when is_atom(M), is_atom(F), is_list(Args) -> ok;
             (S) when is_tuple(S), tuple_size(S) >= 4 ->
                  one(element(tuple_size(S) - 1, S), follow, A);
+            %% The .app files and sys.config the application data is read from.
+            ({read, P}) -> one(P, follow, A);
             (Bad) -> {error, {forbidden, Bad}}
-         end, Steps);
+         end, Steps ++ [{read, P} || P <- upgrade_reads(Opts)]);
 check_paths(_F, [Bad | _], _A) ->
     {error, {forbidden, Bad}};          % a path list that is not a list, ...
 check_paths(F, [], _A) ->
     {error, {forbidden, F}}.
+
+upgrade_reads(Opts) ->
+    Apps = maps:get(apps, Opts, []),
+    [P || P <- (if is_list(Apps) -> Apps; true -> [Apps] end) ++ [maps:get(config, Opts, none)],
+          P =/= none].
 
 %% The path each entry of a request names (Pick gives it, or `bad` for an
 %% entry of the wrong shape), checked together.

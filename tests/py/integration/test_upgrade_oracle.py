@@ -1,0 +1,194 @@
+"""``relsync --upgrade`` against OTP's release_handler (DESIGN.md section 7): the same v1 release
+upgraded to v2 on two boards, one by release_handler from a relup, one by relsync, must look the
+same to a user (see support/upgrade_oracle.py for the scenario and what is observed).
+
+The scenario is built once (two rebar3 releases and a relup, ~4 s); release_handler's board
+once; relsync's in each mode. About 25 s in all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.cli import relsync
+from support.upgrade_oracle import SRV_V2_CRASH, V2, build_release, install_tarball, scenario
+
+from relsync.erldist.etf import Atom, Charlist, Pid, Port, Reference, Term
+from relsync.harness.local import LocalBoard
+
+pytestmark = pytest.mark.integration
+
+#: Where relsync may differ from release_handler, and why (README, "Upgrades"): none so far.
+GOES_FURTHER: dict[str, str] = {}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    v1: Path
+    v2: Path
+    tarball: Path
+
+
+@pytest.fixture(scope="module")
+def orc(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
+    return Scenario(*scenario(tmp_path_factory.mktemp("orc")))
+
+
+def plain(term: Term) -> Any:
+    """``term`` with what differs between two nodes anyway (pids, ports, refs) made equal."""
+    if isinstance(term, Pid | Port | Reference):
+        return type(term).__name__
+    if isinstance(term, tuple):
+        return tuple(plain(t) for t in term)
+    if isinstance(term, list):
+        return [plain(t) for t in term]
+    if isinstance(term, dict):
+        return {plain(k): plain(v) for k, v in term.items()}
+    return term
+
+
+def seen(before: dict[Atom, Any], after: dict[Atom, Any]) -> dict[str, Any]:
+    """What a user sees after the upgrade, and what it kept from before."""
+
+    def kept(pid: Term, old: set[Term]) -> str:
+        return "none" if not isinstance(pid, Pid) else "kept" if pid in old else "new"
+
+    old_pids = set(before[Atom("pids")].values()) | {
+        c[1] for cs in before[Atom("children")].values() if isinstance(cs, list) for c in cs
+    }
+    orc = {m for m in after[Atom("md5")] if str(m).startswith("orc_")}
+    common = set(before[Atom("md5")]) & set(after[Atom("md5")])
+    out = {
+        "pids": {str(n): kept(p, old_pids) for n, p in after[Atom("pids")].items()},
+        "children": {
+            str(s): sorted(
+                (plain(c[0]), kept(c[1], old_pids), str(c[2]), plain(c[3])) for c in cs
+            )
+            if isinstance(cs, list)
+            else plain(cs)
+            for s, cs in after[Atom("children")].items()
+        },
+        "orc_modules": sorted(str(m) for m in orc),
+        "md5": {str(m): after[Atom("md5")][m] for m in sorted(orc | common, key=str)},
+        "old_code": sorted(str(m) for m in after[Atom("old_code")] if str(m).startswith("orc")),
+    }
+    for key in ("states", "suspended", "inits", "vsn", "env", "config_change", "lib",
+                "connections"):  # fmt: skip
+        out[key] = plain(after[Atom(key)])
+    return out
+
+
+def differences(rh: dict[str, Any], ours: dict[str, Any]) -> list[str]:
+    found = []
+    for key in rh:
+        a, b = rh[key], ours[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            # Modules only one side loaded (release_handler's own, ssh mode's relsyncd)
+            # are left out; orc_modules says the scenario's are the same.
+            keys = a.keys() & b.keys() if key == "md5" else a.keys() | b.keys()
+            for k in sorted(keys):
+                if a.get(k) != b.get(k) and f"{key}.{k}" not in GOES_FURTHER:
+                    found.append(f"{key}.{k}: release_handler {a.get(k)!r}, relsync {b.get(k)!r}")
+        elif a != b and key not in GOES_FURTHER:
+            found.append(f"{key}: release_handler {a!r}, relsync {b!r}")
+    return found
+
+
+@dataclass
+class Client:
+    """A TCP connection to the scenario's listener, open across the upgrade."""
+
+    sock: socket.socket
+
+    @classmethod
+    async def open(cls, board: LocalBoard) -> Client:
+        port = await board.rpc("persistent_term", "get", [Atom("orc_port")])
+        assert isinstance(port, int)
+        return cls(socket.create_connection(("127.0.0.1", port), timeout=10))
+
+    def echo(self, line: bytes) -> bytes:
+        try:
+            self.sock.sendall(line + b"\n")
+            return self.sock.makefile("rb").readline().rstrip(b"\n")
+        except OSError as exc:
+            return f"connection lost: {exc}".encode()
+
+
+async def observe(board: LocalBoard) -> dict[Atom, Any]:
+    result = await board.rpc("orc_probe", "observe", [])
+    assert isinstance(result, dict), result
+    return result
+
+
+async def upgraded(board: LocalBoard, upgrade: Any) -> dict[str, Any]:
+    """Upgrade ``board`` with the coroutine function ``upgrade``; what a user sees then."""
+    await board.rpc("orc_srv", "hit", [])
+    await board.rpc("gen_event", "notify", [Atom("orc_events"), Atom("tick")])
+    await board.rpc("orc_conn", "count", [])
+    client = await Client.open(board)
+    assert client.echo(b"before") == b"before"
+    before = await observe(board)
+    await upgrade(board)
+    after = await observe(board)
+    out = seen(before, after)
+    out["tcp"] = client.echo(b"after").decode()
+    client.sock.close()
+    return out
+
+
+def with_board(release: Path, workdir: Path, body: Any, *, ssh: bool = False,
+               writable: bool = False) -> Any:  # fmt: skip
+    async def main() -> Any:
+        async with await LocalBoard.start(release, workdir=workdir, writable=writable) as board:
+            if ssh:
+                await board.enable_ssh()
+            return await body(board)
+
+    return asyncio.run(main())
+
+
+@pytest.fixture(scope="module")
+def release_handler_saw(orc: Scenario, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """v1 upgraded by release_handler, as OTP documents it (sasl runs on the node)."""
+
+    async def install(board: LocalBoard) -> None:
+        install_tarball(board.release_path, orc.tarball)
+        unpacked = await board.rpc("release_handler", "unpack_release", [Charlist("orc2")])
+        assert unpacked == (Atom("ok"), "2"), unpacked
+        installed = await board.rpc("release_handler", "install_release", [Charlist("2")], timeout=60)
+        assert isinstance(installed, tuple) and installed[0] == "ok", installed
+
+    async def body(board: LocalBoard) -> dict[str, Any]:
+        return await upgraded(board, install)
+
+    workdir = tmp_path_factory.mktemp("rh")
+    return with_board(orc.v1, workdir, body, writable=True)  # type: ignore[no-any-return]
+
+
+def test_relsync_upgrade_is_what_release_handler_does(
+    orc: Scenario, release_handler_saw: dict[str, Any], tmp_path: Path, mode: str
+) -> None:
+    runs = []
+
+    async def sync(board: LocalBoard) -> None:
+        run = await relsync(board, orc.v2, "-q", str(board.rw_path), "--upgrade", "--json")
+        runs.append(run)
+        assert run.code == 0, run
+
+    async def body(board: LocalBoard) -> dict[str, Any]:
+        return await upgraded(board, sync)
+
+    ours = with_board(orc.v1, tmp_path / "board", body, ssh=mode == "ssh")
+    assert not differences(release_handler_saw, ours), "\n".join(
+        differences(release_handler_saw, ours)
+    )
+
+
+def iter_lines(text: str) -> Iterator[str]:
+    yield from text.splitlines()
