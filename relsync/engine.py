@@ -383,7 +383,7 @@ async def _busy_programs(
     target: Target, release: LocalRelease, options: SyncOptions, plan: SyncPlan
 ) -> list[str]:
     """Warnings for port programs about to be replaced while they run (after presync)."""
-    ports = [r for r in plan.changed if release.files[r].kind is FileKind.PORT]
+    ports = [r for r in plan.changed if (f := release.files.get(r)) and f.kind is FileKind.PORT]
     if not ports:
         return []
     roots = [options.dest_path.rstrip("/")] + ([plan.root] if options.rw_path else [])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Set
 from dataclasses import dataclass, field, replace
 
 from relsync.release import FileKind, LocalFile, LocalRelease, app_name, is_shared_lib
@@ -158,12 +159,26 @@ def deletable(rel: str) -> bool:
 
 
 def is_temp(rel: str) -> bool:
-    """Whether ``rel`` names one of relsync's temporary files."""
+    """Whether ``rel`` is named as relsync's temporary files are (``.relsync-tmp.*``, as this
+    relsync and every earlier one names them)."""
     return posixpath.basename(rel).startswith(TEMP_PREFIX)
 
 
-def _without_temps(entries: dict[str, RemoteEntry]) -> dict[str, RemoteEntry]:
-    return {rel: entry for rel, entry in entries.items() if not is_temp(rel)}
+def _leftovers(entries: dict[str, RemoteEntry], release: LocalRelease) -> set[str]:
+    """The temporary files an interrupted sync left among ``entries``: named as temporary
+    files are, and not a file (or symlink) of the release, which may have such names too."""
+    return {
+        rel
+        for rel in entries
+        if is_temp(rel) and rel not in release.files and rel not in release.links
+    }
+
+
+def _without_temps(
+    entries: dict[str, RemoteEntry], release: LocalRelease
+) -> dict[str, RemoteEntry]:
+    temps = _leftovers(entries, release)
+    return {rel: entry for rel, entry in entries.items() if rel not in temps}
 
 
 def build_plan(release: LocalRelease, state: TargetState) -> SyncPlan:
@@ -172,9 +187,11 @@ def build_plan(release: LocalRelease, state: TargetState) -> SyncPlan:
     if release.hash != state.hash:
         raise ValueError(f"a release hashed with {release.hash} for a {state.hash} target")
     root = state.rw or state.dest
-    temps = sorted(rel for rel in (state.shadow if state.rw else state.original) if is_temp(rel))
+    temps = sorted(_leftovers(state.shadow if state.rw else state.original, release))
     state = replace(
-        state, original=_without_temps(state.original), shadow=_without_temps(state.shadow)
+        state,
+        original=_without_temps(state.original, release),
+        shadow=_without_temps(state.shadow, release),
     )
     plan = SyncPlan(root=root)
     current = effective_files(state)
@@ -208,7 +225,34 @@ def build_plan(release: LocalRelease, state: TargetState) -> SyncPlan:
     return plan
 
 
+def _in_the_way(entries: dict[str, RemoteEntry], release: LocalRelease) -> set[str]:
+    """The entries standing where the release's type differs: a file or symlink where the
+    release has a directory (its files or symlinks lie below), or anything below where it
+    has a file or symlink. They go whatever their place, as a change of type, not a deletion:
+    else writing through their path fails on every sync."""
+    ours = release.files.keys() | release.links.keys()
+    dirs = {d for rel in ours for d in _parents(rel)}
+    return {rel for rel in entries if rel in dirs or _below(rel, ours)}
+
+
+def _below(rel: str, paths: Set[str]) -> bool:
+    """Whether ``rel`` lies below one of ``paths``."""
+    return any(d in paths for d in _parents(rel))
+
+
 def _plan_in_place(release: LocalRelease, state: TargetState, plan: SyncPlan) -> None:
+    # A symlink the release has no more goes like a file (one it has a file of is replaced
+    # by the file's rename), and so does whatever is in the way of a change of type.
+    stale_links = {
+        rel
+        for rel, entry in state.original.items()
+        if isinstance(entry, RemoteLink)
+        and rel not in release.files
+        and rel not in release.links
+        and deletable(rel)
+    }
+    blocking = _in_the_way(state.original, release)
+    plan.deleted = sorted(set(plan.deleted) | stale_links | blocking)
     for rel, text in sorted(release.links.items()):
         have = state.original.get(rel)
         if not (isinstance(have, RemoteLink) and have.target == text):
@@ -225,8 +269,12 @@ def _plan_in_place(release: LocalRelease, state: TargetState, plan: SyncPlan) ->
         return
     before = {d for rel in state.original for d in _parents(rel)}
     after = {d for rel in set(state.original) - set(plan.deleted) for d in _parents(rel)}
-    after |= {d for rel in release.files for d in _parents(rel)}
-    gone = sorted((d for d in before - after if d.startswith(DELETE_SCOPE)), key=_depth_first)
+    after |= {d for rel in (*release.files, *release.links) for d in _parents(rel)}
+    ours = release.files.keys() | release.links.keys()
+    gone = sorted(
+        (d for d in before - after if d.startswith(DELETE_SCOPE) or d in ours or _below(d, ours)),
+        key=_depth_first,
+    )
     plan.delete_dirs = [_join(state.dest, d) for d in gone]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import posixpath
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -31,8 +33,21 @@ class RemoteLink:
 
 RemoteEntry = RemoteFile | RemoteLink
 
-#: Name prefix of the temporary files a write goes through before it is renamed into place.
+#: Name prefix and suffix of the temporary files a write goes through before it is renamed
+#: into place (see :func:`temp_path`).
 TEMP_PREFIX = ".relsync-tmp."
+TEMP_SUFFIX = ".part"
+
+
+def temp_path(path: str, token: bytes | None) -> str:
+    """Where the target stages ``path`` before renaming it into place, as the helper names it
+    (``relsync_files:tmp_path/2``): ``.relsync-tmp.TOKEN.MD5.part`` in the same directory
+    (``.relsync-tmp.MD5.part`` without a lock's token), MD5 the name's, in upper-case hex, so
+    the temporary name fits NAME_MAX however long the name is."""
+    directory, name = posixpath.split(path)
+    digest = hashlib.md5(name.encode("utf-8", "surrogateescape"), usedforsecurity=False)
+    own = f"{token.decode()}." if token else ""
+    return f"{directory}/{TEMP_PREFIX}{own}{digest.hexdigest().upper()}{TEMP_SUFFIX}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,6 @@ its own way (``put_files``).
 from __future__ import annotations
 
 import asyncio
-import posixpath
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -20,7 +19,6 @@ from relsync.erldist.pretty import format_term
 from relsync.errors import BusyError, TargetError, UsageError
 from relsync.posix import describe
 from relsync.target import (
-    TEMP_PREFIX,
     CodeState,
     FilePut,
     HookResult,
@@ -37,6 +35,7 @@ from relsync.target import (
     UpgradeStep,
     Written,
     nothing_written,
+    temp_path,
 )
 
 HELPER = "relsync_target"
@@ -291,11 +290,9 @@ class HelperTarget(ABC):
         return args if self._token is None else [*args, self._token]
 
     def temp_path(self, path: str) -> str:
-        """Where ``path`` is staged before the target renames it into place (as the helper
-        names it: ``.relsync-tmp.<token>.<name>.part`` while we hold the lock)."""
-        token = f"{self._token.decode()}." if self._token else ""
-        directory, name = posixpath.split(path)
-        return f"{directory}/{TEMP_PREFIX}{token}{name}.part"
+        """Where ``path`` is staged before the target renames it into place (named with our
+        lock's token while we hold it: see :func:`relsync.target.temp_path`)."""
+        return temp_path(path, self._token)
 
     async def commit(self, put: FilePut) -> None:
         """Check and install a file staged at :meth:`temp_path` (see ``put_chunk``)."""

@@ -310,11 +310,13 @@ class SshTarget(HelperTarget):
         """Files under ``SFTP_MIN`` bytes go in batches over the control channels (one round
         trip for many). Bigger ones are uploaded over SFTP to their ``temp_path`` beside each
         file, then committed (hash checked, renamed into place) over the control
-        channel; a file with a delta base goes as a block delta there when that pays."""
-        streamed = [p for p in files if p.size >= SFTP_MIN]
+        channel; a file with a delta base goes as a block delta there when that pays. A path
+        that is not UTF-8 goes over the control channel, which takes names as bytes (OTP's
+        SFTP server decodes them as UTF-8)."""
+        streamed = [p for p in files if _by_sftp(p)]
         if streamed:  # SFTP's channel first: the batches' extra lanes take what relsyncd has left
             await self._sftp()
-        small = [p for p in files if p.size < SFTP_MIN]
+        small = [p for p in files if not _by_sftp(p)]
         deltas = await super().put_files(small, progress, written)
         made: dict[str, asyncio.Task[None]] = {}
         slots = asyncio.Semaphore(UPLOADS_IN_FLIGHT)
@@ -375,6 +377,12 @@ class SshTarget(HelperTarget):
         self._conn.close()
         with contextlib.suppress(OSError, asyncssh.Error):  # already gone with the board
             await self._conn.wait_closed()
+
+
+def _by_sftp(put: FilePut) -> bool:
+    """Whether ``put`` goes over SFTP: a big file whose path is UTF-8 (a name read as bytes
+    that are not UTF-8 holds surrogate escapes)."""
+    return put.size >= SFTP_MIN and not any("\udc80" <= c <= "\udcff" for c in put.path)
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

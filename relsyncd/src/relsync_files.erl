@@ -157,13 +157,15 @@ write_then(Out, Data, Ops, In) ->
         {error, _} = E -> E
     end.
 
-%% Dir/.relsync-tmp.<Token>.<Base>.part (no token: Dir/.relsync-tmp.<Base>.part):
-%% never named like a module (*.beam) or an app file, and one sync's own.
+%% Dir/.relsync-tmp.<Token>.<Hash>.part (no token: Dir/.relsync-tmp.<Hash>.part):
+%% Hash is the MD5 of Path's name in upper-case hex, short whatever the name (a
+%% 255-byte name still fits NAME_MAX), never named like a module (*.beam) or an
+%% app file, and one sync's own. relsync/target.py's temp_path/2 names them too.
 tmp_path(Path, Token) ->
-    Base = filename:basename(Path),
+    Hash = binary:encode_hex(erlang:md5(filename:basename(Path))),
     Name = case Token of
-               <<>> -> <<?TMP_PREFIX, Base/binary, ".part">>;
-               _ -> <<?TMP_PREFIX, Token/binary, ".", Base/binary, ".part">>
+               <<>> -> <<?TMP_PREFIX, Hash/binary, ".part">>;
+               _ -> <<?TMP_PREFIX, Token/binary, ".", Hash/binary, ".part">>
            end,
     filename:join(filename:dirname(Path), Name).
 

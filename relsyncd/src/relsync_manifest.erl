@@ -7,16 +7,22 @@
 
 -include("relsync_target.hrl").
 
-%% Names in a directory ([] when it does not exist), sorted.
+%% Names in a directory ([] when it does not exist), sorted; as bytes, every
+%% one of them (see names/1).
 -spec list_dir(binary()) -> {ok, [binary()]} | {error, posix()}.
 list_dir(Dir) when is_binary(Dir) ->
-    case prim_file:list_dir(Dir) of
+    case names(Dir) of
         {ok, Names} -> {ok, lists:sort([relsync_hash:name_bin(N) || N <- Names])};
         {error, enoent} -> {ok, []};
         {error, _} = E -> E
     end;
 list_dir(_) ->
     {error, badarg}.
+
+%% Every name in Dir: list_dir_all/1 also gives the names that are not valid in
+%% the VM's file name encoding (bytes that are not UTF-8), as raw binaries, where
+%% list_dir/1 leaves them out.
+names(Dir) -> prim_file:list_dir_all(Dir).
 
 %% With format => packed the entries come as one binary (see pack_entry/1),
 %% which the client decodes far faster than thousands of tuples. A helper that
@@ -69,7 +75,7 @@ pack_entry({Rel, symlink, Target}) ->
 walk(Dir, DirFI, RelDir, Excl, Fan, Acc0) ->
     Stamp = dir_stamp(DirFI),
     Entry = fun(Name, Acc) ->
-                    walk_entry(child(Dir, Name), rel(RelDir, Name), Name, Excl, Fan, Acc)
+                    walk_entry(child(Dir, Name), rel(RelDir, Name), Excl, Fan, Acc)
             end,
     case relsync_state:cache_lookup({dir, Dir}) of
         [{_, Stamp, Listing}] ->
@@ -83,7 +89,7 @@ walk(Dir, DirFI, RelDir, Excl, Fan, Acc0) ->
                                 element(2, Entry(Name, Acc))
                         end, Acc0, Listing);
         _ ->
-            case prim_file:list_dir(Dir) of
+            case names(Dir) of
                 {ok, Names} ->
                     {Listing, Acc} = lists:mapfoldl(fun(N, A) ->
                                                             Name = relsync_hash:name_bin(N),
@@ -106,13 +112,13 @@ dir_stamp(#file_info{major_device = Dev, inode = Ino, mtime = M, ctime = C}) ->
 %% The entries for one name of a directory (added to Acc), and how the listing
 %% cache keeps it: {symlink, Target} for a symlink whose target was read, else
 %% stat (looked at again on every walk). An excluded name is not even stat'ed.
-walk_entry(Abs, Rel, Name, Excl, Fan, Acc) ->
+walk_entry(Abs, Rel, Excl, Fan, Acc) ->
     case excluded(Rel, Excl) of
         true -> {stat, Acc};
-        false -> walk_included(Abs, Rel, Name, Excl, Fan, Acc)
+        false -> walk_included(Abs, Rel, Excl, Fan, Acc)
     end.
 
-walk_included(Abs, Rel, Name, Excl, {Depth, Slots} = Fan, Acc) ->
+walk_included(Abs, Rel, Excl, {Depth, Slots} = Fan, Acc) ->
     case prim_file:read_link_info(Abs, [{time, posix}]) of
         {ok, #file_info{type = directory} = FI} ->
             Sub = <<Rel/binary, "/">>,
@@ -126,13 +132,10 @@ walk_included(Abs, Rel, Name, Excl, {Depth, Slots} = Fan, Acc) ->
                     end
             end;
         {ok, #file_info{type = Type} = FI} when Type =:= regular; Type =:= symlink ->
-            case is_tmp_name(Name) of
-                true -> {stat, [tmp_entry(Rel, FI) | Acc]};
-                false ->
-                    case file_entry(Abs, Rel, FI) of
-                        {_, symlink, Target} = E -> {{symlink, Target}, [E | Acc]};
-                        E -> {stat, [E | Acc]}
-                    end
+            case file_entry(Abs, Rel, FI) of
+                {_, symlink, Target} = E -> {{symlink, Target}, [E | Acc]};
+                vanished -> {stat, Acc};
+                E -> {stat, [E | Acc]}
             end;
         {ok, _} -> {stat, Acc};                   % devices, fifos, sockets
         {error, enoent} -> {stat, Acc};           % vanished while walking
@@ -218,40 +221,41 @@ below(_Sub, []) -> [];
 below(Sub, Excl) ->
     [P || P <- Excl, binary:longest_common_prefix([Sub, P]) =:= byte_size(Sub)].
 
+%% A file's entry, or vanished (renamed or removed since it was listed: the
+%% temporary file of a sync writing meanwhile, seen by one that takes no lock).
+%% Temporary files are listed like any other: which names are relsync's
+%% leftovers is for the plan to say, as the release may have files of such names.
 file_entry(Abs, Rel, #file_info{type = symlink}) ->
     case file:read_link_all(Abs) of
         {ok, Target} -> {Rel, symlink, relsync_hash:name_bin(Target)};
+        {error, enoent} -> vanished;
         {error, R} -> throw({walk_error, Abs, R})
     end;
 file_entry(Abs, Rel, #file_info{size = Size, mode = Mode} = FI) ->
-    {Rel, regular, Size, Mode band 8#7777, cached_hash(Abs, FI)}.
-
-%% A temp file left by an interrupted sync (client killed, power cut): listed
-%% as a regular file with an empty hash and never hashed, so the plan removes it.
-tmp_entry(Rel, #file_info{size = Size, mode = Mode}) ->
-    {Rel, regular, Size, Mode band 8#7777, <<>>}.
+    case cached_hash(Abs, FI) of
+        vanished -> vanished;
+        Hash -> {Rel, regular, Size, Mode band 8#7777, Hash}
+    end.
 
 excluded(Rel, Prefixes) ->
     lists:any(fun(P) -> binary:longest_common_prefix([Rel, P]) =:= byte_size(P) end,
               Prefixes).
-
-is_tmp_name(Name) ->
-    binary:longest_common_prefix([Name, <<?TMP_PREFIX>>]) =:= byte_size(<<?TMP_PREFIX>>).
 
 cached_hash(Abs, #file_info{size = Size, mtime = Mtime, inode = Ino}) ->
     Want = relsync_hash:hash_size(),
     case relsync_state:cache_lookup(Abs) of
         [{_, {Size, Mtime, Ino, Hash}}] when byte_size(Hash) =:= Want -> Hash;
         _ ->
-            Hash = case relsync_hash:hash_file(Abs) of
-                       {ok, H} -> H;
-                       {error, R} -> throw({walk_error, Abs, R})
-                   end,
-            %% Cache only if the file did not change while we read it.
-            case file:read_link_info(Abs, ?INFO) of
-                {ok, #file_info{size = Size, mtime = Mtime, inode = Ino}} ->
-                    relsync_state:cache_insert(Abs, Size, Mtime, Ino, Hash);
-                _ -> ok
-            end,
-            Hash
+            case relsync_hash:hash_file(Abs) of
+                {ok, Hash} ->
+                    %% Cache only if the file did not change while we read it.
+                    case file:read_link_info(Abs, ?INFO) of
+                        {ok, #file_info{size = Size, mtime = Mtime, inode = Ino}} ->
+                            relsync_state:cache_insert(Abs, Size, Mtime, Ino, Hash);
+                        _ -> ok
+                    end,
+                    Hash;
+                {error, enoent} -> vanished;
+                {error, R} -> throw({walk_error, Abs, R})
+            end
     end.

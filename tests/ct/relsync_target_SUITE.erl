@@ -10,6 +10,7 @@
 -export([sync_lock/1, sync_lock_survives_reload/1, writes_under_lock/1]).
 -export([all/0, init_per_suite/1, end_per_suite/1,
          init_per_testcase/2, end_per_testcase/2]).
+-export([long_and_raw_names/1]).
 -export([info/1, list_dir/1, sync_state/1,
          manifest_entries/1, manifest_excludes/1, manifest_missing_root/1,
          manifest_large_file/1, manifest_cache_hit/1, manifest_cache_racy/1,
@@ -31,7 +32,7 @@
 
 all() ->
     [info, list_dir, sync_state, sync_lock, sync_lock_survives_reload, writes_under_lock,
-     manifest_entries, manifest_excludes, manifest_missing_root,
+     manifest_entries, manifest_excludes, manifest_missing_root, long_and_raw_names,
      manifest_large_file, manifest_cache_hit, manifest_cache_racy,
      manifest_listing_cache,
      manifest_packed, manifest_fan_out, manifest_walker_fails,
@@ -174,7 +175,7 @@ writes_under_lock(Config) ->
     {ok, Token} = maps:get(lock, ?T:sync_state(Dir, [], none, #{lock => <<"a">>, owner => Owner})),
     Path = <<Dir/binary, "/big">>,
     ok = ?T:put_chunk(Path, 0, <<"abc">>, Token),
-    ?assertEqual([".relsync-tmp." ++ binary_to_list(Token) ++ ".big.part"], tmp_files(Dir)),
+    ?assertEqual([tmp_name(Token, <<"big">>)], tmp_files(Dir)),
     ?assertEqual({error, enoent}, ?T:commit(Path, 8#644, sha(<<"abc">>))),   % not that name
     ok = ?T:put_chunk(Path, 3, <<"def">>, Token),
     ?assertEqual(ok, ?T:commit(Path, 8#600, sha(<<"abcdef">>), Token)),
@@ -199,17 +200,18 @@ manifest_entries(Config) ->
        [{<<"bin/start">>, regular, 5, 8#755, sha(<<"start">>)},
         {<<"erts-13.1/bin/beam">>, regular, 4, 8#644, sha(<<"beam">>)},
         {<<"lib/app-1/ebin/app.beam">>, regular, 3, 8#600, sha(<<"app">>)},
-        {<<"lib/app-1/priv/.relsync-tmp.l">>, regular, 1, 8#777, <<>>},
+        {<<"lib/app-1/priv/.relsync-tmp.l">>, symlink, <<"x">>},
         {<<"lib/app-1/priv/dangling">>, symlink, <<"/nonexistent/x">>},
         {<<"lib/app-1/priv/link">>, symlink, <<"../ebin/app.beam">>},
         {<<"lib/kernel-8.5/ebin/kernel.app">>, regular, 1, 8#644, sha(<<"k">>)},
         {<<"lib/kernel-8.5x/ebin/other">>, regular, 1, 8#644, sha(<<"o">>)},
-        {<<"releases/1/.relsync-tmp.sys.config">>, regular, 4, 8#644, <<>>},
+        {<<"releases/1/.relsync-tmp.sys.config">>, regular, 4, 8#644, sha(<<"half">>)},
         {<<"releases/1/sys.config">>, regular, 3, 8#640, sha(<<"[].">>)},
         {<<"symdir">>, symlink, <<"lib">>}],
        Entries),
-    %% Temp files (left by an interrupted sync) are listed unhashed, for removal.
-    %% A trailing slash on Root changes nothing.
+    %% Names like relsync's temporary files are listed as any other: the client
+    %% tells its leftovers from the release's own files. A trailing slash on Root
+    %% changes nothing.
     ?assertEqual({ok, Entries}, ?T:manifest(<<Root/binary, "/">>, #{})).
 
 manifest_excludes(Config) ->
@@ -228,6 +230,33 @@ manifest_excludes(Config) ->
                   <<"lib/app-1/priv/link">>, <<"releases/1/.relsync-tmp.sys.config">>,
                   <<"releases/1/sys.config">>],
                  [element(1, E) || E <- Entries2]).
+
+%% A 255-byte name (NAME_MAX: its temporary name must be shorter) and a name
+%% that is not UTF-8 are written, linked and listed as the bytes they are.
+long_and_raw_names(Config) ->
+    Dir = ?config(dir, Config),
+    Owner = spawn(fun() -> receive stop -> ok end end),
+    {ok, Token} = maps:get(lock, ?T:sync_state(Dir, [], none, #{lock => <<"a">>, owner => Owner})),
+    Long = binary:copy(<<"n">>, 255),
+    Raw = <<"caf", 16#e9, ".txt">>,
+    At = fun(Name) -> <<Dir/binary, "/", Name/binary>> end,
+    ?assertEqual(ok, ?T:put_files([{At(Long), 8#644, <<"l">>, sha(<<"l">>)},
+                                   {At(Raw), 8#600, <<"r">>, sha(<<"r">>)}], Token)),
+    Big = binary:copy(<<"b">>, 255),
+    ok = ?T:put_chunk(At(Big), 0, <<"big">>, Token),
+    ?assertEqual(ok, ?T:commit(At(Big), 8#644, sha(<<"big">>), Token)),
+    ?assertEqual(ok, ?T:make_symlinks([{At(binary:copy(<<"l">>, 255)), Raw}])),
+    ?assertEqual(ok, ?T:put_delta(At(Long), At(Big), [{copy, 0, 3}], 8#644, sha(<<"big">>))),
+    {ok, Entries} = ?T:manifest(Dir, #{}),
+    ?assertEqual([{Big, regular, 3, 8#644, sha(<<"big">>)},
+                  {Raw, regular, 1, 8#600, sha(<<"r">>)},
+                  {binary:copy(<<"l">>, 255), symlink, Raw},
+                  {Long, regular, 3, 8#644, sha(<<"big">>)}],
+                 Entries),
+    ?assert(lists:member(Raw, element(2, ?T:list_dir(Dir)))),
+    ?assertEqual([], tmp_files(Dir)),
+    ok = ?T:unlock(Token),
+    Owner ! stop.
 
 manifest_missing_root(Config) ->
     Dir = ?config(dir, Config),
@@ -469,7 +498,7 @@ put_files_basic(Config) ->
     B = <<Dir/binary, "/b">>,
     Victim = write(<<Dir/binary, "/victim">>, <<"untouched">>),
     %% A leftover tmp file that is a symlink must be replaced, not written through.
-    ok = file:make_symlink(Victim, <<Dir/binary, "/.relsync-tmp.b.part">>),
+    ok = file:make_symlink(Victim, <<Dir/binary, "/", (tmp_name(<<>>, <<"b">>))/binary>>),
     _ = write(B, <<"old b">>),
     {ok, _} = ?T:manifest(Dir, #{}),              % the cache exists
     ?assertEqual(ok, ?T:put_files([{A, 8#755, <<"aaa">>, sha(<<"aaa">>)},
@@ -608,7 +637,8 @@ put_files_file_calls(Config) ->
     ?assertEqual([{close, 1}, {datasync, 1}, {open, 1}, {pwrite, 1}, {read_file_info, 1},
                   {read_link_info, 1}, {rename, 1}],
                  Calls([{<<Dir/binary, "/a">>, Made, Data, sha(Data)}])),
-    ok = file:write_file(<<Dir/binary, "/.relsync-tmp.b.part">>, <<"left over">>),
+    ok = file:write_file(<<Dir/binary, "/", (tmp_name(<<>>, <<"b">>))/binary>>,
+                         <<"left over">>),
     ?assertEqual([{close, 1}, {datasync, 1}, {delete, 1}, {open, 2}, {pwrite, 1},
                   {read_file_info, 1}, {read_link_info, 1}, {rename, 1}],
                  Calls([{<<Dir/binary, "/b">>, Made, Data, sha(Data)}])),
@@ -743,7 +773,8 @@ chunked_put_commit(Config) ->
     ?assertEqual([], tmp_files(filename:dirname(Path))),
     %% A staged name that is not our regular file is never followed.
     Other = write(<<Dir/binary, "/other">>, <<"abcd">>),
-    ok = file:make_symlink(Other, <<Dir/binary, "/sub/.relsync-tmp.big.bin.part">>),
+    Staged = <<Dir/binary, "/sub/", (tmp_name(<<>>, <<"big.bin">>))/binary>>,
+    ok = file:make_symlink(Other, Staged),
     ?assertEqual({error, einval}, ?T:put_chunk(Path, 2, <<"xx">>)),
     %% The refused chunk removed the bogus staged link (the link, not its target).
     ?assertEqual({error, enoent}, ?T:commit(Path, 8#777, sha(<<"abcd">>))),
@@ -1227,7 +1258,14 @@ ls(Dir) ->
     {ok, lists:sort([list_to_binary(N) || N <- Names])}.
 
 tmp_files(Dir) ->
-    [N || N <- filelib:wildcard(".relsync-tmp.*", binary_to_list(Dir))].
+    [list_to_binary(N) || N <- filelib:wildcard(".relsync-tmp.*", binary_to_list(Dir))].
+
+%% The temporary name a write of Name stages (see relsync_files:tmp_path/2).
+tmp_name(<<>>, Name) ->
+    <<".relsync-tmp.", (binary:encode_hex(erlang:md5(Name)))/binary, ".part">>;
+tmp_name(Token, Name) ->
+    <<".relsync-tmp.", Token/binary, ".", (binary:encode_hex(erlang:md5(Name)))/binary,
+      ".part">>.
 
 %% bin/start, erts-*, lib/*, releases/*, an empty dir, symlinks, tmp files.
 make_tree(Config) ->

@@ -360,8 +360,9 @@ ctl_manifest(Config) ->
         call(C, Ch, 4, sync_state, [D, [], bin(?config(data, Config))]),
     {5, {ok, Packed}} = call(C, Ch, 5, manifest, [D, #{format => packed}]).
 
-%% Exactly how the Python client uploads: SFTP to Dir/.relsync-tmp.Base.part, then
-%% commit(Path, Mode, Sha256) renames it into place after checking the hash.
+%% Exactly how the Python client uploads: SFTP to Dir/.relsync-tmp.MD5.part (MD5
+%% of the name, in hex), then commit(Path, Mode, Sha256) renames it into place
+%% after checking the hash.
 ctl_put_commit(Config) ->
     D = ?config(d, Config),
     C = connect(Config),
@@ -369,7 +370,8 @@ ctl_put_commit(Config) ->
     Ch = open_ctl(C),
     Data = crypto:strong_rand_bytes(100000),
     Path = bin(filename:join(D, "app.beam")),
-    Tmp = filename:join(D, ".relsync-tmp.app.beam.part"),
+    Hash = binary_to_list(binary:encode_hex(erlang:md5(<<"app.beam">>))),
+    Tmp = filename:join(D, ".relsync-tmp." ++ Hash ++ ".part"),
     ok = ssh_sftp:write_file(S, Tmp, Data),
     {1, ok} = call(C, Ch, 1, commit, [Path, 8#640, crypto:hash(sha256, Data)]),
     {ok, Data} = file:read_file(Path),
