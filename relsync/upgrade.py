@@ -10,6 +10,7 @@ entry for the board's version of the application wins for the modules it names.
 from __future__ import annotations
 
 import heapq
+import posixpath
 import re
 from collections.abc import Mapping
 
@@ -119,15 +120,20 @@ def generated_steps(plan: SyncPlan, release: LocalRelease) -> list[UpgradeStep]:
 
 def app_data(plan: SyncPlan, release: LocalRelease) -> tuple[list[str], str | None]:
     """What release_handler gives application_controller:change_application_data/2 on an
-    upgrade: the ``.app`` files the sync writes (their vsn, keys and env), as target paths,
-    and the release's ``sys.config`` (None when it has none, or only a ``.src``)."""
-    apps = [
-        f"{plan.root}/{rel}"
-        for rel in sorted(plan.added + plan.changed)
-        if (app := _app_dir(rel)[0]) and rel.endswith(f"/ebin/{app}.app")
-    ]
+    upgrade: the ``.app`` files of the applications the sync changes (one it writes, or one
+    of an application whose modules it loads: a killed sync may have written it already),
+    as target paths, and the release's ``sys.config`` (None when it has none, or only a
+    ``.src``)."""
+    root = plan.root.rstrip("/")
+    ebins = {posixpath.dirname(p[len(root) + 1 :]) for _, p, _ in plan.reload}
+    rels = {f"{d}/{_app_dir(d)[0]}.app" for d in ebins} | set(plan.added + plan.changed)
+    apps = sorted(
+        f"{root}/{rel}"
+        for rel in rels
+        if rel in release.files and rel.endswith(f"/ebin/{_app_dir(rel)[0]}.app")
+    )
     config = f"releases/{release.version}/sys.config"
-    return apps, f"{plan.root}/{config}" if config in release.files else None
+    return apps, f"{root}/{config}" if config in release.files else None
 
 
 _SUPPORTED = "load_module, update, add_module, delete_module and apply"

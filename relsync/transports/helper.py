@@ -672,6 +672,8 @@ class HelperTarget(ABC):
             Atom("apps"): [_path(a) for a in apps],
             Atom("config"): Atom("none") if config is None else _path(config),
         }
+        if self._token is not None:  # the board keeps our lock until the upgrade is over
+            opts[Atom("token")] = self._token
         args: list[Term] = [[_step(s) for s in steps], opts]
         # Every process call may take ``timeout``: the call as a whole gets them all.
         limit = FILE_TIMEOUT + timeout * 4 * max(1, len(steps))

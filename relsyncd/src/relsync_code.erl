@@ -457,7 +457,16 @@ stash(M) ->
                false -> none;
                _ -> unavailable
            end,
-    relsync_state:keep_old_code(M, Kept).
+    case {Kept, relsync_state:old_code(M)} of
+        {unavailable, {ok, {_, Bin} = Stashed}} ->
+            %% The file changed since an upgrade killed after the files were
+            %% replaced stashed it: the code it stashed is what still runs.
+            case runs(M, Bin) of
+                true -> relsync_state:keep_old_code(M, Stashed);
+                false -> relsync_state:keep_old_code(M, Kept)
+            end;
+        _ -> relsync_state:keep_old_code(M, Kept)
+    end.
 
 running_beam(M, File) ->
     case file:read_file(File) of
@@ -480,6 +489,30 @@ running_beam(M, File) ->
                                           config => binary() | none}) -> map().
 upgrade(Steps, Opts) when is_list(Steps), is_map(Opts) ->
     relsync_state:ensure_state(),
+    Caller = self(),
+    Ref = make_ref(),
+    {Pid, MRef} = spawn_monitor(fun() -> Caller ! {Ref, transaction(Steps, Opts)} end),
+    receive
+        {Ref, Result} -> erlang:demonitor(MRef, [flush]), Result;
+        {'DOWN', MRef, process, Pid, Why} ->
+            #{result => {error, {crashed, Why}}, undone => false, events => [], modules => []}
+    end.
+
+%% The upgrade as one transaction, in a process of its own that the board
+%% owns: it keeps the sync lock (Opts' token) until it is over, whatever
+%% happens to the client that asked for it, and finishes or undoes itself.
+transaction(Steps, Opts) ->
+    case whereis(init) of
+        undefined -> ok;
+        Init -> group_leader(Init, self())
+    end,
+    case relsync_state:pin(maps:get(token, Opts, <<>>), self()) of
+        ok -> pinned(Steps, Opts);
+        {error, _} = E -> #{result => E, undone => false, events => [], modules => []}
+    end.
+
+pinned(Steps, Opts) ->
+    relsync_state:ensure_state(),
     Purge = maps:get(purge, Opts, soft),
     Mods = [element(2, S) || S <- Steps, is_tuple(S), tuple_size(S) >= 2],
     Old = maps:from_list([{M, stashed(M)} || M <- Mods]),
@@ -490,7 +523,7 @@ upgrade(Steps, Opts) when is_list(Steps), is_map(Opts) ->
         [] ->
             EnvBefore = application_controller:prep_config_change(),
             Specs = [S || P <- maps:get(apps, Opts, []), {ok, [S]} <- [file:consult(P)]],
-            Before = change_apps(Specs, config(maps:get(config, Opts, none))),
+            Before = change_apps(Specs, config(maps:get(config, Opts, none), Specs)),
             Result = relsync_upgrade:run(
                        Steps,
                        #{direction => maps:get(direction, Opts, up),
@@ -519,8 +552,12 @@ change_apps(Specs, Config) ->
     _ = application_controller:change_application_data(Specs, Config),
     Before.
 
-config(none) -> [];
-config(Path) ->
+%% The env the applications get besides their .app files': the release's
+%% sys.config, as release_handler reads it; without one (a sys.config made from
+%% a .src at boot), the env they have now, so only keys new to them are added.
+config(none, Specs) ->
+    [{App, application:get_all_env(App)} || {application, App, _} <- Specs];
+config(Path, _Specs) ->
     case file:consult(Path) of
         {ok, [Config]} when is_list(Config) -> Config;
         _ -> []
@@ -541,7 +578,10 @@ restore(M, Old, Purge) ->
     _ = purge_old(M, Purge),
     case Old of
         none -> _ = code:delete(M), _ = purge_old(M, Purge), ok;
-        {File, Bin} -> {module, M} = code:load_binary(M, relsync_hash:to_list(File), Bin), ok
+        {File, Bin} ->
+            {module, M} = code:load_binary(M, relsync_hash:to_list(File), Bin),
+            _ = code:soft_purge(M),             % the newer code, unless something runs it
+            ok
     end.
 
 %% Modules whose old code some process still runs, with those processes.

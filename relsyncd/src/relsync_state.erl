@@ -15,6 +15,7 @@
 %% relsync_manifest:walk/6.
 -module(relsync_state).
 
+-export([hold/1, pin/2]).
 -export([cache_insert/5, cache_known/3, cache_listing/3, cache_lookup/1, clear_pending/1,
          code_state/0, drop_old_code/1, ensure_state/0, forget_loaded/1, holds_lock/1,
          keep_old_code/2, loaded_records/0, lock/2, mark_pending/1, old_code/1,
@@ -24,10 +25,11 @@
 
 %% The sync lock is a process registered as ?LOCK: registering is atomic, and
 %% the name goes with the process. It monitors the lock's owner, and its
-%% dictionary keeps who holds it. It hibernates into erlang:exit/1 (no code of
-%% this module on its stack, so a reload leaves it be): the first message it
-%% gets, the owner's 'DOWN' or unlock/1's, ends it. The same owner asking again
-%% gets the same token (a lock request that was answered by an older helper).
+%% dictionary keeps who holds it. It waits hibernated (no code of this module
+%% on its stack, so a reload leaves it be, see hold/1): the owner's 'DOWN' or
+%% unlock/1 ends it, unless an upgrade pinned it (pin/2): then it ends once the
+%% upgrade is over too. The same owner asking again gets the same token (a lock
+%% request that was answered by an older helper).
 lock(Owner, Who) ->
     Caller = self(),
     Ref = make_ref(),
@@ -49,13 +51,50 @@ lock_holder(Caller, Ref, Owner, Who) ->
                              since => erlang:system_time(second)}),
             _ = erlang:monitor(process, Owner),
             Caller ! {Ref, {ok, Token}},
-            erlang:hibernate(erlang, exit, [normal])
+            erlang:hibernate(?MODULE, hold, [#{owner => Owner}])
     catch error:badarg ->
             Caller ! {Ref, case lock_info() of
                                #{owner := Owner, token := Token} -> {ok, Token};
                                #{who := W, since := Since} -> {busy, #{who => W, since => Since}};
                                _ -> {busy, #{}}        % it just went: ask again
                            end}
+    end.
+
+%% The lock's holder between two messages. Held: the owner (until it goes or
+%% unlocks) and a pinned upgrade (until it ends) keep it.
+-spec hold(#{owner => pid(), pinned => pid()}) -> no_return().
+hold(Held) ->
+    Next = receive
+               unlock -> maps:remove(owner, Held);
+               {pin, From, Ref, Worker} ->
+                   _ = erlang:monitor(process, Worker),
+                   From ! {Ref, ok},
+                   Held#{pinned => Worker};
+               {'DOWN', _, process, Pid, _} ->
+                   maps:filter(fun(_, P) -> P =/= Pid end, Held);
+               _ -> Held
+           end,
+    case map_size(Next) of
+        0 -> exit(normal);
+        _ -> erlang:hibernate(?MODULE, hold, [Next])
+    end.
+
+%% Keep the lock Token names until Worker ends, even when its owner goes
+%% first (an upgrade is one transaction: it finishes or undoes itself before
+%% another sync may start). The empty token (a client from before the lock)
+%% pins nothing.
+-spec pin(binary(), pid()) -> ok | {error, lock_lost}.
+pin(<<>>, _Worker) -> ok;
+pin(Token, Worker) ->
+    case {whereis(?LOCK), lock_info()} of
+        {Pid, #{token := Token}} when is_pid(Pid) ->
+            MRef = erlang:monitor(process, Pid),
+            Pid ! {pin, self(), MRef, Worker},
+            receive
+                {MRef, ok} -> erlang:demonitor(MRef, [flush]), ok;
+                {'DOWN', MRef, process, Pid, _} -> {error, lock_lost}
+            end;
+        _ -> {error, lock_lost}
     end.
 
 %% What the lock's holder keeps (#{} when nobody holds it).

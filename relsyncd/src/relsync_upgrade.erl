@@ -328,8 +328,10 @@ restorable(M, soft) ->
 restorable(_M, brutal) -> true.
 
 restore(M, Old, #{opts := #{restore := Restore}} = St) ->
-    ok = Restore(M, maps:get(M, Old, none)),
-    St#{modules := lists:keydelete(M, 1, maps:get(modules, St))}.
+    case catch Restore(M, maps:get(M, Old, none)) of
+        ok -> St#{modules := lists:keydelete(M, 1, maps:get(modules, St))};
+        Why -> event({not_undone, M, Why}, St)
+    end.
 
 quiet_suspend(Pids, #{opts := #{timeout := T}}) ->
     [P || P <- Pids, catch sys:suspend(P, T) =:= ok].

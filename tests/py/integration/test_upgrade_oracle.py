@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.cli import relsync
-from support.upgrade_oracle import SRV_V2_CRASH, V2, build_release, install_tarball, scenario
+from support.cli import cli_argv, relsync
+from support.faults import kill_when_paused
+from support.upgrade_oracle import (
+    ACCEPTOR_V2,
+    SRV_V2,
+    SRV_V2_CRASH,
+    V2,
+    build_release,
+    install_tarball,
+    scenario,
+)
 
 from relsync.erldist.etf import Atom, Charlist, Pid, Port, Reference, Term
 from relsync.harness.local import LocalBoard
@@ -67,9 +75,7 @@ def seen(before: dict[Atom, Any], after: dict[Atom, Any]) -> dict[str, Any]:
     out = {
         "pids": {str(n): kept(p, old_pids) for n, p in after[Atom("pids")].items()},
         "children": {
-            str(s): sorted(
-                (plain(c[0]), kept(c[1], old_pids), str(c[2]), plain(c[3])) for c in cs
-            )
+            str(s): sorted((plain(c[0]), kept(c[1], old_pids), str(c[2]), plain(c[3])) for c in cs)
             if isinstance(cs, list)
             else plain(cs)
             for s, cs in after[Atom("children")].items()
@@ -120,7 +126,7 @@ class Client:
             return f"connection lost: {exc}".encode()
 
 
-async def observe(board: LocalBoard) -> dict[Atom, Any]:
+async def observe(board: LocalBoard) -> Any:
     result = await board.rpc("orc_probe", "observe", [])
     assert isinstance(result, dict), result
     return result
@@ -161,7 +167,9 @@ def release_handler_saw(orc: Scenario, tmp_path_factory: pytest.TempPathFactory)
         install_tarball(board.release_path, orc.tarball)
         unpacked = await board.rpc("release_handler", "unpack_release", [Charlist("orc2")])
         assert unpacked == (Atom("ok"), "2"), unpacked
-        installed = await board.rpc("release_handler", "install_release", [Charlist("2")], timeout=60)
+        installed = await board.rpc(
+            "release_handler", "install_release", [Charlist("2")], timeout=60
+        )
         assert isinstance(installed, tuple) and installed[0] == "ok", installed
 
     async def body(board: LocalBoard) -> dict[str, Any]:
@@ -190,5 +198,102 @@ def test_relsync_upgrade_is_what_release_handler_does(
     )
 
 
-def iter_lines(text: str) -> Iterator[str]:
-    yield from text.splitlines()
+def test_a_failed_upgrade_is_undone_without_killing_and_says_what_runs(
+    orc: Scenario, tmp_path: Path, mode: str
+) -> None:
+    """A code_change that crashes undoes the steps before it (exit 8: the old code runs with
+    the old state). When undoing a step would kill (a connection process still runs the code
+    it replaced), that step is left done under --purge soft: the connection stays open and
+    the exit code (9) says the new code runs."""
+    crash = build_release(tmp_path / "crash", "2", {**V2, "orc_srv": SRV_V2_CRASH})
+    stuck = build_release(
+        tmp_path / "stuck", "2", {**V2, "orc_srv": SRV_V2_CRASH, "orc_acceptor": ACCEPTOR_V2}
+    )
+
+    async def body(board: LocalBoard) -> None:
+        rw = str(board.rw_path)
+        await board.rpc("orc_srv", "hit", [])
+        client = await Client.open(board)
+        assert client.echo(b"one") == b"one"
+        before = await observe(board)
+
+        run = await relsync(board, crash, "-q", rw, "--upgrade", "--json")
+        assert run.code == 8, run
+        assert "orc_srv" in run.report["error"] and "runs the code it ran before" in run.err
+        after = await observe(board)
+        for key in ("states", "md5", "vsn", "env", "suspended", "old_code"):
+            assert plain(after[Atom(key)]) == plain(before[Atom(key)]), key
+        assert client.echo(b"two") == b"two"
+
+        run = await relsync(board, stuck, "-q", rw, "--upgrade", "--json")
+        assert run.code == 9, run
+        assert "orc_acceptor" in run.err and "could not be undone" in run.err, run.err
+        assert run.err.count("\n") == 1
+        after = await observe(board)
+        assert after[Atom("states")][Atom("orc_srv")] == (Atom("v1"), 1)
+        assert after[Atom("suspended")] == []
+        assert client.echo(b"three") == b"three"  # not killed: still the code it ran
+        assert after[Atom("connections")] == before[Atom("connections")]
+
+    with_board(orc.v1, tmp_path / "board", body, ssh=mode == "ssh")
+
+
+async def wait_until(board: LocalBoard, name: str, function: tuple[str, str, int]) -> None:
+    """Until the process registered as ``name`` runs ``function``."""
+    while True:
+        pid = await board.rpc("erlang", "whereis", [Atom(name)])
+        info = await board.rpc("erlang", "process_info", [pid, Atom("current_function")])
+        if info == (Atom("current_function"), tuple(Atom(p) if isinstance(p, str) else p
+                                                    for p in function)):  # fmt: skip
+            return
+        await asyncio.sleep(0.05)
+
+
+def test_the_board_finishes_an_upgrade_whose_client_was_killed(
+    orc: Scenario, tmp_path: Path, mode: str
+) -> None:
+    """The upgrade is the board's transaction: a client killed while a code_change runs does
+    not end it; the sync lock stays until it is over (a second client finds the board busy,
+    exit 7), nothing is left suspended, the state is converted."""
+    slow = SRV_V2.replace("orc_stats:bump(srv_up),", "orc_stats:bump(srv_up), timer:sleep(3000),")
+    v2 = build_release(tmp_path / "slow", "2", {**V2, "orc_srv": slow})
+
+    async def body(board: LocalBoard) -> None:
+        rw = str(board.rw_path)
+        argv = cli_argv(board, v2, "-q", rw, "--upgrade", mode=mode)
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        await asyncio.wait_for(wait_until(board, "orc_srv", ("timer", "sleep", 1)), 60)
+        proc.kill()
+        await proc.wait()
+        busy = await relsync(board, v2, "-q", rw, "--upgrade", "--lock-timeout", "0")
+        assert busy.code == 7, busy
+        run = await relsync(board, v2, "-q", rw, "--upgrade", "--lock-timeout", "30", "--json")
+        assert run.code == 0, run
+        assert run.report["upgrade"] == []  # the first one's upgrade finished it all
+        after = await observe(board)
+        assert after[Atom("states")][Atom("orc_srv")] == (Atom("v2"), 0, Atom("converted"))
+        assert after[Atom("suspended")] == []
+
+    with_board(orc.v1, tmp_path / "board", body, ssh=mode == "ssh")
+
+
+def test_an_upgrade_killed_after_the_files_were_replaced_is_resumed(
+    orc: Scenario, tmp_path: Path, mode: str
+) -> None:
+    """In place, the beams the VM ran are replaced before the upgrade: the code the killed
+    sync stashed is what the next --upgrade undoes to, so it runs the upgrade (it used to
+    exit 8, saying the old code could not be undone)."""
+
+    async def body(board: LocalBoard) -> None:
+        await board.rpc("orc_srv", "hit", [])
+        argv = cli_argv(board, orc.v2, "--upgrade", mode=mode)
+        await kill_when_paused(argv, "files_replaced")
+        run = await relsync(board, orc.v2, "--upgrade", "--json")
+        assert run.code == 0, run
+        after = await observe(board)
+        assert after[Atom("states")][Atom("orc_srv")] == (Atom("v2"), 1, Atom("converted"))
+        assert after[Atom("vsn")] == (Atom("ok"), "2")
+
+    with_board(orc.v1, tmp_path / "board", body, ssh=mode == "ssh", writable=True)

@@ -219,7 +219,8 @@ config_change(Changed, New, Removed) ->
 
 PROBE = """-module(orc_probe).
 -export([count_init/1, observe/0]).
-count_init(Mod) -> persistent_term:put({orc_inits, Mod}, persistent_term:get({orc_inits, Mod}, 0) + 1).
+count_init(Mod) ->
+    persistent_term:put({orc_inits, Mod}, persistent_term:get({orc_inits, Mod}, 0) + 1).
 names() -> [orc_sup, orc_stats, orc_srv, orc_conn, orc_events, orc_dyn_sup, orc_old, orc_new,
             orc_listener].
 observe() ->
