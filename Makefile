@@ -6,7 +6,7 @@ EBIN  := relsync/erlang/ebin
 ERL_SRC := $(wildcard relsync/erlang/*.erl)
 BEAMS := $(patsubst relsync/erlang/%.erl,$(EBIN)/%.beam,$(ERL_SRC))
 
-.PHONY: setup erlang examples images arm-image lint test test-arm pytest ct demo bench wheel clean
+.PHONY: setup erlang examples images arm-image lint test test-arm pytest ct demo bench soak wheel clean
 
 setup:
 	@scripts/setup.sh
@@ -55,6 +55,15 @@ demo: erlang examples
 
 bench: erlang examples
 	$(PY) -m bench
+
+# Long random histories of the board model (tests/py/support/board_model.py), both modes,
+# shadow trees and syncs in place; prints histories, steps and failures. Not part of `make test`.
+SOAK_HISTORIES ?= 12
+SOAK_STEPS ?= 25
+soak: erlang examples
+	@scripts/setup.sh test
+	RELSYNC_MODEL_HISTORIES=$(SOAK_HISTORIES) RELSYNC_MODEL_STEPS=$(SOAK_STEPS) \
+	  $(PY) -m pytest -rs -s tests/py/integration/test_model.py
 
 # A wheel in dist/ with the helper beams, relsyncd (compiled) and the harness files.
 wheel: erlang
