@@ -29,6 +29,8 @@ class BoardStatus:
     #: What a sync of the local release would do.
     local: SyncPlan
     old_code: list[ModuleResult]
+    #: Processes suspended (an upgrade leaves none: another tool may).
+    suspended: list[str]
 
 
 async def board_status(target: Target, local: LocalScan, options: SyncOptions) -> BoardStatus:
@@ -43,6 +45,7 @@ async def board_status(target: Target, local: LocalScan, options: SyncOptions) -
         pending=sorted(state.pending),
         local=build_plan(release, state),
         old_code=await target.old_code(),
+        suspended=await target.suspended(),
     )
 
 
@@ -70,6 +73,7 @@ def status_dict(status: BoardStatus) -> dict[str, Any]:
             "purge": status.local.purge,
         },
         "old_code": {m.module: list(m.processes) for m in status.old_code},
+        "suspended": status.suspended,
     }
 
 
@@ -119,6 +123,8 @@ def print_status(status: BoardStatus, out: TextIO = sys.stdout) -> None:
         w(f"  old code of {m.module} still runs in {', '.join(m.processes)}\n")
     if not status.old_code:
         w("  no process runs old code\n")
+    if status.suspended:
+        w(f"  suspended (resume them, or they answer nothing): {_list(status.suspended)}\n")
 
 
 def print_status_json(statuses: list[BoardStatus], out: TextIO = sys.stdout) -> None:

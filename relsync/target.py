@@ -295,6 +295,9 @@ class Target(Protocol):
     async def old_code(self) -> list[ModuleResult]:
         """Modules whose old code some process still runs (``status`` ``old_code``)."""
 
+    async def suspended(self) -> list[str]:
+        """Processes suspended right now (``<0.90.0> name``)."""
+
     async def run_hook(self, module: str, function: str, beam: bytes, timeout: float) -> HookResult:
         """Load the hook module from ``beam`` and run ``module:function()`` with a timeout."""
 

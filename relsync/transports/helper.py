@@ -720,6 +720,11 @@ class HelperTarget(ABC):
             if isinstance(procs, list)
         ]
 
+    async def suspended(self) -> list[str]:
+        """See :class:`relsync.target.Target` (a helper from before it finds none)."""
+        reply = await self._call("suspended", [])
+        return [_proc(p) for p in reply] if isinstance(reply, list) else []
+
     async def run_hook(self, module: str, function: str, beam: bytes, timeout: float) -> HookResult:
         """See :class:`relsync.target.Target`."""
         loaded = await self._load_binary(module, beam)

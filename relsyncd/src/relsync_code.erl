@@ -5,7 +5,7 @@
 
 -export([check_beams/1, delete_modules/2, load_fresh/1, load_modules/2, loaded_shas/0,
          missing_apps/1,
-         old_code/0, otp_libs/0, running_programs/1, stash_code/1, strip_slash/1,
+         old_code/0, suspended/0, otp_libs/0, running_programs/1, stash_code/1, strip_slash/1,
          update_code_path/1, upgrade/2]).
 
 -include("relsync_target.hrl").
@@ -583,6 +583,17 @@ restore(M, Old, Purge) ->
             _ = code:soft_purge(M),             % the newer code, unless something runs it
             ok
     end.
+
+%% Processes suspended now (sys:suspend/1, waiting in sys's suspend loop): an
+%% upgrade resumes every process it suspends, but another tool may not.
+-spec suspended() -> procs().
+suspended() ->
+    [{P, reg_name(P)} || P <- processes(),
+                         case process_info(P, current_function) of
+                             {current_function, {sys, F, 6}} ->
+                                 F =:= suspend_loop orelse F =:= suspend_loop_hib;
+                             _ -> false
+                         end].
 
 %% Modules whose old code some process still runs, with those processes.
 -spec old_code() -> [{module(), procs()}].

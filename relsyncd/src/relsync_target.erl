@@ -20,7 +20,7 @@
          block_signatures/2, put_delta/5,
          delete_files/1, delete_dirs/1, make_symlinks/1, update_code_path/1,
          load_fresh/1, load_modules/2, delete_modules/2, loaded_shas/0, mark_pending/1, code_state/0,
-         running_programs/1, stash_code/1, upgrade/2, old_code/0, check_beams/1,
+         running_programs/1, stash_code/1, upgrade/2, old_code/0, suspended/0, check_beams/1,
          missing_apps/1,
          run_hook/3]).
 
@@ -127,6 +127,7 @@ running_programs(A1) -> relsync_code:running_programs(A1).
 stash_code(A1) -> relsync_code:stash_code(A1).
 upgrade(A1, A2) -> relsync_code:upgrade(A1, A2).
 old_code() -> relsync_code:old_code().
+suspended() -> relsync_code:suspended().
 check_beams(A1) -> relsync_code:check_beams(A1).
 missing_apps(A1) -> relsync_code:missing_apps(A1).
 run_hook(A1, A2, A3) -> relsync_hooks:run_hook(A1, A2, A3).

@@ -235,6 +235,15 @@ def test_a_failed_upgrade_is_undone_without_killing_and_says_what_runs(
         assert client.echo(b"three") == b"three"  # not killed: still the code it ran
         assert after[Atom("connections")] == before[Atom("connections")]
 
+        # --status names what still runs old code, and any process left suspended.
+        status = await relsync(board, stuck, "-q", rw, "--status", "--json")
+        assert "orc_acceptor" in status.report["old_code"], status.report
+        assert status.report["suspended"] == []
+        await board.rpc("sys", "suspend", [Atom("orc_conn")])
+        status = await relsync(board, stuck, "-q", rw, "--status")
+        assert "suspended (resume them" in status.out and "orc_conn" in status.out, status.out
+        await board.rpc("sys", "resume", [Atom("orc_conn")])
+
     with_board(orc.v1, tmp_path / "board", body, ssh=mode == "ssh")
 
 
