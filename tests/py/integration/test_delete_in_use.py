@@ -75,6 +75,33 @@ def test_a_module_its_supervisor_still_starts_stays_loaded(
     with_board(demo_release, tmp_path / "board", body, mode)
 
 
+def test_with_upgrade_its_child_is_stopped_first_and_the_vm_stays_up(
+    demo_release: Path, tmp_path: Path, mode: str
+) -> None:
+    without = Variant(demo_release, tmp_path / "without").remove("demo_counter")
+
+    async def body(board: LocalBoard) -> None:
+        rw = str(board.rw_path)
+        run = await relsync(board, without.root, "-q", rw, "--upgrade", "--json")
+        assert run.code == 0, run
+        stopped = {"event": "stopped_child", "module": "demo_sup", "process": "demo_counter"}
+        assert stopped in run.report["processes"], run.report["processes"]
+        assert {"module": "demo_counter", "status": "deleted", "processes": [], "detail": ""} in (
+            run.report["modules"]
+        )
+        assert not await loaded(board, "demo_counter")
+        children = await rpc(board, "supervisor", "which_children", Atom("demo_sup"))
+        assert isinstance(children, list) and "demo_counter" not in [c[0] for c in children]
+        # demo_sup restarts its other children as before: nothing left to start the module.
+        pid = await rpc(board, "erlang", "whereis", Atom("demo_store"))
+        await rpc(board, "erlang", "exit", pid, Atom("kill"))
+        await restarted(board, "demo_store", pid)
+        status = await relsync(board, without.root, "-q", rw, "--status", "--json")
+        assert status.report["pending"] == [] and status.report["against_local"]["purge"] == []
+
+    with_board(demo_release, tmp_path / "board", body, mode)
+
+
 def test_a_deleted_module_nobody_uses_is_unloaded(
     demo_release: Path, tmp_path: Path, mode: str
 ) -> None:
