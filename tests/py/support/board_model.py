@@ -343,6 +343,8 @@ class History:
         )
         if not self.in_place:
             self.expect(synced_tree(dest) == self.pristine, "the read-only release changed")
+        elif self.fresh:
+            self._check_rsync()
         for where in (dest, rw):
             left = leftovers(where, self.synced)
             self.expect(not left, f"temporary files left in {where}: {left}")
@@ -356,6 +358,20 @@ class History:
             version == (pool[0] if pool else 1), f"demo_counter's process runs version {version}"
         )
         await self._check_status()
+
+    def _check_rsync(self) -> None:
+        """rsync, asked what it would change to make the release like the local one, finds
+        nothing (checksums, modes, symlinks; lib/ with deletions, less OTP's applications and
+        shared libraries, which a sync leaves alone; files, not empty directories)."""
+        otp = [f"--exclude=/{a}-*" for a in sorted(_otp_apps())]
+        for top, extra in (("lib", ["--delete", *otp, "--exclude=*.so"]), ("releases", []),
+                           ("bin", [])):  # fmt: skip
+            out = subprocess.run(
+                ["rsync", "-rlpcmn", "--itemize-changes", *extra,
+                 f"{self.local}/{top}/", f"{self.board.release_path}/{top}/"],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            self.expect(not out.strip(), f"rsync would still change {top}/: {out.strip()[:300]}")
 
     async def _check_code(self, root: Path, seen: dict[str, str]) -> None:
         """Each module of the tree is loaded, from the tree, with the file's MD5; the pool's
