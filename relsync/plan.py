@@ -193,6 +193,10 @@ def build_plan(release: LocalRelease, state: TargetState) -> SyncPlan:
         original=_without_temps(state.original, release),
         shadow=_without_temps(state.shadow, release),
     )
+    if state.rw:  # the original's entries in the way of a change of type are not mirrored
+        blocking = _in_the_way(state.original, release)
+        original = {rel: e for rel, e in state.original.items() if rel not in blocking}
+        state = replace(state, original=original)
     plan = SyncPlan(root=root)
     current = effective_files(state)
     local = release.files

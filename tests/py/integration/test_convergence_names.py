@@ -87,7 +87,7 @@ def converges(
             again = await relsync(board, local, *rw, "--json")
             assert again.code == 0, (local.name, again.err)
             done = {key: again.report[key] for key in NOTHING}
-            assert done == dict.fromkeys(NOTHING, []), local.name
+            assert done == {key: [] for key in NOTHING}, local.name
             assert again.report["bytes_sent"] == 0, local.name
 
     with_board(board_release, tmp_path / "board", body, mode, writable=place == "in place")
@@ -137,8 +137,15 @@ def test_release_files_named_like_temporaries_are_kept(
 def typed(base: Path, root: Path, flipped: bool) -> Path:
     """A release whose priv/ has one path of every type change: t1 a symlink to a directory
     (flipped: a directory), t2 a directory (a symlink), t3 a file (a directory), t4 a
-    directory (a file), t5 a symlink to a file (a file), t6 a file (a symlink)."""
+    directory (a file), t5 a symlink to a file (a file), t6 a file (a symlink); and outside
+    lib/, where nothing is deleted otherwise, releases/t7 a file (a directory)."""
     Variant(base, root)
+    t7 = root / "releases" / "t7"
+    if flipped:
+        t7.mkdir()
+        (t7 / "inside.txt").write_text("t7")
+    else:
+        t7.write_text("t7 file")
     priv = root / PRIV
     (priv / "data").mkdir()
     (priv / "data/a.txt").write_text("a")
