@@ -4,7 +4,7 @@
 -module(relsync_code).
 
 -export([check_beams/1, delete_modules/2, load_fresh/1, load_modules/2, loaded_shas/0,
-         missing_apps/1,
+         missing_apps/1, outdated/1,
          old_code/0, suspended/0, otp_libs/0, running_programs/1, stash_code/1, strip_slash/1,
          update_code_path/1, upgrade/2]).
 
@@ -443,6 +443,19 @@ has_app(A, Libs) ->
         _ -> true
     end.
 
+%% Of Mods, those whose loaded code is not the beam it was loaded from as that
+%% file is now (changed: a build replaced it), or that are not loaded (new):
+%% what a VM running the very release relsync syncs from has to load.
+-spec outdated([module()]) -> [{module(), changed | new}].
+outdated(Mods) when is_list(Mods) ->
+    [{M, How} || M <- Mods, is_atom(M),
+                 How <- case code:is_loaded(M) of
+                            false -> [new];
+                            {file, File} when is_list(File) ->
+                                [changed || not is_tuple(running_beam(M, File))];
+                            _ -> [changed]
+                        end].
+
 %% Before the files change, keep the code each module runs now ({File, Beam}
 %% in the state table, checked against the loaded code's MD5), so that an
 %% upgrade step that fails can load it again. Not loaded: nothing kept.
@@ -483,10 +496,13 @@ running_beam(M, File) ->
 %% is undone is marked pending, so the next sync loads it whatever the files
 %% say. Opts: direction (up | down), timeout (ms, per process call), purge,
 %% apps (.app files whose specs replace the loaded applications') and config
-%% (the release's sys.config, or none).
+%% (the release's sys.config, or none), lost_code (allow: go on when the code a
+%% module runs is no longer in its beam, e.g. a VM run from the very release a
+%% build replaced; a failing step leaves that module on its new code).
 -spec upgrade([relsync_upgrade:step()], #{direction => up | down, timeout => timeout(),
                                           purge => purge(), apps => [binary()],
-                                          config => binary() | none}) -> map().
+                                          config => binary() | none,
+                                          lost_code => allow | refuse}) -> map().
 upgrade(Steps, Opts) when is_list(Steps), is_map(Opts) ->
     relsync_state:ensure_state(),
     Caller = self(),
@@ -517,7 +533,8 @@ pinned(Steps, Opts) ->
     Mods = [element(2, S) || S <- Steps, is_tuple(S), tuple_size(S) >= 2],
     Old = maps:from_list([{M, stashed(M)} || M <- Mods]),
     ok = relsync_state:drop_old_code(Mods),
-    case [M || {M, unavailable} <- maps:to_list(Old)] of
+    case [M || {M, unavailable} <- maps:to_list(Old),
+               maps:get(lost_code, Opts, refuse) =/= allow] of
         [M | _] ->
             #{result => {error, {no_old_code, M}}, events => [], modules => []};
         [] ->

@@ -21,7 +21,7 @@
          delete_files/1, delete_dirs/1, make_symlinks/1, update_code_path/1,
          load_fresh/1, load_modules/2, delete_modules/2, loaded_shas/0, mark_pending/1, code_state/0,
          running_programs/1, stash_code/1, upgrade/2, old_code/0, suspended/0, check_beams/1,
-         missing_apps/1,
+         missing_apps/1, outdated/1,
          run_hook/3]).
 
 -include("relsync_target.hrl").
@@ -130,4 +130,5 @@ old_code() -> relsync_code:old_code().
 suspended() -> relsync_code:suspended().
 check_beams(A1) -> relsync_code:check_beams(A1).
 missing_apps(A1) -> relsync_code:missing_apps(A1).
+outdated(A1) -> relsync_code:outdated(A1).
 run_hook(A1, A2, A3) -> relsync_hooks:run_hook(A1, A2, A3).

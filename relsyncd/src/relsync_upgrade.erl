@@ -301,6 +301,9 @@ undo(#{done := Done} = St) ->
     Undone = lists:foldl(fun undo_step/2, St#{done := []}, Done),
     Undone#{undone => not lists:keymember(not_undone, 1, maps:get(events, Undone))}.
 
+undo_step({M, How, _, _}, #{opts := #{old_code := Old}} = St)
+  when How =/= convert, map_get(M, Old) =:= unavailable -> % gone: see lost_code
+    event({not_undone, M, []}, St);
 undo_step({M, How, Pids, Conv}, #{opts := #{old_code := Old} = Opts} = St) ->
     Live = [P || P <- Pids, is_process_alive(P)],
     case restorable(M, maps:get(purge, Opts, soft)) of

@@ -303,7 +303,7 @@ no_path() ->
     [{info, 0}, {unlock, 1}, {loaded_shas, 0}, {code_state, 0}, {old_code, 0},
      {suspended, 0},
      {mark_pending, 1}, {stash_code, 1}, {delete_modules, 2}, {check_beams, 1},
-     {missing_apps, 1}, {running_programs, 1}, {run_hook, 3}].
+     {missing_apps, 1}, {outdated, 1}, {running_programs, 1}, {run_hook, 3}].
 
 check_args(F, Args, A) ->
     case lists:member({F, length(Args)}, no_path()) of

@@ -24,7 +24,7 @@
          update_code_path/1,
          load_modules_basic/1, load_modules_recorded/1, load_modules_gen_server/1,
          load_modules_old_code/1, load_modules_same_code/1, load_fresh/1, delete_modules/1,
-         delete_modules_users/1,
+         delete_modules_users/1, outdated/1,
          run_hook_output/1, run_hook_exception/1, run_hook_timeout/1,
          run_hook_caller_dies/1, run_hook_not_exported/1]).
 
@@ -44,7 +44,7 @@ all() ->
      update_code_path,
      load_modules_basic, load_modules_recorded, load_modules_gen_server,
      load_modules_old_code, load_modules_same_code, load_fresh, delete_modules,
-     delete_modules_users,
+     delete_modules_users, outdated,
      run_hook_output, run_hook_exception, run_hook_timeout,
      run_hook_caller_dies, run_hook_not_exported].
 
@@ -997,6 +997,23 @@ load_modules_same_code(Config) ->
         Pid ! stop
     end,
     [{rs_same, deleted}] = ?T:delete_modules([rs_same], brutal).
+
+%% outdated/1 names the modules whose loaded code is not the beam they were
+%% loaded from as it is now (a build rewrote it: changed) and those not loaded
+%% (new); a module whose beam still holds its code is not named.
+outdated(Config) ->
+    Dir = ?config(dir, Config),
+    Beam = compile_mod(Dir, "v", rs_out, "-export([v/0]). v() -> 1.\n"),
+    [{rs_out, {loaded, []}}] = ?T:load_modules([{rs_out, Beam}], soft),
+    try
+        ?assertEqual([{rs_not_loaded, new}], ?T:outdated([rs_out, rs_not_loaded])),
+        {ok, _} = file:copy(compile_mod(Dir, "v2", rs_out, "-export([v/0]). v() -> 2.\n"),
+                            Beam),
+        ?assertEqual([{rs_out, changed}], ?T:outdated([rs_out])),
+        ?assertEqual(1, rs_out:v())                         % nothing loaded
+    after
+        [{rs_out, deleted}] = ?T:delete_modules([rs_out], brutal)
+    end.
 
 %% load_fresh/1 loads only the modules the VM has no code of, together; a
 %% loaded one, one with an on_load function (its files may not be there yet)

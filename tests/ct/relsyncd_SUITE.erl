@@ -529,7 +529,7 @@ ctl_forbidden(Config) ->
     %% Every function of the channel's API has a case here, or takes no path.
     NoPath = [{info, 0}, {unlock, 1}, {loaded_shas, 0}, {code_state, 0}, {old_code, 0},
               {mark_pending, 1}, {stash_code, 1}, {delete_modules, 2}, {check_beams, 1},
-              {missing_apps, 1}, {running_programs, 1}, {run_hook, 3}],
+              {missing_apps, 1}, {outdated, 1}, {running_programs, 1}, {run_hook, 3}],
     Covered = lists:usort([{F, length(Args)} || {F, Args, _} <- Cases] ++ NoPath),
     ?assertEqual(lists:sort(relsyncd_channel:api()), Covered),
     %% nothing of a refused batch was done, not even its allowed part
