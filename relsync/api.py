@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from relsync.boards import Board
-from relsync.destination import release_destination
+from relsync.destination import release_destination, runs_local_release
 from relsync.engine import SyncOptions, SyncReport, check_paths
 from relsync.engine import sync as sync_target
 from relsync.errors import RelsyncError, UsageError
@@ -130,14 +130,24 @@ async def open_target(board: Board, settings: Settings, root: Path | None) -> Ta
 
 
 async def board_options(
-    board: Board, settings: Settings, hook: Hook | None, target: Target, *, dry_run: bool
+    board: Board,
+    settings: Settings,
+    hook: Hook | None,
+    target: Target,
+    *,
+    dry_run: bool,
+    local: Path | None = None,
 ) -> SyncOptions:
     """One board's sync options: its own settings first, then ``settings`` (the release path,
-    when neither gives it, is the one the board runs)."""
+    when neither gives it, is the one the board runs; with the ``local`` release's path, a
+    sync in place learns whether that is the local release itself)."""
     given = board.dest_path or settings.destination_path
+    dest = await release_destination(target, given, settings.force_path)
+    rw = board.rw_path or settings.destination_rw_path or None
     options = SyncOptions(
-        dest_path=await release_destination(target, given, settings.force_path),
-        rw_path=board.rw_path or settings.destination_rw_path or None,
+        dest_path=dest,
+        rw_path=rw,
+        local_tree=bool(local and not rw and await runs_local_release(target, dest, local)),
         hook=hook,
         hook_timeout=settings.hook_timeout,
         brutal_purge=settings.purge == "brutal",
@@ -167,7 +177,9 @@ async def sync_one(
     target = await open_target(board, settings, local.root)
     bar = ProgressBar(board.destination, enabled=progress)
     try:
-        options = await board_options(board, settings, hook, target, dry_run=settings.dry_run)
+        options = await board_options(
+            board, settings, hook, target, dry_run=settings.dry_run, local=local.root
+        )
         release, state = await scan_while_reading(target, local, options)
         return await sync_target(
             target, release, options, on_transfer=bar.start, progress=bar.advance, state=state

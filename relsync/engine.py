@@ -11,13 +11,13 @@ import posixpath
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from relsync.errors import BusyError, ExitCode, HookError, TargetError, UsageError
 from relsync.otp_check import check_apps_present, check_beams_fit
 from relsync.pause import pause_point
-from relsync.plan import SyncPlan, TargetState, boot_files_changed, build_plan
+from relsync.plan import SyncPlan, TargetState, boot_files_changed, build_plan, module_of
 from relsync.release import FileKind, LocalRelease, Skipped
 from relsync.target import (
     HookResult,
@@ -50,6 +50,9 @@ class SyncOptions:
     upgrade: bool = False
     #: Limit for each process's suspend, code_change and resume during an upgrade.
     upgrade_timeout: float = 10.0
+    #: The release at ``dest_path`` is the local release's own directory (see
+    #: :func:`relsync.destination.runs_local_release`): nothing is written, only reloaded.
+    local_tree: bool = False
 
 
 @dataclass(slots=True)
@@ -161,6 +164,7 @@ async def read_state(target: Target, excl: tuple[str, ...], options: SyncOptions
         shadow=seen.shadow,
         shadow_active=active,
         excluded_dirs=excluded,
+        local_tree=options.local_tree and not rw,
         loaded=seen.code.recorded,
         pending=seen.code.pending,
         vm_loaded=seen.code.vm_loaded,
@@ -226,6 +230,9 @@ async def _sync(
     on_transfer: TransferStart | None,
     progress: Progress | None,
 ) -> SyncReport:
+    if state.local_tree:  # the files are ours: the VM says which modules it runs other code of
+        modules = [module_of(r) for r, f in release.files.items() if f.kind is FileKind.BEAM]
+        state = replace(state, outdated=await target.outdated(modules))
     plan = build_plan(release, state)
     report = SyncReport(target.label, plan, list(release.skipped), dry_run=options.dry_run)
     report.hash = state.hash
@@ -235,6 +242,7 @@ async def _sync(
     if options.upgrade:
         report.upgrade = upgrade_steps(plan, release, state)
         report.app_specs, report.sys_config = app_data(plan, release)
+        report.warnings += _lost_code(target, state, report)
     report.warnings += [
         f"{rel} changed: the VM reads it when it boots, so it applies after a restart"
         for rel in boot_files_changed(plan)
@@ -281,6 +289,23 @@ async def _sync(
             report.error = failure
             report.exit_code = ExitCode.HOOK
     return report
+
+
+def _lost_code(target: Target, state: TargetState, report: SyncReport) -> list[str]:
+    """Say, before an upgrade starts, which modules it cannot undo: run from the local
+    release's own directory, the VM's old code was in the beams the build replaced."""
+    lost = sorted(
+        s.module
+        for s in report.upgrade
+        if state.local_tree and state.outdated.get(s.module) == "changed"
+    )
+    if not lost:
+        return []
+    return [
+        f"{target.label} runs the release you built, and the build replaced the beams of "
+        f"{', '.join(lost)}: their old code is gone, so a step that fails cannot be undone "
+        "for them (they would keep the new code)"
+    ]
 
 
 async def stash_for_undo(target: Target, report: SyncReport) -> None:
@@ -350,6 +375,7 @@ async def _run_upgrade(
         brutal=options.brutal_purge,
         apps=report.app_specs,
         config=report.sys_config,
+        lost_code=options.local_tree,
     )
     report.modules += result.modules
     report.events += result.events
@@ -367,6 +393,11 @@ async def _run_upgrade(
             "--upgrade for a plain reload)"
         )
         report.exit_code = ExitCode.UPGRADE
+    elif result.error and not (result.modules or result.events):
+        report.error = (
+            f"upgrade refused, {target.label} runs the code it ran before: {result.error}"
+        )
+        report.exit_code = ExitCode.UPGRADE
     elif result.error:
         kept = sorted({e.module for e in result.events if e.what == "not_undone"})
         how = (
@@ -375,6 +406,11 @@ async def _run_upgrade(
             if kept
             else "the new code runs"
         )
+        if kept and options.local_tree:
+            how = (
+                f"could not be undone for {', '.join(kept)}: the build replaced the beams the "
+                "VM ran, so their old code is gone (they run the new code)"
+            )
         report.error = f"upgrade failed: {result.error}; {how}: fix it and sync again"
         report.exit_code = ExitCode.UPGRADE_KEPT
 

@@ -51,6 +51,12 @@ class TargetState:
     hash: str = "sha256"
     #: The OTP release the target runs (``"25"``).
     otp_release: str = ""
+    #: ``dest`` is the local release's own directory (the VM runs the very tree relsync
+    #: syncs from): there is nothing to copy, and what the VM runs is known module by module
+    #: from ``outdated``: the modules whose loaded code is not their beam on disk, ``changed``,
+    #: or that are not loaded at all, ``new``.
+    local_tree: bool = False
+    outdated: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -186,6 +192,8 @@ def build_plan(release: LocalRelease, state: TargetState) -> SyncPlan:
     as the target hashes: see :func:`relsync.release.hashed_as`)."""
     if release.hash != state.hash:
         raise ValueError(f"a release hashed with {release.hash} for a {state.hash} target")
+    if state.local_tree:
+        return _plan_local_tree(release, state)
     root = state.rw or state.dest
     temps = sorted(_leftovers(state.shadow if state.rw else state.original, release))
     state = replace(
@@ -242,6 +250,16 @@ def _in_the_way(entries: dict[str, RemoteEntry], release: LocalRelease) -> set[s
 def _below(rel: str, paths: Set[str]) -> bool:
     """Whether ``rel`` lies below one of ``paths``."""
     return any(d in paths for d in _parents(rel))
+
+
+def _plan_local_tree(release: LocalRelease, state: TargetState) -> SyncPlan:
+    """The plan when the target runs the local release's own directory: nothing to write,
+    link or delete there (its symlinks lead into the project: a write would go through them),
+    only modules to load (see ``TargetState.outdated``)."""
+    plan = SyncPlan(root=state.dest)
+    files = {rel: RemoteFile(rel, lf.size, lf.mode, lf.digest) for rel, lf in release.files.items()}
+    _plan_code(release, state, files, plan)
+    return plan
 
 
 def _plan_in_place(release: LocalRelease, state: TargetState, plan: SyncPlan) -> None:
@@ -334,7 +352,11 @@ def _plan_code(
         for rel, f in sorted(current.items(), key=lambda item: is_consolidated(item[0]))
         if is_beam(rel)
     }
-    running.update(state.loaded)
+    if state.local_tree:  # the files are the local ones, and the VM says which it runs
+        running = {m: d for m, d in running.items() if state.outdated.get(m) != "new"}
+        running.update((m, b"") for m, how in state.outdated.items() if how == "changed")
+    else:
+        running.update(state.loaded)
     local_modules: dict[str, LocalFile] = {
         module_of(rel): lf
         for rel, lf in sorted(release.files.items(), key=lambda item: is_consolidated(item[0]))

@@ -280,14 +280,21 @@ class Target(Protocol):
         brutal: bool,
         apps: Sequence[str] = (),
         config: str | None = None,
+        lost_code: bool = False,
     ) -> UpgradeResult:
         """Carry out ``steps`` with processes suspended and their state converted (``down``:
         ``code_change`` with ``{down, Vsn}``); a failing step undoes them all. ``apps``: the
         ``.app`` files whose specs and env replace the loaded applications' (with the
-        ``config`` file's env), as release_handler does."""
+        ``config`` file's env), as release_handler does. ``lost_code``: go ahead when the
+        code a module runs is no longer on disk (a failing step then leaves it on the new)."""
 
     async def check_beams(self, beams: Sequence[tuple[str, bytes]]) -> dict[str, str]:
         """Test-load ``(module, beam)`` without loading; the refused modules, with why."""
+
+    async def outdated(self, modules: Sequence[str]) -> dict[str, str]:
+        """Of ``modules``, those whose loaded code is not the beam they were loaded from as it
+        is now, ``changed``, or that are not loaded, ``new`` (all ``changed`` for a helper
+        from before)."""
 
     async def missing_apps(self, apps: Sequence[str]) -> list[str]:
         """Which of ``apps`` the target has neither on its code path nor in its OTP."""

@@ -225,8 +225,9 @@ def upgrade_error(reason: Term) -> str:
         )
     if kind == "no_old_code" and len(rest) == 1:
         return (
-            f"the code {_text(rest[0])} runs is not the file it was loaded from, so it could not "
-            "be undone: sync once without --upgrade"
+            f"the code {_text(rest[0])} runs is no longer in its beam on disk (replaced by "
+            "something else than relsync), so a failing step could not be undone; restart "
+            "the node to run the beams"
         )
     return f"the upgrade failed: {format_term(why)}"
 
@@ -662,6 +663,7 @@ class HelperTarget(ABC):
         brutal: bool,
         apps: Sequence[str] = (),
         config: str | None = None,
+        lost_code: bool = False,
     ) -> UpgradeResult:
         """See :class:`relsync.target.Target`."""
         await self._ensure_upgrader()
@@ -674,6 +676,8 @@ class HelperTarget(ABC):
         }
         if self._token is not None:  # the board keeps our lock until the upgrade is over
             opts[Atom("token")] = self._token
+        if lost_code:
+            opts[Atom("lost_code")] = Atom("allow")
         args: list[Term] = [[_step(s) for s in steps], opts]
         # Every process call may take ``timeout``: the call as a whole gets them all.
         limit = FILE_TIMEOUT + timeout * 4 * max(1, len(steps))
@@ -703,6 +707,13 @@ class HelperTarget(ABC):
             for e in reply
             if isinstance(e, tuple) and len(e) == 2
         }
+
+    async def outdated(self, modules: Sequence[str]) -> dict[str, str]:
+        """See :class:`relsync.target.Target`."""
+        reply = await self._call("outdated", [[Atom(m) for m in modules]], FILE_TIMEOUT)
+        if not isinstance(reply, list):  # a helper from before: reload them all
+            return dict.fromkeys(modules, "changed")
+        return {_text(e[0]): _text(e[1]) for e in reply if isinstance(e, tuple) and len(e) == 2}
 
     async def missing_apps(self, apps: Sequence[str]) -> list[str]:
         """See :class:`relsync.target.Target` (a helper from before it finds none missing)."""

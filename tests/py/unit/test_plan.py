@@ -378,3 +378,51 @@ def test_a_beam_the_embedded_vm_has_not_loaded_is_loaded() -> None:
     assert [m for m, _, _ in build_plan(local(extra), state).reload] == ["late"]
     assert build_plan(local(extra), replace(state, vm_loaded=everything | {"late"})).reload == []
     assert build_plan(local(extra), replace(state, vm_loaded=None)).reload == []  # interactive
+
+
+def _dev_mode_board() -> dict[str, RemoteEntry]:
+    """How the board lists a dev-mode release: the application and the boot configuration
+    are symlinks into the project, whose files it does not walk into."""
+    return {
+        "lib/demo-0.1.0": RemoteLink("lib/demo-0.1.0", "/home/me/demo/_build/default/lib/demo"),
+        "releases/0.1.0/demo.rel": RemoteFile("releases/0.1.0/demo.rel", 3, 0o644, sha("rel")),
+        "releases/0.1.0/sys.config": RemoteLink(
+            "releases/0.1.0/sys.config", "/home/me/demo/config/sys.config"
+        ),
+    }
+
+
+def test_the_local_release_itself_is_never_written_only_reloaded() -> None:
+    release = local({**BASE, "releases/0.1.0/sys.config": "[]."})
+    state = TargetState(
+        DEST, None, _dev_mode_board(), local_tree=True, outdated={"demo_counter": "changed"}
+    )
+    plan = build_plan(release, state)
+    assert (plan.writes, plan.links, plan.delete_paths, plan.delete_dirs) == ([], [], [], [])
+    assert (plan.added, plan.changed, plan.deleted) == ([], [], [])
+    assert plan.code_path_add == plan.code_path_remove == []
+    assert [m for m, _, _ in plan.reload] == ["demo_counter"] and plan.new_modules == []
+    # The VM runs what the beams hold (whatever relsync loaded before): nothing to do.
+    again = replace(state, outdated={}, loaded={"demo_app": sha("app v0")})
+    assert not build_plan(release, again).touches_target
+
+
+def test_a_module_the_local_release_gained_is_loaded_as_new() -> None:
+    release = local({**BASE, "lib/demo-0.1.0/ebin/demo_new.beam": "new"})
+    state = TargetState(DEST, None, {}, local_tree=True, outdated={"demo_new": "new"})
+    plan = build_plan(release, state)
+    assert [m for m, _, _ in plan.reload] == plan.new_modules == ["demo_new"]
+    assert plan.writes == []
+
+
+def test_a_copied_dev_mode_release_has_its_links_replaced_never_written_through() -> None:
+    release = local({**BASE, "releases/0.1.0/sys.config": "[]."})
+    plan = build_plan(release, TargetState(DEST, None, _dev_mode_board()))
+    # The link into the project goes before anything is written below its path.
+    assert f"{DEST}/lib/demo-0.1.0" in plan.delete_paths
+    assert plan.delete_paths.index(f"{DEST}/lib/demo-0.1.0") == 0
+    written = {w.path for w in plan.writes}
+    assert f"{DEST}/lib/demo-0.1.0/ebin/demo_app.beam" in written
+    # A link where the release has a file is replaced by the file's rename, not written to.
+    assert f"{DEST}/releases/0.1.0/sys.config" in written
+    assert f"{DEST}/releases/0.1.0/sys.config" not in plan.delete_paths
