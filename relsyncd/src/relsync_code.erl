@@ -3,12 +3,20 @@
 %% applications against this VM, port programs, upgrades.
 -module(relsync_code).
 
--export([check_beams/1, delete_modules/2, load_fresh/1, load_modules/2, loaded_shas/0,
+-export([check_beams/1, delete_modules/2, otp_own/1, load_fresh/1, load_modules/2, loaded_shas/0,
          missing_apps/1, outdated/1,
          old_code/0, suspended/0, otp_libs/0, running_programs/1, stash_code/1, strip_slash/1,
          update_code_path/1, upgrade/2]).
 
 -include("relsync_target.hrl").
+
+%% OTP's applications (OTP 25 to 27): their modules are OTP's own (otp_own/1).
+-define(OTP_APPS, ["asn1", "common_test", "compiler", "crypto", "debugger", "dialyzer",
+                   "diameter", "edoc", "eldap", "erl_docgen", "erl_interface", "erts", "et",
+                   "eunit", "ftp", "inets", "jinterface", "kernel", "megaco", "mnesia",
+                   "observer", "odbc", "os_mon", "parsetools", "public_key", "reltool",
+                   "runtime_tools", "sasl", "snmp", "ssh", "ssl", "stdlib", "syntax_tools",
+                   "tftp", "tools", "wx", "xmerl"]).
 
 %% Fresh modules loaded together at most (see load_fresh/1).
 -define(FRESH_GROUP, 64).
@@ -130,7 +138,7 @@ stage({M, Path, Sha}, Purge) -> stage(M, Path, Sha, Purge).
 %% Read and check a module's beam and purge its old code, ready to load. When
 %% the VM runs that very code already, it is recorded as loaded and left be.
 stage(M, Path, Sha, Purge) ->
-    case code:is_sticky(M) of
+    case otp_own(M) of
         true -> relsync_state:clear_pending(M), sticky;           % final: never loadable here
         false ->
             case read_beam(Path, Sha) of
@@ -204,7 +212,7 @@ groups(L) ->
 
 fresh(M) ->
     code:is_loaded(M) =:= false andalso not erlang:check_old_code(M)
-        andalso not code:is_sticky(M).
+        andalso not otp_own(M).
 
 %% Whether a beam names load_nif (a NIF's loader, nearly always from an on_load
 %% function). A module with an on_load function makes code:atomic_load/1 refuse
@@ -259,6 +267,21 @@ loaded_shas() ->
     maps:from_list([{M, Sha} || {M, Sha} <- relsync_state:loaded_records(),
                                 code:is_loaded(M) =/= false]).
 
+%% Whether M is OTP's own, never loaded or deleted here (replacing lists or
+%% deleting it takes the VM down): sticky, preloaded, or loaded from one of
+%% OTP's applications (lib/App-Vsn/ebin, wherever OTP's lib is: an embedded
+%% VM's code server may stick no directory at all).
+-spec otp_own(module()) -> boolean().
+otp_own(M) ->
+    code:is_sticky(M) orelse
+        case code:is_loaded(M) of
+            {file, preloaded} -> true;
+            {file, File} when is_list(File) ->
+                App = filename:basename(filename:dirname(filename:dirname(File))),
+                lists:member(hd(string:split(App, "-")), ?OTP_APPS);
+            _ -> false
+        end.
+
 load_binary(M, Path, Bin) ->
     case code:load_binary(M, relsync_hash:to_list(Path), Bin) of
         {module, M} -> {loaded, lingering(M)};
@@ -275,7 +298,7 @@ load_binary(M, Path, Bin) ->
 delete_modules(Mods, Purge) ->
     relsync_state:ensure_state(),
     Users = users([M || M <- Mods, is_atom(M), code:is_loaded(M) =/= false,
-                        not code:is_sticky(M)]),
+                        not otp_own(M)]),
     [{M, settled(M, delete_module(M, maps:get(M, Users, []), Purge))} || M <- Mods].
 
 settled(M, Result) when Result =:= deleted; Result =:= not_loaded; Result =:= sticky;
@@ -288,7 +311,7 @@ settled(_M, Result) ->
 %% A {not_purged, _} from the second purge means the current code is gone but
 %% the listed processes still run the (now old) code.
 delete_module(M, Users, Purge) ->
-    case {code:is_sticky(M), code:is_loaded(M), erlang:check_old_code(M)} of
+    case {otp_own(M), code:is_loaded(M), erlang:check_old_code(M)} of
         {true, _, _} -> sticky;
         {_, false, false} -> not_loaded;
         {_, {file, _}, _} when Users =/= [], Purge =/= brutal -> {in_use, Users};

@@ -228,7 +228,8 @@ finish(Tmp, Path, Mode, Sha) ->
 %% the hash for that file.
 install(Tmp, #file_info{inode = Ino} = Info, Path, Mode, Sha) ->
     case do_steps([fun() -> same_inode(Tmp, Ino) end,
-                   fun() -> set_mode(Tmp, Info, Mode band 8#7777) end,
+                   %% permission bits only: no setuid, setgid or sticky file
+                   fun() -> set_mode(Tmp, Info, Mode band 8#777) end,
                    fun() -> file:rename(Tmp, Path) end]) of
         ok -> relsync_state:cache_known(Path, Info, Sha);
         Err -> Err
@@ -283,21 +284,28 @@ is_regular(Tmp) ->
         Err -> Err
     end.
 
-%% Create Dir and its parents; an existing non-directory is enotdir.
+%% Create Dir and its parents; an existing non-directory is enotdir. A
+%% dangling symlink on the way is enoent: it is there (make_dir says eexist)
+%% and leads nowhere (read_file_info says enoent).
 mkdir_p(Dir) ->
-    case file:read_file_info(Dir, ?INFO) of
-        {ok, #file_info{type = directory}} -> ok;
-        {ok, _} -> {error, enotdir};
+    case dir_info(Dir) of
         {error, enoent} ->
             Parent = filename:dirname(Dir),
             case Parent =:= Dir orelse mkdir_p(Parent) of
                 true -> {error, enoent};
                 ok -> case file:make_dir(Dir) of
-                          {error, eexist} -> mkdir_p(Dir); % lost a race, recheck
+                          {error, eexist} -> dir_info(Dir);  % lost a race, or dangling
                           R -> R
                       end;
                 Err -> Err
             end;
+        Known -> Known
+    end.
+
+dir_info(Dir) ->
+    case file:read_file_info(Dir, ?INFO) of
+        {ok, #file_info{type = directory}} -> ok;
+        {ok, _} -> {error, enotdir};
         Err -> Err
     end.
 

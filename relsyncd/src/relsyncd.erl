@@ -16,11 +16,16 @@
 %%   authorized_public_keys  [OpenSSH public key line], default []
 %%   host_key_dir            writable dir for ssh_host_ecdsa_key, default "/data/relsyncd"
 %%   allowed_paths           [dir], default [code:root_dir(), "/data"]: all SFTP and
-%%                           control-channel paths must be inside one of them
+%%                           control-channel paths must be inside one of them, except
+%%                           the daemon's own files (the host key, authorized_keys and
+%%                           the VM's crash dump), which are always refused
 %%   hook_timeout            ms, default 600000: run_hook timeouts are capped to it
 %%   max_frame               bytes, default 16777216 (16 MiB): a larger control request is
 %%                           refused and its channel closed
-%%   max_sessions            default 4: concurrent connections
+%%   max_sessions            default 4: concurrent logged-in connections (with
+%%                           start_daemon/1; connections still logging in do not count)
+%%   login_timeout           ms, default 20000: a connection that has not logged in by
+%%                           then is closed (OTP's hello and negotiation timeouts)
 %%   max_channels            default 4: channels with a subsystem (or an env request) per
 %%                           connection; relsync uses up to four (control, SFTP and
 %%                           two more control channels for file batches)
@@ -35,7 +40,7 @@
 
 -define(KEYS, [enabled, ssh_port, ip, user, authorized_keys, authorized_public_keys,
                host_key_dir, allowed_paths, hook_timeout, max_frame, max_sessions,
-               max_channels, retry_interval]).
+               max_channels, login_timeout, retry_interval]).
 
 %% Full settings: Overrides, then the relsyncd application env, then defaults.
 -spec config(config() | [{atom(), term()}]) -> config().
@@ -57,9 +62,11 @@ defaults() ->
       max_frame => 16 * 1024 * 1024,
       max_sessions => 4,
       max_channels => 4,
+      login_timeout => 20000,
       retry_interval => 5000}.
 
-%% Start an ssh daemon serving the "relsync" control subsystem and SFTP.
+%% Start an ssh daemon serving the "relsync" control subsystem and SFTP, with
+%% at most max_sessions logged-in connections (relsyncd_sessions).
 -spec start_daemon(config() | [{atom(), term()}]) -> {ok, ssh:daemon_ref()} | {error, term()}.
 start_daemon(Overrides) ->
     Config = config(Overrides),
@@ -67,10 +74,32 @@ start_daemon(Overrides) ->
         {ok, _} ->
             case daemon_options(Config) of
                 {ok, Opts} ->
-                    ssh:daemon(ip(maps:get(ip, Config)), maps:get(ssh_port, Config), Opts);
+                    Limiter = relsyncd_sessions:start(maps:get(max_sessions, Config)),
+                    Limited = [{connectfun, connected(Limiter)} | Opts],
+                    case ssh:daemon(ip(maps:get(ip, Config)), maps:get(ssh_port, Config),
+                                    Limited) of
+                        {ok, Ref} -> relsyncd_sessions:watch(Limiter, Ref), {ok, Ref};
+                        Err -> relsyncd_sessions:stop(Limiter), Err
+                    end;
                 {error, _} = E -> E
             end;
         {error, _} = E -> E
+    end.
+
+%% Runs in the connection's process once its login succeeded: a connection
+%% over max_sessions is closed (by another process: a call to itself would
+%% wait for ever).
+connected(Limiter) ->
+    fun(User, Peer, _Method) ->
+            Conn = self(),
+            case relsyncd_sessions:join(Limiter, Conn) of
+                ok -> ok;
+                full ->
+                    logger:notice("relsyncd: login of ~p from ~p closed: max_sessions reached",
+                                  [User, Peer]),
+                    _ = spawn(fun() -> ssh:close(Conn) end),
+                    ok
+            end
     end.
 
 -spec stop_daemon(ssh:daemon_ref()) -> ok.
@@ -84,7 +113,9 @@ port(Ref) ->
         {error, _} = E -> E
     end.
 
-%% The ssh:daemon/3 options for Config (loads or creates the host key).
+%% The ssh:daemon/3 options for Config (loads or creates the host key). The
+%% max_sessions limit is start_daemon/1's: OTP's own counts connections still
+%% logging in, which anyone who reaches the port can hold open.
 -spec daemon_options(config()) -> {ok, [ssh:daemon_option()]} | {error, term()}.
 daemon_options(Config0) ->
     Config = config(Config0),
@@ -110,8 +141,10 @@ daemon_options(Config0) ->
                   {tcpip_tunnel_in, false},
                   {tcpip_tunnel_out, false},
                   {subsystems, subsystems(Config)},
-                  {max_sessions, maps:get(max_sessions, Config)},
                   {max_channels, maps:get(max_channels, Config)},
+                  %% Until the login: the client's version line, then the login.
+                  {hello_timeout, maps:get(login_timeout, Config)},
+                  {negotiation_timeout, maps:get(login_timeout, Config)},
                   {parallel_login, true},
                   {failfun, fun(U, Peer, Reason) ->
                                     logger:notice("relsyncd: login of ~p from ~p refused: ~p",
@@ -126,10 +159,23 @@ daemon_options(Config0) ->
 subsystems(Config0) ->
     Config = config(Config0),
     Allowed = [relsyncd_paths:to_bin(P) || P <- maps:get(allowed_paths, Config)],
+    Denied = denied_paths(Config),
     [relsyncd_channel:subsystem_spec(#{allowed_paths => Allowed,
+                                       denied_paths => Denied,
                                        hook_timeout => maps:get(hook_timeout, Config),
                                        max_frame => maps:get(max_frame, Config)}),
-     relsyncd_sftp:subsystem_spec(#{allowed_paths => Allowed})].
+     relsyncd_sftp:subsystem_spec(#{allowed_paths => Allowed, denied_paths => Denied})].
+
+%% The daemon's own files, refused even inside allowed_paths: the host key
+%% (read, the board could be impersonated), authorized_keys (appended to, a
+%% key would be let in for good) and the VM's crash dump (it holds the cookie).
+-spec denied_paths(config()) -> [binary()].
+denied_paths(Config) ->
+    Key = relsyncd_paths:to_bin(relsyncd_keys:host_key_file(maps:get(host_key_dir, Config))),
+    {ok, Cwd} = file:get_cwd(),
+    Dump = filename:absname(os:getenv("ERL_CRASH_DUMP", "erl_crash.dump"), Cwd),
+    [relsyncd_paths:to_bin(filename:absname(P))
+     || P <- [Key, <<Key/binary, ".tmp">>, maps:get(authorized_keys, Config), Dump]].
 
 %% "SHA256:..." of the host key in Dir (created if missing).
 -spec host_key_fingerprint(file:name_all()) -> {ok, string()} | {error, term()}.

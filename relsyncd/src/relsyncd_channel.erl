@@ -8,12 +8,19 @@
 %% Function/arity must be one of the relsync_target API functions (whitelisted
 %% below), load_binary/3 or ping/0; anything else is {error, unknown_function}.
 %% A decodable body of another shape that starts with an integer ReqId gets
-%% {error, bad_request}; an undecodable body closes the channel. A frame over
+%% {error, bad_request}; an undecodable body closes the channel, and so does a
+%% compressed one (refused before it is inflated: a 1 MiB frame may inflate
+%% to a GiB). Bodies are decoded `safe`, creating no atom; a body naming atoms
+%% the VM does not know yet is decoded only for a function that names modules
+%% or applications (a module about to be loaded), with at most ?MAX_NEW_ATOMS
+%% of them and while the atom table stays below 3/4 full, else the request
+%% gets {error, {new_atoms, Count, Max}}: atoms are never collected. A frame over
 %% max_frame bytes is not read: its request gets {error, {frame_too_large,
 %% Len, Max}} (when its ReqId can be read from the body's first bytes), then
 %% the channel is closed once the requests before it are answered. Every path
-%% argument must pass relsyncd_paths:check/3 against allowed_paths, otherwise
-%% {error, {forbidden, Path}} and nothing is done.
+%% argument must pass relsyncd_paths:check/3 against allowed_paths (less
+%% denied_paths), otherwise {error, {forbidden, Path}} and nothing is done;
+%% the paths a function is given are the checked ones, normalized.
 %%
 %% Requests run one after the other, in order, in a worker process linked to
 %% the channel, which sends the replies itself, so a long call (a hook, a big
@@ -42,8 +49,11 @@
 -define(NAME, "relsync").
 -define(DEFAULT_MAX_FRAME, (16 * 1024 * 1024)).
 -define(DEFAULT_HOOK_TIMEOUT, 600000).
+%% Atoms a request may add to the VM's (never collected) atom table.
+-define(MAX_NEW_ATOMS, 20000).
 
 -type opts() :: #{allowed_paths := [file:name_all()],
+                  denied_paths => [file:name_all()],
                   max_frame => pos_integer(),
                   hook_timeout => non_neg_integer()}.
 -export_type([opts/0]).
@@ -76,8 +86,8 @@ subsystem_spec(Opts) when is_list(Opts) ->
 -spec init([{atom(), term()}]) -> {ok, #st{}}.
 init(Args) ->
     Opts0 = maps:from_list(Args),
-    Opts = #{allowed_paths => [relsyncd_paths:to_bin(P)
-                               || P <- maps:get(allowed_paths, Opts0, [])],
+    Bins = fun(K) -> [relsyncd_paths:to_bin(P) || P <- maps:get(K, Opts0, [])] end,
+    Opts = #{jail => #{allowed => Bins(allowed_paths), denied => Bins(denied_paths)},
              max_frame => maps:get(max_frame, Opts0, ?DEFAULT_MAX_FRAME),
              hook_timeout => maps:get(hook_timeout, Opts0, ?DEFAULT_HOOK_TIMEOUT)},
     {ok, #st{opts = Opts}}.
@@ -148,7 +158,7 @@ rest(#st{buf = Buf, opts = #{max_frame := Max}} = S) ->
 
 frames(#st{buf = <<Len:32/big, Head/binary>>, opts = #{max_frame := Max}} = S)
   when Len > Max ->
-    case oversized_id(Head) of
+    case request_id(Head) of
         more ->
             {ok, S};
         {ok, ReqId} ->
@@ -170,6 +180,9 @@ frames(#st{buf = <<Len:32/big, Body:Len/binary, Rest/binary>>} = S) ->
         {bad_request, ReqId} ->
             S#st.worker ! {reply, ReqId, {error, bad_request}},
             frames(S#st{buf = Rest, pending = S#st.pending + 1});
+        {refused, ReqId, Error} ->
+            S#st.worker ! {reply, ReqId, Error},
+            frames(S#st{buf = Rest, pending = S#st.pending + 1});
         undecodable ->
             logger:warning("relsyncd: undecodable control frame; closing"),
             close(S#st{buf = Rest})
@@ -177,32 +190,98 @@ frames(#st{buf = <<Len:32/big, Body:Len/binary, Rest/binary>>} = S) ->
 frames(S) ->
     {ok, S}.
 
-%% Atoms are created as needed: requests name modules and functions that may
-%% not exist yet (a hook module). Only authenticated clients get here, and
-%% they can load code anyway.
+decode(<<131, 80, _/binary>>) ->
+    undecodable;                        % compressed: never inflated
 decode(Body) ->
-    try binary_to_term(Body) of
-        {ReqId, F, Args} = Req when is_integer(ReqId), is_atom(F), is_list(Args) ->
-            {ok, Req};
-        T when is_tuple(T), tuple_size(T) >= 1, is_integer(element(1, T)) ->
-            {bad_request, element(1, T)};
-        _ -> undecodable
-    catch error:badarg -> undecodable
+    try binary_to_term(Body, [safe]) of
+        Term -> shape(Term)
+    catch error:badarg -> with_new_atoms(Body)
     end.
 
-%% The ReqId of an oversized request, read from the first bytes of its body
-%% (term_to_binary of {ReqId, F, Args} with ReqId in 32 bits, as clients
-%% send it); `more` while those bytes may still start one.
-oversized_id(<<131, 104, 3, 97, Id, _/binary>>) -> {ok, Id};
-oversized_id(<<131, 104, 3, 98, Id:32/signed, _/binary>>) -> {ok, Id};
-oversized_id(<<131, 104, 3, T, _/binary>>) when T =:= 97; T =:= 98 ->
+shape({ReqId, F, Args} = Req) when is_integer(ReqId), is_atom(F), is_list(Args) ->
+    {ok, Req};
+shape(T) when is_tuple(T), tuple_size(T) >= 1, is_integer(element(1, T)) ->
+    {bad_request, element(1, T)};
+shape(_) ->
+    undecodable.
+
+%% A body that names atoms the VM does not have (or is no term at all).
+with_new_atoms(Body) ->
+    case etf_atoms(Body) of
+        {ok, [{_, F} | _] = Atoms} ->
+            %% (a fold: a body-recursive count of 100k failing lookups kept a
+            %% stack that every collection of their exceptions' garbage scanned)
+            New = lists:foldl(fun(A, N) -> N + new_atom(A) end, 0, lists:usort(Atoms)),
+            Room = erlang:system_info(atom_limit) * 3 div 4 - erlang:system_info(atom_count),
+            case lists:member(F, names_modules()) andalso New =< min(?MAX_NEW_ATOMS, Room) of
+                true ->
+                    try shape(binary_to_term(Body)) catch error:badarg -> undecodable end;
+                false ->
+                    case request_id(Body) of
+                        {ok, ReqId} -> {refused, ReqId, {error, {new_atoms, New, ?MAX_NEW_ATOMS}}};
+                        _ -> undecodable
+                    end
+            end;
+        _ -> undecodable
+    end.
+
+%% The functions whose arguments name modules or applications, which may be
+%% new to the VM (a module a sync is about to load).
+names_modules() ->
+    [<<"load_binary">>, <<"load_modules">>, <<"load_fresh">>, <<"mark_pending">>,
+     <<"stash_code">>, <<"check_beams">>, <<"missing_apps">>, <<"upgrade">>,
+     <<"delete_modules">>, <<"run_hook">>, <<"outdated">>].
+
+%% 0 for an atom the VM has, 1 for a new one.
+new_atom({Enc, Name}) ->
+    try binary_to_existing_atom(Name, Enc) of _ -> 0
+    catch error:badarg -> 1
+    end.
+
+%% The atoms of an external term format body, in order, without decoding it:
+%% [{Encoding, Name}], or error for a body that is no term of the kinds a
+%% request holds (numbers, atoms, tuples, lists, binaries, maps).
+etf_atoms(<<131, T/binary>>) -> etf_atoms(T, 1, []);
+etf_atoms(_) -> error.
+
+etf_atoms(<<>>, 0, Acc) -> {ok, lists:reverse(Acc)};
+etf_atoms(_, 0, _) -> error;
+etf_atoms(<<97, _, R/binary>>, N, Acc) -> etf_atoms(R, N - 1, Acc);
+etf_atoms(<<98, _:32, R/binary>>, N, Acc) -> etf_atoms(R, N - 1, Acc);
+etf_atoms(<<70, _:64, R/binary>>, N, Acc) -> etf_atoms(R, N - 1, Acc);
+etf_atoms(<<T, L, Name:L/binary, R/binary>>, N, Acc) when T =:= 119; T =:= 115 ->
+    etf_atoms(R, N - 1, [{enc(T), Name} | Acc]);
+etf_atoms(<<T, L:16, Name:L/binary, R/binary>>, N, Acc) when T =:= 118; T =:= 100 ->
+    etf_atoms(R, N - 1, [{enc(T), Name} | Acc]);
+etf_atoms(<<104, Arity, R/binary>>, N, Acc) -> etf_atoms(R, N - 1 + Arity, Acc);
+etf_atoms(<<105, Arity:32, R/binary>>, N, Acc) -> etf_atoms(R, N - 1 + Arity, Acc);
+etf_atoms(<<116, Arity:32, R/binary>>, N, Acc) -> etf_atoms(R, N - 1 + 2 * Arity, Acc);
+etf_atoms(<<106, R/binary>>, N, Acc) -> etf_atoms(R, N - 1, Acc);
+etf_atoms(<<108, Len:32, R/binary>>, N, Acc) -> etf_atoms(R, N + Len, Acc);  % + the tail
+etf_atoms(<<107, L:16, _:L/binary, R/binary>>, N, Acc) -> etf_atoms(R, N - 1, Acc);
+etf_atoms(<<109, L:32, _:L/binary, R/binary>>, N, Acc) -> etf_atoms(R, N - 1, Acc);
+etf_atoms(<<77, L:32, _, _:L/binary, R/binary>>, N, Acc) -> etf_atoms(R, N - 1, Acc);
+etf_atoms(<<110, L, _, _:L/binary, R/binary>>, N, Acc) -> etf_atoms(R, N - 1, Acc);
+etf_atoms(<<111, L:32, _, _:L/binary, R/binary>>, N, Acc) -> etf_atoms(R, N - 1, Acc);
+etf_atoms(_, _, _) -> error.
+
+enc(T) when T =:= 118; T =:= 119 -> utf8;
+enc(_) -> latin1.
+
+%% The ReqId of a request that is not decoded (oversized, or naming too many
+%% new atoms), read from the first bytes of its body (term_to_binary of
+%% {ReqId, F, Args} with ReqId in 32 bits, as clients send it); `more` while
+%% those bytes may still start one.
+request_id(<<131, 104, 3, 97, Id, _/binary>>) -> {ok, Id};
+request_id(<<131, 104, 3, 98, Id:32/signed, _/binary>>) -> {ok, Id};
+request_id(<<131, 104, 3, T, _/binary>>) when T =:= 97; T =:= 98 ->
     more;
-oversized_id(Head) when byte_size(Head) < 4 ->
+request_id(Head) when byte_size(Head) < 4 ->
     case binary:longest_common_prefix([Head, <<131, 104, 3>>]) =:= byte_size(Head) of
         true -> more;
         false -> none
     end;
-oversized_id(_) ->
+request_id(_) ->
     none.
 
 %% ssh_server_channel closes the channel when told to stop. (Closing it here
@@ -276,12 +355,12 @@ dispatch(load_binary, [Mod, Filename, Bin], _Opts) ->
 dispatch(run_hook, [M, F, Timeout], #{hook_timeout := Max})
   when is_integer(Timeout), Timeout > Max ->
     relsync_target:run_hook(M, F, Max);
-dispatch(F, Args, Opts) ->
+dispatch(F, Args, #{jail := Jail}) ->
     case lists:member({F, length(Args)}, api()) of
         false -> {error, unknown_function};
         true ->
-            case check_args(F, Args, maps:get(allowed_paths, Opts)) of
-                ok -> apply(relsync_target, F, Args);
+            case check_args(F, Args, Jail) of
+                {ok, Checked} -> apply(relsync_target, F, Checked);
                 {error, {forbidden, _}} = E -> E
             end
     end.
@@ -305,67 +384,80 @@ no_path() ->
      {mark_pending, 1}, {stash_code, 1}, {delete_modules, 2}, {check_beams, 1},
      {missing_apps, 1}, {outdated, 1}, {running_programs, 1}, {run_hook, 3}].
 
-check_args(F, Args, A) ->
+check_args(F, Args, J) ->
     case lists:member({F, length(Args)}, no_path()) of
-        true -> ok;
-        false -> check_paths(F, Args, A)
+        true -> {ok, Args};
+        false -> check_paths(F, Args, J)
     end.
 
+%% {ok, Args} with every path normalized as it was checked (a path is used as
+%% it was checked: "/data/link/" would be checked as the link, and used as
+%% where the link leads), or the first forbidden one. Paths used without
+%% following a last link (written, deleted, linked) are nofollow; the others
+%% are resolved whole, so how they are spelt cannot change what they name.
 %% The lock's owner is this channel's worker (the caller): no other pid is taken.
-check_paths(sync_state, [Dest, Excl, Rw, Opts], A) when is_map(Opts) ->
+check_paths(sync_state, [Dest, Excl, Rw, Opts], J) when is_map(Opts) ->
     case maps:is_key(owner, Opts) of
         true -> {error, {forbidden, owner}};
-        false -> check_paths(sync_state, [Dest, Excl, Rw], A)
+        false -> then(check_paths(sync_state, [Dest, Excl, Rw], J), fun(A) -> A ++ [Opts] end)
     end;
-check_paths(sync_state, [Dest, _Excl, Rw], A) when is_binary(Dest) ->
-    Shadow = case Rw of
-                 none -> [];
-                 _ -> [Rw, <<Dest/binary, "/lib">>]   % the lib listing follows a link
-             end,
-    relsyncd_paths:check_many([Dest | Shadow], follow, A);
-check_paths(manifest, [Root, _], A) -> one(Root, follow, A);
-check_paths(list_dir, [Dir], A) -> one(Dir, follow, A);
-check_paths(block_signatures, [Path, _], A) -> one(Path, follow, A);
-check_paths(put_delta, [Path, Base | _], A) ->
-    case one(Path, nofollow, A) of
-        ok -> one(Base, follow, A);
-        E -> E
-    end;
-check_paths(put_files, [Files, _Token], A) -> check_paths(put_files, [Files], A);
-check_paths(put_files, [Files], A) when is_list(Files) ->
-    entries(fun({P, _Mode, _Data, _Sha}) -> P; (_) -> bad end, Files, nofollow, A);
-check_paths(put_chunk, [Path, _, _ | _], A) -> one(Path, nofollow, A);
-check_paths(commit, [Path, _, _ | _], A) -> one(Path, nofollow, A);
-check_paths(delete_files, [Paths], A) -> relsyncd_paths:check_many(Paths, nofollow, A);
-check_paths(delete_dirs, [Paths], A) -> relsyncd_paths:check_many(Paths, nofollow, A);
-%% Only where a link is made is checked: a link's text grants nothing by
-%% itself, and whatever later goes through it is resolved and checked again.
-check_paths(make_symlinks, [Links], A) when is_list(Links) ->
-    entries(fun({Link, _Target}) -> Link; (_) -> bad end, Links, nofollow, A);
-check_paths(update_code_path, [Opts], A) when is_map(Opts) ->
+check_paths(sync_state, [Dest, Excl, none], J) ->
+    then(one(Dest, follow, J), fun(D) -> [D, Excl, none] end);
+check_paths(sync_state, [Dest, Excl, Rw], J) when is_binary(Dest) ->
+    %% the lib listing follows a link
+    then(relsyncd_paths:check_many([Dest, Rw, <<Dest/binary, "/lib">>], follow, J),
+         fun([D, R, _]) -> [D, Excl, R] end);
+check_paths(manifest, [Root, O], J) -> then(one(Root, follow, J), fun(R) -> [R, O] end);
+check_paths(list_dir, [Dir], J) -> then(one(Dir, follow, J), fun(D) -> [D] end);
+check_paths(block_signatures, [Path, B], J) -> then(one(Path, follow, J), fun(P) -> [P, B] end);
+check_paths(put_delta, [Path, Base | T], J) ->
+    bind(one(Path, nofollow, J),
+         fun(P) -> then(one(Base, follow, J), fun(B) -> [P, B | T] end) end);
+check_paths(put_files, [Files, Token], J) ->
+    then(check_paths(put_files, [Files], J), fun(A) -> A ++ [Token] end);
+check_paths(put_files, [Files], J) when is_list(Files) ->
+    entries(fun({P, _Mode, _Data, _Sha}) -> P; (_) -> bad end,
+            fun({_, M, D, S}, P) -> {P, M, D, S} end, Files, nofollow, J);
+check_paths(put_chunk, [_, _, _ | _] = A, J) -> first(A, nofollow, J);
+check_paths(commit, [_, _, _ | _] = A, J) -> first(A, nofollow, J);
+check_paths(delete_files, [Paths], J) ->
+    then(relsyncd_paths:check_many(Paths, nofollow, J), fun(Ps) -> [Ps] end);
+check_paths(delete_dirs, [Paths], J) ->
+    then(relsyncd_paths:check_many(Paths, nofollow, J), fun(Ps) -> [Ps] end);
+%% Where a link is made, and where it points (relsyncd_paths:check_target/3):
+%% no link relsyncd makes leads out of the jail.
+check_paths(make_symlinks, [Links], J) when is_list(Links) ->
+    bind(entries(fun({Link, _Target}) -> Link; (_) -> bad end,
+                 fun({_, T}, L) -> {L, T} end, Links, nofollow, J),
+         fun([Checked]) -> then(targets(Checked, J), fun(_) -> [Checked] end) end);
+check_paths(update_code_path, [Opts], J) when is_map(Opts) ->
     To = case maps:get(replace_prefix, Opts, none) of
              {_From, T} -> [T];
              Pairs when is_list(Pairs) -> [T || {_From, T} <- Pairs];
              _ -> []
          end,
-    relsyncd_paths:check_many(To ++ maps:get(add, Opts, []), follow, A);
-check_paths(load_fresh, [Mods], A) -> check_paths(load_modules, [Mods, soft], A);
-check_paths(load_modules, [Mods, _], A) when is_list(Mods) ->
-    entries(fun(M) when is_tuple(M), tuple_size(M) >= 2 -> element(2, M); (_) -> bad end,
-            Mods, follow, A);
-check_paths(upgrade, [Steps, Opts], A) when is_list(Steps), is_map(Opts) ->
-    each(fun({delete_module, M}) when is_atom(M) -> ok;
-            %% An appup's apply runs code, as run_hook does: no path to check.
-            ({apply, M, F, Args}) when is_atom(M), is_atom(F), is_list(Args) -> ok;
-            (S) when is_tuple(S), tuple_size(S) >= 4 ->
-                 one(element(tuple_size(S) - 1, S), follow, A);
-            %% The .app files and sys.config the application data is read from.
-            ({read, P}) -> one(P, follow, A);
-            (Bad) -> {error, {forbidden, Bad}}
-         end, Steps ++ [{read, P} || P <- upgrade_reads(Opts)]);
-check_paths(_F, [Bad | _], _A) ->
+    then(relsyncd_paths:check_many(To ++ maps:get(add, Opts, []), follow, J),
+         fun(_) -> [Opts] end);
+check_paths(load_fresh, [Mods], J) ->
+    then(check_paths(load_modules, [Mods, soft], J), fun([Checked, _]) -> [Checked] end);
+check_paths(load_modules, [Mods, Purge], J) when is_list(Mods) ->
+    then(entries(fun(M) when is_tuple(M), tuple_size(M) >= 2 -> element(2, M); (_) -> bad end,
+                 fun(M, P) -> setelement(2, M, P) end, Mods, follow, J),
+         fun([Checked]) -> [Checked, Purge] end);
+check_paths(upgrade, [Steps, Opts], J) when is_list(Steps), is_map(Opts) ->
+    then(each(fun({delete_module, M}) when is_atom(M) -> ok;
+                 %% An appup's apply runs code, as run_hook does: no path to check.
+                 ({apply, M, F, Args}) when is_atom(M), is_atom(F), is_list(Args) -> ok;
+                 (S) when is_tuple(S), tuple_size(S) >= 4 ->
+                      checked(one(element(tuple_size(S) - 1, S), follow, J));
+                 %% The .app files and sys.config the application data is read from.
+                 ({read, P}) -> checked(one(P, follow, J));
+                 (Bad) -> {error, {forbidden, Bad}}
+              end, Steps ++ [{read, P} || P <- upgrade_reads(Opts)]),
+         fun(_) -> [Steps, Opts] end);
+check_paths(_F, [Bad | _], _J) ->
     {error, {forbidden, Bad}};          % a path list that is not a list, ...
-check_paths(F, [], _A) ->
+check_paths(F, [], _J) ->
     {error, {forbidden, F}}.
 
 upgrade_reads(Opts) ->
@@ -373,11 +465,25 @@ upgrade_reads(Opts) ->
     [P || P <- (if is_list(Apps) -> Apps; true -> [Apps] end) ++ [maps:get(config, Opts, none)],
           P =/= none].
 
+%% The checked value given to Fun, whose result is the checked arguments
+%% (then/2), or the next check's result (bind/2).
+then({ok, X}, Fun) -> {ok, Fun(X)};
+then(ok, Fun) -> {ok, Fun(ok)};
+then({error, _} = E, _Fun) -> E.
+
+bind({ok, X}, Fun) -> Fun(X);
+bind({error, _} = E, _Fun) -> E.
+
+first([Path | Rest], Mode, J) -> then(one(Path, Mode, J), fun(P) -> [P | Rest] end).
+
 %% The path each entry of a request names (Pick gives it, or `bad` for an
-%% entry of the wrong shape), checked together.
-entries(Pick, Entries, Mode, A) ->
+%% entry of the wrong shape), checked together; Put puts the checked path
+%% back into its entry. Answers [Entries] (the argument list of one).
+entries(Pick, Put, Entries, Mode, J) ->
     case picked(Pick, Entries, []) of
-        {ok, Paths} -> relsyncd_paths:check_many(Paths, Mode, A);
+        {ok, Paths} ->
+            then(relsyncd_paths:check_many(Paths, Mode, J),
+                 fun(Ps) -> [lists:zipwith(Put, Entries, Ps)] end);
         {bad, Bad} -> {error, {forbidden, Bad}}
     end.
 
@@ -389,11 +495,17 @@ picked(Pick, [E | Es], Acc) ->
     end;
 picked(_Pick, Bad, _Acc) -> {bad, Bad}.
 
-one(Path, Mode, A) ->
-    case relsyncd_paths:check(Path, Mode, A) of
-        {ok, _} -> ok;
+targets([], _J) -> ok;
+targets([{Link, Target} | Rest], J) ->
+    case relsyncd_paths:check_target(Link, Target, J) of
+        ok -> targets(Rest, J);
         E -> E
     end.
+
+one(Path, Mode, J) -> relsyncd_paths:check(Path, Mode, J).
+
+checked({ok, _}) -> ok;
+checked(E) -> E.
 
 each(_Fun, []) -> ok;
 each(Fun, [X | Xs]) ->
@@ -404,12 +516,15 @@ each(Fun, [X | Xs]) ->
 each(_Fun, Bad) -> {error, {forbidden, Bad}}.
 
 %% Load a module from a binary (a hook module pushed by the client). Old code
-%% is purged softly first; if a process still runs it, nothing is loaded.
+%% is purged softly first; if a process still runs it, nothing is loaded. OTP's
+%% own modules are refused as the code server refuses sticky ones.
 -spec load_binary(module(), file:filename_all(), binary()) ->
           {module, module()} | {error, term()}.
 load_binary(Mod, Filename, Bin) when is_atom(Mod), is_binary(Bin),
                                      (is_binary(Filename) orelse is_list(Filename)) ->
-    case code:soft_purge(Mod) of
+    Otp = relsync_code:otp_own(Mod),
+    case not Otp andalso code:soft_purge(Mod) of
+        false when Otp -> {error, sticky_directory};
         false -> {error, not_purged};
         true ->
             Name = case Filename of

@@ -1,6 +1,11 @@
 %% relsyncd_sftp: an ssh_sftpd_file_api handler that performs file operations
 %% like ssh_sftpd_file but refuses, with eacces (SFTP "permission denied"),
-%% every path outside the allowed prefixes (see relsyncd_paths).
+%% every path outside the allowed prefixes or among the denied paths (see
+%% relsyncd_paths). Each operation gets the path as it was checked
+%% (normalized). Links made here must point inside (check_target); renames
+%% move files only (a directory or link moved elsewhere would carry relative
+%% links with it); setstat sets permission bits only (no setuid, setgid or
+%% sticky bit) and never changes the owner.
 %%
 %% Used as `{file_handler, {relsyncd_sftp, relsyncd_sftp:init_state(Allowed)}}`
 %% in ssh_sftpd:subsystem_spec/1; subsystem_spec/1 below builds that.
@@ -8,7 +13,7 @@
 
 -behaviour(ssh_sftpd_file_api).
 
--export([subsystem_spec/1, init_state/1]).
+-export([subsystem_spec/1, init_state/1, init_state/2]).
 -export([close/2, delete/2, del_dir/2, get_cwd/1, is_dir/2, list_dir/2,
          make_dir/2, make_symlink/3, open/3, position/3, read/3,
          read_file_info/2, read_link/2, read_link_info/2, rename/3,
@@ -16,14 +21,15 @@
 
 -include_lib("kernel/include/file.hrl").
 
--record(st, {allowed :: [binary()], cwd :: string()}).
+-record(st, {jail :: relsyncd_paths:jail(), cwd :: string()}).
 -opaque state() :: #st{}.
 -export_type([state/0]).
 
-%% Opts: #{allowed_paths := [file:name_all()], sftp_cwd => file:name_all()}.
+%% Opts: #{allowed_paths := [file:name_all()], denied_paths => [file:name_all()],
+%%         sftp_cwd => file:name_all()}.
 -spec subsystem_spec(map()) -> ssh:subsystem_spec().
 subsystem_spec(#{allowed_paths := Allowed} = Opts) ->
-    State = init_state(Allowed),
+    State = init_state(Allowed, maps:get(denied_paths, Opts, [])),
     Cwd = case maps:get(sftp_cwd, Opts, undefined) of
               undefined -> State#st.cwd;
               C -> to_list(relsyncd_paths:to_bin(C))
@@ -32,13 +38,17 @@ subsystem_spec(#{allowed_paths := Allowed} = Opts) ->
                               {cwd, Cwd}]).
 
 -spec init_state([file:name_all()]) -> state().
-init_state(Allowed0) ->
+init_state(Allowed) -> init_state(Allowed, []).
+
+-spec init_state([file:name_all()], [file:name_all()]) -> state().
+init_state(Allowed0, Denied) ->
     Allowed = [relsyncd_paths:to_bin(A) || A <- Allowed0],
     Cwd = case Allowed of
               [First | _] -> to_list(First);
               [] -> "/"
           end,
-    #st{allowed = Allowed, cwd = Cwd}.
+    #st{jail = #{allowed => Allowed, denied => [relsyncd_paths:to_bin(D) || D <- Denied]},
+        cwd = Cwd}.
 
 %%% ----------------------------------------------------------- callbacks
 
@@ -57,7 +67,7 @@ get_cwd(S) -> {{ok, S#st.cwd}, S}.
 -spec is_dir(file:name(), state()) -> {boolean(), state()}.
 is_dir(Path, S) ->
     case allowed(Path, follow, S) of
-        {ok, _} -> {filelib:is_dir(Path), S};
+        {ok, P} -> {filelib:is_dir(P), S};
         error -> {false, S}
     end.
 
@@ -67,12 +77,17 @@ list_dir(Path, S) -> guarded(Path, follow, S, fun(P) -> file:list_dir(P) end).
 -spec make_dir(file:name(), state()) -> {ok | {error, term()}, state()}.
 make_dir(Path, S) -> guarded(Path, nofollow, S, fun(P) -> file:make_dir(P) end).
 
-%% The target must be allowed as well (ssh_sftpd hands it over made absolute).
+%% The target must be allowed as well (ssh_sftpd hands it over made absolute),
+%% and be a target the control channel's make_symlinks could make.
 -spec make_symlink(file:name(), file:name(), state()) -> {ok | {error, term()}, state()}.
-make_symlink(Target, Link, S) ->
-    case allowed(Target, follow, S) of
-        {ok, _} -> guarded(Link, nofollow, S, fun(L) -> file:make_symlink(Target, L) end);
-        error -> {{error, eacces}, S}
+make_symlink(Target, Link, #st{jail = J} = S) ->
+    case {allowed(Target, follow, S), allowed(Link, nofollow, S)} of
+        {{ok, T}, {ok, L}} ->
+            case relsyncd_paths:check_target(L, T, J) of
+                ok -> {file:make_symlink(T, L), S};
+                {error, _} -> {{error, eacces}, S}
+            end;
+        _ -> {{error, eacces}, S}
     end.
 
 -spec open(file:name(), [term()], state()) -> {{ok, file:io_device()} | {error, term()}, state()}.
@@ -92,10 +107,10 @@ read(Fd, Len, S) -> {file:read(Fd, Len), S}.
 -spec read_link(file:name(), state()) -> {{ok, string()} | {error, term()}, state()}.
 read_link(Path, S) ->
     case allowed(Path, nofollow, S) of
-        {ok, _} -> {file:read_link(Path), S};
+        {ok, P} -> {file:read_link(to_list(P)), S};
         error ->
             case ancestor(Path, S) of
-                {ok, _} -> {file:read_link(Path), S};
+                {ok, P} -> {file:read_link(to_list(P)), S};
                 error -> {{error, eacces}, S}
             end
     end.
@@ -110,7 +125,13 @@ read_file_info(Path, S) -> guarded(Path, follow, S, fun(P) -> file:read_file_inf
 -spec rename(file:name(), file:name(), state()) -> {ok | {error, term()}, state()}.
 rename(From, To, S) ->
     case allowed(From, nofollow, S) of
-        {ok, _} -> guarded(To, nofollow, S, fun(T) -> file:rename(From, T) end);
+        {ok, F} ->
+            case file:read_link_info(F) of
+                {ok, #file_info{type = regular}} ->
+                    guarded(To, nofollow, S, fun(T) -> file:rename(F, T) end);
+                {ok, _} -> {{error, eacces}, S};
+                {error, _} = E -> {E, S}
+            end;
         error -> {{error, eacces}, S}
     end.
 
@@ -119,13 +140,28 @@ write(Fd, Data, S) -> {file:write(Fd, Data), S}.
 
 -spec write_file_info(file:name(), #file_info{}, state()) -> {ok | {error, term()}, state()}.
 write_file_info(Path, Info, S) ->
-    guarded(Path, follow, S, fun(P) -> file:write_file_info(P, Info) end).
+    guarded(Path, follow, S, fun(P) -> set_info(P, Info) end).
+
+%% ssh_sftpd fills in what the client left out from the file's current info:
+%% an owner that is not the current one is a chown, refused.
+set_info(P, #file_info{mode = Mode, uid = Uid, gid = Gid, atime = A, mtime = M}) ->
+    case file:read_file_info(P) of
+        {ok, #file_info{uid = U, gid = G}} when (Uid =:= undefined orelse Uid =:= U),
+                                                (Gid =:= undefined orelse Gid =:= G) ->
+            Perm = case Mode of
+                       undefined -> undefined;
+                       _ -> Mode band 8#777
+                   end,
+            file:write_file_info(P, #file_info{mode = Perm, atime = A, mtime = M});
+        {ok, _} -> {error, eperm};
+        {error, _} = E -> E
+    end.
 
 %%% ------------------------------------------------------------- helpers
 
 guarded(Path, Mode, S, Fun) ->
     case allowed(Path, Mode, S) of
-        {ok, _} -> {try Fun(Path) catch _:_ -> {error, eacces} end, S};
+        {ok, P} -> {try Fun(to_list(P)) catch _:_ -> {error, eacces} end, S};
         error -> {{error, eacces}, S}
     end.
 
@@ -135,13 +171,13 @@ allowed(Path, nofollow_or_root, S) ->
         {ok, _} = Ok -> Ok;
         error -> allowed(Path, follow, S)
     end;
-allowed(Path, Mode, #st{allowed = Allowed}) ->
-    case relsyncd_paths:check(Path, Mode, Allowed) of
+allowed(Path, Mode, #st{jail = Jail}) ->
+    case relsyncd_paths:check(Path, Mode, Jail) of
         {ok, P} -> {ok, P};
         {error, _} -> error
     end.
 
-ancestor(Path, #st{allowed = Allowed}) ->
+ancestor(Path, #st{jail = #{allowed := Allowed}}) ->
     case relsyncd_paths:normalize(Path) of
         {ok, P} ->
             case lists:any(fun(A) -> relsyncd_paths:is_ancestor(P, A) end,
