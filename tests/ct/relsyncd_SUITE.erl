@@ -514,6 +514,8 @@ ctl_forbidden(Config) ->
              {upgrade, [[{delete_module, rs_none},
                          {update, lists, {advanced, []}, Secret, Sha}], #{}], Secret},
              {upgrade, [[{load_module, lists, Dotdot, Sha}], #{}], Dotdot},
+             {upgrade, [[], #{apps => [Secret]}], Secret},           % an .app read
+             {upgrade, [[], #{config => Evil}], Evil},               % a sys.config read
              {sync_state, [Out, [], none, #{}], Out},
              {put_files, [[{Evil, 8#644, <<"x">>, Sha}], <<>>], Evil},
              {put_chunk, [Dotdot, 0, <<"x">>, <<>>], Dotdot},
@@ -528,6 +530,7 @@ ctl_forbidden(Config) ->
                 end, 1, Cases),
     %% Every function of the channel's API has a case here, or takes no path.
     NoPath = [{info, 0}, {unlock, 1}, {loaded_shas, 0}, {code_state, 0}, {old_code, 0},
+              {suspended, 0},
               {mark_pending, 1}, {stash_code, 1}, {delete_modules, 2}, {check_beams, 1},
               {missing_apps, 1}, {outdated, 1}, {running_programs, 1}, {run_hook, 3}],
     Covered = lists:usort([{F, length(Args)} || {F, Args, _} <- Cases] ++ NoPath),
