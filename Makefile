@@ -65,10 +65,11 @@ soak: erlang examples
 	RELSYNC_MODEL_HISTORIES=$(SOAK_HISTORIES) RELSYNC_MODEL_STEPS=$(SOAK_STEPS) \
 	  $(PY) -m pytest -rs -s tests/py/integration/test_model.py
 
-# A wheel in dist/ with the helper beams, relsyncd (compiled) and the harness files.
-wheel: erlang
+# A wheel in dist/ with the helper beams, relsyncd (compiled) and the harness files. Needs
+# erlc and pip only (setup.py compiles the helper): no .venv, no apt.
+wheel:
 	@relsyncd/build.sh
-	$(PY) -m pip wheel -q --no-deps -w dist .
+	$(or $(wildcard $(PY)),python3) -m pip wheel -q --no-deps -w dist .
 
 clean:
 	rm -rf $(EBIN) tests/ct/logs .pytest_cache .mypy_cache .ruff_cache .demo
