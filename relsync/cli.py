@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import atexit
 import gc
+import io
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -394,6 +395,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # for cycles among young objects every 50,000 allocations, not every 700 (~20 passes).
     threshold = gc.get_threshold()
     gc.set_threshold(max(threshold[0], 50_000), *threshold[1:])
+    for stream in (sys.stdout, sys.stderr):  # a name that is not UTF-8 prints as its bytes
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="surrogateescape")
     wants_json = "--json" in argv
     try:
         parser = build_parser()
