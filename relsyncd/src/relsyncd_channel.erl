@@ -445,16 +445,20 @@ check_paths(load_modules, [Mods, Purge], J) when is_list(Mods) ->
                  fun(M, P) -> setelement(2, M, P) end, Mods, follow, J),
          fun([Checked]) -> [Checked, Purge] end);
 check_paths(upgrade, [Steps, Opts], J) when is_list(Steps), is_map(Opts) ->
-    then(each(fun({delete_module, M}) when is_atom(M) -> ok;
-                 %% An appup's apply runs code, as run_hook does: no path to check.
-                 ({apply, M, F, Args}) when is_atom(M), is_atom(F), is_list(Args) -> ok;
-                 (S) when is_tuple(S), tuple_size(S) >= 4 ->
-                      checked(one(element(tuple_size(S) - 1, S), follow, J));
-                 %% The .app files and sys.config the application data is read from.
-                 ({read, P}) -> checked(one(P, follow, J));
-                 (Bad) -> {error, {forbidden, Bad}}
-              end, Steps ++ [{read, P} || P <- upgrade_reads(Opts)]),
-         fun(_) -> [Steps, Opts] end);
+    Check = fun({delete_module, M}) when is_atom(M) -> ok;
+               %% An appup's apply runs code, as run_hook does: no path to check.
+               ({apply, M, F, Args}) when is_atom(M), is_atom(F), is_list(Args) -> ok;
+               (S) when is_tuple(S), tuple_size(S) >= 4 ->
+                    checked(one(element(tuple_size(S) - 1, S), follow, J));
+               %% The .app files and sys.config the application data is read from.
+               ({read, P}) -> checked(one(P, follow, J));
+               (Bad) -> {error, {forbidden, Bad}}
+            end,
+    Checked = case each(Check, Steps) of
+                  ok -> each(Check, [{read, P} || P <- upgrade_reads(Opts)]);
+                  Refused -> Refused
+              end,
+    then(Checked, fun(_) -> [Steps, Opts] end);
 check_paths(_F, [Bad | _], _J) ->
     {error, {forbidden, Bad}};          % a path list that is not a list, ...
 check_paths(F, [], _J) ->
