@@ -264,13 +264,16 @@ def _plan_local_tree(release: LocalRelease, state: TargetState) -> SyncPlan:
 
 def _plan_in_place(release: LocalRelease, state: TargetState, plan: SyncPlan) -> None:
     # A symlink the release has no more goes like a file (one it has a file of is replaced
-    # by the file's rename), and so does whatever is in the way of a change of type.
+    # by the file's rename; one it skipped, dangling, stays), and so does whatever is in the
+    # way of a change of type.
+    skipped = {s.rel for s in release.skipped}
     stale_links = {
         rel
         for rel, entry in state.original.items()
         if isinstance(entry, RemoteLink)
         and rel not in release.files
         and rel not in release.links
+        and rel not in skipped
         and deletable(rel)
     }
     blocking = _in_the_way(state.original, release)

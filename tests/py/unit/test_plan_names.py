@@ -8,6 +8,7 @@ import posixpath
 from test_plan import DEST, RW, local, remote, sha
 
 from relsync.plan import TargetState, build_plan, is_temp
+from relsync.release import Skipped
 from relsync.target import TEMP_PREFIX, RemoteFile, RemoteLink, temp_path
 
 PRIV = "lib/demo-0.1.0/priv"
@@ -37,10 +38,12 @@ def test_a_release_file_named_like_a_temporary_is_no_leftover() -> None:
 def test_in_place_what_stands_in_the_way_of_a_type_change_goes_first() -> None:
     release = local({**BASE, f"{PRIV}/d/f": "f", f"{PRIV}/x/f": "f", "releases/y": "y"})
     release.links[f"{PRIV}/gone"] = "nowhere"  # not on the board: only made
+    release.skipped.append(Skipped(f"{PRIV}/dangling", "dangling symlink"))  # left alone
     board = {
         **remote({**BASE, f"{PRIV}/x": "was a file", "releases/y/old": "was a directory"}),
         f"{PRIV}/d": RemoteLink(f"{PRIV}/d", "elsewhere"),
         f"{PRIV}/stale": RemoteLink(f"{PRIV}/stale", "d"),
+        f"{PRIV}/dangling": RemoteLink(f"{PRIV}/dangling", "../../../apps/demo/include"),
     }
     plan = build_plan(release, TargetState(DEST, None, board))
     assert plan.deleted == [f"{PRIV}/d", f"{PRIV}/stale", f"{PRIV}/x", "releases/y/old"]
