@@ -208,17 +208,23 @@ shape(_) ->
 %% A body that names atoms the VM does not have (or is no term at all).
 with_new_atoms(Body) ->
     case etf_atoms(Body) of
-        {ok, [{_, F} | _] = Atoms} ->
+        {ok, [{_, F} = Function | _] = Atoms} ->
             %% (a fold: a body-recursive count of 100k failing lookups kept a
             %% stack that every collection of their exceptions' garbage scanned)
             New = lists:foldl(fun(A, N) -> N + new_atom(A) end, 0, lists:usort(Atoms)),
             Room = erlang:system_info(atom_limit) * 3 div 4 - erlang:system_info(atom_count),
-            case lists:member(F, names_modules()) andalso New =< min(?MAX_NEW_ATOMS, Room) of
+            Known = new_atom(Function) =:= 0,
+            case Known andalso lists:member(F, names_modules())
+                andalso New =< min(?MAX_NEW_ATOMS, Room) of
                 true ->
                     try shape(binary_to_term(Body)) catch error:badarg -> undecodable end;
                 false ->
+                    Error = case Known of
+                                true -> {error, {new_atoms, New, ?MAX_NEW_ATOMS}};
+                                false -> {error, unknown_function}   % a function no one has
+                            end,
                     case request_id(Body) of
-                        {ok, ReqId} -> {refused, ReqId, {error, {new_atoms, New, ?MAX_NEW_ATOMS}}};
+                        {ok, ReqId} -> {refused, ReqId, Error};
                         _ -> undecodable
                     end
             end;

@@ -18,8 +18,9 @@
 start(Max) ->
     spawn(fun() -> loop(Max, #{}) end).
 
-%% Ends the limiter when the daemon (its supervisor's pid) ends.
--spec watch(pid(), pid()) -> ok.
+%% Ends the limiter when the daemon ends (its ref is its supervisor's pid,
+%% which is monitored, as relsyncd_daemon does).
+-spec watch(pid(), ssh:daemon_ref()) -> ok.
 watch(Limiter, Daemon) ->
     Limiter ! {watch, Daemon},
     ok.

@@ -198,6 +198,8 @@ NO_PATH: dict[tuple[str, int], str] = {
     ("check_beams", 1): "beam binaries, prepared and never loaded",
     ("missing_apps", 1): "application names",
     ("running_programs", 1): "compared with /proc/PID/exe of the VM's ports only",
+    ("outdated", 1): "module names",
+    ("suspended", 0): "the VM's suspended processes",
     ("run_hook", 3): "a module of the release, already loaded",
 }
 
