@@ -389,22 +389,27 @@ def test_a_write_below_a_dangling_link_fails_instead_of_spinning(env: Env) -> No
     env.run(go())
 
 
-def test_the_daemons_own_keys_are_refused_inside_the_allowed_paths(env: Env) -> None:
+def test_the_daemons_own_secrets_are_refused_inside_the_allowed_paths(env: Env) -> None:
     """The harness's layout, as a board's default: the host key and authorized_keys in
-    data/relsyncd, with all of data allowed."""
+    data/relsyncd, the VM's crash dump (it holds the cookie) in data, all of data allowed."""
     data = env.board.workdir / "data"
     keys = data / "relsyncd"
     key = keys / "ssh_host_ecdsa_key"
     authorized = keys / "authorized_keys"
     authorized.write_text("")
+    dump = data / "erl_crash.dump"
+    dump.write_text(f"=erl_crash_dump:0.5\nCookie\n{env.board.cookie}\n")
+    crash_dump = Charlist("ERL_CRASH_DUMP")
 
     async def go() -> None:
         allowed: list[Term] = [str(data).encode(), str(env.board.release_path).encode()]
+        was = await env.board.rpc("os", "getenv", [crash_dump])
+        await env.board.rpc("os", "putenv", [crash_dump, Charlist(str(dump))])
         ref, port = await env.daemon(allowed_paths=allowed)
         try:
             async with await env.connect(port) as conn:
                 sftp = await conn.start_sftp_client()
-                for path in (key, authorized):
+                for path in (key, authorized, dump):
                     with pytest.raises(asyncssh.SFTPError):
                         async with sftp.open(str(path), "rb") as f:
                             await f.read()
@@ -442,6 +447,10 @@ def test_the_daemons_own_keys_are_refused_inside_the_allowed_paths(env: Env) -> 
                     assert isinstance(result[1], tuple) and result[1][0] == "forbidden", function
         finally:
             await env.board.rpc("relsyncd", "stop_daemon", [ref])
+            if isinstance(was, str):
+                await env.board.rpc("os", "putenv", [crash_dump, Charlist(was)])
+            else:
+                await env.board.rpc("os", "unsetenv", [crash_dump])
         assert authorized.read_text() == ""
         assert not (data / "copy").exists() and not (data / "k").is_symlink()
 
