@@ -24,7 +24,7 @@
 %%                           refused and its channel closed
 %%   max_sessions            default 4: concurrent logged-in connections (with
 %%                           start_daemon/1; connections still logging in do not count)
-%%   login_timeout           ms, default 20000: a connection that has not logged in by
+%%   login_timeout           ms, default 30000: a connection that has not logged in by
 %%                           then is closed (OTP's hello and negotiation timeouts)
 %%   max_channels            default 4: channels with a subsystem (or an env request) per
 %%                           connection; relsync uses up to four (control, SFTP and
@@ -62,7 +62,7 @@ defaults() ->
       max_frame => 16 * 1024 * 1024,
       max_sessions => 4,
       max_channels => 4,
-      login_timeout => 20000,
+      login_timeout => 30000,
       retry_interval => 5000}.
 
 %% Start an ssh daemon serving the "relsync" control subsystem and SFTP, with

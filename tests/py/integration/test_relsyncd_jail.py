@@ -520,6 +520,8 @@ FUZZ_ATOMS = [Atom(a) for a in ("ok", "true", "false", "none", "soft", "brutal",
                                 "apply", "update", "rsd_fuzz_none")]  # fmt: skip
 FUZZ_CASES_PER_FUNCTION = 20
 FUZZ_RAW_FRAMES = 60
+#: The whole fuzz run's bound (it takes seconds): a case that hangs the board fails it.
+FUZZ_SECONDS = 180
 
 
 #: The arguments each function takes, one letter an argument (see Fuzzer.shaped); a function
@@ -684,7 +686,7 @@ def test_fuzzing_the_control_channel_leaves_the_board_up_and_the_outside_alone(e
                 # Every case is answered or closes its channel; the board answers a ping.
                 done = asyncio.ensure_future(chan.replies.get())
                 closed = asyncio.ensure_future(chan.closed.wait())
-                finished, _ = await asyncio.wait({done, closed}, timeout=60,
+                finished, _ = await asyncio.wait({done, closed}, timeout=30,
                                                  return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
                 assert finished, case[:200]
                 done.cancel()
@@ -692,7 +694,7 @@ def test_fuzzing_the_control_channel_leaves_the_board_up_and_the_outside_alone(e
                 assert await probe.call(sent, "ping", []) == "pong"
         return sent
 
-    sent = env.run(go())
+    sent = env.run(asyncio.wait_for(go(), FUZZ_SECONDS))
     assert isinstance(sent, int) and sent > FUZZ_RAW_FRAMES
     assert env.run(env.board.rpc("erlang", "node")) == Atom(env.board.node)
     assert isinstance(env.run(env.board.rpc("erlang", "whereis", [Atom("code_server")])), Pid)
