@@ -241,7 +241,7 @@ async def _sync(
         await check_beams_fit(target, release, plan, state.otp_release)
     if options.upgrade:
         report.upgrade = upgrade_steps(plan, release, state)
-        report.app_specs, report.sys_config = app_data(plan, release)
+        report.app_specs, report.sys_config = app_data(plan, release.files, release.version)
         report.warnings += _lost_code(target, state, report)
     report.warnings += [
         f"{rel} changed: the VM reads it when it boots, so it applies after a restart"

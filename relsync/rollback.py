@@ -23,7 +23,7 @@ from relsync.errors import UsageError
 from relsync.plan import SyncPlan, TargetState, ebin_dir, is_beam, module_of
 from relsync.release import LocalRelease
 from relsync.target import RemoteFile, Target, UpgradeStep
-from relsync.upgrade import upgrade_steps
+from relsync.upgrade import app_data, upgrade_steps
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +82,17 @@ def plan_rollback(state: TargetState) -> SyncPlan:
     return plan
 
 
+def _version(state: TargetState) -> str:
+    """The pristine release's version: its one ``releases/VSN/`` holding a ``.rel`` file
+    ("" when it has none or several)."""
+    found = {
+        parts[1]
+        for rel in state.original
+        if len(parts := rel.split("/")) == 3 and parts[0] == "releases" and rel.endswith(".rel")
+    }
+    return found.pop() if len(found) == 1 else ""
+
+
 def _clean(state: TargetState) -> tuple[list[str], list[str]]:
     """Every entry of the shadow tree, and its directories deepest first (not ``rw`` itself)."""
     assert state.rw is not None
@@ -119,6 +130,7 @@ async def rollback(
             plan.code_path_add, plan.code_path_remove = [], []
         elif options.upgrade and release is not None:
             report.upgrade = upgrade_steps(plan, release, state, down=True)
+            report.app_specs, report.sys_config = app_data(plan, state.original, _version(state))
         elif options.upgrade:
             report.upgrade = [UpgradeStep("load_module", m, p, s) for m, p, s in plan.reload]
         if clean and state.shadow:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from relsync.beam import BeamFacts, facts
 from relsync.erldist.etf import Atom, Term
@@ -118,22 +118,22 @@ def generated_steps(plan: SyncPlan, release: LocalRelease) -> list[UpgradeStep]:
     return steps
 
 
-def app_data(plan: SyncPlan, release: LocalRelease) -> tuple[list[str], str | None]:
+def app_data(plan: SyncPlan, files: Collection[str], version: str) -> tuple[list[str], str | None]:
     """What release_handler gives application_controller:change_application_data/2 on an
-    upgrade: the ``.app`` files of the applications the sync changes (one it writes, or one
-    of an application whose modules it loads: a killed sync may have written it already),
-    as target paths, and the release's ``sys.config`` (None when it has none, or only a
-    ``.src``)."""
+    upgrade: the ``.app`` files (among ``files``, a release's relative paths) of the
+    applications the plan changes (one it writes, or one of an application whose modules it
+    loads: a killed sync may have written it already), as target paths, and the ``sys.config``
+    of release ``version`` (None when it has none, or only a ``.src``)."""
     root = plan.root.rstrip("/")
     ebins = {posixpath.dirname(p[len(root) + 1 :]) for _, p, _ in plan.reload}
     rels = {f"{d}/{_app_dir(d)[0]}.app" for d in ebins} | set(plan.added + plan.changed)
     apps = sorted(
         f"{root}/{rel}"
         for rel in rels
-        if rel in release.files and rel.endswith(f"/ebin/{_app_dir(rel)[0]}.app")
+        if rel in files and rel.endswith(f"/ebin/{_app_dir(rel)[0]}.app")
     )
-    config = f"releases/{release.version}/sys.config"
-    return apps, f"{root}/{config}" if config in release.files else None
+    config = f"releases/{version}/sys.config"
+    return apps, f"{root}/{config}" if config in files else None
 
 
 _SUPPORTED = "load_module, update, add_module, delete_module and apply"

@@ -299,7 +299,18 @@ APPUP = """{"2",
          {apply, {supervisor, delete_child, [orc_sup, orc_old]}},
          {apply, {supervisor, restart_child, [orc_sup, orc_new]}},
          {delete_module, orc_old}]}],
- [{"1", []}]}.
+ [{"1", [{add_module, orc_old},
+         {load_module, orc_lib},
+         {update, orc_stats, {advanced, []}},
+         {update, orc_srv, {advanced, []}},
+         {update, orc_conn, {advanced, []}},
+         {update, orc_handler, {advanced, []}},
+         {update, orc_dyn_sup, supervisor},
+         {update, orc_sup, supervisor},
+         {apply, {supervisor, terminate_child, [orc_sup, orc_new]}},
+         {apply, {supervisor, delete_child, [orc_sup, orc_new]}},
+         {apply, {supervisor, restart_child, [orc_sup, orc_old]}},
+         {delete_module, orc_new}]}]}.
 """
 
 REBAR_CONFIG = """{erl_opts, [debug_info, deterministic]}.
@@ -337,8 +348,8 @@ def build_release(where: Path, vsn: str, modules: dict[str, str]) -> Path:
 
 
 def relup_tarball(v1: Path, v2: Path, out: Path) -> Path:
-    """``orc2.tar.gz``: v2 with the relup from v1 (``systools:make_relup`` with the appup in
-    v2's ebin), as ``release_handler:unpack_release/1`` takes it."""
+    """``orc2.tar.gz``: v2 with the relup from and back to v1 (``systools:make_relup`` with
+    the appup in v2's ebin), as ``release_handler:unpack_release/1`` takes it."""
     script = (
         "[V1, V2, Out] = init:get_plain_arguments(),"
         'Libs = fun(R) -> filelib:wildcard(filename:join(R, "lib/*/ebin")) end,'
@@ -350,7 +361,7 @@ def relup_tarball(v1: Path, v2: Path, out: Path) -> Path:
         '                    filename:join(Out, "sys.config")),'
         "ok = file:set_cwd(Out),"
         '{ok, _, _} = systools:make_script("orc2", [{path, Libs(V2)}, silent, no_warn_sasl]),'
-        '{ok, _, _, []} = systools:make_relup("orc2", ["orc1"], [],'
+        '{ok, _, _, []} = systools:make_relup("orc2", ["orc1"], ["orc1"],'
         "                                     [{path, Libs(V1) ++ Libs(V2)}, silent]),"
         '{ok, _, _} = systools:make_tar("orc2", [{path, Libs(V2)}, silent, no_warn_sasl]),'
         "halt()."
