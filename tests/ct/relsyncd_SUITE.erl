@@ -769,7 +769,30 @@ paths_unit(Config) ->
     {error, {forbidden, Loop}} = Many([<<A/binary, "/sub/a">>, Loop, Loop], nofollow),
     {error, {forbidden, nope}} = Many(nope, nofollow),
     {error, {forbidden, 42}} = Many([<<A/binary, "/sub/a">>, 42], nofollow),
-    {ok, []} = Many([], follow).
+    {ok, []} = Many([], follow),
+    %% a path is answered as it was checked: "out/" is the link "out"
+    {ok, Out} = relsyncd_paths:check(<<Out/binary, "/">>, nofollow, Al),
+    %% where a new link may point: inside, absolute and normalized, or relative
+    T = fun(Link, Target) -> relsyncd_paths:check_target(Link, Target, Al) end,
+    ok = T(<<A/binary, "/sub/l">>, <<A/binary, "/sub">>),
+    ok = T(<<A/binary, "/sub/l">>, <<"../in/x">>),
+    ok = T(<<A/binary, "/new/dir/l">>, <<"../../sub">>),  % a directory still to be made
+    [{error, {forbidden, Bad}} = T(<<A/binary, "/sub/l">>, Bad)
+     || Bad <- [O, <<A/binary, "/sub/">>, <<A/binary, "/./sub">>, <<"../../other">>,
+                <<"../..">>, <<A/binary, "/sub", 0>>, 42]],
+    {error, {forbidden, <<"..">>}} = T(<<A/binary, "/l">>, <<"..">>),
+    %% denied paths: refused however they are reached, and no link leads to or above them
+    J = #{allowed => [A], denied => [<<A/binary, "/sub/key">>]},
+    Key = <<A/binary, "/sub/key">>,
+    ViaLink = <<A/binary, "/in/key">>,
+    {error, {forbidden, Key}} = relsyncd_paths:check(Key, follow, J),
+    {error, {forbidden, Key}} = relsyncd_paths:check(Key, nofollow, J),
+    {error, {forbidden, ViaLink}} = relsyncd_paths:check(ViaLink, follow, J),
+    {ok, _} = relsyncd_paths:check(<<A/binary, "/sub/other">>, nofollow, J),
+    {ok, _} = relsyncd_paths:check(<<A/binary, "/sub">>, follow, J),
+    [{error, {forbidden, _}} = relsyncd_paths:check_target(<<A/binary, "/l">>, Up, J)
+     || Up <- [Key, <<A/binary, "/sub">>, A, <<"sub">>]],
+    ok = relsyncd_paths:check_target(<<A/binary, "/l">>, <<A/binary, "/sub/other">>, J).
 
 %%% ------------------------------------------------------------ the app
 
