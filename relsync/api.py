@@ -26,7 +26,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from relsync.boards import Board
 from relsync.destination import release_destination, runs_local_release
@@ -44,6 +44,12 @@ from relsync.transports.erl import ErlTarget
 
 if TYPE_CHECKING:  # relsync.hooks is imported only when there is a hook
     from relsync.hooks import Hook
+
+T = TypeVar("T")
+
+
+#: The longest time limit the board can count (Erlang's ``after`` takes up to 2^32 - 1 ms).
+MAX_SECONDS = 4_294_967
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +81,20 @@ class Settings:
 
     def check(self) -> None:
         """A one-line UsageError for values no board could use."""
-        if self.upgrade_timeout <= 0:
-            raise UsageError("--upgrade-timeout must be a positive number of seconds")
-        if self.hook_timeout <= 0:
-            raise UsageError("--hook-timeout must be a positive number of seconds")
-        if self.lock_timeout < 0:
-            raise UsageError("--lock-timeout must be 0 (do not wait) or more seconds")
+        # The board counts hook and upgrade limits in whole milliseconds, up to Erlang's
+        # longest timeout (2^32 - 1 ms).
+        for opt, least, what in (
+            ("upgrade_timeout", 0.001, "from 0.001"),
+            ("hook_timeout", 0.001, "from 0.001"),
+            ("connect_timeout", 0.001, "from 0.001"),
+            ("lock_timeout", 0.0, "from 0 (do not wait)"),
+        ):
+            value = getattr(self, opt)
+            if not (isinstance(value, int | float) and least <= value <= MAX_SECONDS):
+                raise UsageError(
+                    f"--{opt.replace('_', '-')} {value!r}: give a number of seconds {what} "
+                    f"to {MAX_SECONDS}"
+                )
         if self.sname and self.name:
             raise UsageError("give either --sname or --name, not both")
         for opt in ("destination_path", "destination_rw_path"):
@@ -175,7 +189,7 @@ async def sync_one(
 ) -> SyncReport:
     """Connect to one board and sync it; its failure raises (a :class:`RelsyncError`)."""
     target = await open_target(board, settings, local.root)
-    bar = ProgressBar(board.destination, enabled=progress)
+    bar = ProgressBar(target.label, enabled=progress)  # the summary's name for the board
     try:
         options = await board_options(
             board, settings, hook, target, dry_run=settings.dry_run, local=local.root
@@ -222,20 +236,31 @@ async def status_one(board: Board, settings: Settings, local: LocalScan) -> Boar
 
 
 async def each_board(
-    boards: Sequence[Board], settings: Settings, one: Callable[[Board], Awaitable[SyncReport]]
-) -> list[SyncReport]:
-    """``one(board)`` for every board at once; a board's failure becomes its report's error."""
+    boards: Sequence[Board],
+    one: Callable[[Board], Awaitable[T]],
+    failed: Callable[[Board, RelsyncError], T],
+) -> list[T]:
+    """``one(board)`` for every board at once; a board's failure is ``failed(board, error)``."""
 
-    async def reported(board: Board) -> SyncReport:
+    async def reported(board: Board) -> T:
         try:
             return await one(board)
         except RelsyncError as exc:
-            rw = board.rw_path or settings.destination_rw_path or ""
-            report = SyncReport(board.destination, SyncPlan(root=rw), [])
-            report.error, report.exit_code = str(exc), exc.exit_code
-            return report
+            return failed(board, exc)
 
     return list(await asyncio.gather(*(reported(b) for b in boards)))
+
+
+def failed_report(settings: Settings, action: str) -> Callable[[Board, RelsyncError], SyncReport]:
+    """The report of a board whose ``action`` (sync, rollback) failed before it had one."""
+
+    def report(board: Board, exc: RelsyncError) -> SyncReport:
+        rw = board.rw_path or settings.destination_rw_path or ""
+        done = SyncReport(board.destination, SyncPlan(root=rw), [], action=action)
+        done.error, done.exit_code = str(exc), exc.exit_code
+        return done
+
+    return report
 
 
 async def sync(
@@ -244,7 +269,9 @@ async def sync(
     """Sync ``release`` onto every board at once; one report a board, in their order."""
     settings.check()
     local = scan(release, settings)
-    return await each_board(boards, settings, lambda b: sync_one(b, settings, local, hook))
+    return await each_board(
+        boards, lambda b: sync_one(b, settings, local, hook), failed_report(settings, "sync")
+    )
 
 
 async def rollback(
@@ -254,12 +281,21 @@ async def rollback(
     settings.check()
     local = scan(release, settings)
     return await each_board(
-        boards, settings, lambda b: rollback_one(b, settings, local, clean=clean)
+        boards,
+        lambda b: rollback_one(b, settings, local, clean=clean),
+        failed_report(settings, "rollback"),
     )
 
 
 async def status(release: Path, boards: Sequence[Board], settings: Settings) -> list[BoardStatus]:
-    """What every board runs, against its pristine release and ``release``."""
+    """What every board runs, against its pristine release and ``release``; a board that
+    could not be read has its error in its status."""
     settings.check()
     local = scan(release, settings)
-    return list(await asyncio.gather(*(status_one(b, settings, local) for b in boards)))
+    return await each_board(
+        boards,
+        lambda b: status_one(b, settings, local),
+        lambda b, exc: BoardStatus.failed(
+            b.destination, b.rw_path or settings.destination_rw_path or None, exc
+        ),
+    )

@@ -66,27 +66,43 @@ def check_destination(board: Board) -> None:
 
 def _int(entry: dict[str, Any], key: str, where: str) -> int | None:
     value = entry.get(key)
-    if value is None or (isinstance(value, int) and 0 < value < 65536):
+    if value is None or (type(value) is int and 0 < value < 65536):
         return value
     raise UsageError(f"{where}: {key} must be a port number (1-65535), not {value!r}")
 
 
-def boards_from_file(path: Path, default_mode: str) -> list[Board]:
-    """The ``[[board]]`` entries of a targets file."""
-    import tomllib  # here: ~10 ms of start-up that a run without --targets does not need
+def _str(entry: dict[str, Any], key: str, where: str) -> str | None:
+    value = entry.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise UsageError(f'{where}: {key} must be a string ({key} = "..."), not {value!r}')
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file's tables; a missing, unreadable, not UTF-8 or invalid file is a one-line
+    UsageError (``what`` names the file the way the user gave it)."""
+    import tomllib  # here: ~10 ms of start-up that a run without TOML files does not need
 
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_bytes().decode())
     except OSError as exc:
-        raise UsageError(f"--targets {path}: {exc.strerror}; give an existing TOML file") from exc
+        raise UsageError(f"{what}: {exc.strerror}; give a readable TOML file") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{what} is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"--targets {path} is not valid TOML ({exc}); fix the file") from exc
-    entries = data.get("board")
+        raise UsageError(f"{what} is not valid TOML ({exc}); fix the file") from None
+
+
+def boards_from_file(path: Path, default_mode: str) -> list[Board]:
+    """The ``[[board]]`` entries of a targets file."""
+    entries = read_toml(path, f"--targets {path}").get("board")
     if not isinstance(entries, list) or not entries:
         raise UsageError(f"--targets {path} names no boards; add [[board]] tables")
     boards = []
     for number, entry in enumerate(entries, 1):
         where = f"{path} board {number}"
+        if not isinstance(entry, dict):
+            raise UsageError(f"{where}: {entry!r} is not a table; write each board as [[board]]")
         unknown = set(entry) - _KEYS
         if unknown:
             raise UsageError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
@@ -97,15 +113,16 @@ def boards_from_file(path: Path, default_mode: str) -> list[Board]:
         if not isinstance(destination, str):
             raise UsageError(f'{where}: give {"node" if mode == "erl" else "host"} = "..."')
         cookie = None
-        if "cookie_env" in entry:
-            cookie = os.environ.get(entry["cookie_env"])
+        if (variable := _str(entry, "cookie_env", where)) is not None:
+            cookie = os.environ.get(variable)
             if cookie is None:
-                raise UsageError(f"{where}: environment variable {entry['cookie_env']} is not set")
+                raise UsageError(f"{where}: environment variable {variable} is not set")
         board = Board(
             destination, mode, cookie=cookie, epmd_port=_int(entry, "epmd_port", where),
-            port=_int(entry, "port", where), user=entry.get("user"),
-            identity=entry.get("identity"), dest_path=entry.get("destination_path"),
-            rw_path=entry.get("destination_rw_path"),
+            port=_int(entry, "port", where), user=_str(entry, "user", where),
+            identity=_str(entry, "identity", where),
+            dest_path=_str(entry, "destination_path", where),
+            rw_path=_str(entry, "destination_rw_path", where),
         )  # fmt: skip
         check_destination(board)
         boards.append(board)

@@ -34,8 +34,9 @@ exit codes:
   3  could not connect to the target; it was not touched
   4  a hook failed (presync: nothing was changed; postsync: files and code were updated)
   5  a file operation on the target failed; run relsync again, it converges
-  6  synced, but some modules could not be reloaded (processes still run old code), or a
-     deleted module is still in use and stays loaded (the warning names its users)
+  6  synced, but processes still run old code (a module reloaded while they ran it, or
+     not reloaded because of them), a module failed to load, or a deleted module is still
+     in use and stays loaded (the warnings name the processes and users)
   7  the board was busy with another sync for --lock-timeout seconds; it was not touched
   8  --upgrade: a step failed; every step was undone, the old code runs with its old state
   9  --upgrade: a step failed after the point of no return (a new child, an apply), or could
@@ -164,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-c",
         "--cookie",
         metavar="COOKIE",
-        help="Erlang magic cookie [default: $RELSYNC_COOKIE, else 'cookie']",
+        help="Erlang magic cookie [default: $RELSYNC_COOKIE, else the release's (vm.args "
+        "-setcookie, mix's releases/COOKIE), else ~/.erlang.cookie, else 'cookie']",
     )
     a("-s", "--sname", metavar="NAME", help="short name for the local node")
     a("-n", "--name", metavar="NAME", help="long name for the local node")
@@ -334,7 +336,12 @@ async def run(args: argparse.Namespace, cwd: Path) -> list[SyncReport] | list[Bo
     settings = settings_from(args)
     settings.check()
     named = boards_from_args(args)
-    if args.build and not args.local_path:
+    if args.build and args.local_path:
+        raise UsageError(
+            "--build builds the project's own release: run it in the project without -l, "
+            "or sync -l PATH as it is without --build"
+        )
+    if args.build:
         from relsync.build import build_release
 
         root = await build_release(project_root(cwd) or cwd, args.profile, args.relname)
@@ -346,9 +353,11 @@ async def run(args: argparse.Namespace, cwd: Path) -> list[SyncReport] | list[Bo
         from relsync.hooks import resolve_hook
 
         hook = await resolve_hook(args.hooks, root, cwd)
-    if args.status:
-        return await api.status(root, boards, settings)
     alone = len(boards) == 1 and not (args.watch or args.json)  # its failure: the one-line error
+    if args.status:
+        if alone:
+            return [await api.status_one(boards[0], settings, api.scan(root, settings))]
+        return await api.status(root, boards, settings)
     if args.rollback:
         if alone:
             local = api.scan(root, settings)
@@ -399,10 +408,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="surrogateescape")
     wants_json = "--json" in argv
+    verbose = "-v" in argv or "--verbose" in argv
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
         sources = config.apply(parser, args, argv, config.layers(Path.cwd(), args.targets))
+        wants_json, verbose = args.json, args.verbose
         if args.show_config:
             sys.stdout.write(config.show(args, sources))
             return int(ExitCode.OK)
@@ -414,18 +425,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(ExitCode.OK)
         reports = asyncio.run(run(args, Path.cwd()))
     except RelsyncError as exc:
-        print(f"relsync: error: {exc}", file=sys.stderr)
-        if wants_json and "--status" not in argv:
-            print_json([], error=str(exc), exit_code=int(exc.exit_code))
         detail = getattr(exc.__cause__, "detail", None)
-        if detail and ("-v" in argv or "--verbose" in argv):
+        hint = "; -v shows the whole error" if detail and not verbose else ""
+        print(f"relsync: error: {exc}{hint}", file=sys.stderr)
+        if wants_json:
+            print_json([], error=str(exc), exit_code=int(exc.exit_code))
+        if detail and verbose:
             print(f"relsync: the target's error: {detail}", file=sys.stderr)
         return int(exc.exit_code)
     except KeyboardInterrupt:
-        print("relsync: interrupted; run it again to finish the sync", file=sys.stderr)
+        message = "interrupted; run relsync again: it converges"
+        print(f"relsync: {message}", file=sys.stderr)
+        if wants_json:
+            print_json([], error=message, exit_code=int(ExitCode.SYNC))
         return int(ExitCode.SYNC)
     finally:
         gc.set_threshold(*threshold)
+    if len(reports) == 1 and reports[0].error:  # the one-line error, as when it raises
+        print(f"relsync: error: {reports[0].error}", file=sys.stderr)
     if args.status:
         statuses = [r for r in reports if isinstance(r, BoardStatus)]
         if args.json:
@@ -433,13 +450,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             for status in statuses:
                 print_status(status)
-        return int(ExitCode.OK)
+        return max(int(s.exit_code) for s in statuses)
     reports = [r for r in reports if isinstance(r, SyncReport)]
     code = max(r.exit_code for r in reports)
     if args.json:
         print_json(reports)
-        if len(reports) == 1 and reports[0].error:
-            print(f"relsync: error: {reports[0].error}", file=sys.stderr)
     elif len(reports) > 1:
         if not args.quiet or code:
             print_table(reports, verbose=args.verbose)

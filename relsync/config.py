@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from relsync.boards import read_toml
 from relsync.erldist.etf import Term
 from relsync.erlterm import consult
 from relsync.errors import UsageError
@@ -42,15 +43,9 @@ def project_root(cwd: Path) -> Path | None:
 
 
 def _toml_layer(path: Path, what: str) -> Layer | None:
-    import tomllib  # here: ~10 ms of start-up that a run without a config file does not need
-
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError:
+    if not path.is_file():
         return None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path} is not valid TOML ({exc}); fix it") from None
-    table = data.get("relsync", {})
+    table = read_toml(path, str(path)).get("relsync", {})
     if not isinstance(table, dict):
         raise UsageError(f"{path}: [relsync] must be a table of options; fix it")
     return Layer(f"{path} ({what})", {k.replace("-", "_"): v for k, v in table.items()})
@@ -109,6 +104,9 @@ def _convert(action: argparse.Action, value: Any, source: str) -> Any:
 
 def _convert_one(action: argparse.Action, value: Any, source: str) -> Any:
     convert = action.type if callable(action.type) else None
+    if convert is None and action.choices is None and not isinstance(value, str):
+        name = action.option_strings[-1]
+        raise UsageError(f"{source}: {name} must be a string, not {value!r}; fix it there")
     text = str(value).lower() if isinstance(value, bool) else str(value)
     try:
         result = convert(text) if convert is not None else text

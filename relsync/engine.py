@@ -29,6 +29,7 @@ from relsync.target import (
 )
 from relsync.transfer import apply_files
 from relsync.upgrade import app_data, upgrade_steps
+from relsync.words import modules, plural
 
 if TYPE_CHECKING:  # relsync.hooks (tempfile, erlc) is imported only when there is a hook
     from relsync.hooks import Hook
@@ -336,10 +337,33 @@ async def switch_code(
         if plan.purge:
             report.modules += await target.delete_modules(plan.purge, options.brutal_purge)
     report.warnings += [_still_used(m) for m in report.modules if _used(m)]
-    if report.exit_code == ExitCode.OK and any(
-        m.status in ("not_purged", "in_use", "error") for m in report.modules
-    ):
-        report.exit_code = ExitCode.RELOAD
+    if report.exit_code == ExitCode.OK and (problem := _reload_problem(report.modules)):
+        report.error, report.exit_code = problem, ExitCode.RELOAD
+
+
+def _reload_problem(results: list[ModuleResult]) -> str | None:
+    """The one-line error of a sync whose code did not all take (exit 6), or None: modules
+    that failed to load, deleted ones still in use, processes left in old code."""
+    failed = [m.module for m in results if m.status == "error"]
+    in_use = [m.module for m in results if m.status == "in_use"]
+    stuck = [m.module for m in results if m.status == "not_purged"]
+    lingering = [m for m in results if m.status == "loaded" and m.processes]
+    parts = [f"{modules(failed)} failed to load"] if failed else []
+    if in_use:
+        parts.append(f"{modules(in_use)} no longer in the release but still in use (loaded)")
+    if stuck:
+        parts.append(f"{modules(stuck)} NOT reloaded (processes run the old code)")
+    if lingering:
+        count = sum(len(m.processes) for m in lingering)
+        names = modules([m.module for m in lingering])
+        parts.append(f"the old code of {names} still runs in {plural(count, 'process')}")
+    if not parts:
+        return None
+    return "; ".join(parts) + (
+        "; see the warnings: stop those processes in a presync hook, or use --purge brutal"
+        if stuck or lingering or in_use
+        else "; see each module's error, fix it and sync again"
+    )
 
 
 def _used(result: ModuleResult) -> bool:

@@ -6,6 +6,8 @@ import sys
 import time
 from typing import TextIO
 
+from relsync.words import size
+
 
 class ProgressBar:
     """Redraws one line on ``stream`` at most ten times a second, only when it is a TTY."""
@@ -31,8 +33,7 @@ class ProgressBar:
             share = min(1.0, self._done / self._total)
             bar = "#" * int(share * 30)
             self._stream.write(
-                f"\r{self._label} [{bar:<30}] {share:4.0%} "
-                f"{self._done / 1e6:.1f}/{self._total / 1e6:.1f} MB"
+                f"\r{self._label} [{bar:<30}] {share:4.0%} {size(self._done)}/{size(self._total)}"
             )
             self._stream.flush()
 

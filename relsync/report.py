@@ -7,15 +7,7 @@ import sys
 from typing import Any, TextIO
 
 from relsync.engine import SyncReport
-
-
-def _size(nbytes: int) -> str:
-    size = float(nbytes)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    raise AssertionError("unreachable")
+from relsync.words import plural, shown, size
 
 
 def _below(root: str, path: str) -> str:
@@ -79,20 +71,26 @@ def print_json(
     """One JSON object on one line, the same shape for one board and many, and for a run that
     failed before reaching any (``error``, ``exit_code``): ``{"ok", "exit_code", "error",
     "boards": [...]}``; the top-level error is the first failed board's."""
-    failed = [r for r in reports if r.exit_code]
+    write_json([as_dict(r) for r in reports], out, error=error, exit_code=exit_code)
+
+
+def write_json(
+    boards: list[dict[str, Any]],
+    out: TextIO | None = None,
+    *,
+    error: str | None = None,
+    exit_code: int | None = None,
+) -> None:
+    """The object ``--json`` prints around its boards' (each with ``target``, ``exit_code``
+    and ``error``): the highest exit code, the first failed board's error."""
+    failed = [b for b in boards if b["exit_code"]]
     if exit_code is None:
-        exit_code = max((int(r.exit_code) for r in reports), default=0)
+        exit_code = max((b["exit_code"] for b in boards), default=0)
     if error is None and failed:
-        error = f"{failed[0].label}: {failed[0].error}" if len(reports) > 1 else failed[0].error
-    whole = {"ok": exit_code == 0, "exit_code": exit_code, "error": error,
-             "boards": [as_dict(r) for r in reports]}  # fmt: skip
+        first = failed[0]
+        error = f"{first['target']}: {first['error']}" if len(boards) > 1 else first["error"]
+    whole = {"ok": exit_code == 0, "exit_code": exit_code, "error": error, "boards": boards}
     (out or sys.stdout).write(json.dumps(whole) + "\n")
-
-
-def shown(module: str) -> str:
-    """A module name as its language writes it: Elixir's ``Elixir.Myex.Counter`` is
-    ``Myex.Counter``; Erlang's are as they are."""
-    return module.removeprefix("Elixir.")
 
 
 def _names(items: list[str], verbose: bool, limit: int = 6) -> str:
@@ -105,20 +103,29 @@ def print_summary(report: SyncReport, *, verbose: bool = False, out: TextIO | No
     """The one-screen human summary (on stdout unless ``out`` is given)."""
     plan = report.plan
     w = (out or sys.stdout).write
-    verb = {
-        ("sync", True): "would sync",
-        ("sync", False): "synced",
-        ("rollback", True): "would roll back",
-        ("rollback", False): "rolled back",
-    }[report.action, report.dry_run]
-    w(f"relsync: {verb} {report.label} in {report.seconds:.2f} s -> {plan.root}\n")
-    w(
-        f"  files: {len(plan.added)} added, {len(plan.changed)} changed, "
-        f"{len(plan.deleted)} deleted; {_size(plan.bytes_to_send)} to send"
-        + ("" if report.dry_run else f", {_size(report.bytes_sent)} sent")
-        + (f" ({len(report.deltas)} as block deltas)" if report.deltas else "")
-        + "\n"
-    )
+    rollback = report.action == "rollback"
+    if rollback and not plan.code_path_replace:  # see relsync.rollback
+        w(f"relsync: nothing to roll back: {report.label} runs its pristine release\n")
+    else:
+        verb = {
+            ("sync", True): "would sync",
+            ("sync", False): "synced",
+            ("rollback", True): "would roll back",
+            ("rollback", False): "rolled back",
+        }[report.action, report.dry_run]
+        took = "" if report.dry_run else f" in {report.seconds:.2f} s"
+        w(f"relsync: {verb} {report.label}{took} -> {plan.root}\n")
+    if not rollback:
+        w(
+            f"  files: {len(plan.added)} added, {len(plan.changed)} changed, "
+            f"{len(plan.deleted)} deleted; {size(plan.bytes_to_send)} to send"
+            + ("" if report.dry_run else f", {size(report.bytes_sent)} sent")
+            + (f" ({len(report.deltas)} as block deltas)" if report.deltas else "")
+            + "\n"
+        )
+    elif plan.delete_paths:
+        removed = "would remove" if report.dry_run else "removed"
+        w(f"  shadow tree {removed}: {plural(len(plan.delete_paths), 'path')}\n")
     for label, items in (
         ("added", plan.added),
         ("changed", plan.changed),
@@ -196,7 +203,8 @@ def print_summary(report: SyncReport, *, verbose: bool = False, out: TextIO | No
                     else f"    {s.rel}\n"
                 )
     for warning in report.warnings:
-        w(f"  warning: {warning}\n")
+        if not warning.startswith("nothing to roll back"):  # said on the first line
+            w(f"  warning: {warning}\n")
     if report.error:
         w(f"  error: {report.error}\n")
 
@@ -214,7 +222,7 @@ def print_table(
         loaded = sum(1 for m in r.modules if m.status == "loaded")
         result = "ok" if not r.exit_code else f"FAILED ({int(r.exit_code)})"
         rows.append((r.label, result, str(len(r.plan.added)), str(len(r.plan.changed)),
-                     str(len(r.plan.deleted)), str(loaded), _size(r.bytes_sent),
+                     str(len(r.plan.deleted)), str(loaded), size(r.bytes_sent),
                      f"{r.seconds:.2f} s"))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:

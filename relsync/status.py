@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from relsync.engine import SyncOptions
+from relsync.errors import ExitCode, RelsyncError
 from relsync.local_scan import LocalScan, scan_while_reading
 from relsync.plan import SyncPlan, build_plan
+from relsync.report import write_json
 from relsync.rollback import ShadowChanges, shadow_changes
 from relsync.target import ModuleResult, Target
+from relsync.words import plural, shown
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,15 @@ class BoardStatus:
     old_code: list[ModuleResult]
     #: Processes suspended (an upgrade leaves none: another tool may).
     suspended: list[str]
+    #: Why the board could not be read (the other fields are then empty).
+    error: str | None = None
+    exit_code: ExitCode = ExitCode.OK
+
+    @classmethod
+    def failed(cls, label: str, rw: str | None, exc: RelsyncError) -> BoardStatus:
+        """A board that could not be read: its error, nothing else known."""
+        return cls(label, "", rw, False, None, [], SyncPlan(root=rw or ""), [], [],
+                   error=str(exc), exit_code=exc.exit_code)  # fmt: skip
 
 
 async def board_status(target: Target, local: LocalScan, options: SyncOptions) -> BoardStatus:
@@ -54,6 +65,9 @@ def status_dict(status: BoardStatus) -> dict[str, Any]:
     pristine = status.pristine
     return {
         "target": status.label,
+        "ok": status.exit_code == 0,
+        "exit_code": int(status.exit_code),
+        "error": status.error,
         "destination_path": status.dest,
         "shadow_tree": status.rw,
         "shadow_active": status.shadow_active,
@@ -84,6 +98,9 @@ def _list(names: list[str]) -> str:
 def print_status(status: BoardStatus, out: TextIO = sys.stdout) -> None:
     """One screen."""
     w = out.write
+    if status.error:
+        w(f"relsync: {status.label} could not be read: {status.error}\n")
+        return
     if status.rw:
         tree = f"shadow tree {status.rw}: " + ("active" if status.shadow_active else "not active")
     else:
@@ -92,7 +109,7 @@ def print_status(status: BoardStatus, out: TextIO = sys.stdout) -> None:
     pristine = status.pristine
     if pristine is not None:
         counts = (
-            f"{len(pristine.changed)} modules changed, {len(pristine.added)} added, "
+            f"{plural(len(pristine.changed), 'module')} changed, {len(pristine.added)} added, "
             f"{len(pristine.deleted)} deleted"
         )
         w(f"  against the pristine release: {counts}\n")
@@ -102,25 +119,25 @@ def print_status(status: BoardStatus, out: TextIO = sys.stdout) -> None:
             ("deleted", sorted(pristine.deleted)),
         ):
             if names:
-                w(f"    {label}: {_list(names)}\n")
+                w(f"    {label}: {_list([shown(n) for n in names])}\n")
     elif status.rw:
         w("  against the pristine release: the same (it runs the release itself)\n")
     local = status.local
     if local.touches_target:
         w(
-            f"  against the local release: {len(local.added)} files to add, "
+            f"  against the local release: {plural(len(local.added), 'file')} to add, "
             f"{len(local.changed)} to change, {len(local.deleted)} to delete; "
-            f"{len(local.reload)} modules to load, {len(local.purge)} to delete\n"
+            f"{plural(len(local.reload), 'module')} to load, {len(local.purge)} to delete\n"
         )
     else:
         w("  against the local release: up to date\n")
     if status.pending:
         w(
             "  pending (left by a sync that did not finish, or deleted but still in use): "
-            f"{_list(status.pending)}\n"
+            f"{_list([shown(n) for n in status.pending])}\n"
         )
     for m in status.old_code:
-        w(f"  old code of {m.module} still runs in {', '.join(m.processes)}\n")
+        w(f"  old code of {shown(m.module)} still runs in {', '.join(m.processes)}\n")
     if not status.old_code:
         w("  no process runs old code\n")
     if status.suspended:
@@ -128,6 +145,7 @@ def print_status(status: BoardStatus, out: TextIO = sys.stdout) -> None:
 
 
 def print_status_json(statuses: list[BoardStatus], out: TextIO = sys.stdout) -> None:
-    """One board: its object; several: ``{"boards": [...]}``."""
-    items = [status_dict(s) for s in statuses]
-    out.write(json.dumps(items[0] if len(items) == 1 else {"boards": items}) + "\n")
+    """One JSON object on one line, the shape of a sync's (``{"ok", "exit_code", "error",
+    "boards": [...]}``), for one board and many; the top-level error is the first failed
+    board's."""
+    write_json([status_dict(s) for s in statuses], out)

@@ -142,16 +142,14 @@ def _where(frame: Term) -> str:
 
 def rpc_failure(reason: Term) -> str:
     """A ``badrpc`` reason in words: a missing function names itself and what to check, a
-    crash its reason and where; anything else a short term (-v shows all of it)."""
+    crash its reason and where; anything else a short term (the exception's ``detail`` is
+    all of it: relsync -v prints it)."""
     crash = reason[1] if isinstance(reason, tuple) and len(reason) == 2 else None
     if isinstance(reason, tuple) and reason[:1] == ("EXIT",) and isinstance(crash, tuple):
         why, stack = crash if len(crash) == 2 else (crash, [])
         top = stack[0] if isinstance(stack, list) and stack else None
         if why == "undef" and top is not None:
-            return (
-                f"{_where(top)} is not on the board (is its application in the release?); "
-                "-v shows the whole error"
-            )
+            return f"{_where(top)} is not on the board (is its application in the release?)"
         at = f" in {_where(top)}" if top is not None else ""
-        return f"{format_term(why, 120)}{at}; -v shows the whole error"
+        return f"{format_term(why, 120)}{at}"
     return f"{format_term(reason, 200)}; check that the module is loaded on the target"

@@ -224,12 +224,14 @@ def test_process_in_old_code_is_reported_not_killed(
         assert await call(board, "demo_loop", "start") == "ok"
         pid = await call(board, "erlang", "whereis", [Atom("demo_loop")])
         second = await relsync(board, variants[1].root, "-q", rw, "--json")
-        assert second.code == 0
+        assert second.code == 6  # synced, but a process was left in the old code
         [loaded] = second.report["modules"]
         assert loaded["status"] == "loaded" and loaded["processes"]
         assert loaded["processes"][0].endswith("demo_loop")
+        assert second.json["error"] == second.report["error"] and "demo_loop" in second.err
+        assert "1 process" in second.report["error"] and second.err.count("\n") == 1
         third = await relsync(board, variants[2].root, "-q", rw, "--json")
-        assert third.code == 6
+        assert third.code == 6 and "NOT reloaded" in third.report["error"]
         [stuck] = third.report["modules"]
         assert stuck["status"] == "not_purged" and "demo_loop" in stuck["processes"][0]
         assert await call(board, "erlang", "whereis", [Atom("demo_loop")]) == pid  # not killed

@@ -175,7 +175,7 @@ def test_rollback_after_a_sync_and_after_an_upgrade_with_status(
         assert status.report["against_pristine"]["changed"] == ["demo_counter"]
         assert status.report["against_local"]["reload"] == []
         text = await relsync(board, plain.root, "-q", rw, "--status")
-        assert "shadow tree" in text.out and "1 modules changed" in text.out
+        assert "shadow tree" in text.out and "1 module changed" in text.out
 
         back = await relsync(board, plain.root, "-q", rw, "--rollback", "--json")
         assert back.code == 0, back.err

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +15,7 @@ from pathlib import Path
 import pytest
 from support.fake_release import make_release
 
+import relsync
 from relsync.cli import build_parser, main
 from relsync.hooks import resolve_hook
 from relsync.progress import ProgressBar
@@ -154,12 +158,121 @@ def test_progress_bar_draws_only_on_a_tty() -> None:
         def isatty(self) -> bool:
             return True
 
-    tty, pipe = Tty(), io.StringIO()
-    for stream in (tty, pipe):
+    tty, pipe, small = Tty(), io.StringIO(), Tty()
+    for stream, total in ((tty, 2_000_000), (pipe, 2_000_000), (small, 3_000)):
         bar = ProgressBar("board", stream)
-        bar.start(2_000_000)
-        bar.advance(1_000_000)
-        bar.advance(1_000_000)
+        bar.start(total)
+        bar.advance(total // 2)
+        bar.advance(total - total // 2)
         bar.finish()
-    assert "100%" in tty.getvalue() and "2.0/2.0 MB" in tty.getvalue()
+    assert "100%" in tty.getvalue() and "2.0 MB/2.0 MB" in tty.getvalue()
     assert pipe.getvalue() == ""
+    assert "3.0 kB/3.0 kB" in small.getvalue()  # not 0.0/0.0 MB
+
+
+NOT_UTF8 = b'[relsync]\nhooks = "caf\xe9"\n'
+
+
+@pytest.mark.parametrize(
+    ("files", "argv", "needle"),
+    [
+        ({"relsync.toml": NOT_UTF8}, [], "relsync.toml is not UTF-8"),
+        ({"t.toml": NOT_UTF8}, ["--targets", "t.toml"], "t.toml is not UTF-8"),
+        ({"t.toml": b"board = [1, 2]\n"}, ["--targets", "t.toml"], "not a table"),
+        (
+            {"t.toml": b'[[board]]\nnode = "a@b"\ndestination_rw_path = 5\n'},
+            ["--targets", "t.toml"],
+            "destination_rw_path must be a string",
+        ),
+        (
+            {"relsync.toml": b"[relsync]\ndestination_rw_path = 5\n"},
+            [],
+            "--destination-rw-path must be a string",
+        ),
+        (
+            {"t.toml": b'[[board]]\nnode = "a@b"\nepmd_port = true\n'},
+            ["--targets", "t.toml"],
+            "epmd_port must be a port number",
+        ),
+        ({}, ["--hook-timeout", "inf"], "--hook-timeout inf"),
+        ({}, ["--upgrade", "--upgrade-timeout", "nan"], "--upgrade-timeout nan"),
+        ({}, ["--upgrade", "--upgrade-timeout", "inf"], "--upgrade-timeout inf"),
+        ({}, ["--upgrade", "--upgrade-timeout", "1e-9"], "--upgrade-timeout 1e-09"),
+        ({}, ["--connect-timeout", "-1"], "--connect-timeout -1"),
+        ({}, ["--lock-timeout", "nan"], "--lock-timeout nan"),
+        ({}, ["--build"], "--build builds the project's own release"),
+    ],
+)
+def test_bad_values_are_refused_before_anything_is_sent(
+    files: dict[str, bytes],
+    argv: list[str],
+    needle: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    make_release(tmp_path / "_rel")
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    monkeypatch.chdir(tmp_path)
+    epmd = ["--epmd-port", str(_free_port())]  # what old code reached: exit 3, not 2
+    target = [] if "--targets" in argv else ["-d", "a@127.0.0.1"]
+    assert main([*target, *epmd, "-l", "_rel", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("relsync: error: ") and needle in err, err
+
+
+def test_help_names_the_cookie_relsync_uses(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "$RELSYNC_COOKIE, else the release's" in help_text
+    assert "~/.erlang.cookie" in help_text
+
+
+#: The environment of a relsync run in another directory: this checkout's relsync, whatever
+#: the interpreter has installed.
+HERE = {**os.environ, "PYTHONPATH": str(Path(relsync.__file__).parents[1])}
+
+
+def _json_run(argv: list[str], cwd: Path) -> tuple[int, dict[str, object], str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "relsync.cli", *argv], cwd=cwd, env=HERE,
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.stdout.count("\n") == 1, done.stdout  # one object, on one line
+    return done.returncode, json.loads(done.stdout), done.stderr
+
+
+@pytest.mark.parametrize("action", [[], ["--status"], ["--rollback"]])
+def test_json_when_the_board_is_down_is_one_object(action: list[str], tmp_path: Path) -> None:
+    make_release(tmp_path / "_rel")
+    argv = ["-d", "a@127.0.0.1", "--epmd-port", str(_free_port()), "-q", "/data/relsync"]
+    code, out, err = _json_run([*argv, "--json", *action], tmp_path)
+    assert code == 3 and out["exit_code"] == 3 and out["ok"] is False
+    assert "EPMD" in str(out["error"]) and err.count("\n") == 1
+    [board] = out["boards"]  # type: ignore[misc]
+    assert board["target"] == "a@127.0.0.1" and board["exit_code"] == 3
+    if action != ["--status"]:
+        assert board["action"] == ("rollback" if action else "sync")
+
+
+def test_ctrl_c_with_json_prints_one_object(tmp_path: Path) -> None:
+    make_release(tmp_path / "_rel")
+    with socket.socket() as epmd:  # accepts the connection, never answers
+        epmd.bind(("127.0.0.1", 0))
+        epmd.listen()
+        argv = ["-d", "a@127.0.0.1", "--epmd-port", str(epmd.getsockname()[1]), "--json",
+                "--connect-timeout", "120"]  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "relsync.cli", *argv], cwd=tmp_path, env=HERE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        conn, _ = epmd.accept()  # relsync is waiting for the board now
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        conn.close()
+    assert proc.returncode == 5 and out.count("\n") == 1, (out, err)
+    result = json.loads(out)
+    assert result["exit_code"] == 5 and "interrupted" in result["error"]
+    assert err.count("\n") == 1
