@@ -7,13 +7,13 @@
 %% links with it); setstat sets permission bits only (no setuid, setgid or
 %% sticky bit) and never changes the owner.
 %%
-%% Used as `{file_handler, {relsyncd_sftp, relsyncd_sftp:init_state(Allowed)}}`
+%% Used as `{file_handler, {relsyncd_sftp, relsyncd_sftp:init_state(Allowed, Denied)}}`
 %% in ssh_sftpd:subsystem_spec/1; subsystem_spec/1 below builds that.
 -module(relsyncd_sftp).
 
 -behaviour(ssh_sftpd_file_api).
 
--export([subsystem_spec/1, init_state/1, init_state/2]).
+-export([subsystem_spec/1, init_state/2]).
 -export([close/2, delete/2, del_dir/2, get_cwd/1, is_dir/2, list_dir/2,
          make_dir/2, make_symlink/3, open/3, position/3, read/3,
          read_file_info/2, read_link/2, read_link_info/2, rename/3,
@@ -36,9 +36,6 @@ subsystem_spec(#{allowed_paths := Allowed} = Opts) ->
           end,
     ssh_sftpd:subsystem_spec([{file_handler, {?MODULE, State#st{cwd = Cwd}}},
                               {cwd, Cwd}]).
-
--spec init_state([file:name_all()]) -> state().
-init_state(Allowed) -> init_state(Allowed, []).
 
 -spec init_state([file:name_all()], [file:name_all()]) -> state().
 init_state(Allowed0, Denied) ->
