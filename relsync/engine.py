@@ -425,8 +425,9 @@ async def _run_upgrade(
     elif result.error:
         kept = sorted({e.module for e in result.events if e.what == "not_undone"})
         how = (
-            f"could not be undone without killing the processes still running the old code "
-            f"of {', '.join(kept)} (they run the new code)"
+            f"{', '.join(kept)} could not be undone and run the new code (undoing would kill "
+            "the processes still running the old code, or a code_change outlasted "
+            "--upgrade-timeout)"
             if kept
             else "the new code runs"
         )

@@ -180,7 +180,15 @@ update(M, How, Path, Sha, Pids, St) ->
             then(load(M, Path, Sha, St),
                  fun(S) ->
                          {Converted, S1} = convert(Pids, M, Vsn, Extra, S),
-                         done({M, load_convert, Converted, {Vsn, Extra}}, S1)
+                         case S1 of
+                             #{error := {code_change, M, _, _, timeout}} ->
+                                 %% Still converting, to the new code's state: it
+                                 %% keeps the new code (undoing it would give the
+                                 %% old code a state in the new shape).
+                                 done({M, keep, Pids, none}, S1);
+                             _ ->
+                                 done({M, load_convert, Converted, {Vsn, Extra}}, S1)
+                         end
                  end)
     end.
 
@@ -304,6 +312,8 @@ undo(#{done := Done} = St) ->
 undo_step({M, How, _, _}, #{opts := #{old_code := Old}} = St)
   when How =/= convert, map_get(M, Old) =:= unavailable -> % gone: see lost_code
     event({not_undone, M, []}, St);
+undo_step({M, keep, _, _}, St) ->
+    event({not_undone, M, code_change_timeout}, St);
 undo_step({M, How, Pids, Conv}, #{opts := #{old_code := Old} = Opts} = St) ->
     Live = [P || P <- Pids, is_process_alive(P)],
     case restorable(M, maps:get(purge, Opts, soft)) of
