@@ -1,6 +1,8 @@
 """The ``docker-otp`` board kind: a container running a release like a board does.
 
-Root filesystem read-only, the release bind-mounted read-only at ``/srv/erlang``, a named volume
+Root filesystem read-only, a snapshot of the release (taken when the board starts, so a rebuild
+of the user's ``_build`` does not change it under the VM) bind-mounted read-only at
+``/srv/erlang``, a named volume
 at ``/data`` that survives restarts, ``/tmp`` a tmpfs. ``docker restart`` is a reboot,
 ``docker kill`` + ``docker start`` a power cut. Every port is published on 127.0.0.1 only; the
 distribution port has the same number inside and out (EPMD hands it to the client). Images
@@ -10,8 +12,11 @@ come from ``targets/docker-otp/build.sh`` (Debian packages only, no registry).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
+import shutil
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -19,14 +24,23 @@ from types import TracebackType
 from relsync.erldist.etf import Term
 from relsync.erldist.node import call_once
 from relsync.harness.bundle import harness_root
-from relsync.harness.local import read_release_info
-from relsync.harness.ready import BoardError, parse_tree, run_command, tree_command, wait_ready
+from relsync.harness.local import copy_project_links, read_release_info
+from relsync.harness.ready import (
+    BoardError,
+    cancel,
+    parse_tree,
+    run_command,
+    tree_command,
+    wait_ready,
+)
 from relsync.harness.relsyncd import SshAccess, build_relsyncd, ensure_key, start_relsyncd
 from relsync.transports.ssh import DEFAULT_PORT as SSH_PORT
 
 RELEASE_PATH = "/srv/erlang"
 RW_PATH = "/data/relsync"
 RELSYNCD_EBIN = "/opt/relsyncd/ebin"
+#: The board's own OTP libraries (relsyncd's ssh and crypto beside a release without them).
+BOARD_OTP_LIB = "/usr/lib/erlang/lib"
 READY_TIMEOUT = 90.0
 
 
@@ -99,12 +113,21 @@ class DockerBoard:
 
     @classmethod
     async def start(
-        cls, release: Path, *, otp: int = 27, workdir: Path, ssh: bool = True, openssh: bool = False
+        cls,
+        release: Path,
+        *,
+        otp: int = 27,
+        workdir: Path,
+        ssh: bool = True,
+        openssh: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> DockerBoard:
-        """Create and start a board running ``release``; return when its node answers.
+        """Create and start a board running a snapshot of ``release``; return when its node
+        answers.
 
-        ``workdir/<id>`` on this machine keeps the board's ssh keys and console log. With
-        ``openssh`` the board also runs OpenSSH's sshd for root, key only (:attr:`openssh`).
+        ``workdir/<id>`` on this machine keeps the board's snapshot of the release, its ssh keys
+        and console log. With ``openssh`` the board also runs OpenSSH's sshd for root, key only
+        (:attr:`openssh`). ``env``: variables the release's vm.args / sys.config use.
         """
         await ensure_engine_and_image(otp)
         info = read_release_info(Path(release).resolve())
@@ -113,12 +136,19 @@ class DockerBoard:
             name=name, otp=otp, main_app=info.main_app, cookie=secrets.token_hex(16),
             ports=await _free_ports(3), workdir=(workdir / name).resolve(), ssh=ssh,
         )  # fmt: skip
+        try:
+            await board._snapshot(info.root)
+        except BaseException:
+            await board.stop()
+            raise
         argv = ["docker", "run", "-d", "--name", name, "--read-only"]
         for key, value in board._labels().items():
             argv += ["--label", f"{key}={value}"]
+        for key, value in (env or {}).items():
+            argv += ["-e", f"{key}={value}"]
         argv += [
             "--tmpfs", "/tmp:rw,nosuid,nodev,size=64m",
-            "--mount", f"type=bind,src={info.root},dst={RELEASE_PATH},readonly",
+            "--mount", f"type=bind,src={board.snapshot},dst={RELEASE_PATH},readonly",
             "--mount", f"type=volume,src={name}-data,dst=/data",
             "-e", f"RELSYNC_NODE={board.node}", "-e", f"RELSYNC_COOKIE={board.cookie}",
             "-e", f"RELSYNC_DIST_PORT={board.dist_port}",
@@ -142,6 +172,17 @@ class DockerBoard:
             await board.stop()
             raise
         return board
+
+    @property
+    def snapshot(self) -> Path:
+        """The board's own copy of the release (what it runs, read-only)."""
+        return self.workdir / "release"
+
+    async def _snapshot(self, release: Path) -> None:
+        """Copy ``release`` to :attr:`snapshot`, links into the project resolved (dev mode)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        await run_command("cp", "-a", release, self.snapshot)
+        copy_project_links(self.snapshot, release)
 
     @classmethod
     async def attach(cls, name: str) -> DockerBoard:
@@ -191,26 +232,35 @@ class DockerBoard:
                 stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
 
+    async def _exited(self) -> int:
+        """Wait for the container to stop; its exit status."""
+        out = await run_command("docker", "wait", self.id, check=False, split=True)
+        return int(out.strip()) if out.strip().isdigit() else -1
+
     async def _ready(self) -> None:
+        exited = asyncio.ensure_future(self._exited())
         try:
             await wait_ready(
                 self.node, self.cookie, self.epmd_port, self.main_app, timeout=READY_TIMEOUT,
-                describe=lambda: f"container {self.id}",
+                died=exited, describe=lambda: f"container {self.id}",
             )  # fmt: skip
         except BoardError as exc:
-            raise BoardError(f"{exc}; end of {self.console_log}:\n{self._log_tail()}") from exc
+            raise BoardError(f"{exc}; end of its console:\n{await self._log_tail()}") from exc
+        finally:
+            await cancel(exited)
         if self.has_ssh:
             self.ssh = await start_relsyncd(
                 self.rpc, key_dir=self.workdir / "ssh", ebin=RELSYNCD_EBIN,
                 allowed_paths=[RELEASE_PATH, "/data"], host_key_dir="/data/relsyncd",
                 port=SSH_PORT, listen_any=True, public_port=self.ssh_port,
+                extra_libs=[BOARD_OTP_LIB],
             )  # fmt: skip
 
-    def _log_tail(self) -> str:
-        try:
-            return "\n".join(self.console_log.read_text(errors="replace").splitlines()[-40:])
-        except OSError:
-            return "(no log captured)"
+    async def _log_tail(self) -> str:
+        """The end of the container's console (straight from the engine: the follower may
+        not have written the last lines yet)."""
+        out = await run_command("docker", "logs", "--tail", "40", self.id, check=False)
+        return out.rstrip() or "(no output)"
 
     async def rpc(self, mod: str, fun: str, args: list[Term] | None = None) -> Term:
         """One ``mod:fun(args...)`` call on the board's node."""
@@ -251,9 +301,12 @@ class DockerBoard:
         await self._ready()
 
     async def stop(self) -> None:
-        """Remove the container and its data volume (keeps the console log). Idempotent."""
+        """Remove the container, its data volume and its snapshot of the release (keeps the
+        console log). Idempotent."""
         await run_command("docker", "rm", "-f", "-v", self.id, check=False)
         await run_command("docker", "volume", "rm", "-f", f"{self.id}-data", check=False)
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(shutil.rmtree, self.snapshot)
 
     async def __aenter__(self) -> DockerBoard:
         return self

@@ -8,6 +8,7 @@ Every method opens fresh connections, so a board may be driven from any event lo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,7 +36,20 @@ BOARD_OPTIONS: dict[str, dict[str, Any]] = {
             "help": "docker-otp: the board's OTP (default: the release's)"},
     "mode": {"choices": ("erl", "ssh"), "default": "erl",
              "help": "how relsync reaches the board (default: erl)"},
+    "env": {"action": "append", "default": [], "metavar": "NAME=VALUE",
+            "help": "a variable the release's vm.args / sys.config use (${NAME}); repeatable"},
 }  # fmt: skip
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    """``--env NAME=VALUE`` options as a dict (a pair without ``=`` is a usage error)."""
+    env: dict[str, str] = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not eq or not name.isidentifier():
+            raise UsageError(f"--env {pair}: expected NAME=VALUE")
+        env[name] = value
+    return env
 
 
 class EmulatedBoard(Protocol):
@@ -74,9 +88,20 @@ def otp_of(release: Path) -> int:
     if otp not in (25, 27):
         raise UsageError(
             f"{release} was built with ERTS {erts}; there are boards for OTP 25 and 27 only: "
-            "rebuild it with one of those, or force one with --otp"
+            "rebuild it with one of those"
         )
     return otp
+
+
+def check_otp(release: Path, kind: str, board_otp: int) -> None:
+    """Refuse, before anything boots, a release built with another OTP than the board runs."""
+    built = otp_of(release)
+    if built != board_otp:
+        raise UsageError(
+            f"{release.name} was built with OTP {built} and the {kind} board runs OTP "
+            f"{board_otp}: rebuild the release with OTP {board_otp}"
+            + (f", or use a docker-otp board with --otp {built}" if kind != "qemu-arm" else "")
+        )
 
 
 async def example_release(kind: str) -> Path:
@@ -97,16 +122,24 @@ def port_cc(kind: str) -> str:
 
 
 async def start_board(
-    kind: str, release: Path, *, workdir: Path, ssh: bool = True, otp: int | None = None
+    kind: str,
+    release: Path,
+    *,
+    workdir: Path,
+    ssh: bool = True,
+    otp: int | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> EmulatedBoard:
     """Boot a board of ``kind`` running ``release`` read-only; return when it answers.
 
     ``ssh``: also start relsyncd beside the release (ssh mode). ``otp`` only matters for
-    ``docker-otp`` (default: the release's own).
+    ``docker-otp`` (default: the release's own). ``env``: variables the release's vm.args /
+    sys.config use (``${NAME}``). A release built with another OTP than the board's is refused
+    before anything boots.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     if kind == "local":
-        board = await LocalBoard.start(release, workdir=workdir / "local")
+        board = await LocalBoard.start(release, workdir=workdir / "local", env=env)
         if ssh:
             try:
                 await board.enable_ssh()
@@ -116,7 +149,11 @@ async def start_board(
         return board
     if kind.startswith("docker-otp"):
         version = int(kind.rsplit("-", 1)[1]) if kind != "docker-otp" else otp or otp_of(release)
-        return await docker.DockerBoard.start(release, otp=version, workdir=workdir, ssh=ssh)
+        check_otp(release, "docker-otp", version)
+        return await docker.DockerBoard.start(
+            release, otp=version, workdir=workdir, ssh=ssh, env=env
+        )
     if kind == "qemu-arm":
-        return await qemu.QemuBoard.start(release, workdir=workdir, ssh=ssh)
+        check_otp(release, kind, qemu.QemuBoard.otp)
+        return await qemu.QemuBoard.start(release, workdir=workdir, ssh=ssh, env=env)
     raise BoardError(f"unknown board kind {kind!r}; choose one of {', '.join(KINDS)}")

@@ -26,15 +26,22 @@ import shutil
 import signal
 import socket
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from relsync.erldist.etf import Atom, Term
 from relsync.erldist.node import call_once
-from relsync.harness.ready import BoardError, parse_tree, run_command, tree_command, wait_ready
+from relsync.harness.bundle import harness_root
+from relsync.harness.ready import (
+    BoardError,
+    cancel,
+    parse_tree,
+    run_command,
+    tree_command,
+    wait_ready,
+)
 from relsync.harness.relsyncd import SshAccess, build_relsyncd, start_relsyncd
 from relsync.rel_file import ReleaseApp, RelFileError, find_rel_file, parse_rel_file
 from relsync.release import OTP_APPS, project_of
@@ -301,6 +308,8 @@ class LocalBoard:
         self.cookie = cookie
         self.epmd_port = epmd_port
         self.ready_timeout = ready_timeout
+        #: Variables the release's vm.args / sys.config use (``relsync target up --env``).
+        self.extra_env: dict[str, str] = {}
         #: "bind-mount" (read-only bind mount) or "chmod" (chmod -R a-w; root may still write).
         self.read_only_mode = ""
         #: Whether the release was left writable (see :meth:`start`).
@@ -329,6 +338,7 @@ class LocalBoard:
         epmd_port: int | None = None,
         ready_timeout: float = READY_TIMEOUT,
         writable: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> LocalBoard:
         """Copies ``release`` into ``workdir``, makes it read-only (unless ``writable``: for
         syncs in place), starts it and waits until the node answers an RPC with the release's
@@ -356,6 +366,7 @@ class LocalBoard:
             apps=info.apps,
         )
         board.writable = writable
+        board.extra_env = dict(env or {})
         try:
             await board._install(release)
             await board._ensure_epmd()
@@ -561,31 +572,27 @@ class LocalBoard:
     # -- the node --------------------------------------------------------------------------------
 
     def _node_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in _SCRUBBED_ENV and not k.startswith(("RELSYNC_", "RELEASE_"))
+        }
         run = self.run_dir
         zflags = env.get("ERL_ZFLAGS", "")
+        env.update(self.extra_env)
         env.update(
             RELSYNC_NODE=self.node,
             RELSYNC_COOKIE=self.cookie,
-            ERL_EPMD_PORT=str(self.epmd_port),
-            # vm.args / sys.config generated from their .src files go here, not into the
-            # read-only release (the directory must exist, or the script writes beside the .src).
-            RELX_OUT_FILE_PATH=str(run / "out"),
-            # Only used by the daemon modes (run_erl), set for completeness.
-            RUNNER_LOG_DIR=str(run / "log"),
+            RELSYNC_EPMD_PORT=str(self.epmd_port),
+            RELSYNC_RELEASE_DIR=str(self.release_path),
+            RELSYNC_RUN_DIR=str(run),
+            RELSYNC_DATA_DIR=str(self.workdir / "data"),
             # The script cd's into the release root, where a crash dump would go by default.
             ERL_CRASH_DUMP=str(run / "erl_crash.dump"),
             HOME=str(run / "home"),
             # Distribution only on loopback.
             ERL_ZFLAGS=f"{zflags} -kernel inet_dist_use_interface {{127,0,0,1}}".strip(),
         )
-        if self.info.is_mix:  # mix's script reads these instead of vm.args variables
-            env.update(
-                RELEASE_NODE=self.node,
-                RELEASE_COOKIE=self.cookie,
-                RELEASE_DISTRIBUTION="name" if "." in self.node.partition("@")[2] else "sname",
-                RELEASE_TMP=str(run / "out"),
-            )
         return env
 
     async def _boot(self, why: str) -> None:
@@ -599,15 +606,16 @@ class LocalBoard:
         cookie_file.write_text(self.cookie)
         cookie_file.chmod(0o400)
         script = self.info.start_script
-        command = "start" if self.info.is_mix else "foreground"  # both stay in the foreground
         with open(self.console_log, "ab") as out:
             out.write(
-                f"==== relsync local board {why}: {script} {command} "
+                f"==== relsync local board {why}: {script} "
                 f"(node {self.node}, epmd port {self.epmd_port}) ====\n".encode()
             )
             out.flush()
+            # The boards' shared boot script: the node's name and cookie are the board's, the
+            # release's ${VARIABLES} come from the environment; it execs the start script.
             self._proc = subprocess.Popen(
-                [str(script), command],
+                [str(harness_root() / "targets" / "common" / "relsync-boot")],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env=self._node_env(), cwd=str(run), start_new_session=True,
             )  # fmt: skip
@@ -619,7 +627,7 @@ class LocalBoard:
                 describe=lambda: f"end of {self.console_log}:\n{self.log_tail()}",
             )  # fmt: skip
         finally:
-            await _cancel(exited)
+            await cancel(exited)
 
     async def _stop_node(self, *, clean: bool = True) -> None:
         proc, self._proc = self._proc, None
@@ -653,12 +661,6 @@ async def _exit_status(proc: subprocess.Popen[bytes]) -> int:
     while (status := proc.poll()) is None:
         await asyncio.sleep(0.05)
     return status
-
-
-async def _cancel(task: asyncio.Future[Any]) -> None:
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
 
 
 async def _reap(processes: Iterable[tuple[int, int]]) -> None:

@@ -14,7 +14,9 @@ import contextlib
 import os
 import secrets
 import shlex
+import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -22,15 +24,28 @@ from relsync.erldist.etf import Charlist, Term
 from relsync.erldist.node import call_once
 from relsync.harness.bundle import harness_root
 from relsync.harness.local import read_release_info
-from relsync.harness.ready import BoardError, parse_tree, run_command, tree_command, wait_ready
+from relsync.harness.ready import (
+    BoardError,
+    cancel,
+    parse_tree,
+    run_command,
+    tree_command,
+    wait_ready,
+)
 from relsync.harness.relsyncd import SshAccess, ensure_key, start_relsyncd
 from relsync.transports.ssh import DEFAULT_PORT as SSH_PORT
 
 RELEASE_PATH = "/srv/erlang"
 RW_PATH = "/data/relsync"
 RELSYNCD_EBIN = "/opt/relsyncd/ebin"
+#: The board's own OTP libraries (relsyncd's ssh and crypto beside a release without them).
+BOARD_OTP_LIB = "/usr/lib/erlang/lib"
 #: The initramfs prints this first: a new boot has begun (so an old node is not taken for it).
 BOOT_MARKER = b"relsync-initramfs: loading modules"
+#: relsync-node prints this when the node's VM (or the boot script before it) exited.
+EXIT_MARKER = b"relsync-node: the node exited"
+#: How often the console and QEMU are looked at while a boot goes on.
+WATCH_INTERVAL = 0.2
 READY_TIMEOUT = 180.0
 CROSS_CC = "arm-linux-gnueabihf-gcc"
 _STATUS = "relsync-exit-status="
@@ -83,27 +98,43 @@ class QemuBoard:
         self.ssh: SshAccess | None = None
 
     @classmethod
-    async def start(cls, release: Path, *, workdir: Path, ssh: bool = True) -> QemuBoard:
-        """Pack ``release`` (built for armhf) and boot a board on it; return when it answers."""
+    async def start(
+        cls,
+        release: Path,
+        *,
+        workdir: Path,
+        ssh: bool = True,
+        env: Mapping[str, str] | None = None,
+    ) -> QemuBoard:
+        """Pack ``release`` (built for armhf) and boot a board on it; return when it answers.
+
+        ``env``: variables the release's vm.args / sys.config use. A board that does not come
+        up is removed (its state directory too): the error carries the end of its console.
+        """
         await ensure_image()
         info = read_release_info(Path(release).resolve())
         state = (workdir / f"relsync-qemu-{secrets.token_hex(4)}").resolve()
         state.mkdir(parents=True)
-        image = await _run(
-            _recipe() / "release.sh", "pack", info.root, "-o", state / "release.squashfs"
-        )
-        (state / "main_app").write_text(info.main_app)
-        (state / "ssh").mkdir()
-        (state / "ssh" / "enabled").write_text("yes" if ssh else "no")
-        await _run(
-            _recipe() / "run.sh", "start", "--state", state, "--name", state.name,
-            "--release", image.strip().splitlines()[-1], "--cookie", secrets.token_hex(12),
-        )  # fmt: skip
-        board = cls(state, info.main_app, ssh)
+        board: QemuBoard | None = None
         try:
+            image = await _run(
+                _recipe() / "release.sh", "pack", info.root, "-o", state / "release.squashfs"
+            )
+            (state / "main_app").write_text(info.main_app)
+            (state / "ssh").mkdir()
+            (state / "ssh" / "enabled").write_text("yes" if ssh else "no")
+            variables = [arg for k, v in (env or {}).items() for arg in ("--env", f"{k}={v}")]
+            await _run(
+                _recipe() / "run.sh", "start", "--state", state, "--name", state.name,
+                "--release", image.strip().splitlines()[-1], "--cookie", secrets.token_hex(12),
+                *variables,
+            )  # fmt: skip
+            board = cls(state, info.main_app, ssh)
             await board._ready(after=0)
         except BaseException:
-            await board.stop()
+            if board is not None:
+                await board.stop()
+            shutil.rmtree(state, ignore_errors=True)
             raise
         return board
 
@@ -128,32 +159,61 @@ class QemuBoard:
         except OSError:
             return 0
 
-    async def _ready(self, after: int) -> None:
-        """Wait for a boot that began after byte ``after`` of the console, then for the node."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + READY_TIMEOUT
-        while True:
+    def _find(self, marker: bytes, after: int) -> int:
+        """The offset of ``marker`` in the console past byte ``after``, or -1."""
+        try:
             with open(self.console_log, "rb") as log:
                 log.seek(after)
-                if BOOT_MARKER in log.read():
-                    break
-            if loop.time() > deadline:
-                raise BoardError(f"{self.id} did not boot; see {self.console_log}")
-            await asyncio.sleep(0.2)
-        await wait_ready(
-            self.node, self.cookie, self.epmd_port, self.main_app,
-            timeout=max(1.0, deadline - loop.time()), describe=self._describe,
-        )  # fmt: skip
+                found = log.read().find(marker)
+        except OSError:
+            return -1
+        return -1 if found < 0 else after + found
+
+    def _qemu_alive(self) -> bool:
+        try:
+            os.kill(int((self.state / "qemu.pid").read_text()), 0)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    async def _died(self, after: int) -> int:
+        """Return once the node exits (relsync-node says so past byte ``after`` of the
+        console) or QEMU does; 1, the status wait_ready reports."""
+        while self._qemu_alive() and self._find(EXIT_MARKER, after) < 0:
+            await asyncio.sleep(WATCH_INTERVAL)
+        return 1
+
+    async def _ready(self, after: int) -> None:
+        """Wait for a boot that began after byte ``after`` of the console, then for the node;
+        fail within a second or so of the node (or QEMU) exiting."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READY_TIMEOUT
+        while (boot := self._find(BOOT_MARKER, after)) < 0:
+            if loop.time() > deadline or not self._qemu_alive():
+                raise BoardError(f"{self.id} did not boot; {self._describe()}")
+            await asyncio.sleep(WATCH_INTERVAL)
+        died = asyncio.ensure_future(self._died(boot))
+        try:
+            await wait_ready(
+                self.node, self.cookie, self.epmd_port, self.main_app,
+                timeout=max(1.0, deadline - loop.time()), describe=self._describe, died=died,
+            )  # fmt: skip
+        finally:
+            await cancel(died)
         if self.has_ssh:
             self.ssh = await start_relsyncd(
                 self.rpc, key_dir=self.state / "ssh", ebin=RELSYNCD_EBIN,
                 allowed_paths=[RELEASE_PATH, "/data"], host_key_dir="/data/relsyncd",
                 port=SSH_PORT, listen_any=True, public_port=self.ssh_port,
+                extra_libs=[BOARD_OTP_LIB],
             )  # fmt: skip
 
     def _describe(self) -> str:
-        lines = self.console_log.read_text(errors="replace").splitlines()[-40:]
-        return f"end of {self.console_log}:\n" + "\n".join(lines)
+        try:
+            lines = self.console_log.read_text(errors="replace").splitlines()[-40:]
+        except OSError:
+            lines = ["(no console output)"]
+        return "end of its console:\n" + "\n".join(lines)
 
     async def rpc(self, mod: str, fun: str, args: list[Term] | None = None) -> Term:
         """One ``mod:fun(args...)`` call on the board's node."""

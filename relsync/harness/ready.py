@@ -37,7 +37,8 @@ async def _probe(node: str, cookie: str, epmd_port: int, main_app: str) -> bool:
     return main_app in app_names(apps)
 
 
-async def _cancel(task: asyncio.Future[Any]) -> None:
+async def cancel(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait until it is done."""
     task.cancel()
     with contextlib.suppress(BaseException):
         await task
@@ -70,12 +71,12 @@ async def wait_ready(
             waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
         )
         if gone in done:
-            await _cancel(probe)
+            await cancel(probe)
             raise BoardError(
                 f"node {node} exited with status {gone.result()} before it was ready; {describe()}"
             )
         if probe not in done:
-            await _cancel(probe)
+            await cancel(probe)
             break
         try:
             if probe.result():

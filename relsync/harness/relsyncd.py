@@ -18,6 +18,7 @@ import asyncssh
 from relsync.erldist.etf import Atom, Charlist, Term
 from relsync.erldist.pretty import format_term
 from relsync.harness.bundle import harness_root
+from relsync.harness.ready import BoardError
 
 SSH_APPS = ("asn1", "public_key", "ssh")
 
@@ -43,7 +44,7 @@ async def build_relsyncd() -> Path:
     )
     out, _ = await proc.communicate()
     if proc.returncode != 0:
-        raise RuntimeError(f"building relsyncd failed:\n{out.decode(errors='replace')}")
+        raise BoardError(f"building relsyncd failed:\n{out.decode(errors='replace')}")
     return harness_root() / "relsyncd" / "ebin"
 
 
@@ -64,7 +65,7 @@ async def _target_ebins(rpc: Rpc, extra_libs: Sequence[str] = ()) -> list[str]:
     it) on the board: beside its ERTS, else in ``extra_libs``."""
     bindir = await rpc("os", "getenv", [Charlist("BINDIR")])
     if not isinstance(bindir, str):
-        raise RuntimeError("the board's VM has no BINDIR; cannot find OTP's libraries")
+        raise BoardError("the board's VM has no BINDIR; cannot find OTP's libraries")
     erts = posixpath.dirname(bindir)
     link = await rpc("file", "read_link_all", [Charlist(erts)])  # a release may link to ERTS
     if isinstance(link, tuple) and link[0] == "ok" and isinstance(link[1], str):
@@ -80,7 +81,7 @@ async def _target_ebins(rpc: Rpc, extra_libs: Sequence[str] = ()) -> list[str]:
                 break
         if not (isinstance(dirs, list) and dirs):
             package = "erlang-" + app.replace("_", "-")
-            raise RuntimeError(f"the board has no OTP {app} in {libs[0]}; install {package}")
+            raise BoardError(f"the board has no OTP {app} in {libs[0]}; install {package}")
         found.append(str(sorted(str(d) for d in dirs)[-1]))
     return found
 
@@ -109,7 +110,7 @@ async def start_relsyncd(
     dirs = [ebin, *await _target_ebins(rpc, extra_libs)]
     added = await rpc("code", "add_pathsz", [[Charlist(d) for d in dirs]])
     if added != "ok":
-        raise RuntimeError(f"the board refused relsyncd's code path: {format_term(added)}")
+        raise BoardError(f"the board refused relsyncd's code path: {format_term(added)}")
     # Boards run in embedded mode: nothing loads on demand, so load every module now.
     modules: list[Term] = []
     for directory in dirs:
@@ -124,10 +125,10 @@ async def start_relsyncd(
         single = await rpc("code", "load_file", [failed[0]])
         if not (isinstance(single, tuple) and single[0] == "module"):
             what = f"{format_term(failed[0])}: {format_term(single)}"
-            raise RuntimeError(f"the board could not load {what}")
+            raise BoardError(f"the board could not load {what}")
     started = await rpc("application", "ensure_all_started", [Atom("ssh")])
     if not (isinstance(started, tuple) and started[0] == "ok"):
-        raise RuntimeError(f"the board could not start ssh: {format_term(started)}")
+        raise BoardError(f"the board could not start ssh: {format_term(started)}")
     config: dict[Term, Term] = {
         Atom("ssh_port"): port,
         Atom("ip"): Atom("any") if listen_any else (127, 0, 0, 1),
@@ -138,8 +139,8 @@ async def start_relsyncd(
     }
     result = await rpc("relsyncd", "start_daemon", [config])
     if not (isinstance(result, tuple) and result[0] == "ok"):
-        raise RuntimeError(f"relsyncd did not start on the board: {format_term(result)}")
+        raise BoardError(f"relsyncd did not start on the board: {format_term(result)}")
     answer = await rpc("relsyncd", "port", [result[1]])
     if not (isinstance(answer, tuple) and answer[0] == "ok" and isinstance(answer[1], int)):
-        raise RuntimeError(f"relsyncd has no port: {format_term(answer)}")
+        raise BoardError(f"relsyncd has no port: {format_term(answer)}")
     return SshAccess(public_port or answer[1], "relsync", identity, key_dir / "known_hosts")

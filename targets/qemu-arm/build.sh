@@ -301,8 +301,10 @@ build_image() {
   for a in $applets_usr_bin; do [ -e "$root/usr/bin/$a" ] || ln -s ../../bin/busybox "$root/usr/bin/$a"; done
   ln -sfn /data "$root/root"                    # HOME=/root is the writable partition (as Nerves)
   cp -a "$here/overlay/." "$root/"
+  cp "$here/../common/relsync-boot" "$root/usr/sbin/relsync-boot"  # shared with docker-otp
   (cd "$here/overlay" && find . -type d) | (cd "$root" && xargs chmod 0755)
-  chmod 0755 "$root/etc/init.d/rcS" "$root/etc/init.d/rcK" "$root/usr/sbin/relsync-node"
+  chmod 0755 "$root/etc/init.d/rcS" "$root/etc/init.d/rcK" "$root/usr/sbin/relsync-node" \
+    "$root/usr/sbin/relsync-boot"
   chmod 0644 "$root"/etc/{inittab,passwd,group,hosts,hostname,profile}
   chmod 1777 "$root/tmp"
   # relsyncd's beams (architecture-independent), so ssh mode works beside any release.

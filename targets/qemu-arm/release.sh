@@ -3,7 +3,8 @@
 # mounts read-only at /srv/erlang (virtio disk serial=release) and runs with `bin/NAME foreground`.
 #
 #   release.sh example [-o OUT.squashfs]        cross-build examples/demo for armhf, then pack it
-#   release.sh pack RELEASE_DIR [-o OUT.squashfs] pack a built relx release (include_erts=false)
+#   release.sh pack RELEASE_DIR [-o OUT.squashfs] pack a built release (its ERTS, if any, and its
+#                                               OTP applications replaced by the board's)
 #
 # Prints the path of the release image on stdout. Needs the base image (build.sh) first.
 #
@@ -43,13 +44,18 @@ pack() { # RELEASE_DIR OUT
   read -r erts_vsn rel_vsn < "$src/releases/start_erl.data" || true  # no final newline
   name="$(basename "$(ls "$src/releases/$rel_vsn"/*.rel | head -n1)" .rel)"
   [ -x "$src/bin/$name" ] || die "no start script $src/bin/$name"
-  [ ! -d "$src/erts-$erts_vsn" ] || die "the release bundles erts: build it with include_erts=false"
   otp="$(board_otp)"
   [ -d "$otp/erts-$erts_vsn" ] || die "the release wants erts $erts_vsn; the board has $(cd "$otp" && echo erts-*)"
   dest="${dest:-$out_root/releases/$name-$rel_vsn.squashfs}"
   mkdir -p "$(dirname "$dest")"
   local stage="$dest.stage"
   rm -rf "$stage"; cp -a "$src" "$stage"
+  # An ERTS the release carries was built for this machine: the board's own takes its place
+  # (the link below), as for the OTP applications.
+  if [ -d "$stage/erts-$erts_vsn" ]; then
+    log "the release carries erts-$erts_vsn (built for $(uname -m)): the board's armhf erts-$erts_vsn replaces it"
+    rm -rf "$stage/erts-$erts_vsn"
+  fi
   # Retarget the OTP applications.
   local app base
   for app in "$stage"/lib/*; do

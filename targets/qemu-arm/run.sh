@@ -17,7 +17,8 @@
 #
 # start options: --name NAME (board, the state directory's name), --release IMG.squashfs | none
 #   (default: _build/releases/demo-0.1.0.squashfs), --node N (board@127.0.0.1), --cookie C,
-#   --epmd-port P, --dist-port P, --ssh-port P (default: free ports), --fresh-data (new empty
+#   --epmd-port P, --dist-port P, --ssh-port P (default: free ports), --env NAME=VALUE (a
+#   variable for the release's vm.args / sys.config; repeatable), --fresh-data (new empty
 #   /data), --mode embedded|interactive (code loading; default embedded, as Nerves),
 #   --verbose (kernel messages on the console).
 # Common option: --state DIR (default _build/boards/NAME). Other commands read DIR/board.env.
@@ -37,7 +38,7 @@ die() { echo "run.sh: ERROR: $*" >&2; exit 1; }
 
 cmd="${1:-}"; shift || true
 name=board state="" release="" node="board@127.0.0.1" cookie="relsync-board" epmd_port="" dist_port=""
-ssh_port="" mode=embedded fresh=0 verbose=0 timeout=90 after_log="" marker="" rest=()
+ssh_port="" mode=embedded fresh=0 verbose=0 timeout=90 after_log="" marker="" rest=() envs=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --name) name="$2"; shift 2 ;;
@@ -45,6 +46,7 @@ while [ $# -gt 0 ]; do
     --release) release="$2"; shift 2 ;;
     --node) node="$2"; shift 2 ;;
     --cookie) cookie="$2"; shift 2 ;;
+    --env) envs+=("$2"); shift 2 ;;
     --epmd-port) epmd_port="$2"; shift 2 ;;
     --dist-port) dist_port="$2"; shift 2 ;;
     --ssh-port) ssh_port="$2"; shift 2 ;;
@@ -85,7 +87,14 @@ start() {
     epmd_port="${epmd_port:-${ports[0]}}"; dist_port="${dist_port:-${ports[1]}}"; ssh_port="${ssh_port:-${ports[2]}}"
   fi
   local quiet="quiet loglevel=3"; [ "$verbose" = 1 ] && quiet=""
-  local append="console=ttyAMA0 panic=5 $quiet relsync.node=$node relsync.cookie=$cookie relsync.dist_port=$dist_port relsync.mode=$mode"
+  local append="console=ttyAMA0 panic=5 $quiet relsync.node=$node relsync.cookie=$cookie relsync.dist_port=$dist_port relsync.mode=$mode" e
+  for e in "${envs[@]}"; do
+    case "$e" in
+      [A-Za-z_]*=*) case "$e" in *[[:space:]\"\']*) die "--env $e: no spaces or quotes (it goes on the kernel command line)";; esac ;;
+      *) die "--env $e: NAME=VALUE expected" ;;
+    esac
+    append+=" relsync.env=$e"
+  done
   local reldrive=()
   if [ "$release" != none ]; then
     reldrive=(-drive "if=none,id=rel,file=$release,format=raw,readonly=on"
