@@ -333,10 +333,15 @@ def test_a_code_change_slower_than_the_timeout_keeps_the_new_code(
 ) -> None:
     """A code_change still running at --upgrade-timeout goes on to the new state shape: its
     module keeps the new code (exit 9), so the state and the code fit; an apply that hangs is
-    ended at --upgrade-timeout, the new code running (exit 9)."""
+    ended at --upgrade-timeout, the new code running (exit 9); a supervisor whose new init/1
+    says ignore keeps what it has."""
     slow = SRV_V2.replace("orc_stats:bump(srv_up),", "orc_stats:bump(srv_up), timer:sleep(3000),")
     v2 = build_release(tmp_path / "slow", "2", {**V2, "orc_srv": slow})
-    hang = build_release(tmp_path / "hang", "2", V2)
+    # ... and orc_dyn_sup's new init/1 says ignore: its supervisor keeps its specs, children.
+    ignore = V2["orc_dyn_sup"].replace(
+        "{ok, {#{strategy => one_for_one, intensity => 6, period => 60}, []}}", "ignore"
+    )
+    hang = build_release(tmp_path / "hang", "2", {**V2, "orc_dyn_sup": ignore})
     (hang / "lib" / "orc-2" / "ebin" / "orc.appup").write_text(
         '{"2", [{"1", [{apply, {timer, sleep, [60000]}}]}], [{"1", []}]}.\n'
     )
@@ -360,6 +365,8 @@ def test_a_code_change_slower_than_the_timeout_keeps_the_new_code(
         assert "apply of timer:sleep failed: timeout" in run.err, run.err
         after = await observe(board)
         assert after[Atom("states")][Atom("orc_srv")] == (Atom("v2"), 0, Atom("converted"))
+        dyn = after[Atom("children")][Atom("orc_dyn_sup")]
+        assert sorted(str(c[0]) for c in dyn) == ["orc_acceptor", "orc_listener"]
 
     with_board(orc.v1, tmp_path / "board", body, ssh=mode == "ssh")
     with_board(orc.v1, tmp_path / "board2", applies, ssh=mode == "ssh")

@@ -26,6 +26,9 @@ SOURCES = {
     "s_fsm": "-module(s_fsm).\n-export([code_change/4, go/0]).\ngo() -> s_srv:go().\n"
     "code_change(_, St, D, _) -> {ok, St, D}.\n",
     "s_lib": "-module(s_lib).\n-export([f/0]).\nf() -> lists:sum([1]).\n",
+    # A proc_lib special process: sys calls its system_code_change/4.
+    "s_special": "-module(s_special).\n-export([system_code_change/4]).\n"
+    "system_code_change(S, _, _, _) -> {ok, S}.\n",
 }
 
 
@@ -50,7 +53,13 @@ def strip(path: Path, to: Path) -> Path:
 
 def test_each_module_is_judged_from_its_beam(beams: dict[str, Path], tmp_path: Path) -> None:
     judged = {m: change_of(facts(p.read_bytes())) for m, p in beams.items()}
-    assert judged == {"s_sup": "supervisor", "s_srv": "advanced", "s_fsm": "advanced", "s_lib": ""}
+    assert judged == {
+        "s_sup": "supervisor",
+        "s_srv": "advanced",
+        "s_fsm": "advanced",
+        "s_lib": "",
+        "s_special": "advanced",
+    }
     # Stripped: no -behaviour left, the same verdicts from exports and imports alone.
     stripped = {m: facts(strip(p, tmp_path / p.name).read_bytes()) for m, p in beams.items()}
     assert all(not f.behaviours for f in stripped.values())
@@ -82,6 +91,7 @@ def test_steps_add_first_then_in_call_order_then_deletes(beams: dict[str, Path])
     assert [s.appup() for s in steps] == [
         "{add_module, s_sup}",
         "{load_module, s_lib}",
+        "{update, s_special, {advanced, []}}",
         "{update, s_srv, {advanced, []}}",
         "{update, s_fsm, {advanced, []}}",
         "{delete_module, s_old}",
