@@ -79,8 +79,9 @@ def _otp_apps() -> set[str]:
 
 
 def synced_tree(root: Path) -> dict[str, str]:
-    """What a sync is responsible for below a local release: lib/ (less OTP's own applications
-    and shared libraries), releases/, bin/; 'file:<mode>:<bytes hash>' or 'link:<target>'."""
+    """What a sync is responsible for below a local release: lib/ (less OTP's own applications,
+    shared libraries and dangling links), releases/, bin/; 'file:<mode>:<bytes hash>' or
+    'link:<target>'."""
     otp = _otp_apps()
     out: dict[str, str] = {}
     for top in ("lib", "releases", "bin"):
@@ -91,7 +92,7 @@ def synced_tree(root: Path) -> dict[str, str]:
             for name in files + [d for d in dirs if Path(dirpath, d).is_symlink()]:
                 path = Path(dirpath, name)
                 rel = path.relative_to(root).as_posix()
-                if name.endswith(".so"):
+                if name.endswith(".so") or not path.exists():  # a dangling link is skipped
                     continue
                 out[rel] = _entry(path)
     return out
@@ -232,8 +233,12 @@ class History:
         return f"write priv/{name!r} ({path.stat().st_mode & 0o777:o})"
 
     def original_file(self) -> str:
-        """Delete a file the release was built with (the port program), or bring it back."""
+        """Delete a file the release was built with (the port program), or bring it back.
+        Only where a reboot comes back on the pristine release: in place, the release would no
+        longer boot (its port cannot start)."""
         path = self.local / PRIV / "demo_port"
+        if self.in_place:
+            return self.priv_file()
         if path.exists():
             path.unlink()
             return "delete priv/demo_port"
@@ -292,6 +297,27 @@ class History:
         await kill_when_paused(argv, point)
         await self.sync(*extra)
         return f"killed {' '.join(extra)} at {point}, then the same sync".replace("  ", " ")
+
+    async def delete_in_use(self) -> str:
+        """Delete a module its supervisor still starts: the sync keeps it loaded and exits 6,
+        naming it, and the board stays up; with the module back, a sync converges."""
+        beam = self.ebin / "demo_fsm.beam"
+        saved = beam.read_bytes()
+        beam.unlink()
+        run = await self.relsync("--json")
+        self.expect(run.code == 6, f"deleting demo_fsm in use exited {run.code}: {run.err}")
+        self.expect(
+            any("demo_fsm" in w for w in run.report.get("warnings", [])),
+            f"no warning names demo_fsm: {run.report.get('warnings')}",
+        )
+        loaded = await self.rpc("code", "is_loaded", [Atom("demo_fsm")])
+        self.expect(isinstance(loaded, tuple), "demo_fsm was unloaded while its supervisor runs")
+        status = await self.relsync("--status", "--json")
+        pending = status.json.get("boards", [status.json])[0].get("pending")
+        self.expect(pending == ["demo_fsm"], f"--status: pending {pending}, not demo_fsm")
+        beam.write_bytes(saved)
+        await self.sync()
+        return "delete demo_fsm (in use): exit 6, kept; back, then sync"
 
     async def bump(self) -> str:
         value = await self.rpc("demo_counter", "bump")
@@ -362,12 +388,19 @@ class History:
     def _check_rsync(self) -> None:
         """rsync, asked what it would change to make the release like the local one, finds
         nothing (checksums, modes, symlinks; lib/ with deletions, less OTP's applications and
-        shared libraries, which a sync leaves alone; files, not empty directories)."""
+        shared libraries, which a sync leaves alone; files, not empty directories; dangling
+        links are skipped, as the README says)."""
         otp = [f"--exclude=/{a}-*" for a in sorted(_otp_apps())]
         for top, extra in (("lib", ["--delete", *otp, "--exclude=*.so"]), ("releases", []),
                            ("bin", [])):  # fmt: skip
+            dangling = [
+                f"--exclude=/{Path(d, n).relative_to(self.local / top)}"
+                for d, dirs, files in os.walk(self.local / top)
+                for n in files + dirs
+                if not Path(d, n).exists()
+            ]
             out = subprocess.run(
-                ["rsync", "-rlpcmn", "--itemize-changes", *extra,
+                ["rsync", "-rlpcmn", "--itemize-changes", *extra, *dangling,
                  f"{self.local}/{top}/", f"{self.board.release_path}/{top}/"],
                 capture_output=True, text=True, check=True,
             ).stdout  # fmt: skip
@@ -445,8 +478,10 @@ async def _shadow_action(h: History) -> str:
         return await h.rollback()
     if roll < 0.78:
         return await h.rollback("--clean")
-    if roll < 0.88:
+    if roll < 0.86:
         return await h.reboot()
+    if roll < 0.9:
+        return await h.delete_in_use()
     return await h.kill()
 
 
@@ -456,8 +491,10 @@ async def _in_place_action(h: History) -> str:
         return await h.sync()
     if roll < 0.75:
         return await h.sync("--upgrade")
-    if roll < 0.88:
+    if roll < 0.85:
         return await h.reboot()
+    if roll < 0.9:
+        return await h.delete_in_use()
     return await h.kill()
 
 
