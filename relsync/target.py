@@ -39,14 +39,17 @@ TEMP_PREFIX = ".relsync-tmp."
 TEMP_SUFFIX = ".part"
 
 
-def temp_path(path: str, token: bytes | None) -> str:
+def temp_path(path: str, token: bytes | None, *, by_name: bool = False) -> str:
     """Where the target stages ``path`` before renaming it into place, as the helper names it
     (``relsync_files:tmp_path/2``): ``.relsync-tmp.TOKEN.MD5.part`` in the same directory
     (``.relsync-tmp.MD5.part`` without a lock's token), MD5 the name's, in upper-case hex, so
-    the temporary name fits NAME_MAX however long the name is."""
+    the temporary name fits NAME_MAX however long the name is. ``by_name``: as a helper from
+    before those names (an older relsyncd) stages it, ``.relsync-tmp.TOKEN.NAME.part``."""
     directory, name = posixpath.split(path)
-    digest = hashlib.md5(name.encode("utf-8", "surrogateescape"), usedforsecurity=False)
     own = f"{token.decode()}." if token else ""
+    if by_name:
+        return f"{directory}/{TEMP_PREFIX}{own}{name}{TEMP_SUFFIX}"
+    digest = hashlib.md5(name.encode("utf-8", "surrogateescape"), usedforsecurity=False)
     return f"{directory}/{TEMP_PREFIX}{own}{digest.hexdigest().upper()}{TEMP_SUFFIX}"
 
 

@@ -281,6 +281,9 @@ class HelperTarget(ABC):
     label: str
     #: The sync lock's token while this client holds it: it names our temporary files.
     _token: bytes | None = None
+    #: Whether the helper names temporary files by the file's name (one from before the MD5
+    #: names, in an older relsyncd: see :func:`relsync.target.temp_path`); set by ``info``.
+    _temps_by_name = False
 
     def _lock_owner(self) -> Term | None:
         """The process whose end releases our sync lock; None: the one running the call."""
@@ -293,7 +296,7 @@ class HelperTarget(ABC):
     def temp_path(self, path: str) -> str:
         """Where ``path`` is staged before the target renames it into place (named with our
         lock's token while we hold it: see :func:`relsync.target.temp_path`)."""
-        return temp_path(path, self._token)
+        return temp_path(path, self._token, by_name=self._temps_by_name)
 
     async def commit(self, put: FilePut) -> None:
         """Check and install a file staged at :meth:`temp_path` (see ``put_chunk``)."""
@@ -418,6 +421,7 @@ class HelperTarget(ABC):
         )
 
     def _info(self, info: Term) -> TargetInfo:
+        """The VM's ``info`` reply (which also says how the helper names temporary files)."""
         if not isinstance(info, dict):
             raise TargetError(f"{self.label}: unexpected info reply {format_term(info)}")
         crypto = info.get(Atom("crypto")) == "true"
@@ -427,6 +431,7 @@ class HelperTarget(ABC):
                 f"{self.label} runs an older relsyncd that needs the crypto application; "
                 "update relsyncd in the release, or add crypto to it"
             )
+        self._temps_by_name = info.get(Atom("temp_names")) != "md5"
         paths = info.get(Atom("code_path"), [])
         return TargetInfo(
             otp_release=_text(info.get(Atom("otp_release"), b"?")),

@@ -68,7 +68,7 @@ end_per_testcase(_TC, Config) ->
 
 info(_Config) ->
     #{otp_release := Rel, node := Node, root_dir := Root, code_path := Path,
-      helper_vsn := 1} = ?T:info(),
+      helper_vsn := 1, temp_names := md5} = ?T:info(),
     ?assertEqual(list_to_binary(erlang:system_info(otp_release)), Rel),
     ?assertEqual(node(), Node),
     ?assertEqual(list_to_binary(code:root_dir()), Root),

@@ -21,6 +21,9 @@ def test_a_temporary_name_fits_name_max_and_is_recognised() -> None:
         assert posixpath.dirname(tmp) == f"/srv/erlang/{PRIV}"
         assert len(posixpath.basename(tmp).encode()) <= 64 and is_temp(tmp)
     assert temp_path("/d/x", None) != temp_path("/d/y", None) != temp_path("/d/y", b"T")
+    # As a relsyncd from before these names stages a file (SFTP uploads must match it).
+    assert temp_path("/d/x.beam", b"T", by_name=True) == "/d/.relsync-tmp.T.x.beam.part"
+    assert temp_path("/d/x.beam", None, by_name=True) == "/d/.relsync-tmp.x.beam.part"
 
 
 def test_a_release_file_named_like_a_temporary_is_no_leftover() -> None:
