@@ -3,7 +3,8 @@
 With ``RELSYNC_PAUSE_AT=NAME`` in its environment, a sync that reaches the point ``NAME`` says
 ``relsync: paused at NAME`` on stderr and waits there until it is killed. The points:
 ``files_replaced`` (every file written and renamed into place, no module reloaded yet) and
-``reloaded`` (the new code loaded, the postsync hook not run yet).
+``reloaded`` (the new code loaded, the postsync hook not run yet); in ``--rollback --clean``,
+``shadow_files_deleted`` (the shadow tree's files deleted, its directories not yet).
 """
 
 from __future__ import annotations

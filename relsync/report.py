@@ -123,9 +123,12 @@ def print_summary(report: SyncReport, *, verbose: bool = False, out: TextIO | No
             + (f" ({len(report.deltas)} as block deltas)" if report.deltas else "")
             + "\n"
         )
-    elif plan.delete_paths:
+    elif plan.delete_dirs:  # --clean
         removed = "would remove" if report.dry_run else "removed"
-        w(f"  shadow tree {removed}: {plural(len(plan.delete_paths), 'path')}\n")
+        count = (
+            f" ({plural(len(plan.delete_paths), 'file')} and links)" if plan.delete_paths else ""
+        )
+        w(f"  {removed} the shadow tree{count}\n")
     for label, items in (
         ("added", plan.added),
         ("changed", plan.changed),

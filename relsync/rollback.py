@@ -20,8 +20,9 @@ from relsync.engine import (
     switch_code,
 )
 from relsync.errors import UsageError
+from relsync.pause import pause_point
 from relsync.plan import SyncPlan, TargetState, ebin_dir, is_beam, module_of
-from relsync.release import LocalRelease
+from relsync.release import OTP_APPS, LocalRelease
 from relsync.target import RemoteFile, Target, UpgradeStep
 from relsync.upgrade import app_data, upgrade_steps
 
@@ -74,7 +75,11 @@ def plan_rollback(state: TargetState) -> SyncPlan:
     plan.reload = [(m, path, sha) for m, (path, sha) in sorted(back.items())]
     plan.new_modules = sorted(changes.deleted)
     plan.purge = changes.added
-    shadow_ebins = {d for rel in state.shadow if (d := ebin_dir(rel))}
+    # The code path names the shadow tree's directories too: a tree deleted by hand lists
+    # nothing, and its applications' directories must still leave the code path.
+    shadow_ebins = {d for rel in state.shadow if (d := ebin_dir(rel))} | {
+        p.removeprefix(f"{state.rw}/") for p in state.code_path if p.startswith(f"{state.rw}/")
+    }
     original_ebins = {d for rel in state.original if (d := ebin_dir(rel))}
     plan.code_path_replace = [(state.rw, state.dest)]
     plan.code_path_remove = [f"{state.dest}/{d}" for d in sorted(shadow_ebins - original_ebins)]
@@ -93,12 +98,29 @@ def _version(state: TargetState) -> str:
     return found.pop() if len(found) == 1 else ""
 
 
+def running_tree(state: TargetState) -> str | None:
+    """Another tree the VM runs the release's applications from: neither the release nor the
+    shadow tree at ``state.rw`` (a sync into another ``-q``), or None."""
+    ebins = {d for rel in state.original if (d := ebin_dir(rel))}
+    for path in state.code_path:
+        root, _, rel = path.rpartition("/lib/")
+        if (
+            f"lib/{rel}" in ebins
+            and root not in (state.dest, state.rw)
+            and rel.partition("-")[0] not in OTP_APPS  # also in the board's own OTP
+        ):
+            return root
+    return None
+
+
 def _clean(state: TargetState) -> tuple[list[str], list[str]]:
-    """Every entry of the shadow tree, and its directories deepest first (not ``rw`` itself)."""
+    """Every entry of the shadow tree, and its directories deepest first (not ``rw`` itself);
+    the release's directories too, which a ``--clean`` killed after its files were deleted
+    left behind, empty."""
     assert state.rw is not None
     paths = [f"{state.rw}/{rel}" for rel in sorted(state.shadow)]
     dirs: set[str] = set()
-    for rel in state.shadow:
+    for rel in [*state.shadow, *state.original]:
         parent = posixpath.dirname(rel)
         while parent:
             dirs.add(f"{state.rw}/{parent}")
@@ -119,6 +141,11 @@ async def rollback(
     started = time.perf_counter()
     try:
         state = await read_state(target, exclude, options)
+        if not state.shadow_active and (other := running_tree(state)):
+            raise UsageError(
+                f"--rollback -q {state.rw}: {target.label} runs the shadow tree {other}, not "
+                f"this one; roll back with -q {other}"
+            )
         plan = plan_rollback(state)
         report = SyncReport(target.label, plan, [], dry_run=options.dry_run, action="rollback")
         if not state.shadow_active and not state.pending:
@@ -133,7 +160,7 @@ async def rollback(
             report.app_specs, report.sys_config = app_data(plan, state.original, _version(state))
         elif options.upgrade:
             report.upgrade = [UpgradeStep("load_module", m, p, s) for m, p, s in plan.reload]
-        if clean and state.shadow:
+        if clean:
             plan.delete_paths, plan.delete_dirs = _clean(state)
         if not options.dry_run:
             await _carry_out(target, options, report)
@@ -150,7 +177,8 @@ async def _carry_out(target: Target, options: SyncOptions, report: SyncReport) -
     if report.upgrade_undone:  # back on the shadow tree's code: keep its files
         await target.update_code_path([(plan.root, options.rw_path or "")], [], [])
         return
-    if plan.delete_paths:
+    if plan.delete_paths or plan.delete_dirs:
         await target.delete_files(plan.delete_paths)
+        await pause_point("shadow_files_deleted")
         stuck = await target.delete_dirs(plan.delete_dirs)
         report.warnings += [f"directory not empty, left in place: {d}" for d in stuck]

@@ -11,7 +11,7 @@ from relsync.errors import ExitCode, RelsyncError
 from relsync.local_scan import LocalScan, scan_while_reading
 from relsync.plan import SyncPlan, build_plan
 from relsync.report import write_json
-from relsync.rollback import ShadowChanges, shadow_changes
+from relsync.rollback import ShadowChanges, running_tree, shadow_changes
 from relsync.target import ModuleResult, Target
 from relsync.words import plural, shown
 
@@ -33,6 +33,8 @@ class BoardStatus:
     old_code: list[ModuleResult]
     #: Processes suspended (an upgrade leaves none: another tool may).
     suspended: list[str]
+    #: Another shadow tree the board runs, not ``rw`` (see :func:`running_tree`).
+    running_tree: str | None = None
     #: Why the board could not be read (the other fields are then empty).
     error: str | None = None
     exit_code: ExitCode = ExitCode.OK
@@ -57,6 +59,7 @@ async def board_status(target: Target, local: LocalScan, options: SyncOptions) -
         local=build_plan(release, state),
         old_code=await target.old_code(),
         suspended=await target.suspended(),
+        running_tree=None if state.shadow_active else running_tree(state),
     )
 
 
@@ -71,6 +74,7 @@ def status_dict(status: BoardStatus) -> dict[str, Any]:
         "destination_path": status.dest,
         "shadow_tree": status.rw,
         "shadow_active": status.shadow_active,
+        "running_tree": status.running_tree,
         "against_pristine": None
         if pristine is None
         else {
@@ -101,7 +105,10 @@ def print_status(status: BoardStatus, out: TextIO = sys.stdout) -> None:
     if status.error:
         w(f"relsync: {status.label} could not be read: {status.error}\n")
         return
-    if status.rw:
+    if status.running_tree:
+        given = f" (not {status.rw})" if status.rw else ""
+        tree = f"but it runs the shadow tree {status.running_tree}{given}: give -q for it"
+    elif status.rw:
         tree = f"shadow tree {status.rw}: " + ("active" if status.shadow_active else "not active")
     else:
         tree = "in place (no shadow tree)"
