@@ -418,7 +418,8 @@ class History:
             loaded = await self.rpc("code", "is_loaded", [Atom(module)])
             if loaded == Atom("false") and self.in_place and not self.fresh:
                 continue  # rebooted: the VM loads what its boot script names; a sync the rest
-            which = str(loaded[1]) if isinstance(loaded, tuple) else "not loaded"
+            self.expect(isinstance(loaded, tuple), f"{module} is not loaded; its beam: {rel}")
+            which = str(loaded[1])  # type: ignore[index]
             path = f"{root}/{rel}"
             # A module the shadow tree links back to the original may run from the original.
             same = (
@@ -453,6 +454,28 @@ class History:
                 status.get("shadow_active") == self.shadow_active,
                 f"--status says shadow_active {status.get('shadow_active')}",
             )
+        if self.shadow_active and self.fresh:
+            against = status.get("against_pristine")
+            self.expect(
+                against == self._against_pristine(), f"--status against pristine: {against}"
+            )
+
+    def _against_pristine(self) -> dict[str, list[str]]:
+        """The modules the synced release changed, added and deleted against the pristine one."""
+
+        def beams(tree: dict[str, str]) -> dict[str, str]:
+            return {
+                r.rsplit("/", 1)[1][: -len(".beam")]: e
+                for r, e in tree.items()
+                if r.endswith(".beam") and r.split("/")[2:3] == ["ebin"]
+            }
+
+        now, then = beams(self.synced), beams(self.pristine)
+        return {
+            "changed": sorted(m for m in now.keys() & then.keys() if now[m] != then[m]),
+            "added": sorted(now.keys() - then.keys()),
+            "deleted": sorted(then.keys() - now.keys()),
+        }
 
 
 #: The steps a history draws from, with weights: (name, weight, read-only boards only).
