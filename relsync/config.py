@@ -15,6 +15,7 @@ from typing import Any
 
 from relsync.boards import read_toml
 from relsync.erldist.etf import Term
+from relsync.erldist.pretty import format_term
 from relsync.erlterm import consult
 from relsync.errors import UsageError
 
@@ -61,19 +62,28 @@ def _plain(term: Term) -> Any:
 
 
 def _rebar_layer(path: Path) -> Layer | None:
+    """``{relsync, [...]}`` of ``rebar.config``; a file rebar3 could not read either is an
+    error, never options silently dropped."""
     if not path.is_file():
         return None
     try:
-        terms = consult(path.read_text())
-    except (OSError, ValueError, UnicodeError):
-        return None  # rebar3 reads it; relsync only looks for its own options
+        terms = consult(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path} is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
+    except OSError as exc:
+        raise UsageError(f"{path} cannot be read ({exc.strerror}); make it readable") from None
+    except ValueError as exc:
+        raise UsageError(f"{path}, {exc}") from None
     for term in terms:
         if isinstance(term, tuple) and len(term) == 2 and term[0] == "relsync":
-            options = term[1] if isinstance(term[1], list) else []
-            values = {
-                str(o[0]): _plain(o[1]) for o in options if isinstance(o, tuple) and len(o) == 2
-            }
-            return Layer(f"{path} ({{relsync, [...]}})", values)
+            options = term[1] if isinstance(term[1], list) else [term[1]]
+            pairs = [o for o in options if isinstance(o, tuple) and len(o) == 2]
+            if not isinstance(term[1], list) or len(pairs) != len(options):
+                raise UsageError(
+                    f"{path}: {{relsync, {format_term(term[1], 80)}}} is not a list of "
+                    "{option, Value}; write it as one"
+                )
+            return Layer(f"{path} ({{relsync, [...]}})", {str(k): _plain(v) for k, v in pairs})
     return None
 
 

@@ -91,16 +91,18 @@ def _unescape(body: str, line: int) -> str:
 
 
 def _tokens(text: str) -> Iterator[_Token]:
-    """The tokens of ``text``, read as they are asked for; then one ``end`` token."""
-    pos, line = 0, 1
+    """The tokens of ``text``, read as they are asked for; then one ``end`` token, on the line
+    of the last one (where an unfinished term is, as erl says)."""
+    pos, line, last = 0, 1, 1
     while pos < len(text):
         match = _TOKEN.match(text, pos)
         assert match is not None and match.lastgroup is not None  # (?P<other>.) takes the rest
         if match.lastgroup != "skip":
             yield _Token(match.lastgroup, match.group(), line)
+            last = line
         line += match.group().count("\n")
         pos = match.end()
-    yield _Token("end", "", line)
+    yield _Token("end", "", last)
 
 
 def _number(token: _Token) -> int | float:

@@ -134,6 +134,20 @@ def test_unreachable_epmd_is_a_connect_error_without_the_cookie(
     assert err.count("\n") == 1 and "s3cr3t-cookie" not in err and "EPMD" in err
 
 
+def test_an_unreadable_rebar_config_stops_the_run_before_it_connects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Read past, its destination_rw_path would vanish and the sync write into the release.
+    make_release(tmp_path / "_rel")
+    (tmp_path / "rebar.config").write_text(
+        '{deps, []}.\n{relsync, [{destination_rw_path, "/data/rw"},\n  {mode, ?MODE}]}.\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["-d", "t@127.0.0.1", "--epmd-port", str(_free_port())]) == 2  # not 3: no EPMD
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rebar.config, line 3: '?' is not a term" in err, err
+
+
 def test_help_documents_exit_codes() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "relsync.cli", "--help"], capture_output=True, text=True, check=True

@@ -79,3 +79,40 @@ def test_a_bad_file_is_one_line_naming_it(
     assert main(["--show-config"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err and "relsync.toml" in err, err
+
+
+def test_a_real_rebar_config_with_maps_chars_and_binaries_gives_its_relsync_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fixture = Path(__file__).parent / "erlterm_fixtures" / "format_dialyzer_relx.rebar.config"
+    (tmp_path / "rebar.config").write_text(fixture.read_text())
+    monkeypatch.chdir(tmp_path)
+    rows = show(capsys)
+    assert rows["destination-rw-path"][0] == "/data/demo"
+    assert "rebar.config" in rows["destination-rw-path"][1]
+    assert rows["mode"][0] == "ssh" and rows["user"][0] == "ops"
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("{deps, []}.\n{relsync, [{destination_rw_path, ?RW}]}.\n", "line 2: '?' is not a term"),
+        ("{relsync, [{mode, ssh}\n {user, ops}]}.\n", "line 2: expected ']', found '{'"),
+        ("{relsync, [{mode, Mode}]}.\n", "line 1: 'Mode' is not a term; a variable"),
+        ("{relsync, [{mode, ssh}]}\n", "line 1: expected '.', found the end of the file"),
+        ("{relsync, [{mode, ssh}, mode]}.\n", "{relsync, [{mode,ssh},mode]} is not a list"),
+        ("{relsync, {mode, ssh}}.\n", "{relsync, {mode,ssh}} is not a list"),
+    ],
+)
+def test_a_rebar_config_relsync_cannot_read_is_one_line_naming_the_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    text: str,
+    words: str,
+) -> None:
+    (tmp_path / "rebar.config").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--show-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err and "rebar.config" in err, err

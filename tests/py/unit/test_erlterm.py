@@ -183,6 +183,8 @@ INVALID = {
     "expression": "{a, 1 + 2}.",
     "call": "{a, self()}.",
     "missing_dot": "{a, b}",
+    "missing_dot_newlines": "{a,\n b}\n\n% end\n",
+    "unfinished_at_eof": "ok.\n{a,\n [\n\n",
     "missing_dot_then_term": "{a, b}\n{c, d}.",
     "missing_comma": "{a,\n b c}.",
     "unclosed_tuple": "{a, b.\n",
