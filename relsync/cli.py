@@ -384,6 +384,18 @@ async def watch_project(args: argparse.Namespace, cwd: Path) -> None:
     await watch(project_root(cwd) or cwd, sync_round)
 
 
+def _board_ids(argv: list[str]) -> list[str]:
+    """``-d ID`` naming a board of ``relsync target up``: the options that reach it instead."""
+    if not any(arg.startswith("relsync-") for arg in argv):
+        return argv
+    from relsync import board_command  # the board harness, only when a board id is named
+
+    try:
+        return board_command.expand_board_ids(argv)
+    except RuntimeError as exc:  # the board's files or the Docker engine could not be read
+        raise UsageError(f"cannot find the board named by -d: {exc}") from exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``relsync`` command (``relsync target ...`` manages boards,
     ``relsync validate ...`` checks a release on one)."""
@@ -410,6 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wants_json = "--json" in argv
     verbose = "-v" in argv or "--verbose" in argv
     try:
+        argv = _board_ids(argv)
         parser = build_parser()
         args = parser.parse_args(argv)
         sources = config.apply(parser, args, argv, config.layers(Path.cwd(), args.targets))

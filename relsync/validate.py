@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from relsync.harness.kinds import BOARD_OPTIONS
+from relsync.errors import UsageError
+from relsync.harness.kinds import BOARD_OPTIONS, check_release
 from relsync.harness.local import read_release_info
 from relsync.harness.ready import BoardError
 
@@ -69,6 +70,11 @@ def main(argv: list[str]) -> int:
               "_build/prod/rel/myapp", file=sys.stderr)  # fmt: skip
         return 2
     try:
+        check_release(args.target, release, args.otp)
+    except UsageError as exc:  # said once, before any board boots
+        print(f"relsync validate: {exc}", file=sys.stderr)
+        return 2
+    try:
         import pytest
     except ImportError:
         print("relsync validate: needs pytest: pip install 'relsync[test]'", file=sys.stderr)
@@ -87,6 +93,7 @@ def main(argv: list[str]) -> int:
         f"--relsync-release={release}", f"--relsync-target={args.target}",
         f"--relsync-mode={args.mode}",
         *([f"--relsync-otp={args.otp}"] if args.otp else []),
+        *(f"--relsync-env={pair}" for pair in args.env),
     ]  # fmt: skip
     plugin = __import__(PLUGIN, fromlist=["_"])
     code = pytest.main(pytest_args, plugins=[plugin, outcomes])

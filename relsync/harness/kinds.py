@@ -8,6 +8,7 @@ Every method opens fresh connections, so a board may be driven from any event lo
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -104,6 +105,19 @@ def check_otp(release: Path, kind: str, board_otp: int) -> None:
         )
 
 
+def _docker_otp(kind: str, release: Path, otp: int | None) -> int:
+    """The OTP of a docker-otp board: the kind's (``docker-otp-27``), ``otp``, or the release's."""
+    return int(kind.rsplit("-", 1)[1]) if kind != "docker-otp" else otp or otp_of(release)
+
+
+def check_release(kind: str, release: Path, otp: int | None = None) -> None:
+    """Refuse a release a board of ``kind`` cannot run, before anything boots (one error)."""
+    if kind.startswith("docker-otp"):
+        check_otp(release, "docker-otp", _docker_otp(kind, release, otp))
+    elif kind == "qemu-arm":
+        check_otp(release, kind, qemu.QemuBoard.otp)
+
+
 async def example_release(kind: str) -> Path:
     """The example release built for ``kind``: this machine's OTP for ``local`` and
     ``docker-otp-25``, OTP 27 in a builder image, armhf (cross-compiled port) for qemu-arm."""
@@ -137,9 +151,11 @@ async def start_board(
     sys.config use (``${NAME}``). A release built with another OTP than the board's is refused
     before anything boots.
     """
+    check_release(kind, release, otp)
     workdir.mkdir(parents=True, exist_ok=True)
     if kind == "local":
-        board = await LocalBoard.start(release, workdir=workdir / "local", env=env)
+        where = workdir / f"relsync-local-{secrets.token_hex(4)}"
+        board = await LocalBoard.start(release, workdir=where, env=env)
         if ssh:
             try:
                 await board.enable_ssh()
@@ -148,12 +164,9 @@ async def start_board(
                 raise
         return board
     if kind.startswith("docker-otp"):
-        version = int(kind.rsplit("-", 1)[1]) if kind != "docker-otp" else otp or otp_of(release)
-        check_otp(release, "docker-otp", version)
         return await docker.DockerBoard.start(
-            release, otp=version, workdir=workdir, ssh=ssh, env=env
+            release, otp=_docker_otp(kind, release, otp), workdir=workdir, ssh=ssh, env=env
         )
     if kind == "qemu-arm":
-        check_otp(release, kind, qemu.QemuBoard.otp)
         return await qemu.QemuBoard.start(release, workdir=workdir, ssh=ssh, env=env)
     raise BoardError(f"unknown board kind {kind!r}; choose one of {', '.join(KINDS)}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -30,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from relsync.erldist.etf import Atom, Term
 from relsync.erldist.node import call_once
@@ -42,7 +44,7 @@ from relsync.harness.ready import (
     tree_command,
     wait_ready,
 )
-from relsync.harness.relsyncd import SshAccess, build_relsyncd, start_relsyncd
+from relsync.harness.relsyncd import SshAccess, build_relsyncd, ensure_key, start_relsyncd
 from relsync.rel_file import ReleaseApp, RelFileError, find_rel_file, parse_rel_file
 from relsync.release import OTP_APPS, project_of
 from relsync.release_node import release_cookie, release_node
@@ -55,6 +57,8 @@ READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 #: Lines of the console log quoted in error messages.
 LOG_TAIL_LINES = 40
+#: Where a board kept for later commands records itself (:meth:`LocalBoard.keep`).
+STATE_FILE = "board.json"
 
 # Environment variables of the caller that would change how the start script behaves.
 _SCRUBBED_ENV = (
@@ -273,6 +277,45 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
 
+class _Process(Protocol):
+    """What the board uses of a process: a :class:`subprocess.Popen`, or one it adopted."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+    def send_signal(self, sig: int) -> None: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+
+
+class _Adopted:
+    """A process another ``relsync target`` command started (a standing board's node or
+    epmd), known by its pid and start time (so a recycled pid is never signalled)."""
+
+    def __init__(self, pid: int, start_time: int) -> None:
+        self.pid, self.start_time = pid, start_time
+
+    @classmethod
+    def of(cls, proc: _Process | None) -> _Adopted | None:
+        """The running ``proc`` as something to find again, or None."""
+        stat = _proc_stat(proc.pid) if proc is not None and proc.poll() is None else None
+        return None if proc is None or stat is None else cls(proc.pid, stat[2])
+
+    def poll(self) -> int | None:
+        return None if _alive(self.pid, self.start_time) else 0
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 # --------------------------------------------------------------------------------------------
 # The board
 
@@ -318,10 +361,12 @@ class LocalBoard:
         self.otp = 0
         # Plain Popen objects (not asyncio ones): the board may be driven from one event loop
         # after another (``asyncio.run`` per call), like the other kinds.
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._epmd: subprocess.Popen[bytes] | None = None
+        self._proc: _Process | None = None
+        self._epmd: _Process | None = None
         self._mounted = False
         self._stopped = False
+        #: Whether the board outlives this process (:meth:`keep`).
+        self._kept = False
         #: relsyncd beside the release, once :meth:`enable_ssh` was called.
         self.ssh: SshAccess | None = None
 
@@ -414,6 +459,8 @@ class LocalBoard:
         await self._boot("reboot")
         if self.ssh is not None:
             await self.enable_ssh(port=self.ssh.port)
+        if self._kept:
+            self.keep()
 
     async def power_cut(self) -> None:
         """SIGKILLs the node (no clean shutdown, port programs included) and boots it again."""
@@ -424,6 +471,8 @@ class LocalBoard:
         await self._boot("power cut")
         if self.ssh is not None:
             await self.enable_ssh(port=self.ssh.port)
+        if self._kept:
+            self.keep()
 
     async def exec(self, *command: str) -> str:
         """Runs a command on the board (this machine) and returns its output."""
@@ -445,6 +494,46 @@ class LocalBoard:
             extra_libs=[str(host_otp_lib())],  # the board runs on this machine
         )
         return self.ssh
+
+    def keep(self) -> None:
+        """Let the board outlive this process (``relsync target up local``): its processes,
+        mount and ssh port go to ``workdir/board.json``, where :meth:`attach` finds them."""
+        pids = {
+            name: [found.pid, found.start_time]
+            for name, proc in (("node", self._proc), ("epmd", self._epmd))
+            if (found := _Adopted.of(proc)) is not None
+        }
+        state = {
+            "node": self.node, "cookie": self.cookie, "epmd_port": self.epmd_port,
+            "otp": self.otp, "mounted": self._mounted, "read_only_mode": self.read_only_mode,
+            "pids": pids, "ssh_port": self.ssh.port if self.ssh else None, "env": self.extra_env,
+        }  # fmt: skip
+        (self.workdir / STATE_FILE).write_text(json.dumps(state))
+        self._kept = True
+
+    @classmethod
+    def attach(cls, workdir: Path) -> LocalBoard:
+        """The board :meth:`keep` recorded in ``workdir`` (another process started it)."""
+        try:
+            state = json.loads((workdir / STATE_FILE).read_text())
+            board = cls(
+                info=read_release_info(workdir / "ro" / "srv" / "erlang"), workdir=workdir,
+                node=state["node"], cookie=state["cookie"], epmd_port=state["epmd_port"],
+                ready_timeout=READY_TIMEOUT,
+            )  # fmt: skip
+            board.otp, board.extra_env = state["otp"], state["env"]
+            board._mounted, board.read_only_mode = state["mounted"], state["read_only_mode"]
+            pids = state["pids"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise BoardError(f"no local board in {workdir}; see relsync target list") from exc
+        board._proc = _Adopted(*pids["node"]) if "node" in pids else None
+        board._epmd = _Adopted(*pids["epmd"]) if "epmd" in pids else None
+        if state["ssh_port"]:
+            identity, _ = ensure_key(workdir / "ssh")
+            board.ssh = SshAccess(state["ssh_port"], "relsync", identity,
+                                  identity.parent / "known_hosts")  # fmt: skip
+        board._kept = True
+        return board
 
     async def stop(self) -> None:
         """Stops the node (and the epmd this board started) and removes the mount. Idempotent."""
@@ -656,7 +745,7 @@ class LocalBoard:
         await _reap(tree)
 
 
-async def _exit_status(proc: subprocess.Popen[bytes]) -> int:
+async def _exit_status(proc: _Process) -> int:
     """Waits for a process started with Popen to exit (from any event loop); its status."""
     while (status := proc.poll()) is None:
         await asyncio.sleep(0.05)

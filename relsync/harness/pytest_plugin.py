@@ -16,6 +16,8 @@ Check your own release on an emulated board before flashing it::
     docker-otp only; default: the OTP the release was built with
 ``--relsync-mode=erl|ssh``
     how relsync reaches the board (default ``erl``; ``ssh`` starts relsyncd beside the release)
+``--relsync-env=NAME=VALUE``
+    a variable the release's vm.args / sys.config use (``${NAME}``); repeatable
 
 Fixtures:
 
@@ -55,7 +57,7 @@ import pytest
 from relsync.errors import UsageError
 from relsync.harness.client import Run, run_relsync
 from relsync.harness.docker import DockerBoard
-from relsync.harness.kinds import BOARD_OPTIONS, EmulatedBoard, start_board
+from relsync.harness.kinds import BOARD_OPTIONS, EmulatedBoard, parse_env, start_board
 from relsync.harness.ready import BoardError
 
 #: Lines of a board's console attached to a failure.
@@ -109,7 +111,7 @@ def relsync_board(
     try:
         starting = start_board(
             target, relsync_release, workdir=workdir, ssh=mode == "ssh",
-            otp=int(otp) if otp else None,
+            otp=int(otp) if otp else None, env=parse_env(pytestconfig.getoption("relsync_env")),
         )  # fmt: skip
         board = asyncio.run(starting)
     except (BoardError, UsageError) as exc:

@@ -127,7 +127,13 @@ async def run_command(
         stderr=asyncio.subprocess.PIPE if split else asyncio.subprocess.STDOUT,
         env=None if env is None else dict(env),
     )  # fmt: skip
-    out, err = await proc.communicate()
+    try:
+        out, err = await proc.communicate()
+    except asyncio.CancelledError:  # e.g. `docker wait` while a boot is watched: end it here
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
     text = out.decode(errors="replace")
     if check and proc.returncode != 0:
         said = (err if split else out).decode(errors="replace").strip()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from relsync.harness.example import Variant
+from relsync.harness.example import Variant, build_example_release
 
 pytestmark = pytest.mark.e2e
 
@@ -44,19 +44,14 @@ def test_board_command_round_trip(tmp_path: Path) -> None:
             assert board[key], key
         assert Path(board["console_log"]).read_text()  # the board's console is captured
         v2 = Variant(release, tmp_path / "v2").counter_version(2)
-        env = dict(os.environ, RELSYNC_COOKIE=board["cookie"])
-        erl = relsync("-d", board["node"], "--epmd-port", str(board["epmd_port"]),
-                      "-p", board["release_path"], "-q", board["rw_path"], "-l", str(v2.root),
-                      "--json", env=env)  # fmt: skip
+        assert f"relsync -d {board['id']}" in relsync("target", "reboot", board["id"]).stdout
+        # The board by its id: one command (its node, EPMD port, cookie, paths).
+        erl = relsync("-d", board["id"], "-l", str(v2.root), "--json")
         assert erl.returncode == 0, erl.stderr
         assert json.loads(erl.stdout)["boards"][0]["reload"] == ["demo_counter"]
         reboot = relsync("target", "reboot", board["id"], "--json")
         assert reboot.returncode == 0, reboot.stderr
-        ssh = relsync("-M", "ssh", "-d", "127.0.0.1", "-P", str(board["ssh_port"]),
-                      "-u", board["ssh_user"], "-i", board["ssh_identity"],
-                      "--known-hosts", str(tmp_path / "known_hosts"), "--accept-new-host-key",
-                      "-p", board["release_path"], "-q", board["rw_path"], "-l", str(v2.root),
-                      "--json")  # fmt: skip
+        ssh = relsync("-M", "ssh", "-d", board["id"], "-l", str(v2.root), "--json")
         assert ssh.returncode == 0, ssh.stderr
         # rebooted: pristine again
         assert json.loads(ssh.stdout)["boards"][0]["reload"] == ["demo_counter"]
@@ -68,3 +63,33 @@ def test_board_command_round_trip(tmp_path: Path) -> None:
     assert board["id"] not in relsync("target", "list").stdout
     missing = relsync("target", "down", board["id"])
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+
+
+def test_local_board_command_and_env(tmp_path: Path) -> None:
+    """``relsync target up local``: a board that outlives the command, found by its id by
+    ``env``, ``relsync -d ID``, ``reboot``, ``list`` and ``down``."""
+    release = build_example_release()
+    up = relsync("target", "up", "local", "--release", str(release), "--json")
+    assert up.returncode == 0, up.stderr
+    board: dict[str, Any] = json.loads(up.stdout)
+    try:
+        assert board["kind"] == "local" and board["id"].startswith("relsync-local-")
+        exports = relsync("target", "env", board["id"])
+        assert exports.returncode == 0, exports.stderr
+        assert f"export RELSYNC_COOKIE={board['cookie']}" in exports.stdout
+        v2 = Variant(release, tmp_path / "v2").counter_version(2)
+        env = {k: v for k, v in os.environ.items() if k != "RELSYNC_COOKIE"}
+        erl = relsync("-d", board["id"], "-l", str(v2.root), "--json", env=env)
+        assert erl.returncode == 0, erl.stderr
+        assert json.loads(erl.stdout)["boards"][0]["reload"] == ["demo_counter"]
+        reboot = relsync("target", "reboot", board["id"], "--json")
+        assert reboot.returncode == 0, reboot.stderr
+        again = relsync("-d", board["id"], "-l", str(v2.root), "--json", env=env)
+        assert json.loads(again.stdout)["boards"][0]["reload"] == ["demo_counter"]  # pristine
+        assert board["id"] in relsync("target", "list").stdout
+    finally:
+        down = relsync("target", "down", board["id"])
+    assert down.returncode == 0, down.stderr
+    assert board["id"] not in relsync("target", "list").stdout
+    gone = relsync("-d", board["id"], "-l", str(release))
+    assert gone.returncode == 2 and "no board" in gone.stderr

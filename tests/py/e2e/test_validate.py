@@ -85,3 +85,12 @@ def test_validate_refuses_what_is_not_a_release(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "not a release" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("otp", ["27"])
+def test_validate_refuses_another_otp_once_before_booting(otp: str) -> None:
+    release = asyncio.run(example_release("local"))  # this machine's OTP 25
+    done = validate(str(release), "--target", "docker-otp", "--otp", otp)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.count("\n") == 1 and "rebuild the release with OTP 27" in done.stderr
+    assert done.stdout == ""  # no check ran: no board booted
