@@ -53,13 +53,19 @@ Command = Callable[[Path, str], tuple[list[str], dict[str, str]]]
 @dataclass(frozen=True, slots=True)
 class Run:
     """One command run: wall time (start to exit), CPU time and peak RSS of the process (and
-    its children), its --json report; the CPU time the board spent meanwhile, when known."""
+    its children), its --json report's boards (the first as ``report``); the CPU time the board
+    spent meanwhile, when known."""
 
     wall: float
     cpu: float
     max_rss_mb: float
-    report: dict[str, object]
+    reports: list[dict[str, object]]
     board_cpu: float | None = None
+
+    @property
+    def report(self) -> dict[str, object]:
+        """The first board's report ({} for a command that is not relsync)."""
+        return self.reports[0] if self.reports else {}
 
 
 #: Where a container's CPU time is accounted, cgroup v1 (ns) or v2 (usage_usec), by the
@@ -136,8 +142,8 @@ def run_cli(argv: list[str], env: dict[str, str] | None = None, ok: tuple[int, .
         wall, cpu, rss_kb, code = usage.read_text().split()
     if int(code) not in ok:
         raise RuntimeError(f"{' '.join(argv[:4])} ... failed ({code}): {errors.strip()}")
-    report = json.loads(text)["boards"][0] if text.startswith("{") else {}
-    return Run(float(wall), float(cpu), int(rss_kb) / 1024, report)
+    reports = json.loads(text)["boards"] if text.startswith("{") else []
+    return Run(float(wall), float(cpu), int(rss_kb) / 1024, reports)
 
 
 def _tools(board: DockerBoard, pycache: Path) -> dict[str, Command]:
@@ -190,9 +196,10 @@ def _probe(tool: str) -> str:
     return "relsync_bench_probe_" + tool.replace("relsync ", "").replace(" ", "_")
 
 
-async def _measure(work: Path, raw_mb_s: float) -> list[Row]:
+async def _measure(work: Path, raw_mb_s: float, quick: bool) -> list[Row]:
+    rounds, bulk_rounds = (1, 1) if quick else (ROUNDS, BULK_ROUNDS)
     base = work / "base"
-    _make_release(base)
+    _make_release(base, quick)
     locals_ = {tool: work / f"rel-{n}" for n, tool in enumerate(TOOLS)}
     for tool, local in locals_.items():
         shutil.copytree(base, local, symlinks=True)
@@ -221,7 +228,7 @@ async def _measure(work: Path, raw_mb_s: float) -> list[Row]:
 
         bulk: dict[str, list[Run]] = {tool: [] for tool in TOOLS}
         files_only: dict[str, list[Run]] = {tool: [] for tool in TOOLS if tool != "rsync"}
-        for n in range(BULK_ROUNDS):  # interleaved, each into new directories
+        for n in range(bulk_rounds):  # interleaved, each into new directories
             for tool in TOOLS:
                 dest = f"{dests[tool]}-{n}"
                 again = f"{dest}-again"  # the same files again, elsewhere: modules loaded
@@ -232,14 +239,14 @@ async def _measure(work: Path, raw_mb_s: float) -> list[Row]:
                 if tool in files_only:
                     files_only[tool].append(sync(tool, again))
         for tool, dest in dests.items():  # the rounds below sync into the last ones
-            dests[tool] = f"{dest}-{BULK_ROUNDS - 1}"
+            dests[tool] = f"{dest}-{bulk_rounds - 1}"
         noop: dict[str, list[float]] = {tool: [] for tool in TOOLS}
         one: dict[str, list[float]] = {tool: [] for tool in TOOLS}
         retried: set[str] = set()  # modules whose load failed before, tried again every sync
-        for _ in range(ROUNDS):  # interleaved: the machine's load hits every tool alike
+        for _ in range(rounds):  # interleaved: the machine's load hits every tool alike
             for tool in TOOLS:
                 noop[tool].append(sync(tool).wall)
-        for version in range(2, 2 + ROUNDS):
+        for version in range(2, 2 + rounds):
             for tool in TOOLS:
                 _compile_probe(locals_[tool], version, work, _probe(tool))
                 run = sync(tool)
@@ -272,7 +279,7 @@ async def _measure(work: Path, raw_mb_s: float) -> list[Row]:
         mb_s = nbytes / run.wall / 1e6
         loaded = _loaded(run.report)
         rows += [
-            Row("compare", f"bulk first sync ({release}), {tool} (median of {BULK_ROUNDS})",
+            Row("compare", f"bulk first sync ({release}), {tool} (median of {bulk_rounds})",
                 f"{run.wall:.2f} s = {ratio:.2f}x rsync = {mb_s:.0f} MB/s = "
                 f"{mb_s / raw_mb_s:.1%} of raw TCP",
                 f"raw loopback TCP {raw_mb_s:,.0f} MB/s; rsync {rs_bulk.wall:.2f} s = "
@@ -286,7 +293,7 @@ async def _measure(work: Path, raw_mb_s: float) -> list[Row]:
             Row("compare", f"peak RSS during bulk sync, {tool} process", rss(run.max_rss_mb),
                 f"rsync + its ssh {rss(rs_bulk.max_rss_mb)}"),
             Row("compare", f"the same files into a second directory, {tool} (median of "
-                f"{BULK_ROUNDS})", f"{alone.wall:.2f} s = {alone_ratio:.2f}x rsync",
+                f"{bulk_rounds})", f"{alone.wall:.2f} s = {alone_ratio:.2f}x rsync",
                 f"no module to load ({_loaded(alone.report)} loaded): the file transfer alone "
                 f"against rsync's bulk sync; CPU {alone.cpu:.1f} s + {board_cpu(alone)}"),
         ]  # fmt: skip
@@ -297,7 +304,7 @@ async def _measure(work: Path, raw_mb_s: float) -> list[Row]:
         for tool in TOOLS[:2]:
             ours = statistics.median(samples[tool])
             rows.append(
-                Row("compare", f"{label}, {tool} (median of {ROUNDS})", f"{ours:.3f} s",
+                Row("compare", f"{label}, {tool} (median of {rounds})", f"{ours:.3f} s",
                     f"rsync -a --checksum over ssh {rs:.3f} s" + note)
             )  # fmt: skip
     if retried:
@@ -309,8 +316,10 @@ async def _measure(work: Path, raw_mb_s: float) -> list[Row]:
     return rows
 
 
-def run() -> list[Row]:
-    """Start one board, measure, stop it; return the table rows."""
-    raw = max(max(asyncio.run(_raw_tcp_mb_s([100 * MIB]))) for _ in range(3))
+def run(quick: bool = False) -> list[Row]:
+    """Start one board, measure, stop it; return the table rows (``quick``: a small release,
+    one round)."""
+    raw = max(max(asyncio.run(_raw_tcp_mb_s([(10 if quick else 100) * MIB])))
+              for _ in range(1 if quick else 3))  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="relsync-bench-compare-") as tmp:
-        return asyncio.run(_measure(Path(tmp), raw))
+        return asyncio.run(_measure(Path(tmp), raw, quick))

@@ -39,8 +39,9 @@ GOAL = 64 << 10
 #: Where the 1 KiB edit goes: the middle of the file.
 MIDDLE = SIZE // 2 + 100
 ROUNDS = 5
-#: The big file of the memory rows: 500 MB.
+#: The big file of the memory rows: 500 MB (20 MB in a quick run).
 HUGE = 500 * 10**6
+QUICK_HUGE = 20 * 10**6
 #: The issue's figures before streaming (client peak RSS, board growth), for reference.
 ISSUE_BEFORE = "before (issue 18): client 1.07 GB, board +500 MB"
 #: Runs the command line and reports its own peak RSS (KiB, Linux) on stderr at exit.
@@ -118,11 +119,11 @@ async def _memory_once(
         return maxrss, grown, sent, wall
 
 
-def _memory_rows(demo: Path, work: Path) -> list[Row]:
-    """The 500 MB rows: ours, and the baseline tree's when one is given."""
+def _memory_rows(demo: Path, work: Path, huge: int) -> list[Row]:
+    """The rows of a ``huge``-byte file: ours, and the baseline tree's when one is given."""
     release = with_big_file(demo, work / "huge-rel", b"")
     local = with_big_file(demo, work / "huge-v2", b"")
-    write_changed_pair(release / BIG, local / BIG, HUGE, HUGE // 2 + 100)
+    write_changed_pair(release / BIG, local / BIG, huge, huge // 2 + 100)
     baseline = os.environ.get("RELSYNC_BENCH_BASELINE")
     trees: list[tuple[str, Path | None]] = [("ours", None)]
     if baseline:
@@ -135,26 +136,28 @@ def _memory_rows(demo: Path, work: Path) -> list[Row]:
         client, board, sent, wall = figures[name]
         reference = ISSUE_BEFORE if name == "ours" else f"tree {baseline}"
         rows.append(
-            Row("delta", f"1 KB change in a 500 MB file ({name}, erl): peak RSS client / board",
+            Row("delta", f"1 KB change in a {huge // 10**6} MB file ({name}, erl): peak RSS "
+                "client / board",
                 f"{client / 1e6:.0f} MB / +{board / 1e6:.0f} MB",
                 f"{reference}; sent {sent / 1e3:.1f} kB, sync {wall:.1f} s")
         )  # fmt: skip
     return rows
 
 
-def _cpu(new: bytes, old: bytes) -> float:
+def _cpu(new: bytes, old: bytes, rounds: int) -> float:
     """Median host seconds of make_delta(new) against ``old``'s block sums."""
     sums = signatures_of(old)
     times = []
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         started = time.process_time()
         make_delta(new, sums)
         times.append(time.process_time() - started)
     return statistics.median(times)
 
 
-def run() -> list[Row]:
-    """Measure and return the table rows."""
+def run(quick: bool = False) -> list[Row]:
+    """Measure and return the table rows (``quick``: a 20 MB file for memory, one round)."""
+    rounds = 1 if quick else ROUNDS
     old = random_bytes(SIZE, seed=100)
     new = changed(old, MIDDLE, seed=2)
     demo = build_example_release()
@@ -170,11 +173,11 @@ def run() -> list[Row]:
                     f"{sent / 1e3:.1f} kB", f"whole file {SIZE / 1e6:.1f} MB; sync {wall:.2f} s",
                     f"<= {GOAL // 1024} KiB", sent <= GOAL)
             )  # fmt: skip
-        rows += _memory_rows(demo, work)
-    small = _cpu(new, old)
-    unrelated = _cpu(random_bytes(SIZE, seed=3), old)
+        rows += _memory_rows(demo, work, QUICK_HUGE if quick else HUGE)
+    small = _cpu(new, old, rounds)
+    unrelated = _cpu(random_bytes(SIZE, seed=3), old, rounds)
     rows.append(
-        Row("delta", f"make_delta host CPU on 10 MB (median of {ROUNDS})",
+        Row("delta", f"make_delta host CPU on 10 MB (median of {rounds})",
             f"{small * 1e3:.0f} ms", f"nothing shared (goes whole): {unrelated * 1e3:.0f} ms")
     )  # fmt: skip
     return rows

@@ -31,6 +31,9 @@ CHUNK = 4 * MIB
 SIZES_MIB = (1, 10, 100)
 SEQUENTIAL_CALLS = 1000
 CONCURRENT_CALLS = 5000
+#: A quick run's sizes and call counts.
+QUICK_SIZES_MIB = (1,)
+QUICK_CALLS = 50
 
 ERL_LOOP = """-module(relsync_rpc_bench).
 -export([main/1]).
@@ -77,21 +80,21 @@ async def _handshake_ms(node: ErlNode, rounds: int = 30) -> float:
     return statistics.median(samples) * 1e3
 
 
-async def _rpc_median_us(conn: Connection) -> float:
-    for _ in range(200):
+async def _rpc_median_us(conn: Connection, calls: int) -> float:
+    for _ in range(min(200, calls)):
         await conn.call("erlang", "node", [])
     samples = []
-    for _ in range(SEQUENTIAL_CALLS):
+    for _ in range(calls):
         start = time.perf_counter()
         await conn.call("erlang", "node", [])
         samples.append(time.perf_counter() - start)
     return _median_us(samples)
 
 
-async def _rpc_rate(conn: Connection) -> float:
+async def _rpc_rate(conn: Connection, calls: int) -> float:
     start = time.perf_counter()
-    await asyncio.gather(*(conn.call("erlang", "node", []) for _ in range(CONCURRENT_CALLS)))
-    return CONCURRENT_CALLS / (time.perf_counter() - start)
+    await asyncio.gather(*(conn.call("erlang", "node", []) for _ in range(calls)))
+    return calls / (time.perf_counter() - start)
 
 
 async def _upload_mb_s(conn: Connection, size: int) -> float:
@@ -142,7 +145,7 @@ async def _raw_tcp_mb_s(sizes: list[int]) -> list[float]:
     return results
 
 
-def _erlang_rpc_median_us(node: ErlNode, workdir: Path) -> float:
+def _erlang_rpc_median_us(node: ErlNode, workdir: Path, calls: int) -> float:
     src = workdir / "relsync_rpc_bench.erl"
     src.write_text(ERL_LOOP)
     ebin = compile_erl(src, workdir / "ebin").parent
@@ -150,31 +153,34 @@ def _erlang_rpc_median_us(node: ErlNode, workdir: Path) -> float:
     out = subprocess.run(
         [erl, "-noshell", "-hidden", "-name", f"{unique_name('bench')}@127.0.0.1",
          "-setcookie", node.cookie, "-start_epmd", "false", "-pa", str(ebin),
-         "-s", "relsync_rpc_bench", "main", node.node, str(SEQUENTIAL_CALLS)],
+         "-s", "relsync_rpc_bench", "main", node.node, str(calls)],
         env={**os.environ, "ERL_EPMD_PORT": str(node.epmd_port)},
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout  # fmt: skip
     return float(out.split("median_us=")[1].split()[0])
 
 
-async def _measure(node: ErlNode, workdir: Path) -> list[Row]:
+async def _measure(node: ErlNode, workdir: Path, quick: bool) -> list[Row]:
     rows: list[Row] = []
-    hs = await _handshake_ms(node)
+    sizes = QUICK_SIZES_MIB if quick else SIZES_MIB
+    calls, concurrent = (QUICK_CALLS, QUICK_CALLS) if quick else (SEQUENTIAL_CALLS,
+                                                                   CONCURRENT_CALLS)  # fmt: skip
+    hs = await _handshake_ms(node, 3 if quick else 30)
     rows.append(Row("dist", "connect + handshake", f"{hs:.2f} ms", "", "<= 2 ms", hs <= 2.0))
-    erl_us = _erlang_rpc_median_us(node, workdir)
+    erl_us = _erlang_rpc_median_us(node, workdir, calls)
     async with await node.connect() as conn:
-        us = await _rpc_median_us(conn)
+        us = await _rpc_median_us(conn, calls)
         rows.append(
-            Row("dist", f"rpc median ({SEQUENTIAL_CALLS} sequential)", f"{us:.0f} us",
+            Row("dist", f"rpc median ({calls} sequential)", f"{us:.0f} us",
                 f"erlang hidden node {erl_us:.0f} us", "<= 150 us", us <= 150)
         )  # fmt: skip
-        rate = await _rpc_rate(conn)
-        rows.append(Row("dist", f"rpc rate ({CONCURRENT_CALLS} concurrent)", f"{rate:,.0f}/s"))
+        rate = await _rpc_rate(conn, concurrent)
+        rows.append(Row("dist", f"rpc rate ({concurrent} concurrent)", f"{rate:,.0f}/s"))
         await _upload_mb_s(conn, 8 * MIB)  # warm-up: the target grows its buffers once
-        ours = [await _best_of(_upload_mb_s, conn, n * MIB) for n in SIZES_MIB]
-    raw = [max(r) for r in zip(*[await _raw_tcp_mb_s([n * MIB for n in SIZES_MIB])
-                                 for _ in range(3)], strict=True)]  # fmt: skip
-    for n, mine, base in zip(SIZES_MIB, ours, raw, strict=True):
+        ours = [await _best_of(_upload_mb_s, conn, n * MIB) for n in sizes]
+    raw = [max(r) for r in zip(*[await _raw_tcp_mb_s([n * MIB for n in sizes])
+                                 for _ in range(1 if quick else 3)], strict=True)]  # fmt: skip
+    for n, mine, base in zip(sizes, ours, raw, strict=True):
         rows.append(
             Row("dist", f"upload {n} MiB (4 MiB rpc chunks)", f"{mine:,.0f} MB/s",
                 f"raw loopback TCP {base:,.0f} MB/s", ">= 50% of raw",
@@ -183,8 +189,9 @@ async def _measure(node: ErlNode, workdir: Path) -> list[Row]:
     return rows
 
 
-def run() -> list[Row]:
-    """Start an EPMD and a node of our own, measure, stop them; return the table rows."""
+def run(quick: bool = False) -> list[Row]:
+    """Start an EPMD and a node of our own, measure, stop them; return the table rows
+    (``quick``: few calls, one size)."""
     workdir = Path(tempfile.mkdtemp(prefix="relsync_bench_"))
     try:
         with (
@@ -193,6 +200,6 @@ def run() -> list[Row]:
                 epmd_port=epmd.port, name=unique_name("bench_target"), workdir=workdir / "node"
             ) as node,
         ):
-            return asyncio.run(_measure(node, workdir))
+            return asyncio.run(_measure(node, workdir, quick))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -25,11 +25,14 @@ from relsync.harness.kinds import EmulatedBoard, start_board
 from relsync.harness.watching import WatchRun, save, watch_argv
 
 EDITS = 20
+QUICK_EDITS = 2
 BOARDS = (("local", "erl"), ("docker-otp", "ssh"))
 _ROUND_MS = re.compile(r"\((\d+) ms\)")
 
 
-async def _edits(board: EmulatedBoard, mode: str, work: Path) -> tuple[list[float], list[float]]:
+async def _edits(
+    board: EmulatedBoard, mode: str, work: Path, edits: int
+) -> tuple[list[float], list[float]]:
     """Seconds from each save to its round's line, and each round's own figure (s)."""
     project = copy_example_project(work)
     counter = project / "src" / "demo_counter.erl"
@@ -37,7 +40,7 @@ async def _edits(board: EmulatedBoard, mode: str, work: Path) -> tuple[list[floa
     rounds: list[float] = []
     async with WatchRun(watch_argv(board, mode, board.rw_path), project) as run:
         await run.started()
-        for version in range(2, EDITS + 2):
+        for version in range(2, edits + 2):
             saved = save(counter, f"-define(VERSION, {version - 1}).",
                          f"-define(VERSION, {version}).")  # fmt: skip
             line = await run.round()
@@ -52,17 +55,17 @@ async def _edits(board: EmulatedBoard, mode: str, work: Path) -> tuple[list[floa
     return to_reloaded, rounds
 
 
-async def _measure(work: Path) -> list[Row]:
+async def _measure(work: Path, edits: int) -> list[Row]:
     release = build_example_release()
     rows: list[Row] = []
     for kind, mode in BOARDS:
         board = await start_board(kind, release, workdir=work / kind, ssh=mode == "ssh")
         try:
-            to_reloaded, rounds = await _edits(board, mode, work / f"{kind}-project")
+            to_reloaded, rounds = await _edits(board, mode, work / f"{kind}-project", edits)
         finally:
             await board.stop()
-        label = f"{kind} board, {mode}, {EDITS} saves"
-        q = statistics.quantiles(to_reloaded, n=10)
+        label = f"{kind} board, {mode}, {edits} saves"
+        q = statistics.quantiles(to_reloaded, n=10, method="inclusive")
         rows.append(
             Row("watch", f"{label}: save -> reloaded, median (p10-p90)",
                 f"{statistics.median(to_reloaded):.2f} s",
@@ -76,7 +79,8 @@ async def _measure(work: Path) -> list[Row]:
     return rows
 
 
-def run() -> list[Row]:
-    """Boot each board, drive the saves, stop it; return the table rows."""
+def run(quick: bool = False) -> list[Row]:
+    """Boot each board, drive the saves, stop it; return the table rows (``quick``: two
+    saves)."""
     with tempfile.TemporaryDirectory(prefix="relsync-bench-watch-") as tmp:
-        return asyncio.run(_measure(Path(tmp)))
+        return asyncio.run(_measure(Path(tmp), QUICK_EDITS if quick else EDITS))
