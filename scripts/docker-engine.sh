@@ -5,8 +5,9 @@
 #   scripts/docker-engine.sh --check  only report; exit 1 when no engine answers
 #
 # Fast and idempotent: when `docker info` already answers it does nothing else (~0.1 s).
-# When no engine answers and we are root: installs Debian's docker.io if dockerd is missing,
-# starts dockerd in the background (own session, logs to $RELSYNC_DOCKERD_LOG) and polls
+# As root, installs what is missing of Debian's docker.io and mmdebstrap (which builds the board
+# images); otherwise prints the one apt-get command for both. When no engine answers and we are
+# root: starts dockerd in the background (own session, logs to $RELSYNC_DOCKERD_LOG) and polls
 # `docker info` for at most $RELSYNC_DOCKERD_WAIT seconds (default 60).
 # When not root: prints the exact commands to run and exits 1.
 #
@@ -42,6 +43,23 @@ engine_line() {
 
 answers() { timeout 10 docker info >/dev/null 2>&1; }
 
+# What the boards need from Debian: the engine, and mmdebstrap, which builds their images.
+# Installed together as root; otherwise one command for both is printed.
+missing=()
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
+if [ ${#missing[@]} -gt 0 ] && [ "${1:-}" != "--check" ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "docker-engine: installing ${missing[*]} (Debian packages)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=300 update -qq
+    # policy-rc.d in containers refuses to start the service: we start dockerd ourselves.
+    apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "docker-engine: missing ${missing[*]}; run: sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
+  fi
+fi
+
 if command -v docker >/dev/null 2>&1 && answers; then
   engine_line
   exit 0
@@ -58,20 +76,11 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
   fi
   {
-    echo "docker-engine: no Docker engine answers and we are not root; run:"
-    command -v dockerd >/dev/null 2>&1 || echo "  sudo apt-get update && sudo apt-get install -y docker.io"
+    echo "docker-engine: no Docker engine answers and we are not root; run (after the install above, if any):"
     echo "  sudo sh -c 'setsid dockerd --storage-driver overlay2 >>$log 2>&1 < /dev/null &'"
     echo "  sudo usermod -aG docker $(id -un)   # then log in again, or use sudo docker"
   } >&2
   exit 1
-fi
-
-if ! command -v dockerd >/dev/null 2>&1; then
-  echo "docker-engine: installing Debian's docker.io (dockerd, containerd, runc, docker-proxy)" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get -o DPkg::Lock::Timeout=300 update -qq
-  # policy-rc.d in containers refuses to start the service: we start dockerd ourselves.
-  apt-get -o DPkg::Lock::Timeout=300 install -y -qq docker.io >/dev/null
 fi
 
 mkdir -p "$(dirname "$log")"
