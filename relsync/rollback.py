@@ -77,8 +77,13 @@ def plan_rollback(state: TargetState) -> SyncPlan:
     plan.purge = changes.added
     # The code path names the shadow tree's directories too: a tree deleted by hand lists
     # nothing, and its applications' directories must still leave the code path.
+    # (Not the excluded system libraries: the shadow tree links each of them whole, and their
+    # directories stay on the code path, re-pointed at the release.)
     shadow_ebins = {d for rel in state.shadow if (d := ebin_dir(rel))} | {
-        p.removeprefix(f"{state.rw}/") for p in state.code_path if p.startswith(f"{state.rw}/")
+        rel
+        for p in state.code_path
+        if p.startswith(f"{state.rw}/")
+        and posixpath.dirname(rel := p.removeprefix(f"{state.rw}/")) not in state.excluded_dirs
     }
     original_ebins = {d for rel in state.original if (d := ebin_dir(rel))}
     plan.code_path_replace = [(state.rw, state.dest)]
