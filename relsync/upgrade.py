@@ -15,9 +15,9 @@ import re
 from collections.abc import Collection, Mapping
 
 from relsync.beam import BeamFacts, facts
-from relsync.erldist.etf import Atom, Term
+from relsync.erldist.etf import Atom, Charlist, Term
 from relsync.erldist.pretty import format_term
-from relsync.erlterm import consult
+from relsync.erlterm import first_term
 from relsync.errors import UsageError
 from relsync.plan import SyncPlan, TargetState, effective_files, module_of
 from relsync.release import FileKind, LocalRelease
@@ -154,10 +154,10 @@ def appup_steps(
             continue
         try:
             with open(lf.path, encoding="utf-8") as fh:
-                terms = consult(fh.read())
+                appup = first_term(fh.read())  # systools reads no further
         except (OSError, ValueError, UnicodeError) as exc:
             raise UsageError(f"{rel} cannot be read ({exc}); fix it or remove it") from None
-        entry = _appup_entry(rel, terms, vsn, board_vsn[app], down)
+        entry = _appup_entry(rel, appup, vsn, board_vsn[app], down)
         found = [s for i in entry if (s := _instruction(rel, i, targets)) is not None]
         if not down:
             _refuse_deleting_carried(rel, found, release)
@@ -185,25 +185,52 @@ def _app_dir(rel: str) -> tuple[str, str]:
     return app, vsn
 
 
-def _appup_entry(rel: str, terms: list[Term], vsn: str, old: str, down: bool) -> list[Term]:
-    """The instructions for ``old`` -> ``vsn`` (or back) in an appup's terms; [] if none."""
-    if len(terms) != 1 or not isinstance(terms[0], tuple) or len(terms[0]) != 3:
+def _appup_entry(rel: str, appup: Term, vsn: str, old: str, down: bool) -> list[Term]:
+    """The instructions for ``old`` -> ``vsn`` (or back) in an appup, as systools finds them:
+    the first entry whose version is ``old``, or a ``<<"regex">>`` whose first match is all of
+    ``old``; [] if none. Every entry of both lists must be well formed."""
+    if not isinstance(appup, tuple) or len(appup) != 3:
         raise UsageError(f"{rel} is not {{Vsn, UpFrom, DownTo}}; fix it or remove it")
-    new, ups, downs = terms[0]
+    new, ups, downs = appup
     if new != vsn:
         raise UsageError(
             f"{rel} is for version {format_term(new)}, the application is {vsn}; "
             "update its first element"
         )
-    entries = downs if down else ups
-    for entry in entries if isinstance(entries, list) else []:
-        if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[1], list):
-            match = entry[0]
-            if (isinstance(match, str) and match == old) or (
-                isinstance(match, bytes) and re.fullmatch(match.decode(), old)
+    found: dict[bool, list[Term]] = {}
+    for is_down, entries in ((False, ups), (True, downs)):
+        if not isinstance(entries, list):
+            raise UsageError(
+                f"{rel}: {format_term(entries, 120)} is not a list of {{Vsn, [Instruction]}}; "
+                "fix it or remove it"
+            )
+        for entry in entries:
+            if not (
+                isinstance(entry, tuple)
+                and len(entry) == 2
+                and isinstance(entry[0], Charlist | bytes)
+                and isinstance(entry[1], list)
             ):
-                return entry[1]
-    return []
+                raise UsageError(
+                    f'{rel}: {format_term(entry, 120)} is not {{"Vsn" or <<"Regex">>, '
+                    "[Instruction]}; fix it or remove it"
+                )
+            if _matches(rel, entry[0], old) and is_down not in found:
+                found[is_down] = entry[1]
+    return found.get(down, [])
+
+
+def _matches(rel: str, version: Charlist | bytes, old: str) -> bool:
+    """``old`` is ``version``, or the first match of the regex ``version`` is all of it."""
+    if isinstance(version, str):
+        return version == old
+    try:
+        match = re.search(version.decode(), old)
+    except (UnicodeDecodeError, re.error) as exc:
+        raise UsageError(
+            f"{rel}: {format_term(version)} is not a valid version regex ({exc}); fix it"
+        ) from None
+    return match is not None and match.group() == old
 
 
 def _instruction(

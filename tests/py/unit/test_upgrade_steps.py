@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from relsync.beam import BeamFacts, facts
+from relsync.errors import UsageError
 from relsync.plan import SyncPlan, TargetState
 from relsync.release import FileKind, LocalFile, LocalRelease
 from relsync.rollback import plan_rollback, shadow_changes
 from relsync.target import RemoteFile, RemoteLink
-from relsync.upgrade import change_of, generated_steps, load_order
+from relsync.upgrade import appup_steps, change_of, generated_steps, load_order
 
 SOURCES = {
     "s_sup": "-module(s_sup).\n-behaviour(supervisor).\n-export([start_link/0, init/1]).\n"
@@ -133,3 +134,70 @@ def test_rollback_plan_reloads_the_release_and_purges_the_shadow_only_modules() 
     assert plan.code_path_replace == [(rw, dest)]
     assert plan.code_path_remove == [f"{dest}/lib/extra-1/ebin"]
 
+
+# ----------------------------------------------------------------------------------------------
+# Reading the user's appup, as systools reads it
+
+APPUP_REL = "lib/demo-0.2.0/ebin/demo.appup"
+M_PATH = "/srv/erlang/lib/demo-0.2.0/ebin/m.beam"
+
+
+def _appup_steps(tmp_path: Path, text: str, *, down: bool = False) -> list[str]:
+    """The steps a sync from demo 0.1.0 on the board to 0.2.0 takes from an appup ``text``."""
+    appup = tmp_path / "demo.appup"
+    appup.write_text(text, encoding="utf-8")
+    release = LocalRelease(root=tmp_path, name="demo", version="0.2.0")
+    release.files[APPUP_REL] = LocalFile(APPUP_REL, str(appup), 1, 0o644, b"x", FileKind.OTHER)
+    board = {"lib/demo-0.1.0/ebin/m.beam": _file("lib/demo-0.1.0/ebin/m.beam", "m1")}
+    plan = SyncPlan(root="/srv/erlang")
+    plan.reload = [("m", M_PATH, b"x")]
+    state = TargetState("/srv/erlang", None, dict(board))
+    return [s.appup() for s in appup_steps(plan, release, state, down=down)]
+
+
+def test_an_appup_is_its_first_term_as_systools_reads_it(tmp_path: Path) -> None:
+    current = '{"0.2.0", [{"0.1.0", [{load_module, m}]}], [{"0.1.0", [{update, m, soft}]}]}.\n'
+    history = '%% the entry before, kept for the record\n{"0.1.0", [{"0.0.9", []}], []}.\n'
+    assert _appup_steps(tmp_path, current + history) == ["{load_module, m}"]
+    assert _appup_steps(tmp_path, current + history, down=True) == ["{update, m, soft}"]
+
+
+def test_a_version_regex_matches_as_systools_matches_it(tmp_path: Path) -> None:
+    # systools takes an entry when the regex's first match is the whole version: "0" is the
+    # first match of <<"0|0\\.1\\.0">> in "0.1.0", so that entry is passed over.
+    found = subprocess.run(
+        ["erl", "-noshell", "-eval",
+         'io:format("~p", [[systools_relup:appup_search_for_version("0.1.0", [{R, [x]}])'
+         ' || R <- [<<"0|0\\\\.1\\\\.0">>, <<"0\\\\.1\\\\..*">>, <<"1">>]]]), halt().'],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert found == "[error,{ok,[x]},error]"
+    for regex, steps in (
+        (r"0|0\\.1\\.0", []),
+        (r"0\\.1\\..*", ["{load_module, m}"]),
+        ("1", []),
+    ):
+        appup = f'{{"0.2.0", [{{<<"{regex}">>, [{{load_module, m}}]}}], []}}.'
+        assert _appup_steps(tmp_path, appup) == steps, regex
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('{"0.2.0", [{<<"0.1.(">>, []}], []}.', '<<"0.1.(">> is not a valid version regex'),
+        ('{"0.2.0", [{"0.1.0", {load_module, m}}], []}.', "{load_module,m}} is not {"),
+        ('{"0.2.0", [], [{"0.1.0", load_module}]}.', '{"0.1.0",load_module} is not {'),
+        ('{"0.2.0", [{"0.1.0"}], []}.', '{"0.1.0"} is not {'),
+        ("{\"0.2.0\", [{'0.1.0', []}], []}.", "{'0.1.0',[]} is not {"),
+        ('{"0.2.0", up, []}.', "up is not a list of {Vsn, [Instruction]}"),
+        ("{" * 10_000 + "}" * 10_000 + ".", "nested deeper than 100 levels"),
+        ('{"0.2.0", [{"0.1.0", [?MOD]}], []}.', "line 1: '?' is not a term"),
+    ],
+)
+def test_an_appup_relsync_cannot_follow_is_a_usage_error_naming_it(
+    tmp_path: Path, text: str, words: str
+) -> None:
+    with pytest.raises(UsageError) as caught:
+        _appup_steps(tmp_path, text)
+    message = str(caught.value)
+    assert APPUP_REL in message and words in message and "\n" not in message, message
