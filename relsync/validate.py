@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from relsync.errors import UsageError
+from relsync.harness import progress
 from relsync.harness.kinds import BOARD_OPTIONS, check_release
 from relsync.harness.local import read_release_info
 from relsync.harness.ready import BoardError
@@ -79,6 +80,7 @@ def main(argv: list[str]) -> int:
     except ImportError:
         print("relsync validate: needs pytest: pip install 'relsync[test]'", file=sys.stderr)
         return 2
+    progress.use_terminal()  # the boards' progress line, past pytest's capture
     outcomes = _Outcomes()
     started = time.monotonic()
     tmp = tempfile.mkdtemp(prefix="relsync-validate-")

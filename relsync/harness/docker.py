@@ -25,6 +25,7 @@ from relsync.erldist.etf import Term
 from relsync.erldist.node import call_once
 from relsync.harness.bundle import harness_root
 from relsync.harness.local import copy_project_links, read_release_info
+from relsync.harness.progress import phase
 from relsync.harness.ready import (
     BoardError,
     cancel,
@@ -50,16 +51,19 @@ def _recipe() -> Path:
 
 async def ensure_engine_and_image(otp: int) -> None:
     """Start the Docker engine if needed and build the board image for ``otp`` if missing."""
-    await run_command(str(harness_root() / "scripts" / "docker-engine.sh"))
+    async with phase("starting the Docker engine"):
+        await run_command(str(harness_root() / "scripts" / "docker-engine.sh"))
     flavor = {25: "bookworm", 27: "trixie"}.get(otp)
     if flavor is None:
         raise BoardError(f"no docker-otp board for OTP {otp}; choose 25 or 27")
-    await run_command(str(_recipe() / "build.sh"), flavor)
+    async with phase(f"building the OTP {otp} board image (first time only)"):
+        await run_command(str(_recipe() / "build.sh"), flavor)
 
 
 async def example_release(otp: int) -> Path:
     """The example release built against OTP ``otp`` (inside a builder image if need be)."""
-    out = await run_command(str(_recipe() / "release.sh"), str(otp))
+    async with phase(f"building the example release for OTP {otp}"):
+        out = await run_command(str(_recipe() / "release.sh"), str(otp))
     return Path(out.strip().splitlines()[-1])
 
 
@@ -240,10 +244,11 @@ class DockerBoard:
     async def _ready(self) -> None:
         exited = asyncio.ensure_future(self._exited())
         try:
-            await wait_ready(
-                self.node, self.cookie, self.epmd_port, self.main_app, timeout=READY_TIMEOUT,
-                died=exited, describe=lambda: f"container {self.id}",
-            )  # fmt: skip
+            async with phase(f"booting {self.id}"):
+                await wait_ready(
+                    self.node, self.cookie, self.epmd_port, self.main_app,
+                    timeout=READY_TIMEOUT, died=exited, describe=lambda: f"container {self.id}",
+                )  # fmt: skip
         except BoardError as exc:
             raise BoardError(f"{exc}; end of its console:\n{await self._log_tail()}") from exc
         finally:

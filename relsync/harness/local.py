@@ -36,6 +36,7 @@ from typing import Protocol
 from relsync.erldist.etf import Atom, Term
 from relsync.erldist.node import call_once
 from relsync.harness.bundle import harness_root
+from relsync.harness.progress import phase
 from relsync.harness.ready import (
     BoardError,
     cancel,
@@ -710,11 +711,12 @@ class LocalBoard:
             )  # fmt: skip
         exited = asyncio.ensure_future(_exit_status(self._proc))
         try:
-            await wait_ready(
-                self.node, self.cookie, self.epmd_port, self.info.main_app,
-                timeout=self.ready_timeout, died=exited,
-                describe=lambda: f"end of {self.console_log}:\n{self.log_tail()}",
-            )  # fmt: skip
+            async with phase(f"booting {self.id}"):
+                await wait_ready(
+                    self.node, self.cookie, self.epmd_port, self.info.main_app,
+                    timeout=self.ready_timeout, died=exited,
+                    describe=lambda: f"end of {self.console_log}:\n{self.log_tail()}",
+                )  # fmt: skip
         finally:
             await cancel(exited)
 

@@ -24,6 +24,7 @@ from relsync.erldist.etf import Charlist, Term
 from relsync.erldist.node import call_once
 from relsync.harness.bundle import harness_root
 from relsync.harness.local import read_release_info
+from relsync.harness.progress import phase
 from relsync.harness.ready import (
     BoardError,
     cancel,
@@ -62,7 +63,8 @@ async def _run(*argv: str | Path) -> str:
 
 async def ensure_image() -> None:
     """Build the board's base image if needed (seconds when the .deb cache is warm)."""
-    await _run(_recipe() / "build.sh")
+    async with phase("building the qemu-arm image"):
+        await _run(_recipe() / "build.sh")
 
 
 async def example_release() -> Path:
@@ -117,9 +119,10 @@ class QemuBoard:
         state.mkdir(parents=True)
         board: QemuBoard | None = None
         try:
-            image = await _run(
-                _recipe() / "release.sh", "pack", info.root, "-o", state / "release.squashfs"
-            )
+            async with phase("packing the release for the ARM board"):
+                image = await _run(
+                    _recipe() / "release.sh", "pack", info.root, "-o", state / "release.squashfs"
+                )
             (state / "main_app").write_text(info.main_app)
             (state / "ssh").mkdir()
             (state / "ssh" / "enabled").write_text("yes" if ssh else "no")
@@ -186,6 +189,10 @@ class QemuBoard:
     async def _ready(self, after: int) -> None:
         """Wait for a boot that began after byte ``after`` of the console, then for the node;
         fail within a second or so of the node (or QEMU) exiting."""
+        async with phase(f"booting {self.id} (emulated ARM: kernel, init, the node)"):
+            await self._wait_boot(after)
+
+    async def _wait_boot(self, after: int) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + READY_TIMEOUT
         while (boot := self._find(BOOT_MARKER, after)) < 0:

@@ -3,8 +3,10 @@ list, down."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +73,7 @@ def test_local_board_command_and_env(tmp_path: Path) -> None:
     release = build_example_release()
     up = relsync("target", "up", "local", "--release", str(release), "--json")
     assert up.returncode == 0, up.stderr
+    assert up.stderr == ""  # no progress line off a terminal
     board: dict[str, Any] = json.loads(up.stdout)
     try:
         assert board["kind"] == "local" and board["id"].startswith("relsync-local-")
@@ -93,3 +96,24 @@ def test_local_board_command_and_env(tmp_path: Path) -> None:
     assert board["id"] not in relsync("target", "list").stdout
     gone = relsync("-d", board["id"], "-l", str(release))
     assert gone.returncode == 2 and "no board" in gone.stderr
+
+
+def test_progress_line_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal, ``up`` says what it is doing and for how long (then clears the line)."""
+    release = build_example_release()
+    terminal, side = pty.openpty()
+    with subprocess.Popen(
+        [sys.executable, "-m", "relsync.cli", "target", "up", "local", "--release", str(release),
+         "--json"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=side,
+    ) as proc:  # fmt: skip
+        os.close(side)
+        out, _ = proc.communicate(timeout=300)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once the terminal's other side is closed
+        while chunk := os.read(terminal, 4096):
+            shown += chunk
+    os.close(terminal)
+    board = json.loads(out)
+    assert relsync("target", "down", board["id"]).returncode == 0
+    assert f"relsync: booting {board['id']}... 0 s".encode() in shown, shown
+    assert shown.endswith(b"\r\x1b[K")  # cleared
