@@ -26,7 +26,7 @@ MAX_DEPTH = 100
 
 _WS = "\x00-\x20\x80-\xa0"
 _NAME = "a-zA-Z0-9_@\xc0-\xd6\xd8-\xf6\xf8-\xff"
-_DIGITS = r"\d(?:_?\d)*"
+_DIGITS = r"[0-9](?:_?[0-9])*"
 _TOKEN = re.compile(
     rf"""(?P<skip>[{_WS}]+|%[^\n]*)
     |(?P<float>{_DIGITS}\.{_DIGITS}(?:[eE][-+]?{_DIGITS})?)
@@ -106,6 +106,7 @@ def _tokens(text: str) -> Iterator[_Token]:
 
 
 def _number(token: _Token) -> int | float:
+    """The value of an ``int`` or ``float`` token (``1_000``, ``16#ff``, ``2.5e-3``)."""
     digits = token.text.replace("_", "")
     if token.kind == "float":
         value = float(digits)
@@ -113,14 +114,14 @@ def _number(token: _Token) -> int | float:
             raise ValueError(f"line {token.line}: {token.text} is too large for a float")
         return value
     base, _, based = digits.partition("#")
-    if not based:
-        return int(base)
-    if not 2 <= int(base) <= 36:
-        raise ValueError(f"line {token.line}: {token.text}: a base is 2 to 36")
     try:
-        return int(based, int(base))
-    except ValueError:
-        raise ValueError(f"line {token.line}: {token.text} is not a base {base} number") from None
+        if not based:
+            return int(base)
+        if 2 <= int(base) <= 36:
+            return int(based, int(base))
+    except ValueError:  # a digit the base has not, or more digits than Python converts
+        pass
+    raise ValueError(f"line {token.line}: {token.text[:40]} is not an integer relsync reads")
 
 
 def _cons(items: list[Term], tail: Term) -> Term:
@@ -256,7 +257,8 @@ class _Reader:
         if kind == "string":
             parts = [_unescape(text[1:-1], line)]
             while self.next.kind == "string":
-                parts.append(_unescape(self.take().text[1:-1], line))
+                more = self.take()
+                parts.append(_unescape(more.text[1:-1], more.line))
             return Charlist("".join(parts)), "string"
         if kind == "qatom":
             name = _unescape(text[1:-1], line)
@@ -276,9 +278,9 @@ class _Reader:
             raise ValueError(f"line {line}: nested deeper than {MAX_DEPTH} levels; flatten it")
         if text in ("-", "+"):
             value, how = self.term(depth)
-            if how != "number":
+            if how != "number" or not isinstance(value, int | float):
                 raise ValueError(f"line {line}: {text} only goes before a number")
-            return (-value if text == "-" else value), ""  # type: ignore[operator]
+            return (-value if text == "-" else value), ""
         if text == "(":
             inner = self.term(depth)
             self.take(")")
@@ -323,13 +325,15 @@ class _Reader:
 
     def map(self, line: int, depth: int) -> dict[Term, Term]:
         pairs: list[tuple[Term, Term]] = []
-        while not (not pairs and self.at("}")):
+        while not self.at("}"):
             key = self.term(depth)[0]
             self.take("=>")
             pairs.append((key, self.term(depth)[0]))
             if not self.at(","):
                 break
             self.take()
+            if self.at("}"):
+                raise ValueError(f"line {self.next.line}: a map ends with a comma; remove it")
         self.take("}")
         try:
             return dict(pairs)

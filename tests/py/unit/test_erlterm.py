@@ -199,6 +199,8 @@ INVALID = {
     "sign_on_atom": "-a.",
     "map_update": "#{a => 1}#{a := 2}.",
     "map_exact": "#{a := 1}.",
+    "map_trailing_comma": "#{a => 1,\n}.",
+    "unicode_digit": "{a, \u0661}.",
     "binary_of_atom": "<<a>>.",
     "binary_float_int": "<<1.5>>.",
     "binary_string_binary": '<<"ab"/binary>>.',
@@ -235,9 +237,12 @@ def test_files_erl_refuses_are_value_errors_naming_the_line(
     assert str(caught.value).startswith(f"line {erl_line}:"), (str(caught.value), verdict)
 
 
-def test_a_map_key_python_cannot_hash_is_a_value_error_naming_the_line() -> None:
+def test_what_python_cannot_hold_is_a_value_error_naming_the_line() -> None:
+    # erl reads both; a dict cannot hold a list key, int() takes at most 4300 digits.
     with pytest.raises(ValueError, match=r"^line 2: a map key that is a list or map"):
         consult("ok.\n#{[a] => 1}.")
+    with pytest.raises(ValueError, match=r"^line 1: 1+ is not an integer relsync reads"):
+        consult("1" * 5000 + ".")
 
 
 # ----------------------------------------------------------------------------------------------
