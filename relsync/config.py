@@ -16,7 +16,7 @@ from typing import Any
 from relsync.boards import read_toml
 from relsync.erldist.etf import Term
 from relsync.erldist.pretty import format_term
-from relsync.erlterm import consult
+from relsync.erlterm import consult, decode
 from relsync.errors import UsageError
 
 #: Files that mark a project's top directory.
@@ -67,9 +67,12 @@ def _rebar_layer(path: Path) -> Layer | None:
     if not path.is_file():
         return None
     try:
-        terms = consult(path.read_text(encoding="utf-8"))
+        terms = consult(decode(path.read_bytes()))
     except UnicodeDecodeError as exc:
-        raise UsageError(f"{path} is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
+        raise UsageError(
+            f"{path} is not UTF-8 text ({exc.reason}); save it as UTF-8, or say "
+            "%% coding: latin-1 on its first line"
+        ) from None
     except OSError as exc:
         raise UsageError(f"{path} cannot be read ({exc.strerror}); make it readable") from None
     except ValueError as exc:

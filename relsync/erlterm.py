@@ -4,6 +4,7 @@
 What ``erl_parse:parse_term/1`` accepts: atoms, strings (adjacent ones joined), ``$c`` chars,
 integers (``16#ff``, ``1_000``), floats, a sign before a number, tuples, lists (``[H|T]``), maps,
 binaries of literal segments (``<<"a"/utf8, 1:16/little>>``), ``fun M:F/A``; ``%`` comments.
+:func:`decode` gives a file's text as ``file:consult`` reads its bytes.
 Values are the :mod:`relsync.erldist.etf` types: ``Atom``; ``Charlist`` for a string; ``int``
 for a char; ``bytes`` (``BitBinary`` when not whole bytes); ``dict``; ``ImproperList``;
 ``ExportFun``. A macro, variable, record, expression or syntax error is a ``ValueError`` naming
@@ -58,6 +59,20 @@ _SEGMENT_TYPES = {
     "utf32": "utf32",
 }  # fmt: skip
 _FLOATS = {16: "e", 32: "f", 64: "d"}
+
+
+_CODING = re.compile(rb"%.*?coding *[:=] *([a-zA-Z0-9]+(?:-[a-zA-Z0-9]+)*)")
+
+
+def decode(data: bytes) -> str:
+    """The text of a term file's bytes: Latin-1 when a ``%`` comment on its first two lines
+    says ``coding: latin-1``, else UTF-8 (``epp:set_encoding/1``, as ``file:consult`` reads)."""
+    for line in data.split(b"\n", 2)[:2]:
+        if coding := _CODING.search(line):
+            if coding.group(1).lower().split(b"-")[:2] == [b"latin", b"1"]:
+                return data.decode("latin-1")
+            break
+    return data.decode("utf-8")
 
 
 class _Token(NamedTuple):

@@ -17,7 +17,7 @@ from collections.abc import Collection, Mapping
 from relsync.beam import BeamFacts, facts
 from relsync.erldist.etf import Atom, Charlist, Term
 from relsync.erldist.pretty import format_term
-from relsync.erlterm import first_term
+from relsync.erlterm import decode, first_term
 from relsync.errors import UsageError
 from relsync.plan import SyncPlan, TargetState, effective_files, module_of
 from relsync.release import FileKind, LocalRelease
@@ -153,8 +153,8 @@ def appup_steps(
         if not app or rel != f"lib/{app}-{vsn}/ebin/{app}.appup" or app not in board_vsn:
             continue
         try:
-            with open(lf.path, encoding="utf-8") as fh:
-                appup = first_term(fh.read())  # systools reads no further
+            with open(lf.path, "rb") as fh:
+                appup = first_term(decode(fh.read()))  # systools reads no further
         except (OSError, ValueError, UnicodeError) as exc:
             raise UsageError(f"{rel} cannot be read ({exc}); fix it or remove it") from None
         entry = _appup_entry(rel, appup, vsn, board_vsn[app], down)

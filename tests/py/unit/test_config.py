@@ -93,6 +93,15 @@ def test_a_real_rebar_config_with_maps_chars_and_binaries_gives_its_relsync_opti
     assert rows["mode"][0] == "ssh" and rows["user"][0] == "ops"
 
 
+def test_a_latin1_rebar_config_that_says_so_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = '%% -*- coding: latin-1 -*-\n{relsync, [{user, "jos\u00e9"}]}.\n'
+    (tmp_path / "rebar.config").write_bytes(text.encode("latin-1"))
+    monkeypatch.chdir(tmp_path)
+    assert show(capsys)["user"][0] == "jos\u00e9"
+
+
 @pytest.mark.parametrize(
     ("text", "words"),
     [

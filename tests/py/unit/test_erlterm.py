@@ -35,7 +35,7 @@ from relsync.erldist.etf import (
     binary_to_term,
     term_to_binary,
 )
-from relsync.erlterm import MAX_DEPTH, consult, first_term
+from relsync.erlterm import MAX_DEPTH, consult, decode, first_term
 
 FIXTURES = Path(__file__).parent / "erlterm_fixtures"
 
@@ -172,6 +172,29 @@ def test_files_erl_reads_are_read_to_the_same_terms(erl: Erl, tmp_path: Path, na
     verdict = erl.consult(path)
     assert verdict[0] == "ok", verdict
     assert norm(consult(path.read_text(encoding="utf-8"))) == norm(verdict[1])
+
+
+ENCODED = {
+    "latin1_comment": "%% -*- coding: latin-1 -*-\n{name, \"Jos\u00e9\", '\u00e5r'}.\n".encode(
+        "latin-1"
+    ),
+    "latin1_second_line": '{a, 1}.\n% coding = Latin-1\n<<"\u00e9">>.\n'.encode("latin-1"),
+    "utf8_comment": '%% coding: utf-8\n"\u00e9\u2603".\n'.encode(),
+    "latin1_unhyphenated": '%% coding: latin1 (epp knows latin-1 only)\n"\u00e9".\n'.encode(),
+    "utf8_default": "\"\u00e9\u2603\". '\u00e5'.\n".encode(),
+    "latin1_too_late": '{a, 1}.\n\n%% coding: latin-1\n"\u00e9".\n'.encode(),
+}
+
+
+@pytest.mark.parametrize("name", ENCODED)
+def test_a_files_bytes_are_decoded_as_its_coding_comment_says(
+    erl: Erl, tmp_path: Path, name: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(ENCODED[name])
+    verdict = erl.consult(path)
+    assert verdict[0] == "ok", verdict
+    assert norm(consult(decode(path.read_bytes()))) == norm(verdict[1])
 
 
 INVALID = {
