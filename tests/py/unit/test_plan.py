@@ -250,7 +250,7 @@ def test_modules_left_pending_are_handled_whatever_the_files_say() -> None:
 
 
 def _temp(rel: str, size: int = 3) -> RemoteFile:
-    """A temp file as the target lists it: unhashed (an empty hash)."""
+    """A temp file as a relsyncd from before issue 29 lists it: unhashed (an empty hash)."""
     return RemoteFile(rel, size, 0o644, b"")
 
 
