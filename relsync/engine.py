@@ -295,11 +295,8 @@ async def _sync(
 def _lost_code(target: Target, state: TargetState, report: SyncReport) -> list[str]:
     """Say, before an upgrade starts, which modules it cannot undo: run from the local
     release's own directory, the VM's old code was in the beams the build replaced."""
-    lost = sorted(
-        s.module
-        for s in report.upgrade
-        if state.local_tree and state.outdated.get(s.module) == "changed"
-    )
+    changed = {m for m, how in state.outdated.items() if how == "changed"}
+    lost = sorted(s.module for s in report.upgrade if s.module in changed)
     if not lost:
         return []
     return [

@@ -84,6 +84,17 @@ def _free_port() -> int:
         return port
 
 
+async def _listening(port: int) -> None:
+    """Return once something accepts connections on ``port`` (within 10 s)."""
+    for _ in range(200):
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
 class DevNode:
     """The release running from ``_build`` itself (``bin/myapp foreground``), on an EPMD of
     its own."""
@@ -125,7 +136,7 @@ class DevNode:
         )  # fmt: skip
         node: subprocess.Popen[bytes] | None = None
         try:
-            await asyncio.sleep(0.3)  # epmd binds at once; the node retries its registration
+            await _listening(self.epmd_port)  # the node gives up when it finds no EPMD
             node = subprocess.Popen(
                 [str(self.release / "bin" / "myapp"), "foreground"], stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=self.home,
