@@ -2,24 +2,30 @@
 
 Root filesystem read-only, a snapshot of the release (taken when the board starts, so a rebuild
 of the user's ``_build`` does not change it under the VM) bind-mounted read-only at
-``/srv/erlang``, a named volume
-at ``/data`` that survives restarts, ``/tmp`` a tmpfs. ``docker restart`` is a reboot,
-``docker kill`` + ``docker start`` a power cut. Every port is published on 127.0.0.1 only; the
-distribution port has the same number inside and out (EPMD hands it to the client). Images
-come from ``targets/docker-otp/build.sh`` (Debian packages only, no registry).
+``/srv/erlang``, a named volume at ``/data`` that survives restarts, ``/tmp`` a tmpfs. A restart
+is a reboot, kill + start a power cut. Every port is published on 127.0.0.1 only; the
+distribution port has the same number inside and out (EPMD hands it to the client).
+
+Containers are driven through the Docker SDK for Python, started with testcontainers
+(:class:`~testcontainers.core.container.DockerContainer`, a wait strategy on the node's
+readiness). Its reaper (Ryuk) is an image from a registry, which boards do without: it is
+disabled, and boards are found and removed by their labels (``relsync target list/down``).
+Images come from ``targets/docker-otp/build.sh`` (Debian packages only, no registry).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import functools
+import os
 import secrets
 import shutil
+import threading
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING, Any, cast
 
 from relsync.erldist.etf import Term
 from relsync.erldist.node import call_once
@@ -37,12 +43,35 @@ from relsync.harness.ready import (
 from relsync.harness.relsyncd import SshAccess, build_relsyncd, ensure_key, start_relsyncd
 from relsync.transports.ssh import DEFAULT_PORT as SSH_PORT
 
+if TYPE_CHECKING:
+    from docker import DockerClient
+    from docker.models.containers import Container
+    from testcontainers.core.container import DockerContainer
+
 RELEASE_PATH = "/srv/erlang"
 RW_PATH = "/data/relsync"
 RELSYNCD_EBIN = "/opt/relsyncd/ebin"
 #: The board's own OTP libraries (relsyncd's ssh and crypto beside a release without them).
 BOARD_OTP_LIB = "/usr/lib/erlang/lib"
 READY_TIMEOUT = 90.0
+#: How often a booting board's container is asked whether it still runs.
+WATCH_INTERVAL = 0.2
+#: The label every board carries (its value: the kind).
+BOARD_LABEL = "relsync.board"
+_NEEDS = "the docker-otp boards need the Docker SDK and testcontainers: pip install 'relsync[test]'"
+
+
+@functools.cache
+def _client() -> DockerClient:
+    """A Docker SDK client for the local engine."""
+    try:
+        import docker
+    except ImportError as exc:
+        raise BoardError(_NEEDS) from exc
+    try:
+        return docker.from_env()
+    except docker.errors.DockerException as exc:
+        raise BoardError(f"no Docker engine answers ({exc}): run scripts/docker-engine.sh") from exc
 
 
 def _recipe() -> Path:
@@ -67,10 +96,6 @@ async def example_release(otp: int) -> Path:
     return Path(out.strip().splitlines()[-1])
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 async def _free_ports(count: int) -> list[int]:
     servers = [await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0) for _ in range(count)]
     ports = [int(s.sockets[0].getsockname()[1]) for s in servers]
@@ -78,6 +103,48 @@ async def _free_ports(count: int) -> list[int]:
         server.close()
         await server.wait_closed()
     return ports
+
+
+def _container_spec(
+    board: DockerBoard, otp: int, env: Mapping[str, str], more_ports: Mapping[int, int]
+) -> DockerContainer:
+    """The board's testcontainers ``DockerContainer``, ready to start (not started);
+    ``more_ports``: container port -> host port, besides the board's own."""
+    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # no registry for Ryuk
+    try:
+        from testcontainers.core.config import testcontainers_config
+        from testcontainers.core.container import DockerContainer
+        from testcontainers.core.waiting_utils import WaitStrategy
+    except ImportError as exc:
+        raise BoardError(_NEEDS) from exc
+    testcontainers_config.ryuk_disabled = True
+    spec = DockerContainer(f"relsync/otp-board:{otp}", name=board.id)
+    spec.with_envs(**env, RELSYNC_NODE=board.node, RELSYNC_COOKIE=board.cookie,
+                   RELSYNC_DIST_PORT=str(board.dist_port))  # fmt: skip
+    spec.with_volume_mapping(board.snapshot, RELEASE_PATH, "ro")
+    spec.with_volume_mapping(f"{board.id}-data", "/data", "rw")
+    spec.with_tmpfs_mount("/tmp", "rw,nosuid,nodev,size=64m")
+    # 127.0.0.1 only; the distribution port keeps its number (EPMD hands it to the client).
+    ports: dict[str, tuple[str, int]] = {
+        f"{board.dist_port}/tcp": ("127.0.0.1", board.dist_port),
+        "4369/tcp": ("127.0.0.1", board.epmd_port),
+    }
+    if board.has_ssh:
+        ports[f"{SSH_PORT}/tcp"] = ("127.0.0.1", board.ssh_port)
+    ports.update({f"{inside}/tcp": ("127.0.0.1", out) for inside, out in more_ports.items()})
+    spec.ports = ports  # type: ignore[assignment]  # docker-py takes (address, port) too
+    # The default bridge, whatever network testcontainers would guess for this machine.
+    spec.with_kwargs(read_only=True, labels=board._labels(), network="bridge")
+
+    class NodeReady(WaitStrategy):
+        """The node answers with the release's main application started; a container that
+        stops fails the wait at once, with the end of its console."""
+
+        def wait_until_ready(self, container: Any) -> None:
+            asyncio.run(board._wait_node())
+
+    spec.waiting_for(NodeReady())
+    return spec
 
 
 class DockerBoard:
@@ -140,42 +207,51 @@ class DockerBoard:
             name=name, otp=otp, main_app=info.main_app, cookie=secrets.token_hex(16),
             ports=await _free_ports(3), workdir=(workdir / name).resolve(), ssh=ssh,
         )  # fmt: skip
-        try:
+        try:  # a failed start may still leave a created container, its volume, the snapshot
             await board._snapshot(info.root)
-        except BaseException:
-            await board.stop()
-            raise
-        argv = ["docker", "run", "-d", "--name", name, "--read-only"]
-        for key, value in board._labels().items():
-            argv += ["--label", f"{key}={value}"]
-        for key, value in (env or {}).items():
-            argv += ["-e", f"{key}={value}"]
-        argv += [
-            "--tmpfs", "/tmp:rw,nosuid,nodev,size=64m",
-            "--mount", f"type=bind,src={board.snapshot},dst={RELEASE_PATH},readonly",
-            "--mount", f"type=volume,src={name}-data,dst=/data",
-            "-e", f"RELSYNC_NODE={board.node}", "-e", f"RELSYNC_COOKIE={board.cookie}",
-            "-e", f"RELSYNC_DIST_PORT={board.dist_port}",
-            "-p", f"127.0.0.1:{board.dist_port}:{board.dist_port}",
-            "-p", f"127.0.0.1:{board.epmd_port}:4369",
-        ]  # fmt: skip
-        if ssh:
-            ebin = await build_relsyncd()
-            argv += ["--mount", f"type=bind,src={ebin},dst={RELSYNCD_EBIN},readonly",
-                     "-p", f"127.0.0.1:{board.ssh_port}:{SSH_PORT}"]  # fmt: skip
-        if openssh:
-            (port,) = await _free_ports(1)
-            identity, public = ensure_key(board.workdir / "openssh")
-            board.openssh = SshAccess(port, "root", identity, identity.parent / "known_hosts")
-            argv += ["-e", f"RELSYNC_SSHD_KEY={public}", "-p", f"127.0.0.1:{port}:22"]
-        try:  # a failed `docker run` may still leave a created container and its volume
-            await run_command(*argv, f"relsync/otp-board:{otp}")
-            await board._follow_log()
-            await board._ready()
+            variables, sshd_port = dict(env or {}), {}
+            if openssh:
+                (port,) = await _free_ports(1)
+                identity, public = ensure_key(board.workdir / "openssh")
+                board.openssh = SshAccess(port, "root", identity, identity.parent / "known_hosts")
+                variables["RELSYNC_SSHD_KEY"], sshd_port = public, {22: port}
+            spec = _container_spec(board, otp, variables, sshd_port)
+            if ssh:
+                spec.with_volume_mapping(await build_relsyncd(), RELSYNCD_EBIN, "ro")
+            async with phase(f"booting {board.id}"):
+                await asyncio.to_thread(spec.start)
+            await board._start_relsyncd()
         except BaseException:
             await board.stop()
             raise
         return board
+
+    @classmethod
+    async def attach(cls, name: str) -> DockerBoard:
+        """The board ``name``, as :meth:`start` described it in the container's labels."""
+        try:
+            labels = (await asyncio.to_thread(_client().containers.get, name)).labels
+            board = cls(
+                name=name, otp=int(labels["relsync.otp"]), main_app=labels["relsync.main_app"],
+                cookie=labels["relsync.cookie"],
+                ports=[int(p) for p in labels["relsync.ports"].split(",")],
+                workdir=Path(labels["relsync.workdir"]), ssh=labels["relsync.ssh"] == "true",
+            )  # fmt: skip
+        except (ValueError, KeyError, TypeError, _not_found()) as exc:
+            raise BoardError(f"no docker-otp board {name!r}; see relsync target list") from exc
+        if board.has_ssh:
+            identity, _ = ensure_key(board.workdir / "ssh")
+            known = identity.parent / "known_hosts"
+            board.ssh = SshAccess(board.ssh_port, "relsync", identity, known)
+        return board
+
+    @classmethod
+    async def list_ids(cls) -> list[str]:
+        """Names of every docker-otp board on this machine."""
+        found = await asyncio.to_thread(
+            _client().containers.list, all=True, filters={"label": f"{BOARD_LABEL}={cls.kind}"}
+        )
+        return sorted(str(c.name) for c in found)
 
     @property
     def snapshot(self) -> Path:
@@ -188,71 +264,57 @@ class DockerBoard:
         await run_command("cp", "-a", release, self.snapshot)
         copy_project_links(self.snapshot, release)
 
-    @classmethod
-    async def attach(cls, name: str) -> DockerBoard:
-        """The board ``name``, as :meth:`start` described it in the container's labels."""
-        out = await run_command(
-            "docker", "inspect", "--format", "{{json .Config.Labels}}", name, check=False
-        )  # fmt: skip
-        try:
-            labels = json.loads(out)
-            board = cls(
-                name=name, otp=int(labels["relsync.otp"]), main_app=labels["relsync.main_app"],
-                cookie=labels["relsync.cookie"],
-                ports=[int(p) for p in labels["relsync.ports"].split(",")],
-                workdir=Path(labels["relsync.workdir"]), ssh=labels["relsync.ssh"] == "true",
-            )  # fmt: skip
-        except (ValueError, KeyError, TypeError) as exc:
-            raise BoardError(f"no docker-otp board {name!r}; see relsync target list") from exc
-        if board.has_ssh:
-            identity, _ = ensure_key(board.workdir / "ssh")
-            known = identity.parent / "known_hosts"
-            board.ssh = SshAccess(board.ssh_port, "relsync", identity, known)
-        return board
-
-    @classmethod
-    async def list_ids(cls) -> list[str]:
-        """Names of every docker-otp board on this machine."""
-        out = await run_command(
-            "docker", "ps", "-a", "--filter", f"label=relsync.board={cls.kind}",
-            "--format", "{{.Names}}",
-        )  # fmt: skip
-        return sorted(out.split())
-
     def _labels(self) -> dict[str, str]:
         return {
-            "relsync.board": self.kind, "relsync.otp": str(self.otp),
+            BOARD_LABEL: self.kind, "relsync.otp": str(self.otp),
             "relsync.main_app": self.main_app, "relsync.cookie": self.cookie,
             "relsync.ports": f"{self.dist_port},{self.epmd_port},{self.ssh_port}",
             "relsync.workdir": str(self.workdir), "relsync.ssh": str(self.has_ssh).lower(),
         }  # fmt: skip
 
-    async def _follow_log(self, since: str = "") -> None:
-        """Append the container's console to ``console_log`` until the container stops."""
+    def _container(self) -> Container:
+        return _client().containers.get(self.id)
+
+    def _stream_console(self, container: Container) -> None:
+        """Append the container's console to ``console_log`` (a thread, until it stops)."""
         self.console_log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.console_log, "ab") as log:
-            await asyncio.create_subprocess_exec(
-                "docker", "logs", "-f", *(["--since", since] if since else []), self.id,
-                stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
+
+        def follow() -> None:
+            with open(self.console_log, "ab") as log, contextlib.suppress(Exception):
+                for chunk in container.logs(stream=True, follow=True, since=container_started):
+                    log.write(chunk)
+                    log.flush()
+
+        container_started = int(_started_at(container))
+        threading.Thread(target=follow, name=f"console-{self.id}", daemon=True).start()
 
     async def _exited(self) -> int:
         """Wait for the container to stop; its exit status."""
-        out = await run_command("docker", "wait", self.id, check=False, split=True)
-        return int(out.strip()) if out.strip().isdigit() else -1
+        container = await asyncio.to_thread(self._container)
+        while True:
+            await asyncio.to_thread(container.reload)
+            state = container.attrs["State"]
+            if not state.get("Running") and not state.get("Restarting"):
+                return int(state.get("ExitCode", -1))
+            await asyncio.sleep(WATCH_INTERVAL)
 
-    async def _ready(self) -> None:
+    async def _wait_node(self) -> None:
+        """Until the node answers with the main application started; fail within a moment of
+        the container stopping, with the end of its console."""
+        container = await asyncio.to_thread(self._container)
+        self._stream_console(container)
         exited = asyncio.ensure_future(self._exited())
         try:
-            async with phase(f"booting {self.id}"):
-                await wait_ready(
-                    self.node, self.cookie, self.epmd_port, self.main_app,
-                    timeout=READY_TIMEOUT, died=exited, describe=lambda: f"container {self.id}",
-                )  # fmt: skip
+            await wait_ready(
+                self.node, self.cookie, self.epmd_port, self.main_app, timeout=READY_TIMEOUT,
+                died=exited, describe=lambda: f"container {self.id}",
+            )  # fmt: skip
         except BoardError as exc:
             raise BoardError(f"{exc}; end of its console:\n{await self._log_tail()}") from exc
         finally:
             await cancel(exited)
+
+    async def _start_relsyncd(self) -> None:
         if self.has_ssh:
             self.ssh = await start_relsyncd(
                 self.rpc, key_dir=self.workdir / "ssh", ebin=RELSYNCD_EBIN,
@@ -261,28 +323,41 @@ class DockerBoard:
                 extra_libs=[BOARD_OTP_LIB],
             )  # fmt: skip
 
+    async def _ready(self) -> None:
+        async with phase(f"booting {self.id}"):
+            await self._wait_node()
+        await self._start_relsyncd()
+
     async def _log_tail(self) -> str:
-        """The end of the container's console (straight from the engine: the follower may
-        not have written the last lines yet)."""
-        out = await run_command("docker", "logs", "--tail", "40", self.id, check=False)
-        return out.rstrip() or "(no output)"
+        """The end of the container's console, straight from the engine."""
+        try:
+            out = await asyncio.to_thread(lambda: self._container().logs(tail=40))
+        except Exception:  # gone already
+            return "(no output)"
+        return out.decode(errors="replace").rstrip() or "(no output)"
 
     async def rpc(self, mod: str, fun: str, args: list[Term] | None = None) -> Term:
         """One ``mod:fun(args...)`` call on the board's node."""
         return await call_once(self.node, self.cookie, self.epmd_port, (mod, fun, args or []))
 
+    async def _exec(self, *command: str) -> tuple[int, bytes, bytes]:
+        container = await asyncio.to_thread(self._container)
+        code, output = await asyncio.to_thread(container.exec_run, list(command), demux=True)
+        out, err = cast("tuple[bytes | None, bytes | None]", output)
+        return int(code or 0), out or b"", err or b""
+
     async def exec(self, *command: str) -> str:
         """Run a command inside the board and return its output (fails on a non-zero exit)."""
-        return await run_command("docker", "exec", self.id, *command)
+        code, out, err = await self._exec(*command)
+        text = (out + err).decode(errors="replace")
+        if code != 0:
+            raise BoardError(f"`{' '.join(command)}` failed on {self.id} (exit {code}): {text}")
+        return text
 
     async def read_file(self, path: str) -> bytes:
         """The content of a file on the board."""
-        proc = await asyncio.create_subprocess_exec(
-            "docker", "exec", self.id, "cat", path,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, err = await proc.communicate()
-        if proc.returncode != 0:
+        code, out, err = await self._exec("cat", path)
+        if code != 0:
             raise BoardError(f"cannot read {path} on {self.id}: {err.decode().strip()}")
         return out
 
@@ -291,25 +366,30 @@ class DockerBoard:
         return parse_tree(await self.exec("sh", "-c", tree_command(root)))
 
     async def reboot(self) -> None:
-        """``docker restart``: a clean reboot; returns when the node (and relsyncd) answer."""
-        since = _now()
-        await run_command("docker", "restart", self.id)
-        await self._follow_log(since)  # the follower ended when the container stopped
+        """A restart: a clean reboot; returns when the node (and relsyncd) answer."""
+        container = await asyncio.to_thread(self._container)
+        await asyncio.to_thread(container.restart)
         await self._ready()
 
     async def power_cut(self) -> None:
-        """``docker kill`` + ``docker start``: no clean shutdown; returns when it answers again."""
-        since = _now()
-        await run_command("docker", "kill", self.id)
-        await run_command("docker", "start", self.id)
-        await self._follow_log(since)
+        """Kill + start: no clean shutdown; returns when it answers again."""
+        container = await asyncio.to_thread(self._container)
+        await asyncio.to_thread(container.kill)
+        await asyncio.to_thread(container.start)
         await self._ready()
 
     async def stop(self) -> None:
         """Remove the container, its data volume and its snapshot of the release (keeps the
         console log). Idempotent."""
-        await run_command("docker", "rm", "-f", "-v", self.id, check=False)
-        await run_command("docker", "volume", "rm", "-f", f"{self.id}-data", check=False)
+
+        def remove() -> None:
+            client = _client()
+            with contextlib.suppress(_not_found()):
+                client.containers.get(self.id).remove(force=True, v=True)
+            with contextlib.suppress(_not_found()):
+                client.volumes.get(f"{self.id}-data").remove(force=True)
+
+        await asyncio.to_thread(remove)
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(shutil.rmtree, self.snapshot)
 
@@ -323,3 +403,21 @@ class DockerBoard:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def _not_found() -> type[Exception]:
+    from docker.errors import NotFound
+
+    return NotFound
+
+
+def _started_at(container: Container) -> float:
+    """When the container's current run began (seconds since the epoch): its console from
+    then on is this boot's."""
+    from datetime import datetime
+
+    stamp = str(container.attrs["State"].get("StartedAt", ""))
+    try:
+        return datetime.fromisoformat(stamp[:26].rstrip("Z") + "+00:00").timestamp()
+    except ValueError:
+        return 0.0

@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import docker as docker_sdk
 import pytest
 from support.stock_projects import first_build, rebar3_env
 
@@ -84,6 +85,10 @@ def test_variable_style_prod_release_boots(kind: str, release: Path, tmp_path: P
             assert await board.rpc("erlang", "node") == board.node
             assert await _greeting(board) == ("ok", "hello")
             if kind == "docker-otp":
+                container = docker_sdk.from_env().containers.get(board.id)
+                bound = [b for found in container.ports.values() if found for b in found]
+                assert bound and {b["HostIp"] for b in bound} == {"127.0.0.1"}, bound
+                assert container.labels["org.testcontainers"] == "true"  # started with it
                 assert board.ssh is not None
                 before = await board.tree(str(board.release_path))
                 (release / "releases" / "rebuilt").write_text("the user's next build")
