@@ -118,12 +118,9 @@ class DevNode:
             "PYTHONPATH": RELSYNC_ROOT,
         }
 
-    async def rpc(self, mod: str, fun: str, args: list[Term] | None = None) -> Term:
+    async def rpc(self, mod: str, fun: str, args: list[Term]) -> Term:
         """``mod:fun(args...)`` on the node."""
-        return await call_once(self.node, self.cookie, self.epmd_port, (mod, fun, args or []))
-
-    async def _rpc3(self, mod: str, fun: str, args: list[Term]) -> Term:
-        return await self.rpc(mod, fun, args)
+        return await call_once(self.node, self.cookie, self.epmd_port, (mod, fun, args))
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[DevNode]:
@@ -164,7 +161,7 @@ class DevNode:
         resolves a path whole, and the release's links lead into the project (the beams the
         VM loads are in ``_build/default/lib``, its sys.config in ``config/``)."""
         self.ssh = await start_relsyncd(
-            self._rpc3,
+            self.rpc,
             key_dir=self.home / "ssh",
             ebin=str(await build_relsyncd()),
             allowed_paths=[str(self.release.parents[3])],
@@ -224,7 +221,7 @@ def test_a_dev_mode_release_run_from_build(tmp_path: Path, mode: str) -> None:
             if mode == "ssh":
                 await node.enable_ssh()
             for _ in range(3):
-                await node.rpc("myapp_counter", "bump")
+                await node.rpc("myapp_counter", "bump", [])
             counter.write_text(_counter(2))
             before = _project_files(project)
 
@@ -232,7 +229,7 @@ def test_a_dev_mode_release_run_from_build(tmp_path: Path, mode: str) -> None:
             assert code == 0, err
             assert report["reload"] == ["myapp_counter"], report
             assert report["written"] == [] and report["added"] == [] and report["changed"] == []
-            assert await node.rpc("myapp_counter", "version") == 2
+            assert await node.rpc("myapp_counter", "version", []) == 2
             assert await node.rpc("sys", "get_state", [Atom("myapp_counter")]) == (Atom("count"), 3)
             assert _project_files(project) == before
             assert _links(release) == links
@@ -247,7 +244,7 @@ def test_a_dev_mode_release_run_from_build(tmp_path: Path, mode: str) -> None:
             code, report, err = await _relsync(project, node, "--build", "--upgrade")
             assert code == 0, (err, report)
             assert report["reload"] == ["myapp_counter"], report
-            assert await node.rpc("myapp_counter", "version") == 3
+            assert await node.rpc("myapp_counter", "version", []) == 3
             assert await node.rpc("sys", "get_state", [Atom("myapp_counter")]) == (
                 Atom("count"),
                 3,
@@ -264,7 +261,7 @@ def test_a_dev_mode_release_run_from_build(tmp_path: Path, mode: str) -> None:
             line = err.splitlines()[-1]  # after the build's output
             assert "relsync: error: upgrade failed: process" in line, err
             assert "could not be undone for myapp_counter: the build replaced" in line
-            assert await node.rpc("myapp_counter", "version") == 4  # kept, as it says
+            assert await node.rpc("myapp_counter", "version", []) == 4  # kept, as it says
             assert _links(release) == links
 
     asyncio.run(body())
