@@ -226,7 +226,7 @@ def upgrade_error(reason: Term) -> str:
     if kind == "no_old_code" and len(rest) == 1:
         return (
             f"the code {_text(rest[0])} runs is no longer in its beam on disk (replaced by "
-            "something else than relsync), so a failing step could not be undone; restart "
+            "something other than relsync), so a failing step could not be undone; restart "
             "the node to run the beams"
         )
     return f"the upgrade failed: {format_term(why)}"
