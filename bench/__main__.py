@@ -10,7 +10,15 @@ import dataclasses
 import sys
 from collections.abc import Callable
 
-from bench import boards_bench, compare_bench, delta_bench, dist_bench, sync_bench, watch_bench
+from bench import (
+    boards_bench,
+    compare_bench,
+    delta_bench,
+    dist_bench,
+    link_bench,
+    sync_bench,
+    watch_bench,
+)
 from bench.table import Row, print_table
 
 #: name -> benchmark returning table rows (its argument: quick).
@@ -19,6 +27,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "sync": sync_bench.run,
     "delta": delta_bench.run,
     "compare": compare_bench.run,
+    "link": link_bench.run,
     "boards": boards_bench.run,
     "watch": watch_bench.run,
 }

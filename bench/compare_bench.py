@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.dist_bench import MIB, _raw_tcp_mb_s
-from bench.sync_bench import _compile_probe, _make_release, installed_env
+from bench.sync_bench import QUICK_APPS, _compile_probe, _make_release, installed_env
 from bench.table import Row
 from relsync.harness.docker import DockerBoard, example_release
 from relsync.harness.ready import run_command
@@ -199,7 +199,7 @@ def _probe(tool: str) -> str:
 async def _measure(work: Path, raw_mb_s: float, quick: bool) -> list[Row]:
     rounds, bulk_rounds = (1, 1) if quick else (ROUNDS, BULK_ROUNDS)
     base = work / "base"
-    _make_release(base, quick)
+    _make_release(base, QUICK_APPS if quick else None)
     locals_ = {tool: work / f"rel-{n}" for n, tool in enumerate(TOOLS)}
     for tool, local in locals_.items():
         shutil.copytree(base, local, symlinks=True)

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import relsync
@@ -59,10 +60,10 @@ def installed_env(pycache: Path) -> dict[str, str]:
     return env
 
 
-def _make_release(root: Path, quick: bool = False) -> Path:
-    """A release of this machine's OTP libraries (a few of them when ``quick``)."""
-    if quick:
-        for app in QUICK_APPS:
+def _make_release(root: Path, apps: Sequence[str] | None = None) -> Path:
+    """A release of this machine's OTP libraries (only ``apps`` when given)."""
+    if apps is not None:
+        for app in apps:
             (found,) = OTP_LIB.glob(f"{app}-*")
             shutil.copytree(found, root / "lib" / found.name, symlinks=False)
     else:
@@ -106,7 +107,7 @@ def run(quick: bool = False) -> list[Row]:
     rounds, settle = (1, 0.0) if quick else (ROUNDS, SETTLE_S)
     with tempfile.TemporaryDirectory(prefix="relsync-bench-sync-") as tmp:
         work = Path(tmp)
-        local = _make_release(work / "rel", quick)
+        local = _make_release(work / "rel", QUICK_APPS if quick else None)
         _compile_probe(local, 1, work)
         dest = work / "dest"
         dest.mkdir()

@@ -128,6 +128,9 @@ class ErlTarget(HelperTarget):
         await _discard(early)  # answered by another helper, or by none
         return await self._call_raw(HELPER, function, args, timeout)
 
+    async def _echo(self, payload: bytes) -> None:
+        await self._call_raw("erlang", "byte_size", [payload])
+
     def _lock_owner(self) -> Term:
         """Our node's pid: the sync lock goes when this connection does."""
         return self._conn.pid

@@ -37,6 +37,7 @@ from relsync.target import (
     nothing_written,
     temp_path,
 )
+from relsync.transports.compress import deflate, worth_it
 
 HELPER = "relsync_target"
 #: Every module of the helper (relsync_target hands its work to the others), pushed together.
@@ -119,6 +120,15 @@ def _signatures(reply: Term) -> list[tuple[int, bytes]] | None:
             return None
         out.append((weak, strong))
     return out
+
+
+def _payload(data: bytes) -> tuple[Term, int]:
+    """A file's bytes for put_files, compressed (``{zlib, Size, Deflated}``) when that makes
+    them smaller, and how many bytes they are on the wire."""
+    packed = deflate(data)
+    if len(packed) < len(data):
+        return (Atom("zlib"), len(data), packed), len(packed)
+    return data, len(data)
 
 
 def _op(op: Op) -> Term:
@@ -284,6 +294,8 @@ class HelperTarget(ABC):
     #: Whether the helper names temporary files by the file's name (one from before the MD5
     #: names, in an older relsyncd: see :func:`relsync.target.temp_path`); set by ``info``.
     _temps_by_name = False
+    #: Whether the helper takes compressed files in put_files (its info says so).
+    _inflates = False
 
     def _lock_owner(self) -> Term | None:
         """The process whose end releases our sync lock; None: the one running the call."""
@@ -432,6 +444,8 @@ class HelperTarget(ABC):
                 "update relsyncd in the release, or add crypto to it"
             )
         self._temps_by_name = info.get(Atom("temp_names")) != "md5"
+        compress = info.get(Atom("compress"))
+        self._inflates = isinstance(compress, list) and "zlib" in compress
         paths = info.get(Atom("code_path"), [])
         return TargetInfo(
             otp_release=_text(info.get(Atom("otp_release"), b"?")),
@@ -483,15 +497,17 @@ class HelperTarget(ABC):
         deltas: list[str] = []
         batch: list[Term] = []
         paths: list[str] = []
-        batch_bytes = 0
+        batch_bytes = wire_bytes = 0
         # Batches on their way at once: the target writes one while the next is read here and
         # sent.
         in_flight = await self._open_lanes(sum(p.size for p in files if p.size <= CHUNK))
         flying: list[asyncio.Task[None]] = []
+        whole = [p for p in files if p.size <= CHUNK and p.base is None]
+        compress = self._inflates and bool(whole) and await worth_it(whole, self._echo)
 
         def send() -> None:
             flying.append(
-                asyncio.ensure_future(self._put_batch(batch, paths, batch_bytes, progress, written))
+                asyncio.ensure_future(self._put_batch(batch, paths, wire_bytes, progress, written))
             )
 
         try:
@@ -506,12 +522,14 @@ class HelperTarget(ABC):
                     continue
                 with open(put.local, "rb") as handle:
                     data = handle.read()
-                batch.append((_path(put.path), put.mode, data, put.digest))
+                payload, wire = _payload(data) if compress else (data, len(data))
+                batch.append((_path(put.path), put.mode, payload, put.digest))
                 paths.append(put.path)
                 batch_bytes += len(data)
+                wire_bytes += wire
                 if batch_bytes >= CHUNK:
                     send()
-                    batch, paths, batch_bytes = [], [], 0
+                    batch, paths, batch_bytes, wire_bytes = [], [], 0, 0
                     if len(flying) >= in_flight:
                         await flying.pop(0)
             if batch:
@@ -549,6 +567,11 @@ class HelperTarget(ABC):
         result = await self._call("put_delta", args, FILE_TIMEOUT)
         progress(delta_bytes(put, ops))
         return result == "ok"
+
+    @abstractmethod
+    async def _echo(self, payload: bytes) -> None:
+        """A round trip to the board carrying ``payload`` (its answer does not matter): the
+        link's speed is measured with it (see :mod:`relsync.transports.compress`)."""
 
     async def _open_lanes(self, nbytes: int) -> int:
         """How many put_files batches of ``nbytes`` in all may be on their way at once (a

@@ -9,14 +9,23 @@
 
 -include("relsync_target.hrl").
 
--spec put_files([{binary(), integer(), binary(), binary()}]) ->
-          ok | {error, binary(), posix() | hash_mismatch}.
+%% The most a compressed file of put_files may inflate to (the client sends
+%% larger files in chunks, uncompressed).
+-define(MAX_INFLATED, (4 * 1024 * 1024)).
+
+%% A file's bytes in a put_files call: as they are, or {zlib, Size, Deflated}
+%% (zlib's format, see payload/1).
+-type payload() :: binary() | {zlib, non_neg_integer(), binary()}.
+-type put_error() :: posix() | hash_mismatch | bad_compressed_data.
+
+-spec put_files([{binary(), integer(), payload(), binary()}]) ->
+          ok | {error, binary(), put_error()}.
 put_files(Files) -> put_files(Files, <<>>).
 
 %% Token: the sync's (see sync_state/4), which names its temporary files and
 %% must still hold the lock; <<>> for a client that takes no lock.
--spec put_files([{binary(), integer(), binary(), binary()}], binary()) ->
-          ok | {error, lock_lost} | {error, binary(), posix() | hash_mismatch}.
+-spec put_files([{binary(), integer(), payload(), binary()}], binary()) ->
+          ok | {error, lock_lost} | {error, binary(), put_error()}.
 put_files(Files, Token) when is_list(Files), is_binary(Token) ->
     case relsync_state:holds_lock(Token) of
         ok -> put_parallel(Files, Token);
@@ -44,21 +53,56 @@ written(Ref) ->
     end.
 
 put_each([], _Token) -> ok;
-put_each([{Path, Mode, Data, Sha} | Rest], Token) when is_binary(Path), is_integer(Mode),
-                                                      is_binary(Data), is_binary(Sha) ->
+put_each([{Path, Mode, Payload, Sha} | Rest], Token) when is_binary(Path), is_integer(Mode),
+                                                         is_binary(Sha) ->
     Tmp = tmp_path(Path, Token),
-    Result = case relsync_hash:hash(Data) of
-                 Sha -> case write_new(Tmp, Data, sync) of
-                            {ok, Written} -> install(Tmp, Written, Path, Mode, Sha);
-                            Err -> Err
-                        end;
-                 _ -> {error, hash_mismatch}
+    Result = case payload(Payload) of
+                 {ok, Data} -> put_one(Tmp, Data, Path, Mode, Sha);
+                 {error, _} = E -> E
              end,
     case Result of
         ok -> put_each(Rest, Token);
         {error, Reason} -> _ = file:delete(Tmp), {error, Path, Reason}
     end;
 put_each([Bad | _], _Token) -> {error, Bad, badarg}.
+
+put_one(Tmp, Data, Path, Mode, Sha) ->
+    case relsync_hash:hash(Data) of
+        Sha -> case write_new(Tmp, Data, sync) of
+                   {ok, Written} -> install(Tmp, Written, Path, Mode, Sha);
+                   Err -> Err
+               end;
+        _ -> {error, hash_mismatch}
+    end.
+
+%% A file's bytes from what put_files got. A compressed file declares its size,
+%% checked against ?MAX_INFLATED before anything is inflated; it is inflated a
+%% piece at a time (zlib:safeInflate/2) and given up on as soon as it grows past
+%% the size it declared, so a small payload cannot make a big binary. It must
+%% come to exactly that size (its hash is checked after).
+-spec payload(term()) -> {ok, binary()} | {error, badarg | bad_compressed_data}.
+payload(Data) when is_binary(Data) -> {ok, Data};
+payload({zlib, Size, Z}) when is_integer(Size), Size >= 0, Size =< ?MAX_INFLATED,
+                              is_binary(Z) ->
+    S = zlib:open(),
+    try
+        ok = zlib:inflateInit(S),
+        inflate(S, zlib:safeInflate(S, Z), Size, [], 0)
+    catch
+        error:_ -> {error, bad_compressed_data}
+    after
+        zlib:close(S)
+    end;
+payload(_) -> {error, badarg}.
+
+inflate(S, {Status, Out}, Size, Acc, Sofar) ->
+    N = Sofar + iolist_size(Out),
+    if
+        N > Size -> {error, bad_compressed_data};
+        Status =:= continue -> inflate(S, zlib:safeInflate(S, []), Size, [Out | Acc], N);
+        Status =:= finished, N =:= Size -> {ok, iolist_to_binary(lists:reverse(Acc, [Out]))};
+        true -> {error, bad_compressed_data}
+    end.
 
 put_chunk(Path, Offset, Data) -> put_chunk(Path, Offset, Data, <<>>).
 

@@ -28,11 +28,12 @@
 
 %% temp_names: the temporary files of writes are named by the MD5 of the name
 %% (relsync_files:tmp_path/2); a helper from before says nothing and names them
-%% by the name itself (which may not fit NAME_MAX).
+%% by the name itself (which may not fit NAME_MAX). compress: put_files takes
+%% files as {zlib, Size, Deflated} too (relsync_files:payload/1).
 -spec info() -> #{otp_release := binary(), node := atom(), root_dir := binary(),
                   release_root := binary() | none, code_path := [binary()],
                   crypto := boolean(), hash := sha256 | md5, helper_vsn := 1,
-                  temp_names := md5}.
+                  temp_names := md5, compress := [zlib]}.
 info() ->
     #{otp_release => list_to_binary(erlang:system_info(otp_release)),
       crypto => relsync_hash:ensure_crypto(),
@@ -42,7 +43,8 @@ info() ->
       release_root => release_root(),
       code_path => [relsync_hash:name_bin(P) || P <- code:get_path()],
       helper_vsn => 1,
-      temp_names => md5}.
+      temp_names => md5,
+      compress => [zlib]}.
 
 %% The directory of the release the VM was booted from (its boot script is
 %% ROOT/releases/VSN/NAME), or none for a VM booted from OTP's own scripts.

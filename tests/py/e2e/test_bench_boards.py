@@ -9,6 +9,6 @@ from support.bench import run_quick_bench
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.parametrize("name", ["compare", "boards", "watch"])
+@pytest.mark.parametrize("name", ["compare", "link", "boards", "watch"])
 def test_bench_runs_quick(name: str) -> None:
     run_quick_bench(name)
