@@ -265,3 +265,39 @@ def test_a_dev_mode_release_run_from_build(tmp_path: Path, mode: str) -> None:
             assert _links(release) == links
 
     asyncio.run(body())
+
+
+def test_a_copy_of_a_dev_mode_release_gets_real_files_and_the_project_is_left_alone(
+    tmp_path: Path,
+) -> None:
+    """The board runs a copy (``cp -a``: its links still lead into the project): the sync
+    replaces the links by what they lead to, in the copy, and writes nothing through them."""
+    project = _dev_project(tmp_path)
+    built = project / "_build" / "default" / "rel" / "myapp"
+    copy = tmp_path / "board" / "myapp"
+    copy.parent.mkdir()
+    subprocess.run(["cp", "-a", str(built), str(copy)], check=True)
+    counter = project / "apps" / "myapp" / "src" / "myapp_counter.erl"
+    links = _links(built)
+
+    async def body() -> None:
+        async with DevNode(copy, tmp_path / "home").running() as node:
+            await node.rpc("myapp_counter", "bump", [])
+            counter.write_text(_counter(2))
+            before = _project_files(project)
+            code, report, err = await _relsync(project, node, "--build")
+            assert code == 0, err
+            assert report["root"] == str(copy) and "myapp_counter" in report["reload"]
+            assert await node.rpc("myapp_counter", "version", []) == 2
+            assert await node.rpc("sys", "get_state", [Atom("myapp_counter")]) == (Atom("count"), 1)
+            assert _project_files(project) == before and _links(built) == links
+            app = copy / "lib" / "myapp-0.1.0"
+            assert app.is_dir() and not app.is_symlink()
+            assert (app / "src" / "myapp_counter.erl").read_text() == _counter(2)
+            config = copy / "releases" / "0.1.0" / "sys.config"
+            assert config.is_file() and not config.is_symlink()
+            code, report, err = await _relsync(project, node)
+            assert code == 0, err
+            assert report["written"] == report["reload"] == [], report
+
+    asyncio.run(body())
