@@ -61,6 +61,9 @@
 
 -export_type([step/0, event/0]).
 
+%% The processes this upgrade holds suspended (in its process dictionary).
+-define(SUSPENDED, relsync_upgrade_suspended).
+
 %% A process an update touches: {Supervisor | undefined, ChildId, Pid, Modules}.
 -type proc() :: {pid() | undefined, term(), pid(), [module()]}.
 
@@ -74,6 +77,17 @@
 -spec run([step()], opts()) -> #{result := ok | {error, term()}, undone := boolean(),
                                  events := [event()], modules := [{module(), term()}]}.
 run(Steps, Opts) ->
+    try transaction(Steps, Opts)
+    catch Class:Reason:Stack ->
+            %% A bug of ours: whatever it did, nothing stays suspended.
+            _ = [catch sys:resume(P, 5000) || P <- suspended_by_us()],
+            #{result => {error, {crashed, {Class, Reason, Stack}}}, undone => false,
+              events => [], modules => []}
+    after
+        erase(?SUSPENDED)
+    end.
+
+transaction(Steps, Opts) ->
     St0 = #{events => [], done => [], modules => [], opts => Opts, sups => []},
     Loads = [S || S <- Steps, not lists:member(element(1, S), [delete_module, apply])],
     St1 = lists:foldl(fun step/2, St0, Loads),
@@ -287,7 +301,9 @@ suspend(Pids, M, #{opts := #{timeout := T}} = St) ->
 suspend([], _M, _T, _Done, St) -> St;
 suspend([Pid | Rest], M, T, Done, St) ->
     try sys:suspend(Pid, T) of
-        ok -> suspend(Rest, M, T, [Pid | Done], event({suspended, M, Pid, name(Pid)}, St))
+        ok ->
+            _ = held(Pid),
+            suspend(Rest, M, T, [Pid | Done], event({suspended, M, Pid, name(Pid)}, St))
     catch
         _:Reason ->
             catch sys:resume(Pid, 0),
@@ -299,8 +315,17 @@ resume(Pids, M, #{opts := #{timeout := T}} = St) ->
     lists:foldl(
       fun(Pid, S) ->
               catch sys:resume(Pid, T),
+              put(?SUSPENDED, suspended_by_us() -- [Pid]),
               event({resumed, M, Pid, name(Pid)}, S)
       end, St, Pids).
+
+held(Pid) -> put(?SUSPENDED, [Pid | suspended_by_us()]).
+
+suspended_by_us() ->
+    case get(?SUSPENDED) of
+        undefined -> [];
+        Pids -> Pids
+    end.
 
 %%% ----------------------------------------------------------------- undo
 
@@ -347,7 +372,12 @@ restore(M, Old, #{opts := #{restore := Restore}} = St) ->
     end.
 
 quiet_suspend(Pids, #{opts := #{timeout := T}}) ->
-    [P || P <- Pids, catch sys:suspend(P, T) =:= ok].
+    lists:filter(fun(P) ->
+                         case catch sys:suspend(P, T) of
+                             ok -> _ = held(P), true;
+                             _ -> false
+                         end
+                 end, Pids).
 
 %% The conversion that undoes one: up from Old goes back {down, Old}; down to
 %% Vsn goes back up from Vsn.
