@@ -5,7 +5,7 @@ same for ``--rollback --upgrade`` against release_handler's downgrade. Then what
 cannot show: a failed upgrade's undo, a killed client, a killed sync resumed.
 
 The scenario is built once (two rebar3 releases and a relup, ~4 s); release_handler's board
-once; relsync's in each mode. About 70 s in all on this machine (2 cores).
+once; relsync's in each mode. About 130 s in all on this machine (2 cores).
 """
 
 from __future__ import annotations
