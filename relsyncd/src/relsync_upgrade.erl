@@ -114,9 +114,12 @@ after_step(_, #{error := _} = St) -> St;
 after_step({start, {M, Sup, Old}}, St) ->
     New = [Id || {Id, undefined, _, _} <- children(Sup), not lists:member(Id, Old)],
     lists:foldl(fun(Id, S) -> start_child(Sup, M, Id, S) end, St, New);
-after_step({stop, {Sup, Id, _Pid, _Mods}}, St) when is_pid(Sup) ->
-    _ = (catch supervisor:terminate_child(Sup, Id)),
-    _ = (catch supervisor:delete_child(Sup, Id)),
+after_step({stop, {Sup, Id, Pid, _Mods}}, St) when is_pid(Sup) ->
+    _ = case Id of
+            undefined -> catch supervisor:terminate_child(Sup, Pid);     % simple_one_for_one
+            _ -> catch supervisor:terminate_child(Sup, Id),
+                 catch supervisor:delete_child(Sup, Id)
+        end,
     event({stopped_child, hd(sup_mods(Sup) ++ [undefined]), Id}, St);
 after_step({stop, _}, St) -> St;
 after_step({apply, M, F, A}, St) -> apply_step(M, F, A, St);
