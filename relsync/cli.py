@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
         const=True,
         default=True,
         metavar="BOOL",
-        help="do not synchronize OTP system libs and ERTS [default: true]",
+        help="do not synchronize OTP system libs [default: true]; ERTS is never synced (the "
+        "running VM is that runtime): listed under skipped",
     )
     a(
         "--copy-unsafe-links",

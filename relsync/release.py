@@ -64,6 +64,8 @@ OTP_APPS = frozenset(
 
 #: Top-level release directories that relsync synchronises.
 SYNCED_TOP_DIRS = ("lib", "releases", "bin")
+#: Why ``erts-VSN/`` is not synced even with ``-E false``: the running VM is that runtime.
+ERTS_NOT_SYNCED = "ERTS: the running VM cannot switch to another; a new ERTS needs a new image"
 
 
 class FileKind(Enum):
@@ -443,11 +445,12 @@ def _scan(
     cache = HashCache(root, cache_dir)
     release = LocalRelease(root=root, name=name, version=version)
     yield None
+    for entry in sorted(os.listdir(root)):
+        if entry.startswith("erts-"):  # never synced: see ERTS_NOT_SYNCED
+            why = "ERTS (--exclude-system-libs)" if exclude_system_libs else ERTS_NOT_SYNCED
+            release.skipped.append(Skipped(entry, why))
     if exclude_system_libs:
         release.exclude_prefixes = system_lib_prefixes()
-        for entry in sorted(os.listdir(root)):
-            if entry.startswith("erts-"):
-                release.skipped.append(Skipped(entry, "ERTS (--exclude-system-libs)"))
         for app_dir in sorted(os.listdir(root / "lib")):
             if app_name(app_dir) in OTP_APPS:
                 release.skipped.append(

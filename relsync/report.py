@@ -137,7 +137,11 @@ def print_summary(report: SyncReport, *, verbose: bool = False, out: TextIO | No
         if items and (verbose or report.dry_run):
             w(f"    {label}: {_names(items, verbose)}\n")
     if verbose:
-        how = " (the board has no crypto)" if report.hash == "md5" else ""
+        how = (
+            " (the board's VM cannot load crypto from its release or OTP)"
+            if report.hash == "md5"
+            else ""
+        )
         w(f"  files compared by {report.hash}{how}\n")
     if plan.links and (verbose or report.dry_run):
         w(f"    symlinks to the original: {len(plan.links)} to create or fix\n")

@@ -38,9 +38,10 @@ def test_scan_classifies_and_skips(tmp_path: Path) -> None:
 def test_scan_with_system_libs(tmp_path: Path) -> None:
     rel = scan_release(make_release(tmp_path / "demo"), exclude_system_libs=False)
     assert "lib/kernel-8.5.3/ebin/kernel.beam" in rel.files
-    assert "erts-13.1/bin/beam.smp" not in rel.files  # ERTS is not under lib/releases/bin
+    assert "erts-13.1/bin/beam.smp" not in rel.files  # the running VM is its ERTS
     assert rel.exclude_prefixes == ()
-    assert [s.rel for s in rel.skipped] == ["lib/demo-0.1.0/priv/nif.so"]
+    assert [s.rel for s in rel.skipped] == ["erts-13.1", "lib/demo-0.1.0/priv/nif.so"]
+    assert "ERTS: the running VM cannot switch" in rel.skipped[0].reason  # said, not silent
 
 
 def test_find_release_prefers_the_single_built_one(tmp_path: Path) -> None:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from relsync.cli import main
-from relsync.engine import SyncReport
+from relsync.engine import SyncOptions, SyncReport, switch_code
 from relsync.errors import ExitCode
 from relsync.plan import SyncPlan
 from relsync.report import as_dict, print_json, print_summary
-from relsync.target import FilePut, ModuleResult
+from relsync.target import FilePut, ModuleResult, Target
 
 BIG = "/data/relsync/lib/demo-1/priv/big.bin"
 
@@ -77,3 +79,43 @@ def test_elixir_modules_are_named_as_elixir_writes_them() -> None:
     assert "  reloaded: Myex.Counter, demo\n" in out.getvalue()
     assert "  FAILED to load: Myex.Greet\n    Myex.Greet: badfile\n" in out.getvalue()
     assert as_dict(report)["modules"][0]["module"] == "Elixir.Myex.Counter"  # the atom, for tools
+
+
+def _summary(report: SyncReport, *, verbose: bool = False) -> str:
+    out = io.StringIO()
+    print_summary(report, out=out, verbose=verbose)
+    return out.getvalue()
+
+
+def test_a_dry_run_says_no_time_and_a_rollback_no_files_line() -> None:
+    dry = _report([], 0)
+    dry.dry_run = True
+    assert _summary(dry).startswith("relsync: would sync demo@192.0.2.7 -> /data/relsync\n")
+    back = SyncReport("demo@192.0.2.7", SyncPlan(root="/srv/erlang"), [], action="rollback")
+    back.plan.code_path_replace = [("/data/relsync", "/srv/erlang")]
+    text = _summary(back)
+    assert text.startswith("relsync: rolled back demo@192.0.2.7 in ") and "files:" not in text
+
+
+def test_nothing_to_roll_back_is_not_rolled_back() -> None:
+    report = SyncReport("demo@192.0.2.7", SyncPlan(root="/srv/erlang"), [], action="rollback")
+    report.warnings.append("nothing to roll back: demo@192.0.2.7 runs its pristine release")
+    text = _summary(report)
+    assert "rolled back" not in text and text.count("nothing to roll back") == 1, text
+
+
+def test_md5_is_not_blamed_on_a_board_without_crypto() -> None:
+    report = _report([], 10)
+    report.hash = "md5"
+    text = _summary(report, verbose=True)
+    assert "files compared by md5" in text and "has no crypto" not in text
+
+
+def test_exit_6_has_an_error_in_json() -> None:
+    report = _report([], 10)
+    report.modules = [ModuleResult("Elixir.Myex.Conn", "loaded", ("<0.90.0>", "<0.91.0>"))]
+    nothing_to_call = cast(Target, None)  # the plan loads nothing and keeps the code path
+    asyncio.run(switch_code(nothing_to_call, SyncOptions(dest_path="/srv/erlang"), report))
+    assert report.exit_code == ExitCode.RELOAD
+    assert report.error is not None and "Myex.Conn still runs in 2 processes" in report.error
+    assert as_dict(report)["error"] == report.error
