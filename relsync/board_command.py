@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -194,7 +195,8 @@ async def run(args: argparse.Namespace) -> None:
     elif args.command == "down":
         board = await _find(args.id)
         await board.stop()
-        if isinstance(board, QemuBoard | LocalBoard):  # its files go with it, like a container's
+        # Its files on this machine (snapshot, keys, console log) go with it, like a container.
+        with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(board.state if isinstance(board, QemuBoard) else board.workdir)
         print(f"board {args.id} removed")
     elif args.command == "env":
