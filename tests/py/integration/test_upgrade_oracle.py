@@ -5,7 +5,7 @@ same for ``--rollback --upgrade`` against release_handler's downgrade. Then what
 cannot show: a failed upgrade's undo, a killed client, a killed sync resumed.
 
 The scenario is built once (two rebar3 releases and a relup, ~4 s); release_handler's board
-once; relsync's in each mode. About 130 s in all on this machine (2 cores).
+once; relsync's in each mode. About 150 s in all on this machine (2 cores).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ GOES_FURTHER: dict[str, str] = {}
 class Scenario:
     v1: Path
     v2: Path
+    #: v2 with the appup release_handler's relup was made from.
+    v2_appup: Path
     tarball: Path
 
 
@@ -190,19 +192,28 @@ def release_handler_saw(
     return with_board(orc.v1, workdir, body, writable=True)  # type: ignore[no-any-return]
 
 
+@pytest.mark.parametrize("appup", ["derived", "appup"])
 def test_relsync_upgrade_and_rollback_are_what_release_handler_does(
-    orc: Scenario, release_handler_saw: dict[str, dict[str, Any]], tmp_path: Path, mode: str
+    orc: Scenario,
+    release_handler_saw: dict[str, dict[str, Any]],
+    tmp_path: Path,
+    mode: str,
+    appup: str,
 ) -> None:
     """``--upgrade`` against release_handler's upgrade, then ``--rollback --upgrade`` against
-    its downgrade (install_release of v1 again)."""
+    its downgrade (install_release of v1 again): with the steps relsync derives itself, and
+    with the appup release_handler's relup was made from."""
+    v2 = orc.v2 if appup == "derived" else orc.v2_appup
 
     async def sync(board: LocalBoard) -> None:
-        run = await relsync(board, orc.v2, "-q", str(board.rw_path), "--upgrade", "--json")
+        run = await relsync(board, v2, "-q", str(board.rw_path), "--upgrade", "--json")
         assert run.code == 0, run
+        applies = [s for s in run.report["upgrade"] if s.startswith("{apply, {supervisor,")]
+        assert len(applies) == (3 if appup == "appup" else 0), run.report["upgrade"]
 
     async def rollback(board: LocalBoard) -> None:
         run = await relsync(
-            board, orc.v2, "-q", str(board.rw_path), "--rollback", "--upgrade", "--json"
+            board, v2, "-q", str(board.rw_path), "--rollback", "--upgrade", "--json"
         )
         assert run.code == 0, run
 

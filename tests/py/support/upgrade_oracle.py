@@ -373,16 +373,16 @@ def relup_tarball(v1: Path, v2: Path, out: Path) -> Path:
     return out / "orc2.tar.gz"
 
 
-def scenario(where: Path) -> tuple[Path, Path, Path]:
-    """v1, v2 (no appup: relsync derives its steps) and v2's relup tarball for
-    release_handler (made with :data:`APPUP`)."""
+def scenario(where: Path) -> tuple[Path, Path, Path, Path]:
+    """v1, v2 (no appup: relsync derives its steps), v2 with :data:`APPUP` (relsync follows
+    it) and v2's relup tarball for release_handler (made with the appup)."""
     v1 = build_release(where / "v1", "1", V1)
     v2 = build_release(where / "v2", "2", V2)
-    appup = v2 / "lib" / f"{APP}-2" / "ebin" / f"{APP}.appup"
-    appup.write_text(APPUP)
-    tarball = relup_tarball(v1, v2, where / "relup")
-    appup.unlink()
-    return v1, v2, tarball
+    with_appup = where / "v2-appup" / APP
+    shutil.copytree(v2, with_appup, symlinks=True)
+    (with_appup / "lib" / f"{APP}-2" / "ebin" / f"{APP}.appup").write_text(APPUP)
+    tarball = relup_tarball(v1, with_appup, where / "relup")
+    return v1, v2, with_appup, tarball
 
 
 def install_tarball(release_root: Path, tarball: Path) -> None:
