@@ -15,7 +15,7 @@ from relsync.plan import SyncPlan, TargetState
 from relsync.release import FileKind, LocalFile, LocalRelease
 from relsync.rollback import plan_rollback, shadow_changes
 from relsync.target import RemoteFile, RemoteLink
-from relsync.upgrade import appup_steps, change_of, generated_steps, load_order
+from relsync.upgrade import app_data, appup_steps, change_of, generated_steps, load_order
 
 SOURCES = {
     "s_sup": "-module(s_sup).\n-behaviour(supervisor).\n-export([start_link/0, init/1]).\n"
@@ -97,6 +97,23 @@ def test_steps_add_first_then_in_call_order_then_deletes(beams: dict[str, Path])
         "{update, s_fsm, {advanced, []}}",
         "{delete_module, s_old}",
     ]
+
+
+def test_app_data_names_the_app_files_of_the_changed_applications() -> None:
+    """The .app of an application whose modules load (even when its files were written by a
+    sync killed before) and of one whose .app changes, with the release's sys.config."""
+    release = LocalRelease(root=Path("/tmp/rel"), name="r", version="2")
+    for rel in ("lib/a-2/ebin/a.app", "lib/b-1/ebin/b.app", "lib/c-1/ebin/c.app",
+                "releases/2/sys.config"):  # fmt: skip
+        release.files[rel] = LocalFile(rel, rel, 1, 0o644, b"x", FileKind.OTHER)
+    plan = SyncPlan(root="/srv/erlang/")
+    plan.reload = [("a_mod", "/srv/erlang/lib/a-2/ebin/a_mod.beam", b"x")]
+    plan.changed = ["lib/b-1/ebin/b.app"]
+    assert app_data(plan, release.files, release.version) == (
+        ["/srv/erlang/lib/a-2/ebin/a.app", "/srv/erlang/lib/b-1/ebin/b.app"],
+        "/srv/erlang/releases/2/sys.config",
+    )
+    assert app_data(SyncPlan(root="/srv/erlang"), {}, "2") == ([], None)
 
 
 def _file(rel: str, content: str) -> RemoteFile:
