@@ -12,9 +12,17 @@ import os
 import shutil
 import sys
 import time
+from contextvars import ContextVar
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from relsync.errors import UsageError
+
+if TYPE_CHECKING:
+    from relsync.fastbuild import FastBuild
+
+#: ``--watch``'s fast path while a watch runs (see :mod:`relsync.fastbuild`).
+FAST_PATH: ContextVar[FastBuild | None] = ContextVar("relsync_fast_path", default=None)
 
 
 def build_command(
@@ -37,8 +45,12 @@ def build_command(
 
 
 async def build_release(project: Path, profile: str | None, relname: str | None) -> Path:
-    """Build the project's release; return the directory holding it."""
+    """Build the project's release; return the directory holding it (in a watch, the fast
+    path's when it can: see :mod:`relsync.fastbuild`)."""
     command, env, out = build_command(project, profile, relname)
+    fast = FAST_PATH.get()
+    if fast is not None and (release := await fast.build(project, out, relname)) is not None:
+        return release
     if shutil.which(command[0]) is None:
         raise UsageError(f"--build: {command[0]} is not installed (apt-get install {command[0]})")
     print(f"relsync: building: {' '.join(command)}", file=sys.stderr, flush=True)
@@ -60,6 +72,8 @@ async def build_release(project: Path, profile: str | None, relname: str | None)
     if len(releases) != 1:
         found = ", ".join(p.name for p in releases) or "none"
         raise UsageError(f"--build made releases in {out}: {found}; choose one with --relname")
+    if fast is not None:
+        fast.built()
     return releases[0].resolve()
 
 
