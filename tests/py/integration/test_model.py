@@ -1,5 +1,6 @@
 """The README's promises as properties: random histories on local boards (see
-support/board_model.py), every promise checked after every step.
+support/board_model.py) and on dev-mode releases run from their project's ``_build``
+(support/dev_model.py), every promise checked after every step.
 
 ``make test`` runs a few short histories per mode and board kind; ``make soak`` runs many long
 ones (``RELSYNC_MODEL_HISTORIES``, ``RELSYNC_MODEL_STEPS``) and prints its figures. A failure
@@ -15,11 +16,14 @@ from pathlib import Path
 
 import pytest
 from support.board_model import run_history
+from support.dev_model import run_dev_history
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 HISTORIES = int(os.environ.get("RELSYNC_MODEL_HISTORIES", "1"))
 STEPS = int(os.environ.get("RELSYNC_MODEL_STEPS", "10"))
+#: A dev-mode step builds the project (rebar3, seconds): fewer of them.
+DEV_STEPS = max(1, STEPS // 2)
 
 
 def _seeds(mode: str, kind: str) -> list[int]:
@@ -41,3 +45,12 @@ def test_random_histories_keep_every_promise(
         )
         steps += len(history.steps)
     print(f"model {mode}/{kind}: {HISTORIES} histories, {steps} steps, 0 failures")
+
+
+@pytest.mark.timeout(600 + 60 * HISTORIES * STEPS)
+def test_random_dev_mode_histories_keep_every_promise(tmp_path: Path, mode: str) -> None:
+    steps = 0
+    for seed in _seeds(mode, "dev"):
+        history = asyncio.run(run_dev_history(seed, mode, tmp_path / str(seed), DEV_STEPS))
+        steps += len(history.steps)
+    print(f"model {mode}/dev: {HISTORIES} histories, {steps} steps, 0 failures")
