@@ -12,9 +12,13 @@ import pytest
 
 from relsync.cli import main
 from relsync.engine import SyncOptions, SyncReport, switch_code
+from relsync.erldist.errors import BadRpc
+from relsync.erldist.etf import Atom
 from relsync.errors import ExitCode
 from relsync.plan import SyncPlan
 from relsync.report import as_dict, print_json, print_summary
+from relsync.rollback import ShadowChanges
+from relsync.status import BoardStatus, print_status
 from relsync.target import FilePut, ModuleResult, Target
 
 BIG = "/data/relsync/lib/demo-1/priv/big.bin"
@@ -119,3 +123,21 @@ def test_exit_6_has_an_error_in_json() -> None:
     assert report.exit_code == ExitCode.RELOAD
     assert report.error is not None and "Myex.Conn still runs in 2 processes" in report.error
     assert as_dict(report)["error"] == report.error
+
+
+def test_status_names_elixir_modules_and_counts_in_words() -> None:
+    pristine = ShadowChanges({"Elixir.Myex.Counter": ("/srv/x.beam", b"")}, [], {})
+    status = BoardStatus("myex@host", "/srv/erlang", "/data/relsync", True, pristine,
+                         ["Elixir.Myex.Greet"], SyncPlan(root="/data/relsync"),
+                         [ModuleResult("Elixir.Myex.Conn", "not_purged", ("<0.90.0>",))],
+                         [])  # fmt: skip
+    out = io.StringIO()
+    print_status(status, out)
+    text = out.getvalue()
+    assert "1 module changed" in text and "changed: Myex.Counter" in text
+    assert "Myex.Greet" in text and "old code of Myex.Conn" in text and "Elixir." not in text
+
+
+def test_a_bad_rpc_leaves_the_command_line_to_mention_v() -> None:
+    error = BadRpc("b@h", "m:f/0", (Atom("EXIT"), (Atom("badarg"), [(Atom("m"), Atom("f"), 0)])))
+    assert "-v" not in str(error) and "badarg in m:f/0" in str(error)
