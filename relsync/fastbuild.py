@@ -1,14 +1,24 @@
 """``--watch``'s fast path: a changed module compiled by a warm compiler instead of a full build.
 
-A watch keeps one host-side Erlang VM running (no distribution: it reads requests on its
-stdin). When the only sources changed since the last build are modules of the project's own
-applications that the last build compiled (``src/**/*.erl`` or ``apps/*/src/**/*.erl`` of a
-rebar3 project), each is compiled there with the very options rebar3 compiled it with (read
-from its beam's debug info, or its compile info) and written over its beam in ``_build`` and in
-the release: the bytes rebar3 would write, so the next full build changes nothing the board
-runs. Anything else goes to the full build: a header, an ``.app.src``, ``rebar.config``, a
-dependency, a new or deleted module, a parse transform, a module that does not compile (the
-build tool then shows the error as it prints it), a mix project.
+A watch keeps one host-side VM running beside it (no distribution: it reads requests on its
+stdin): ``erl`` for a rebar3 project, ``elixir`` for a mix project. When the only sources
+changed since the last build are modules of the project's own application(s) that the last
+build compiled, each is compiled there and written over its beam in ``_build`` and in the
+release, as the build tool would have written it:
+
+* rebar3 (``src/**/*.erl``, ``apps/*/src/**/*.erl``): with the very options rebar3 compiled it
+  with (read from its beam's debug info, or its compile info);
+* mix (``lib/**/*.ex`` of a project that is not an umbrella): ``Code.compile_file`` in the
+  project's directory, as ``mix compile`` does; the release gets the beam stripped as ``mix
+  release`` strips it (when its old beam was). A file that defines macros, structs,
+  exceptions, protocols or implementations, guards, reads the configuration at compile time
+  or names an external resource may change other modules: it goes to the full build, as does
+  a file whose modules or exports changed.
+
+The bytes are the build tool's, so the next full build changes nothing the board runs.
+Anything else goes to the full build: a header, an ``.app.src``, ``rebar.config`` or
+``mix.exs``, the configuration, a dependency, a new or deleted module, a parse transform, a
+module that does not compile (the build tool then shows the error as it prints it).
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import re
 import shutil
 import sys
 import time
@@ -99,38 +110,120 @@ Loop().
 """
 
 
+#: The mix project's compile server, run by ``elixir -e`` in the project's directory. A request
+#: is one line, ``SOURCE EBIN RELEASE_EBIN EBIN,EBIN..`` (each base64); the answer as above.
+_ELIXIR_SERVER = r"""
+Code.compiler_options(ignore_module_conflict: true)
+dec = fn field -> for b <- String.split(field, ","), b != "-", do: Base.decode64!(b) end
+say = fn status, text ->
+  IO.write(status <> " " <> Base.encode64(IO.chardata_to_string(text)) <> "\n")
+end
+risky = ~w(defmacro defstruct defexception defprotocol defimpl defguard
+           @external_resource compile_env)
+beam = fn ebin, mod -> Path.join(ebin, Atom.to_string(mod) <> ".beam") end
+exports = fn bin ->
+  {:ok, {_, [exports: e]}} = :beam_lib.chunks(bin, [:exports])
+  e
+end
+source_of = fn path ->
+  case :beam_lib.chunks(String.to_charlist(path), [:compile_info]) do
+    {:ok, {_, [compile_info: ci]}} -> Path.expand(to_string(Keyword.get(ci, :source, ~c"")))
+    _ -> nil
+  end
+end
+release_copy = fn old, old_rel, bin ->
+  {:ok, stripped_old} = Mix.Release.strip_beam(old)
+  cond do
+    old_rel == stripped_old -> elem(Mix.Release.strip_beam(bin), 1)
+    old_rel == old -> bin
+    true -> nil
+  end
+end
+write = fn path, bin ->
+  tmp = path <> ".relsync-tmp"
+  File.write!(tmp, bin)
+  File.rename!(tmp, path)
+end
+plan = fn ebin, rel_ebin, {mod, bin} ->
+  old = File.read!(beam.(ebin, mod))
+  rel_path = beam.(rel_ebin, mod)
+  rel = if File.exists?(rel_path), do: release_copy.(old, File.read!(rel_path), bin)
+  {exports.(old) == exports.(bin) and rel != nil, [{beam.(ebin, mod), bin}, {rel_path, rel}]}
+end
+check = fn src, ebin, rel_ebin, compiled ->
+  before = for p <- Path.wildcard(Path.join(ebin, "*.beam")), source_of.(p) == src, do: p
+  made = for {mod, _} <- compiled, do: beam.(ebin, mod)
+  same = Enum.sort(before) == Enum.sort(made)
+  plans = if same, do: Enum.map(compiled, &plan.(ebin, rel_ebin, &1))
+  if plans != nil and Enum.all?(plans, &elem(&1, 0)) do
+    for {_, writes} <- plans, {path, bin} <- writes, do: write.(path, bin)
+    {"ok", ""}
+  else
+    {"fallback", "its modules or their exports changed, or the release's beam is not the build's"}
+  end
+end
+compile = fn src, ebin, rel_ebin ->
+  if Enum.any?(risky, &String.contains?(File.read!(src), &1)) do
+    {"fallback", "it may change other modules"}
+  else
+    try do
+      check.(src, ebin, rel_ebin, Code.compile_file(src))
+    rescue
+      e -> {"error", Exception.message(e)}
+    end
+  end
+end
+loop = fn loop ->
+  case IO.gets("") do
+    :eof -> System.halt(0)
+    line ->
+      [[src], [ebin], [rel_ebin], ebins] = Enum.map(String.split(String.trim(line), " "), dec)
+      Enum.each(ebins, &Code.prepend_path/1)
+      {status, text} =
+        try do
+          compile.(Path.expand(src), ebin, rel_ebin)
+        catch
+          kind, reason -> {"fallback", inspect({kind, reason})}
+        end
+      say.(status, text)
+      loop.(loop)
+  end
+end
+loop.(loop)
+"""
+
+
 def _b64(path: Path | str) -> str:
     return base64.b64encode(os.fsencode(path)).decode()
 
 
 class _Compiler:
-    """The warm compiler: one ``erl`` kept running, one request at a time."""
+    """A warm compiler: one VM kept running, one request at a time."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self._proc = proc
         self._lock = asyncio.Lock()
 
     @classmethod
-    async def start(cls) -> _Compiler:
-        erl = shutil.which("erl")
-        if erl is None:
-            raise OSError("erl is not installed")
+    async def start(cls, root: Path) -> _Compiler:
+        """The project's compiler: ``erl`` for rebar3, ``elixir`` (in ``root``) for mix."""
+        argv = ["erl", "-noshell", "-eval", _SERVER]
+        if (root / "mix.exs").is_file():
+            argv = ["elixir", "-e", _ELIXIR_SERVER]
+        found = shutil.which(argv[0])
+        if found is None:
+            raise OSError(f"{argv[0]} is not installed")
         proc = await asyncio.create_subprocess_exec(
-            erl, "-noshell", "-eval", _SERVER, stdin=asyncio.subprocess.PIPE,
+            found, *argv[1:], cwd=root, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         return cls(proc)
 
-    async def compile(
-        self, source: Path, beam: Path, outs: list[Path], ebins: list[Path]
-    ) -> tuple[str, str]:
-        """Compile ``source`` as ``beam`` was, into every path of ``outs``: (status, text)."""
+    async def ask(self, *fields: list[Path]) -> tuple[str, str]:
+        """One request (each field a list of paths): (status, text); see the servers."""
         stdin, stdout = self._proc.stdin, self._proc.stdout
         assert stdin is not None and stdout is not None
-        request = " ".join([
-            _b64(source), _b64(beam), ",".join(_b64(p) for p in outs),
-            ",".join(_b64(p) for p in ebins) or "-",
-        ])  # fmt: skip
+        request = " ".join(",".join(_b64(p) for p in field) or "-" for field in fields)
         async with self._lock:
             stdin.write(request.encode() + b"\n")
             await stdin.drain()
@@ -159,8 +252,9 @@ class FastBuild:
 
     def start(self) -> None:
         """Start the warm compiler (it warms up while the first build runs)."""
-        if (self._root / "rebar.config").is_file() and self._compiler is None:
-            self._compiler = asyncio.ensure_future(_Compiler.start())
+        tool = any((self._root / name).is_file() for name in ("rebar.config", "mix.exs"))
+        if tool and self._compiler is None:
+            self._compiler = asyncio.ensure_future(_Compiler.start(self._root))
 
     async def close(self) -> None:
         """Stop the warm compiler."""
@@ -213,44 +307,55 @@ class FastBuild:
         self._built = self._pending
 
     async def _compile(self, changed: set[str], out: Path, relname: str | None) -> Path | None:
-        if not changed or self._compiler is None:
-            return None
-        jobs = [job for rel in sorted(changed) if (job := self._job(rel, out)) is not None]
         release = _release(out, relname)
-        if len(jobs) != len(changed) or release is None:
+        if not changed or self._compiler is None or release is None:
+            return None
+        requests = [(rel, r) for rel in sorted(changed) if (r := self._request(rel, out, release))]
+        if len(requests) != len(changed):
             return None
         compiler = await self._compiler
-        for rel, source, beam in jobs:
-            app = beam.parent.parent.name
-            outs = {os.path.realpath(beam): beam}
-            for copy in (release / "lib").glob(f"{app}-*/ebin/{beam.name}"):
-                outs.setdefault(os.path.realpath(copy), copy)
-            ebins = sorted((out.parent / "lib").glob("*/ebin"))
-            status, text = await compiler.compile(source, beam, list(outs.values()), ebins)
+        ebins = sorted((out.parent / "lib").glob("*/ebin"))
+        for rel, fields in requests:
+            status, text = await compiler.ask(*fields, ebins)
             if status != "ok":
                 return None
             sys.stderr.write(text)
             print(f"relsync: compiled {rel} (warm compiler)", file=sys.stderr, flush=True)
         return release
 
-    def _job(self, rel: str, out: Path) -> tuple[str, Path, Path] | None:
-        """(rel, source, the beam the last build made of it) for a module the fast path can
-        compile; None for anything else."""
-        parts = Path(rel).parts
-        in_src = parts[:1] == ("src",) or (parts[:1] == ("apps",) and parts[2:3] == ("src",))
+    def _request(self, rel: str, out: Path, release: Path) -> list[list[Path]] | None:
+        """The request compiling the source ``rel`` when the fast path can (see the
+        servers), else None."""
         source = self._root / rel
-        if not (in_src and rel.endswith(".erl") and source.is_file()):
-            return None
         try:
-            if b"parse_transform" in source.read_bytes():
-                return None
-        except OSError:
+            text = source.read_bytes()
+        except OSError:  # deleted
             return None
+        lib = out.parent / "lib"
+        if rel.endswith(".erl") and b"parse_transform" not in text:
+            parts = Path(rel).parts
+            if parts[:1] == ("src",) or (parts[:1] == ("apps",) and parts[2:3] == ("src",)):
+                return self._erlang(source, lib, release)
+        if rel.endswith(".ex") and rel.startswith("lib/"):
+            app = re.search(rb"\bapp:\s*:(\w+)", (self._root / "mix.exs").read_bytes())
+            name = app.group(1).decode() if app else ""
+            ebins = list((release / "lib").glob(f"{name}-*/ebin"))
+            if app and len(ebins) == 1:
+                return [[source], [lib / name / "ebin"], ebins]
+        return None
+
+    @staticmethod
+    def _erlang(source: Path, lib: Path, release: Path) -> list[list[Path]] | None:
+        """The source, the beam the last build made of it and where the new one goes (in
+        ``_build`` and in the release: the same file in a dev-mode release)."""
         real = os.path.realpath(source)
-        for beam in (out.parent / "lib").glob(f"*/ebin/{source.stem}.beam"):
-            src_dir = os.path.realpath(beam.parent.parent / "src")
-            if real.startswith(src_dir + os.sep):
-                return rel, source, beam
+        for beam in lib.glob(f"*/ebin/{source.stem}.beam"):
+            if real.startswith(os.path.realpath(beam.parent.parent / "src") + os.sep):
+                app = beam.parent.parent.name
+                outs = {os.path.realpath(beam): beam}
+                for copy in (release / "lib").glob(f"{app}-*/ebin/{beam.name}"):
+                    outs.setdefault(os.path.realpath(copy), copy)
+                return [[source], [beam], list(outs.values())]
         return None
 
 

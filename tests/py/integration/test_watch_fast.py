@@ -1,16 +1,19 @@
 """``--watch``'s fast path (:mod:`relsync.fastbuild`): a changed module is compiled by the warm
 compiler, not by a full build, and reloaded; an ``.app.src`` change and a new module go to the
-full build; the next full build changes nothing the board runs (it writes the same beams).
+full build; the next full build changes nothing the board runs (it writes the same beams). The
+same for a mix project.
 Nothing asserts how fast a round is."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 
 import pytest
 from support.cli import relsync
 from support.local_board import with_board
+from support.mix_project import mix_env, mix_release
 
 from relsync.harness.example import copy_example_project
 from relsync.harness.local import LocalBoard
@@ -55,3 +58,29 @@ def test_watch_compiles_a_changed_module_warm_and_converges(
         assert again.code == 0 and again.report["reload"] == [], again.report
 
     with_board(demo_release, tmp_path / "board", body)
+
+
+def test_watch_compiles_an_elixir_module_warm(tmp_path: Path) -> None:
+    """A mix project: a changed module goes through the warm Elixir compiler; a protocol's file
+    (it may change other modules) goes to the full build."""
+    project = tmp_path / "myex"
+    release = shutil.copytree(mix_release(project, 1), tmp_path / "v1", symlinks=True)
+
+    async def body(board: LocalBoard) -> None:
+        counter, argv = "Elixir.Myex.Counter", watch_argv(board, "erl", board.rw_path)
+        async with WatchRun(argv, project, env=mix_env(tmp_path)) as run:
+            await run.started()
+            for version in (2, 3):
+                old, new = f":reply, {version - 1}, n}}", f":reply, {version}, n}}"
+                save(project / "lib" / "myex" / "counter.ex", old, new)
+                line = await run.round()
+                assert "reloaded Myex.Counter" in line, line
+                assert await board.rpc(counter, "version") == version
+            save(project / "lib" / "myex" / "greet.ex", '"v1 ', '"v4 ')
+            line = await run.round()
+            assert "reloaded" in line and "Myex.Greet.Atom" in line, line
+            assert await run.stop() == 0, run.stderr
+        warm = run.stderr.count("compiled lib/myex/counter.ex (warm compiler)")
+        assert warm == 2 and run.stderr.count("relsync: building:") == 2, run.stderr
+
+    with_board(release, tmp_path / "board", body)
