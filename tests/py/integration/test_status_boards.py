@@ -1,17 +1,22 @@
-"""``--status`` of two boards, one of them down: the reachable board's status is shown, the
-other's error beside it, and the exit code is the failure's (3), with and without ``--json``."""
+"""How boards are named to people: ``--status`` of two boards, one of them down (the reachable
+board's status shown, the other's error beside it, exit 3, with and without ``--json``), and
+the progress bar, named as the summary names the board."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from support.cli import cli_argv
 from support.local_board import with_board
 
+from relsync.harness.example import Variant
 from relsync.harness.local import LocalBoard
 
 pytestmark = pytest.mark.integration
@@ -46,3 +51,34 @@ def test_status_of_two_boards_one_down(demo_release: Path, tmp_path: Path) -> No
         assert "relsync: down@127.0.0.1 could not be read: " in human.stdout
 
     with_board(demo_release, tmp_path / "board", body)
+
+
+def test_the_progress_bar_names_the_board_as_the_summary_does(
+    demo_release: Path, tmp_path: Path
+) -> None:
+    """Over ssh the board is ``relsync@127.0.0.1:PORT`` in the summary: the bar on the
+    terminal says the same, not the bare host."""
+
+    v2 = Variant(demo_release, tmp_path / "v2").counter_version(2)
+
+    async def body(board: LocalBoard) -> None:
+        argv = cli_argv(board, v2.root, "-q", str(board.rw_path), mode="ssh")
+        leader, follower = pty.openpty()  # the bar is drawn on a terminal only
+        try:
+            done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=follower, text=True)
+            os.close(follower)
+            follower = -1
+            drawn = b""
+            with contextlib.suppress(OSError):  # EIO: the writer is gone
+                while chunk := os.read(leader, 65536):
+                    drawn += chunk
+        finally:
+            os.close(leader)
+            if follower >= 0:
+                os.close(follower)
+        assert done.returncode == 0, drawn
+        label = done.stdout.split(" ", 3)[2]  # relsync: synced LABEL in ...
+        assert label.startswith("relsync@127.0.0.1:"), done.stdout
+        assert f"\r{label} [".encode() in drawn, drawn[:200]
+
+    with_board(demo_release, tmp_path / "board", body, "ssh")
