@@ -173,6 +173,9 @@ compile = fn src, ebin, rel_ebin ->
     end
   end
 end
+Code.compile_string("defmodule RelsyncWarm do\n  use GenServer\n  def x(y), do: y\nend")
+:code.purge(RelsyncWarm)
+:code.delete(RelsyncWarm)
 loop = fn loop ->
   case IO.gets("") do
     :eof -> System.halt(0)
