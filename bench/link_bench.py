@@ -160,15 +160,18 @@ async def _measure(work: Path, quick: bool) -> list[Row]:
             rs = samples[mbit, "rsync -az"]
             rs_wall = statistics.median(s.wall for s in rs)
             rs_wire = statistics.median(s.wire for s in rs)
+            erl = samples[mbit, "relsync erl"]
             for tool in TOOLS[:2]:
                 ours = samples[mbit, tool]
+                vs_erl = statistics.median(o.wall / e.wall for o, e in zip(ours, erl, strict=True))
                 wall = statistics.median(s.wall for s in ours)
                 wire = statistics.median(s.wire for s in ours)
                 ratio = statistics.median(o.wall / t.wall for o, t in zip(ours, rs, strict=True))
                 rows.append(
                     Row("link", f"{mbit:.0f} Mbit/s + {delay:.0f} ms: {label}, {tool} (median "
                         f"of {rounds})", f"{wall:.2f} s = {ratio:.2f}x rsync, {_size(wire)} on "
-                        "the wire", f"rsync -az over OpenSSH {rs_wall:.2f} s, {_size(rs_wire)}",
+                        "the wire", f"rsync -az over OpenSSH {rs_wall:.2f} s, {_size(rs_wire)}"
+                        + (f"; {vs_erl:.2f}x erl mode" if tool != "relsync erl" else ""),
                         "<= 1.0x rsync", ratio <= 1.0)
                 )  # fmt: skip
     return rows
