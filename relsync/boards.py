@@ -86,7 +86,7 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_bytes().decode())
     except OSError as exc:
-        raise UsageError(f"{what}: {exc.strerror}; give a readable TOML file") from None
+        raise UsageError(f"{what}: {exc.strerror}; give an existing TOML file") from None
     except UnicodeDecodeError as exc:
         raise UsageError(f"{what} is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
