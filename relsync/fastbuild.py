@@ -11,9 +11,9 @@ release, as the build tool would have written it:
 * mix (``lib/**/*.ex`` of a project that is not an umbrella): ``Code.compile_file`` in the
   project's directory, as ``mix compile`` does; the release gets the beam stripped as ``mix
   release`` strips it (when its old beam was). A file that defines macros, structs,
-  exceptions, protocols or implementations, guards, reads the configuration at compile time
-  or names an external resource may change other modules: it goes to the full build, as does
-  a file whose modules or exports changed.
+  exceptions, protocols or implementations, guards, reads the configuration or the mix
+  environment at compile time or names an external resource may change other modules: it
+  goes to the full build, as does a file whose modules or exports changed.
 
 The bytes are the build tool's, so the next full build changes nothing the board runs.
 Anything else goes to the full build: a header, an ``.app.src``, ``rebar.config`` or
@@ -119,7 +119,7 @@ say = fn status, text ->
   IO.write(status <> " " <> Base.encode64(IO.chardata_to_string(text)) <> "\n")
 end
 risky = ~w(defmacro defstruct defexception defprotocol defimpl defguard
-           @external_resource compile_env)
+           @external_resource compile_env Mix.env)
 beam = fn ebin, mod -> Path.join(ebin, Atom.to_string(mod) <> ".beam") end
 exports = fn bin ->
   {:ok, {_, [exports: e]}} = :beam_lib.chunks(bin, [:exports])
@@ -316,10 +316,13 @@ class FastBuild:
         requests = [(rel, r) for rel in sorted(changed) if (r := self._request(rel, out, release))]
         if len(requests) != len(changed):
             return None
-        compiler = await self._compiler
         ebins = sorted((out.parent / "lib").glob("*/ebin"))
         for rel, fields in requests:
-            status, text = await compiler.ask(*fields, ebins)
+            try:
+                status, text = await (await self._compiler).ask(*fields, ebins)
+            except (OSError, ValueError):  # it did not start, or ended: full builds from now on
+                self._compiler = None
+                return None
             if status != "ok":
                 return None
             sys.stderr.write(text)
