@@ -43,10 +43,11 @@
      "Sync this release instead of building one"},
     {hooks, $H, "hooks", value, "Module (or .erl file) with presync/0 and postsync/0"},
     {exclude_system_libs, $E, "exclude-system-libs", bool,
-     "Do not synchronize OTP system libs and ERTS [default: true]"},
+     "Do not synchronize OTP system libs (ERTS is never synced) [default: true]"},
     {copy_unsafe_links, undefined, "copy-unsafe-links", flag,
      "Copy what a symlink leading out of the release points to"},
-    {cookie, $c, "cookie", value, "Erlang magic cookie [default: $RELSYNC_COOKIE, else cookie]"},
+    {cookie, $c, "cookie", value,
+     "Erlang magic cookie [default: $RELSYNC_COOKIE, else the release's, else ~/.erlang.cookie]"},
     {sname, $s, "sname", value, "Short name for the local node"},
     {name, undefined, "name", value, "Long name for the local node (-n is the release name)"},
     {mode, $M, "mode", value, "erl (Erlang distribution) or ssh [default: erl]"},
@@ -103,7 +104,13 @@ do(State) ->
         {false, {error, _} = Error} ->
             Error;
         {false, {ok, Profile}} ->
-            Args = ["--build" | Profile] ++ arguments(Parsed) ++ Rest,
+            %% -l: that release is synced as it is, nothing built (relsync refuses --build
+            %% with -l: it would sync a release it did not build).
+            Build = case lists:keymember(local_path, 1, Parsed) of
+                        true -> [];
+                        false -> ["--build" | Profile]
+                    end,
+            Args = Build ++ arguments(Parsed) ++ Rest,
             run(executable(), Args, rebar_dir:root_dir(State), State)
     end.
 

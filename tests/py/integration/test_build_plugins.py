@@ -196,6 +196,15 @@ def test_rebar3_relsync_builds_and_syncs(
         assert "relsync: watch ended" in watch.stderr, watch.stderr
         assert "Traceback" not in watch.stderr, watch.stderr
 
+        # -l: that release is synced as it is, nothing built (relsync refuses --build with -l).
+        given = await run_tool(
+            ["rebar3", "relsync", "-l", str(demo_release), *board_options(board, mode), "--json"],
+            project, env,
+        )  # fmt: skip
+        assert given.code == 0, given
+        assert "relsync: building" not in given.err, given
+        assert await board.rpc("demo_counter", "version") == 1
+
     with_board(demo_release, tmp_path / "board", body, mode)
 
 
@@ -297,5 +306,13 @@ def test_mix_relsync_builds_and_syncs(tmp_path: Path, mode: str) -> None:
         assert "--purge" in bad.err, bad  # relsync's own message
         assert "relsync failed with exit code 2" in bad.last_line("err"), bad
         assert await board.rpc(counter, "version") == 5
+
+        # -l: that release is synced as it is, nothing built (relsync refuses --build with -l).
+        given = await run_tool(
+            ["mix", "relsync", *board_options(board, mode, "-d"), "-l", str(v1)], project, env
+        )
+        assert given.code == 0, given
+        assert "mix release" not in given.err, given
+        assert await board.rpc(counter, "version") == 1
 
     with_board(v1, tmp_path / "board", body, mode)

@@ -51,7 +51,13 @@ defmodule Mix.Tasks.Relsync do
   def run(args) do
     config = Mix.Project.config()
     options = config |> Keyword.get(:relsync, []) |> to_options()
-    argv = ["--build", "--profile", to_string(Mix.env())] ++ options ++ args
+
+    build =
+      if local_path?(options ++ args),
+        do: [],
+        else: ["--build", "--profile", to_string(Mix.env())]
+
+    argv = build ++ options ++ args
     exe = executable()
 
     if Mix.debug?() do
@@ -71,6 +77,12 @@ defmodule Mix.Tasks.Relsync do
       0 -> :ok
       code -> Mix.raise("relsync failed with exit code #{code} (its messages are above)")
     end
+  end
+
+  # -l PATH: that release is synced as it is, nothing built (relsync refuses --build with -l:
+  # it would sync a release it did not build).
+  defp local_path?(argv) do
+    Enum.any?(argv, &(&1 in ["-l", "--local-path"] or String.starts_with?(&1, "--local-path=")))
   end
 
   @doc false
