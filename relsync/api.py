@@ -81,8 +81,7 @@ class Settings:
 
     def check(self) -> None:
         """A one-line UsageError for values no board could use."""
-        # The board counts hook and upgrade limits in whole milliseconds, up to Erlang's
-        # longest timeout (2^32 - 1 ms).
+        # The board counts hook and upgrade limits in whole milliseconds (at least 1).
         for opt, least, what in (
             ("upgrade_timeout", 0.001, "from 0.001"),
             ("hook_timeout", 0.001, "from 0.001"),
