@@ -21,17 +21,20 @@ from dataclasses import dataclass, field
 HOST = "127.0.0.1"
 #: The most a piece carries: a few milliseconds of the slowest link.
 PIECE = 16 << 10
+#: The bucket's depth: two pieces, so a sleep that overran (a busy machine) is made up for and
+#: the link carries its rate on average.
+BURST = 2 * PIECE
 #: Pieces held in the delay line of one connection before its reader waits.
 QUEUED = 64
 PORT_PLEASE2_REQ, PORT2_RESP = 122, 119
 
 
 class _Bucket:
-    """Bytes a second, in bursts of at most :data:`PIECE`, shared by every connection."""
+    """Bytes a second, in bursts of at most :data:`BURST`, shared by every connection."""
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
-        self.tokens = float(PIECE)
+        self.tokens = float(BURST)
         self.stamp = asyncio.get_running_loop().time()
         self.lock = asyncio.Lock()
 
@@ -40,7 +43,7 @@ class _Bucket:
             loop = asyncio.get_running_loop()
             while True:
                 now = loop.time()
-                self.tokens = min(float(PIECE), self.tokens + (now - self.stamp) * self.rate)
+                self.tokens = min(float(BURST), self.tokens + (now - self.stamp) * self.rate)
                 self.stamp = now
                 if self.tokens >= nbytes:
                     self.tokens -= nbytes
