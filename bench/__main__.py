@@ -17,6 +17,7 @@ from bench import (
     dist_bench,
     link_bench,
     sync_bench,
+    up_bench,
     watch_bench,
 )
 from bench.table import Row, print_table
@@ -30,6 +31,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "link": link_bench.run,
     "boards": boards_bench.run,
     "watch": watch_bench.run,
+    "up": up_bench.run,
 }
 
 

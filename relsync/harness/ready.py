@@ -14,6 +14,8 @@ from relsync.erldist.node import call_once
 
 #: Pause between two readiness probes (the wait itself is bounded by its timeout).
 PROBE_INTERVAL = 0.2
+#: Limit for a readiness probe's connection (EPMD lookup, TCP, handshake).
+CONNECT_TIMEOUT = 2.0
 
 
 class BoardError(RuntimeError):
@@ -31,9 +33,12 @@ def app_names(which_applications: object) -> set[str]:
 
 
 async def _probe(node: str, cookie: str, epmd_port: int, main_app: str) -> bool:
+    # A short connect timeout: QEMU's user network accepts a connection before the guest
+    # listens, and such a connect hangs until its timeout, however soon the node is up.
     apps = await call_once(
-        node, cookie, epmd_port, ("application", "which_applications", []), timeout=5.0
-    )
+        node, cookie, epmd_port, ("application", "which_applications", []),
+        connect_timeout=CONNECT_TIMEOUT, timeout=5.0,
+    )  # fmt: skip
     return main_app in app_names(apps)
 
 

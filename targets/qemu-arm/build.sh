@@ -2,7 +2,8 @@
 # Builds the qemu-arm board base image from pinned Debian armhf packages, without running any ARM
 # code: each .deb is unpacked with dpkg-deb -x (no maintainer scripts).
 #
-#   build.sh [image]   build $OUT/image/{vmlinuz,initrd.img,root.squashfs,data-empty.ext4}
+#   build.sh [image]   build $OUT/image/{vmlinuz,initrd.img,root.squashfs,data-empty.ext4}, unless
+#                      the image there was built from the same recipe (FORCE=1: build anyway)
 #   build.sh debs      only fetch and verify the pinned .debs (fills the cache)
 #   build.sh lock      re-pin: write packages.lock from the mirror's current versions of packages.in
 #   build.sh tools     only install the host tools
@@ -369,11 +370,34 @@ build_image() {
   echo "$out"
 }
 
+# Everything the image is made from: an image built from the same recipe is not built again.
+recipe_hash() {
+  { echo "epoch=$SOURCE_DATE_EPOCH data=$data_size modules=${modules[*]}"
+    cat "$lock" "$here/build.sh" "$here/../common/relsync-boot"
+    (cd "$here" && find overlay initramfs -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+    (cd "$repo" && find relsyncd/src relsyncd/build.sh -type f -print0 | LC_ALL=C sort -z \
+       | xargs -0 sha256sum)
+  } | sha256sum | cut -c1-16
+}
+up_to_date() {
+  local f
+  for f in vmlinuz initrd.img root.squashfs data-empty.ext4 provided-libs.txt; do
+    [ -f "$out/$f" ] || return 1
+  done
+  [ "$(cat "$out/recipe" 2>/dev/null)" = "$(recipe_hash)" ]
+}
+
 cmd="${1:-image}"
 case "$cmd" in
   tools) ensure_tools ;;
   debs) ensure_tools; fetch_debs; printf '%s\n' "${PKG_FILES[@]}" ;;
   lock) ensure_tools; write_lock ;;
-  image) ensure_tools; build_image ;;
+  image)
+    ensure_tools
+    if [ "${FORCE:-0}" != 1 ] && up_to_date; then
+      log "image up to date in $out (recipe $(cat "$out/recipe"))"; echo "$out"
+    else
+      build_image; recipe_hash > "$out/recipe"
+    fi ;;
   *) echo "usage: $0 [image|debs|lock|tools]" >&2; exit 2 ;;
 esac

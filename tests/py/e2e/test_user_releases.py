@@ -14,7 +14,7 @@ from pathlib import Path
 
 import docker as docker_sdk
 import pytest
-from support.stock_projects import first_build, rebar3_env
+from support.stock_projects import first_build, mix_release, rebar3_env
 
 from relsync.erldist.etf import Atom
 from relsync.errors import UsageError
@@ -147,3 +147,22 @@ def test_qemu_arm_boots_an_erts_carrying_release(release: Path, tmp_path: Path) 
     assert "relsync-node: the node exited" in str(failed)
     assert not list((tmp_path / "failing").glob("relsync-qemu-*"))
     assert qemu.QemuBoard.otp == 25
+
+
+@pytest.mark.arm
+@pytest.mark.slow
+def test_qemu_arm_boots_a_stock_mix_release(tmp_path: Path) -> None:
+    """``mix new --sup`` + ``MIX_ENV=prod mix release``, unedited: its ERTS is replaced by the
+    board's, and the board names the node (``bin/myex start``)."""
+    release = mix_release(tmp_path) / "_build" / "prod" / "rel" / "myex"
+
+    async def scenario() -> None:
+        board = await start_board("qemu-arm", release, workdir=tmp_path / "b", ssh=False)
+        try:
+            assert await board.rpc("erlang", "node") == board.node
+            apps = await board.rpc("application", "which_applications")
+            assert "myex" in str(apps)
+        finally:
+            await board.stop()
+
+    asyncio.run(scenario())
