@@ -37,7 +37,7 @@ from relsync.target import (
     nothing_written,
     temp_path,
 )
-from relsync.transports.compress import deflate, worth_it
+from relsync.transports.compress import deflate, link_rate, worth_it
 
 HELPER = "relsync_target"
 #: Every module of the helper (relsync_target hands its work to the others), pushed together.
@@ -296,6 +296,8 @@ class HelperTarget(ABC):
     _temps_by_name = False
     #: Whether the helper takes compressed files in put_files (its info says so).
     _inflates = False
+    #: The link's speed (bytes/s) once measured: once a connection.
+    _link: float | None = None
 
     def _lock_owner(self) -> Term | None:
         """The process whose end releases our sync lock; None: the one running the call."""
@@ -503,7 +505,7 @@ class HelperTarget(ABC):
         in_flight = await self._open_lanes(sum(p.size for p in files if p.size <= CHUNK))
         flying: list[asyncio.Task[None]] = []
         whole = [p for p in files if p.size <= CHUNK and p.base is None]
-        compress = self._inflates and bool(whole) and await worth_it(whole, self._echo)
+        compress = self._inflates and bool(whole) and await worth_it(whole, self._link_rate)
 
         def send() -> None:
             flying.append(
@@ -567,6 +569,11 @@ class HelperTarget(ABC):
         result = await self._call("put_delta", args, FILE_TIMEOUT)
         progress(delta_bytes(put, ops))
         return result == "ok"
+
+    async def _link_rate(self) -> float:
+        if self._link is None:
+            self._link = await link_rate(self._echo)
+        return self._link
 
     @abstractmethod
     async def _echo(self, payload: bytes) -> None:
