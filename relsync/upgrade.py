@@ -257,9 +257,20 @@ def _instruction(
     path, sha = targets[module]
     if kind != "update":
         return UpgradeStep(kind, module, path, sha)
-    change: Term = args[1] if len(args) > 1 and not isinstance(args[1], list | int) else "soft"
+    change = _change(args)
     if change == "supervisor":
         return UpgradeStep("update", module, path, sha, "supervisor")
     if isinstance(change, tuple) and len(change) == 2 and change[0] == "advanced":
         return UpgradeStep("update", module, path, sha, "advanced", change[1])
     return UpgradeStep("update", module, path, sha, "soft")
+
+
+def _change(args: tuple[Term, ...]) -> Term:
+    """The Change of ``{update, Mod, ...}`` by its form in appup(4), as systools_rc expands it:
+    {Mod}, {Mod, supervisor | Change | DepMods}, {Mod, Change, DepMods}, {Mod, Change, Pre,
+    Post, DepMods}, {Mod, Timeout, Change, Pre, Post, DepMods} and {Mod, ModType, Timeout,
+    Change, Pre, Post, DepMods}."""
+    at = {2: 1, 3: 1, 5: 1, 6: 2, 7: 3}.get(len(args))
+    if at is None or isinstance(args[at], list):
+        return "soft"
+    return args[at]

@@ -199,6 +199,30 @@ def test_a_version_regex_matches_as_systools_matches_it(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("instruction", "step"),
+    [
+        ("{update, m}", "{update, m, soft}"),
+        ("{update, m, [n]}", "{update, m, soft}"),
+        ("{update, m, supervisor}", "{update, m, supervisor}"),
+        ("{update, m, {advanced, x}, [n]}", "{update, m, {advanced, x}}"),
+        ("{update, m, {advanced, x}, brutal_purge, brutal_purge, []}",
+         "{update, m, {advanced, x}}"),
+        ("{update, m, 5000, {advanced, x}, brutal_purge, brutal_purge, []}",
+         "{update, m, {advanced, x}}"),
+        ("{update, m, static, default, {advanced, x}, brutal_purge, brutal_purge, []}",
+         "{update, m, {advanced, x}}"),
+        ("{update, m, dynamic, infinity, soft, brutal_purge, brutal_purge, []}",
+         "{update, m, soft}"),
+    ],
+)  # fmt: skip
+def test_every_update_form_of_appup_4_keeps_its_change(
+    tmp_path: Path, instruction: str, step: str
+) -> None:
+    appup = f'{{"0.2.0", [{{"0.1.0", [{instruction}]}}], []}}.'
+    assert _appup_steps(tmp_path, appup) == [step]
+
+
+@pytest.mark.parametrize(
     ("text", "words"),
     [
         ('{"0.2.0", [{<<"0.1.(">>, []}], []}.', '<<"0.1.(">> is not a valid version regex'),
