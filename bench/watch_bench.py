@@ -10,11 +10,14 @@ compiler (:mod:`relsync.fastbuild`), not a full build (the rows say how many did
 
 Projects: the example rebar3 project (demo_counter.erl) and a ``mix new --sup`` project
 (counter.ex). Boards: a local one and a docker-otp one, each in erl and in ssh mode (relsyncd).
+Beside them, on the local board in erl mode, the same saves with every round a full build
+(``RELSYNC_WARM_COMPILER=off``, as before the warm compiler), for reference.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import statistics
@@ -35,6 +38,8 @@ from support.mix_project import mix_env, mix_release
 
 EDITS = 20
 QUICK_EDITS = 2
+#: Saves of the reference rows: every round a full build (the warm compiler off).
+FULL_EDITS = 5
 BOARDS = (("local", "erl"), ("local", "ssh"), ("docker-otp", "erl"), ("docker-otp", "ssh"))
 _ROUND_MS = re.compile(r"\((\d+) ms\)")
 #: A quick run's boards (per project kind).
@@ -63,17 +68,17 @@ PROJECTS = (
 )  # fmt: skip
 
 
-def _copy(project: Project, work: Path, base: Path) -> tuple[Path, dict[str, str] | None]:
+def _copy(project: Project, work: Path, base: Path) -> tuple[Path, dict[str, str]]:
     """A copy of the project to edit (without build output) and the environment to build it."""
     if project.kind == "rebar3":
-        return copy_example_project(work), None
+        return copy_example_project(work), dict(os.environ)
     where = work / "myex"
     shutil.copytree(base, where, symlinks=True, ignore=shutil.ignore_patterns("_build"))
     return where, mix_env(work)
 
 
 async def _edits(
-    board: EmulatedBoard, mode: str, project: Project, where: Path, env: dict[str, str] | None,
+    board: EmulatedBoard, mode: str, project: Project, where: Path, env: dict[str, str],
     edits: int,
 ) -> tuple[list[float], list[float], int]:  # fmt: skip
     """Seconds from each save to its round's line, each round's own figure (s), and how many
@@ -108,26 +113,35 @@ async def _release(project: Project, work: Path) -> tuple[Path, Path]:
 
 
 async def _measure(work: Path, quick: bool) -> list[Row]:
-    edits = QUICK_EDITS if quick else EDITS
     rows: list[Row] = []
     for project in PROJECTS:
         base, release = await _release(project, work)
-        for kind, mode in QUICK_BOARDS[project.kind] if quick else BOARDS:
+        runs = [
+            (kind, mode, QUICK_EDITS if quick else EDITS, True)
+            for kind, mode in (QUICK_BOARDS[project.kind] if quick else BOARDS)
+        ]
+        runs.append(("local", "erl", QUICK_EDITS if quick else FULL_EDITS, False))
+        for kind, mode, edits, warm_compiler in runs:
             label = f"{project.kind}, {kind} board, {mode}"
-            at = work / f"{project.kind}-{kind}-{mode}"
+            at = work / f"{project.kind}-{kind}-{mode}-{warm_compiler}"
             board = await start_board(kind, release, workdir=at / "board", ssh=mode == "ssh")
             try:
                 where, env = _copy(project, at, base)
+                if not warm_compiler:
+                    env["RELSYNC_WARM_COMPILER"] = "off"
                 to_reloaded, rounds, warm = await _edits(board, mode, project, where, env, edits)
             finally:
                 await board.stop()
             median = statistics.median(to_reloaded)
             p90 = statistics.quantiles(to_reloaded, n=10, method="inclusive")[-1]
+            how = f"warm compiler {warm}/{edits}" if warm_compiler else "every round a full build"
             rows.append(
-                Row("watch", f"{label}: save -> new code running, median of {edits} saves",
+                Row("watch", f"{label}: save -> new code running, median of {edits} saves"
+                    + ("" if warm_compiler else " (warm compiler off, for reference)"),
                     f"{median:.2f} s", f"p90 {p90:.2f} s; the round (build + sync) "
-                    f"{statistics.median(rounds):.2f} s; warm compiler {warm}/{edits}",
-                    f"<= {project.target_s} s", median <= project.target_s)
+                    f"{statistics.median(rounds):.2f} s; {how}",
+                    f"<= {project.target_s} s" if warm_compiler else "",
+                    median <= project.target_s if warm_compiler else None)
             )  # fmt: skip
     return rows
 

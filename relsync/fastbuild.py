@@ -19,6 +19,7 @@ The bytes are the build tool's, so the next full build changes nothing the board
 Anything else goes to the full build: a header, an ``.app.src``, ``rebar.config`` or
 ``mix.exs``, the configuration, a dependency, a new or deleted module, a parse transform, a
 module that does not compile (the build tool then shows the error as it prints it).
+``RELSYNC_WARM_COMPILER=off`` makes every round a full build.
 """
 
 from __future__ import annotations
@@ -376,7 +377,10 @@ def _release(out: Path, relname: str | None) -> Path | None:
 @contextlib.asynccontextmanager
 async def warm_compiler(root: Path) -> AsyncIterator[None]:
     """While in it, ``--build`` takes the fast path where it can (see
-    :func:`relsync.build.build_release`)."""
+    :func:`relsync.build.build_release`), unless ``$RELSYNC_WARM_COMPILER`` is ``off``."""
+    if os.environ.get("RELSYNC_WARM_COMPILER", "").strip().lower() == "off":
+        yield
+        return
     fast = FastBuild(root)
     fast.start()
     token = build.FAST_PATH.set(fast)
