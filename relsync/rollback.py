@@ -23,7 +23,7 @@ from relsync.errors import UsageError
 from relsync.pause import pause_point
 from relsync.plan import SyncPlan, TargetState, ebin_dir, is_beam, module_of
 from relsync.release import OTP_APPS, LocalRelease
-from relsync.target import RemoteFile, Target, UpgradeStep
+from relsync.target import RemoteFile, RemoteLink, Target, UpgradeStep
 from relsync.upgrade import app_data, upgrade_steps
 
 
@@ -103,6 +103,23 @@ def _version(state: TargetState) -> str:
     return found.pop() if len(found) == 1 else ""
 
 
+def _apps_changed(state: TargetState) -> list[str]:
+    """The pristine release's ``.app`` files the shadow tree holds other content of, or not at
+    all (its application's directory renamed), as target paths: their specs and env go back
+    even when no module of theirs changed."""
+    found = []
+    for rel, entry in state.original.items():
+        app = rel.split("/")[1].rpartition("-")[0] if rel.startswith("lib/") else ""
+        if not (app and isinstance(entry, RemoteFile) and rel.endswith(f"/ebin/{app}.app")):
+            continue
+        now = state.shadow.get(rel)
+        if not isinstance(now, RemoteLink) and not (
+            isinstance(now, RemoteFile) and now.digest == entry.digest
+        ):
+            found.append(f"{state.dest}/{rel}")
+    return found
+
+
 def running_tree(state: TargetState) -> str | None:
     """Another tree the VM runs the release's applications from: neither the release nor the
     shadow tree at ``state.rw`` (a sync into another ``-q``), or None."""
@@ -162,7 +179,8 @@ async def rollback(
             plan.code_path_add, plan.code_path_remove = [], []
         elif options.upgrade and release is not None:
             report.upgrade = upgrade_steps(plan, release, state, down=True)
-            report.app_specs, report.sys_config = app_data(plan, state.original, _version(state))
+            apps, report.sys_config = app_data(plan, state.original, _version(state))
+            report.app_specs = sorted({*apps, *_apps_changed(state)})
         elif options.upgrade:
             report.upgrade = [UpgradeStep("load_module", m, p, s) for m, p, s in plan.reload]
         if clean:
