@@ -105,19 +105,21 @@ def client_label() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()} (pid {os.getpid()})"
 
 
-def check_paths(options: SyncOptions) -> None:
+def check_paths(options: SyncOptions, resolved: tuple[str, str] | None = None) -> None:
     """Refuse a shadow tree that is the release, or inside it, or holds it: its links would
-    point at themselves, or a sync would write into what it mirrors."""
+    point at themselves, or a sync would write into what it mirrors. ``resolved``: both
+    paths as the target resolves them (through its symlinks), when it said."""
     if not options.rw_path:
         return
-    dest = posixpath.normpath(options.dest_path)
-    rw = posixpath.normpath(options.rw_path)
+    dest, rw = resolved or (options.dest_path, options.rw_path)
+    dest, rw = posixpath.normpath(dest), posixpath.normpath(rw)
     if dest == rw or rw.startswith(f"{dest.rstrip('/')}/") or dest.startswith(f"{rw.rstrip('/')}/"):
         how = "is" if dest == rw else "is inside" if len(rw) > len(dest) else "contains"
+        seen = f" (on the board: {rw} and {dest})" if resolved else ""
         raise UsageError(
             f"--destination-rw-path {options.rw_path} {how} the release at "
-            f"--destination-path {options.dest_path}; give a writable directory outside it, "
-            "e.g. /data/relsync"
+            f"--destination-path {options.dest_path}{seen}; give a writable directory "
+            "outside it, e.g. /data/relsync"
         )
 
 
@@ -147,6 +149,8 @@ async def read_state(target: Target, excl: tuple[str, ...], options: SyncOptions
                     busy.since,
                 ) from None
             await asyncio.sleep(min(LOCK_POLL, left))
+    if seen.resolved:
+        check_paths(options, seen.resolved)
     if seen.dest_kind not in (None, "directory"):
         what = "no such directory" if seen.dest_kind == "enoent" else f"{seen.dest_kind}"
         raise UsageError(

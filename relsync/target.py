@@ -140,6 +140,9 @@ class Readout:
     #: With the sync lock taken: what the destination is on the target (``directory``, a
     #: posix reason such as ``enoent``); None when not known (read without the lock).
     dest_kind: str | None = None
+    #: With a shadow tree: the release's and the shadow tree's paths with every symlink
+    #: resolved on the target (None: a helper from before that says nothing).
+    resolved: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

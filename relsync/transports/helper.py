@@ -380,6 +380,7 @@ class HelperTarget(ABC):
             raise TargetError(f"{self.label}: unexpected state reply {format_term(reply)}")
         info, original, shadow_files, code, top, libs = parts
         dest_kind = reply.get(Atom("dest")) if isinstance(reply, dict) else None
+        resolved = reply.get(Atom("resolved")) if isinstance(reply, dict) else None
         return Readout(
             info=self._info(info),
             original=self._entries(original, dest),
@@ -388,6 +389,11 @@ class HelperTarget(ABC):
             top=_names(top),
             libs=_names(libs),
             dest_kind=None if dest_kind is None else _text(dest_kind),
+            resolved=(
+                (_text(resolved[0]), _text(resolved[1]))
+                if isinstance(resolved, tuple) and len(resolved) == 2
+                else None
+            ),
         )
 
     def _take_lock(self, reply: Term) -> None:

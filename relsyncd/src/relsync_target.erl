@@ -65,17 +65,20 @@ release_root() ->
 %% Everything a sync reads before it plans, in one call (one round trip and one
 %% rpc worker instead of six): info/0, code_state/0, the manifest of the release
 %% at Dest without the Excl prefixes and, with a shadow tree at Rw (none: no
-%% shadow tree), the shadow tree's manifest and the names in Dest and Dest/lib.
+%% shadow tree), the shadow tree's manifest, the names in Dest and Dest/lib and
+%% both paths as the board resolves them (resolved: see real_path/1).
 -spec sync_state(binary(), [binary()], binary() | none) ->
           #{info := map(), code := map(),
             original | shadow := {ok, binary()} | {error, {binary(), posix()}},
-            top | lib := {ok, [binary()]} | {error, posix()}}.
+            top | lib := {ok, [binary()]} | {error, posix()},
+            resolved => {binary(), binary()}}.
 sync_state(Dest, Excl, Rw) when is_binary(Dest), is_list(Excl),
                                 (is_binary(Rw) orelse Rw =:= none) ->
     Packed = #{format => packed},
     Shadow = case Rw of
                  none -> #{shadow => {ok, <<>>}, top => {ok, []}, lib => {ok, []}};
                  _ -> #{shadow => relsync_manifest:manifest(Rw, Packed),
+                        resolved => {real_path(Dest), real_path(Rw)},
                         top => relsync_manifest:list_dir(Dest),
                         lib => relsync_manifest:list_dir(<<Dest/binary, "/lib">>)}
              end,
@@ -98,6 +101,31 @@ sync_state(Dest, Excl, Rw, Opts) when is_binary(Dest), is_map(Opts) ->
         {ok, _} -> (sync_state(Dest, Excl, Rw))#{lock => Locked, dest => dest_type(Dest)};
         none -> (sync_state(Dest, Excl, Rw))#{dest => dest_type(Dest)};
         _ -> #{lock => Locked}
+    end.
+
+%% Path with every symlink in it resolved, as realpath(3) does, "." and ".."
+%% too; what lies below the deepest existing directory is kept as it is (a -q
+%% not made yet). A loop (more than 40 links) gives up with the path so far.
+-spec real_path(binary()) -> binary().
+real_path(Path) ->
+    [Root | Parts] = filename:split(Path),
+    real_path([Root], Parts, 0).
+
+real_path(Done, [], _) -> filename:join(Done);
+real_path(Done, Rest, 40) -> filename:join(Done ++ Rest);
+real_path(Done, [<<".">> | Rest], N) -> real_path(Done, Rest, N);
+real_path([Root], [<<"..">> | Rest], N) -> real_path([Root], Rest, N);
+real_path(Done, [<<"..">> | Rest], N) -> real_path(lists:droplast(Done), Rest, N);
+real_path(Done, [Name | Rest], N) ->
+    Here = filename:join(Done ++ [Name]),
+    case file:read_link_all(Here) of
+        {ok, Target} ->
+            case filename:split(relsync_hash:name_bin(Target)) of
+                [<<"/">> | Parts] -> real_path([<<"/">>], Parts ++ Rest, N + 1);
+                Parts -> real_path(Done, Parts ++ Rest, N + 1)
+            end;
+        {error, _} ->
+            real_path(Done ++ [Name], Rest, N)
     end.
 
 dest_type(Dest) ->
