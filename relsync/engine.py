@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING
 from relsync.errors import BusyError, ExitCode, HookError, TargetError, UsageError
 from relsync.otp_check import check_apps_present, check_beams_fit
 from relsync.pause import pause_point
-from relsync.plan import SyncPlan, TargetState, boot_files_changed, build_plan, module_of
+from relsync.plan import (
+    SHADOW_MARKER,
+    SyncPlan,
+    TargetState,
+    boot_files_changed,
+    build_plan,
+    foreign_entries,
+    module_of,
+)
 from relsync.release import FileKind, LocalRelease, Skipped
 from relsync.target import (
     HookResult,
@@ -162,7 +170,7 @@ async def read_state(target: Target, excl: tuple[str, ...], options: SyncOptions
         + [f"lib/{n}" for n in seen.libs if _excluded(f"lib/{n}", excl)]
     )
     active = bool(rw) and any(p == rw or p.startswith(f"{rw}/") for p in seen.info.code_path)
-    return TargetState(
+    state = TargetState(
         dest=dest,
         rw=rw,
         original=seen.original,
@@ -178,6 +186,25 @@ async def read_state(target: Target, excl: tuple[str, ...], options: SyncOptions
         hash=seen.info.hash,
         otp_release=seen.info.otp_release,
     )
+    check_shadow_tree(state, options)
+    return state
+
+
+def check_shadow_tree(state: TargetState, options: SyncOptions) -> None:
+    """Refuse a ``-q`` holding files that are not a shadow tree's (say the board's ``/data``):
+    relsync keeps a shadow tree a mirror of the release, and would delete them. A tree with
+    relsync's marker may hold such files too (they are kept); one from before the marker is
+    known by its shape: nothing in it but what relsync puts there."""
+    if not state.shadow or SHADOW_MARKER in state.shadow:
+        return
+    foreign = sorted(foreign_entries(state))
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise UsageError(
+            f"--destination-rw-path {options.rw_path} holds files that are not a relsync "
+            f"shadow tree's ({', '.join(foreign[:3])}{more}): relsync would delete them; give "
+            "an empty or new directory for the shadow tree, e.g. /data/relsync"
+        )
 
 
 async def _run_hook(target: Target, hook: Hook, function: str, options: SyncOptions) -> HookResult:

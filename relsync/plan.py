@@ -22,6 +22,10 @@ from relsync.target import TEMP_PREFIX, FilePut, RemoteEntry, RemoteFile, Remote
 #: (when the delta pays; see :mod:`relsync.delta`); smaller files always go whole.
 DELTA_MIN = 1 << 20
 
+#: The symlink relsync makes at the top of a shadow tree: to the release the tree mirrors.
+SHADOW_MARKER = ".relsync-shadow"
+
+
 #: Only files below this prefix are ever deleted (``releases/`` and ``bin/`` are never pruned,
 #: so a board's boot configuration keeps what it needs).
 DELETE_SCOPE = "lib/"
@@ -170,6 +174,26 @@ def is_temp(rel: str) -> bool:
     return posixpath.basename(rel).startswith(TEMP_PREFIX)
 
 
+def foreign_entries(state: TargetState, known: Set[str] = frozenset()) -> set[str]:
+    """The entries of the shadow tree at ``state.rw`` that relsync did not put there, and
+    never deletes: neither the marker, a temporary file, a symlink into the release, a path
+    the release has (or ``known``, the local release's), nor a path of a release's layout
+    (``lib/APP/...``, ``releases/VSN/...``, ``bin/...``, ``erts-VSN/...``)."""
+    dest = state.dest.rstrip("/")
+
+    def ours(rel: str, entry: RemoteEntry) -> bool:
+        if rel == SHADOW_MARKER or is_temp(rel) or rel in state.original or rel in known:
+            return True
+        if isinstance(entry, RemoteLink) and (entry.target + "/").startswith(f"{dest}/"):
+            return True
+        top, *rest = rel.split("/")
+        if top in ("lib", "releases"):
+            return len(rest) >= 2
+        return top == "bin" or top.startswith("erts-")
+
+    return {rel for rel, entry in state.shadow.items() if not ours(rel, entry)}
+
+
 def _leftovers(entries: dict[str, RemoteEntry], release: LocalRelease) -> set[str]:
     """The temporary files an interrupted sync left among ``entries``: named as temporary
     files are, and not a file (or symlink) of the release, which may have such names too."""
@@ -204,7 +228,10 @@ def build_plan(release: LocalRelease, state: TargetState) -> SyncPlan:
     if state.rw:  # the original's entries in the way of a change of type are not mirrored
         blocking = _in_the_way(state.original, release)
         original = {rel: e for rel, e in state.original.items() if rel not in blocking}
-        state = replace(state, original=original)
+        # What relsync did not put in the shadow tree is not the release's: left alone.
+        foreign = foreign_entries(state, release.files.keys() | release.links.keys())
+        shadow = {rel: e for rel, e in state.shadow.items() if rel not in foreign}
+        state = replace(state, original=original, shadow=shadow)
     plan = SyncPlan(root=root)
     current = effective_files(state)
     local = release.files
@@ -311,6 +338,7 @@ def _plan_shadow(release: LocalRelease, state: TargetState, plan: SyncPlan) -> N
     assert state.rw is not None
     rw, dest = state.rw, state.dest
     desired_links: dict[str, str] = {rel: _join(dest, rel) for rel in state.excluded_dirs}
+    desired_links[SHADOW_MARKER] = dest
     desired_links.update(release.links)  # relative: they resolve inside the shadow tree
     desired_files: dict[str, LocalFile] = {}
     for rel, lf in release.files.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import posixpath
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from relsync.engine import (
@@ -21,7 +22,14 @@ from relsync.engine import (
 )
 from relsync.errors import UsageError
 from relsync.pause import pause_point
-from relsync.plan import SyncPlan, TargetState, ebin_dir, is_beam, module_of
+from relsync.plan import (
+    SyncPlan,
+    TargetState,
+    ebin_dir,
+    foreign_entries,
+    is_beam,
+    module_of,
+)
 from relsync.release import OTP_APPS, LocalRelease
 from relsync.target import RemoteFile, RemoteLink, Target, UpgradeStep
 from relsync.upgrade import app_data, upgrade_steps
@@ -136,18 +144,26 @@ def running_tree(state: TargetState) -> str | None:
 
 
 def _clean(state: TargetState) -> tuple[list[str], list[str]]:
-    """Every entry of the shadow tree, and its directories deepest first (not ``rw`` itself);
-    the release's directories too, which a ``--clean`` killed after its files were deleted
-    left behind, empty."""
+    """Every entry of the shadow tree relsync put there, and its directories deepest first
+    (not ``rw`` itself, nor one holding what relsync did not put there: kept); the release's
+    directories too, which a ``--clean`` killed after its files were deleted left behind,
+    empty."""
     assert state.rw is not None
-    paths = [f"{state.rw}/{rel}" for rel in sorted(state.shadow)]
-    dirs: set[str] = set()
-    for rel in [*state.shadow, *state.original]:
+    foreign = foreign_entries(state)
+    paths = [f"{state.rw}/{rel}" for rel in sorted(state.shadow) if rel not in foreign]
+    dirs = _dirs(state.rw, [*state.shadow, *state.original]) - _dirs(state.rw, foreign)
+    return paths, sorted(dirs, key=lambda d: (-d.count("/"), d))
+
+
+def _dirs(rw: str, rels: Iterable[str]) -> set[str]:
+    """The directories of ``rels`` in the tree at ``rw`` (not ``rw`` itself)."""
+    found: set[str] = set()
+    for rel in rels:
         parent = posixpath.dirname(rel)
         while parent:
-            dirs.add(f"{state.rw}/{parent}")
+            found.add(f"{rw}/{parent}")
             parent = posixpath.dirname(parent)
-    return paths, sorted(dirs, key=lambda d: (-d.count("/"), d))
+    return found
 
 
 async def rollback(

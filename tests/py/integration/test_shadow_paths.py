@@ -16,6 +16,8 @@ from relsync.harness.local import LocalBoard
 
 pytestmark = pytest.mark.integration
 
+EBIN = "lib/demo-0.1.0/ebin"
+
 
 def _tree(root: Path) -> dict[str, str]:
     """Every entry below ``root``: a symlink's target, a file's MD5."""
@@ -47,3 +49,52 @@ def test_a_q_linked_to_the_release_is_refused(
         assert await board.rpc("demo_counter", "version") == 1
 
     with_board(demo_release, tmp_path / "board", body, writable=writable)
+
+
+def test_a_q_holding_other_files_is_refused(demo_release: Path, tmp_path: Path) -> None:
+    v2 = Variant(demo_release, tmp_path / "v2").counter_version(2)
+
+    async def body(board: LocalBoard) -> None:
+        data = board.rw_path.parent / "data-volume"  # the board's /data, given as -q by mistake
+        (data / "photos").mkdir(parents=True)
+        for rel in ("app.db", "notes.txt", "photos/cat.jpg"):
+            (data / rel).write_text(rel)
+        before = _tree(data)
+        for extra in ([], ["--rollback", "--clean"]):
+            run = await relsync(board, v2.root, "-q", str(data), *extra)
+            assert run.code == 2 and "not a relsync shadow tree" in run.err, run
+            assert run.err.count("\n") == 1 and "app.db" in run.err, run.err
+            assert _tree(data) == before
+        assert await board.rpc("demo_counter", "version") == 1
+
+    with_board(demo_release, tmp_path / "board", body)
+
+
+def test_a_shadow_tree_keeps_what_relsync_did_not_put_there(
+    demo_release: Path, tmp_path: Path
+) -> None:
+    v2 = Variant(demo_release, tmp_path / "v2").compile("extra_mod", "-module(extra_mod).\n")
+
+    async def body(board: LocalBoard) -> None:
+        rw, q = board.rw_path, str(board.rw_path)
+        assert (await relsync(board, v2.root, "-q", q)).code == 0
+        assert (rw / ".relsync-shadow").readlink() == board.release_path  # the marker
+        theirs = ("notes.txt", "lib/other.txt", "releases/notes.txt", "mine/keep.txt")
+        for rel in theirs:
+            (rw / rel).parent.mkdir(parents=True, exist_ok=True)
+            (rw / rel).write_text(rel)
+        run = await relsync(board, demo_release, "-q", q, "--json")
+        assert run.code == 0 and run.report["deleted"] == [f"{EBIN}/extra_mod.beam"], run
+        assert all((rw / rel).read_text() == rel for rel in theirs)
+        (rw / ".relsync-shadow").unlink()  # a tree from before the marker, with them in it
+        assert (await relsync(board, demo_release, "-q", q)).code == 2
+        for rel in theirs:
+            (rw / rel).unlink()
+        assert (await relsync(board, demo_release, "-q", q)).code == 0  # known by its shape
+        assert (rw / ".relsync-shadow").is_symlink()
+        (rw / "notes.txt").write_text("mine")
+        back = await relsync(board, demo_release, "-q", q, "--rollback", "--clean")
+        assert back.code == 0, back
+        assert _tree(rw) == {"notes.txt": hashlib.md5(b"mine").hexdigest()}
+
+    with_board(demo_release, tmp_path / "board", body)

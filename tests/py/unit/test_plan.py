@@ -143,7 +143,8 @@ def test_first_shadow_sync_mirrors_the_release() -> None:
     )
     assert links[f"{RW}/lib/kernel-8.5"] == f"{DEST}/lib/kernel-8.5"
     assert links[f"{RW}/erts-13.1"] == f"{DEST}/erts-13.1"
-    assert len(links) == len(BASE) - 1 + 2
+    assert links[f"{RW}/.relsync-shadow"] == DEST  # the marker: the release it mirrors
+    assert len(links) == len(BASE) - 1 + 2 + 1
     assert plan.code_path_replace == [(DEST, RW)]
     assert [m for m, _, _ in plan.reload] == ["demo_counter"]
     assert [m for m, path, _ in plan.reload] and plan.reload[0][1].startswith(RW + "/")
@@ -202,7 +203,7 @@ def test_stale_shadow_after_reboot_is_reconciled() -> None:
     assert plan.delete_paths == [f"{RW}/lib/demo-0.1.0/ebin/gone.beam"]
     assert [m for m, _, _ in plan.reload] == ["demo_counter"]
     assert plan.purge == []  # `gone` never ran: the VM booted the original release
-    assert _shadow_after(plan, stale).keys() == set(BASE)
+    assert _shadow_after(plan, stale).keys() == {*BASE, ".relsync-shadow"}
 
 
 def test_a_write_that_was_not_reloaded_is_reloaded_next_time() -> None:
