@@ -581,10 +581,12 @@ class HelperTarget(ABC):
             self._link = await link_rate(self._echo)
         return self._link
 
-    @abstractmethod
     async def _echo(self, payload: bytes) -> None:
         """A round trip to the board carrying ``payload`` (its answer does not matter): the
-        link's speed is measured with it (see :mod:`relsync.transports.compress`)."""
+        link's speed is measured with it (see :mod:`relsync.transports.compress`). relsyncd
+        answers ``ping`` with a payload ``{error, unknown_function}`` (ping takes none) once it
+        has read the whole request."""
+        await self._call("ping", [payload])
 
     async def _open_lanes(self, nbytes: int) -> int:
         """How many put_files batches of ``nbytes`` in all may be on their way at once (a

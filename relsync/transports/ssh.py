@@ -284,11 +284,6 @@ class SshTarget(HelperTarget):
             "relsync again: the next sync converges"
         )
 
-    async def _echo(self, payload: bytes) -> None:
-        """relsyncd answers ``ping`` with a payload ``{error, unknown_function}`` (ping takes
-        none) once it has read the whole frame: a round trip carrying ``payload``."""
-        await self._call("ping", [payload])
-
     async def _ensure_upgrader(self) -> None:
         """relsyncd ships ``relsync_upgrade`` beside the helper: nothing to push."""
 
