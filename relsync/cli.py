@@ -39,8 +39,9 @@ exit codes:
      in use and stays loaded (the warnings name the processes and users)
   7  the board was busy with another sync for --lock-timeout seconds; it was not touched
   8  --upgrade: a step failed; every step was undone, the old code runs with its old state
-  9  --upgrade: a step failed after the point of no return (a new child, an apply), or could
-     not be undone without killing processes: the new code runs where the error says
+  9  --upgrade: a step failed after the point of no return (a new child, an apply), or a
+     module could not be undone (killing processes, or its state not converted back): the
+     new code runs where the error says
 with several boards, the highest of their codes (0 only when every board synced)"""
 
 

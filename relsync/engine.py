@@ -451,11 +451,11 @@ async def _run_upgrade(
         )
         report.exit_code = ExitCode.UPGRADE
     elif result.error:
-        kept = sorted({e.module for e in result.events if e.what == "not_undone"})
+        why = {e.module: _not_undone(e.process) for e in result.events if e.what == "not_undone"}
+        kept = sorted(why)
         how = (
-            f"{', '.join(kept)} could not be undone and run the new code (undoing would kill "
-            "the processes still running the old code, or a code_change outlasted "
-            "--upgrade-timeout)"
+            f"{', '.join(kept)} could not be undone and run the new code "
+            f"({'; '.join(f'{m}: {why[m]}' for m in kept)})"
             if kept
             else "the new code runs"
         )
@@ -466,6 +466,17 @@ async def _run_upgrade(
             )
         report.error = f"upgrade failed: {result.error}; {how}: fix it and sync again"
         report.exit_code = ExitCode.UPGRADE_KEPT
+
+
+def _not_undone(reason: str) -> str:
+    """Why the board kept a module's new code, from its ``not_undone`` event."""
+    if reason.startswith("{busy"):
+        return "a process stayed busy past --upgrade-timeout, its state not converted back"
+    if reason.startswith("{code_change"):
+        return "its code_change could not convert the state back"
+    if reason == "code_change_timeout":
+        return "a code_change outlasted --upgrade-timeout"
+    return "undoing would kill the processes still running the old code"
 
 
 async def _busy_programs(

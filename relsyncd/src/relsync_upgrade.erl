@@ -12,8 +12,10 @@
 %% suspended again, converted back ({down, Vsn} in the newer code), the code
 %% from before is loaded again, they are resumed. Under soft purge the undo
 %% never kills: a module whose old code some process still runs is left on
-%% its new code (and said so: undone is then false). Nothing is left
-%% suspended, whatever happens.
+%% its new code (and said so: undone is then false), as is one with a process
+%% still busy at the timeout or whose state does not convert back (the old
+%% code never runs with the new state). Nothing is left suspended, whatever
+%% happens.
 %%
 %% Once every step went through (the point of no return), a supervisor starts
 %% the children it gained, children whose module is deleted are stopped (as an
@@ -198,11 +200,16 @@ update(M, How, Path, Sha, Pids, St) ->
                  fun(S) ->
                          {Converted, S1} = convert(Pids, M, Vsn, Extra, S),
                          case S1 of
-                             #{error := {code_change, M, _, _, timeout}} ->
+                             #{error := {code_change, M, Slow, _, timeout} = Late} ->
                                  %% Still converting, to the new code's state: it
                                  %% keeps the new code (undoing it would give the
-                                 %% old code a state in the new shape).
-                                 done({M, keep, Pids, none}, S1);
+                                 %% old code a state in the new shape), so the
+                                 %% rest of its processes are converted too.
+                                 Rest = Pids -- [Slow | Converted],
+                                 {_, S2} = convert(Rest, M, Vsn, Extra, maps:remove(error, S1)),
+                                 done({M, keep, Pids, none}, S2#{error => Late});
+                             _ when How =:= supervisor ->
+                                 done({M, load_sup, Converted, {Vsn, Extra}}, S1);
                              _ ->
                                  done({M, load_convert, Converted, {Vsn, Extra}}, S1)
                          end
@@ -348,15 +355,35 @@ undo_step({M, How, Pids, Conv}, #{opts := #{old_code := Old} = Opts} = St) ->
         {false, Procs} when How =/= convert ->
             event({not_undone, M, Procs}, St);
         _ ->
-            Suspended = quiet_suspend(Live, St),
-            S1 = case How of
-                     load_convert -> restore(M, Old, convert_back(Suspended, M, Conv, St));
-                     convert_load -> convert_back(Suspended, M, Conv, restore(M, Old, St));
-                     convert -> convert_back(Suspended, M, Conv, St);
-                     load -> restore(M, Old, St)
-                 end,
-            resume(Suspended, M, S1)
+            case quiet_suspend(Live, St) of
+                {Suspended, []} ->
+                    S1 = case How of
+                             load_convert ->
+                                 case convert_back(Suspended, M, Conv, St) of
+                                     #{back_failed := _} = Kept -> Kept;
+                                     Back -> restore(M, Old, Back)
+                                 end;
+                             convert -> convert_back(Suspended, M, Conv, St);
+                             load -> restore(M, Old, St);
+                             _ -> convert_back(Suspended, M, Conv, restore(M, Old, St))
+                         end,
+                    Resumed = resume(Suspended, M, maps:remove(back_failed, S1)),
+                    if How =:= load_sup -> forget_gained(M, Resumed); true -> Resumed end;
+                {Suspended, Busy} ->
+                    %% Their state cannot be converted back: M keeps its new code.
+                    resume(Suspended, M,
+                           event({not_undone, M, {busy, [{P, name(P)} || P <- Busy]}}, St))
+            end
     end.
+
+%% A supervisor's code_change keeps the children its new specs lack: those it
+%% gained (never started: that comes after the point of no return) are deleted
+%% once it is resumed.
+forget_gained(M, #{sups := Sups} = St) ->
+    _ = [catch supervisor:delete_child(Sup, Id)
+         || {M1, Sup, Kept} <- Sups, M1 =:= M,
+            {Id, undefined, _, _} <- children(Sup), not lists:member(Id, Kept)],
+    St.
 
 %% Whether M's code from before can be loaded again without killing: no
 %% process still runs its old code (or brutal purge was asked for).
@@ -374,22 +401,35 @@ restore(M, Old, #{opts := #{restore := Restore}} = St) ->
         Why -> event({not_undone, M, Why}, St)
     end.
 
+%% {Suspended, Busy}: a process that does not suspend in time gets a resume
+%% queued behind its suspend request (as in suspend/5).
 quiet_suspend(Pids, #{opts := #{timeout := T}}) ->
-    lists:filter(fun(P) ->
-                         case catch sys:suspend(P, T) of
-                             ok -> _ = held(P), true;
-                             _ -> false
-                         end
-                 end, Pids).
+    lists:partition(fun(P) ->
+                            case catch sys:suspend(P, T) of
+                                ok -> _ = held(P), true;
+                                _ -> catch sys:resume(P, 0), false
+                            end
+                    end, Pids).
 
 %% The conversion that undoes one: up from Old goes back {down, Old}; down to
-%% Vsn goes back up from Vsn.
+%% Vsn goes back up from Vsn. One that fails leaves M's state in the new shape:
+%% those converted back are converted forward again, M keeps its new code
+%% (not_undone; back_failed stops the restore that would follow).
 convert_back(Pids, M, {Vsn, Extra}, #{opts := #{timeout := T}} = St) ->
     Back = case Vsn of {down, V} -> V; _ -> {down, Vsn} end,
-    lists:foldl(fun(Pid, S) ->
-                        _ = (catch sys:change_code(Pid, M, Back, Extra, T)),
-                        event({converted_back, M, Pid, name(Pid)}, S)
-                end, St, Pids);
+    lists:foldl(
+      fun(_Pid, #{back_failed := _} = S) -> S;
+         (Pid, S) ->
+              case catch sys:change_code(Pid, M, Back, Extra, T) of
+                  ok -> event({converted_back, M, Pid, name(Pid)}, S);
+                  Other ->
+                      Again = [P || {converted_back, M1, P, _} <- maps:get(events, S),
+                                    M1 =:= M, lists:member(P, Pids)],
+                      _ = [catch sys:change_code(P, M, Vsn, Extra, T) || P <- Again],
+                      Why = {code_change, Pid, name(Pid), exit_reason(Other)},
+                      event({not_undone, M, Why}, S#{back_failed => true})
+              end
+      end, St, Pids);
 convert_back(_Pids, _M, none, St) -> St.
 
 %%% -------------------------------------------------------------- helpers

@@ -21,8 +21,13 @@ from support.cli import cli_argv, relsync
 from support.faults import kill_when_paused
 from support.upgrade_oracle import (
     ACCEPTOR_V2,
+    CONN,
+    SRV,
     SRV_V2,
     SRV_V2_CRASH,
+    STATS_V2,
+    SUP_V2,
+    V1,
     V2,
     build_release,
     install_tarball,
@@ -278,6 +283,72 @@ def test_a_failed_upgrade_is_undone_without_killing_and_says_what_runs(
         await board.rpc("sys", "resume", [Atom("orc_conn")])
 
     with_board(orc.v1, tmp_path / "board", body, ssh=mode == "ssh")
+
+
+def test_an_undo_that_cannot_convert_a_process_back_keeps_its_new_code(
+    orc: Scenario, tmp_path: Path, mode: str
+) -> None:
+    """The undo of a failed upgrade gives the old code back only with the old state: a process
+    still busy at --upgrade-timeout, or whose code_change cannot convert back, keeps the new
+    code with its state (exit 9, nothing left suspended); a supervisor is converted back once
+    its old code is loaded (its old child specs); a later sync of the fixed release goes on."""
+    busy = STATS_V2.replace(
+        "code_change(_, {stats, M}, _) ->",
+        "code_change(_, {stats, M}, _) -> gen_server:cast(self(), slow),",
+    ).replace(
+        "handle_cast(_, S) ->",
+        "handle_cast(slow, S) -> timer:sleep(3000), {noreply, S};\nhandle_cast(_, S) ->",
+    )
+    v2busy = build_release(
+        tmp_path / "busy", "2", {**V1, "orc_stats": busy, "orc_srv": SRV_V2_CRASH}
+    )
+    (v2busy / "lib" / "orc-2" / "ebin" / "orc.appup").write_text(
+        '{"2", [{"1", [{update, orc_stats, {advanced, []}}, {update, orc_srv, {advanced, []}}]}],'
+        ' [{"1", []}]}.\n'
+    )
+    up_only = SRV.replace("CODE_CHANGE", "code_change(_, {v1, N}, _) -> {ok, {v2, N, converted}}.")
+    crash = CONN.replace("CODE_CHANGE", "system_code_change(S, _, _, _) -> error({cannot, S}).")
+    appup = (
+        '{"2", [{"1", [{add_module, orc_new}, {update, orc_srv, {advanced, []}}, '
+        '{update, orc_sup, supervisor}, {update, orc_conn, {advanced, []}}]}], [{"1", []}]}.\n'
+    )
+    v2 = {**V1, "orc_new": V2["orc_new"], "orc_srv": up_only, "orc_sup": SUP_V2}
+    releases = {}
+    for name, conn in (("down", crash), ("fixed", V2["orc_conn"])):
+        releases[name] = build_release(tmp_path / name, "2", {**v2, "orc_conn": conn})
+        (releases[name] / "lib" / "orc-2" / "ebin" / "orc.appup").write_text(appup)
+
+    async def stays_busy(board: LocalBoard) -> None:
+        rw = str(board.rw_path)
+        run = await relsync(board, v2busy, "-q", rw, "--upgrade", "--upgrade-timeout", "1")
+        assert run.code == 9, run
+        assert "orc_stats could not be undone" in run.err and "busy" in run.err, run.err
+        await asyncio.sleep(3)
+        after = await observe(board)
+        assert after[Atom("suspended")] == [], after
+        assert after[Atom("states")][Atom("orc_stats")][0] == Atom("stats2")
+        assert after[Atom("states")][Atom("orc_srv")] == (Atom("v1"), 0)
+
+    async def no_way_back(board: LocalBoard) -> None:
+        rw = str(board.rw_path)
+        await board.rpc("orc_srv", "hit", [])
+        before = await observe(board)
+        run = await relsync(board, releases["down"], "-q", rw, "--upgrade", "--json")
+        assert run.code == 9, run
+        assert "orc_srv could not be undone" in run.err and "convert the state back" in run.err
+        after = await observe(board)
+        assert after[Atom("states")][Atom("orc_srv")] == (Atom("v2"), 1, Atom("converted"))
+        assert after[Atom("md5")][Atom("orc_srv")] != before[Atom("md5")][Atom("orc_srv")]
+        for key in ("children", "suspended"):
+            assert plain(after[Atom(key)]) == plain(before[Atom(key)]), key
+        run = await relsync(board, releases["fixed"], "-q", rw, "--upgrade", "--json")
+        assert run.code == 0, run
+        after = await observe(board)
+        assert after[Atom("states")][Atom("orc_srv")] == (Atom("v2"), 1, Atom("converted"))
+        assert after[Atom("states")][Atom("orc_conn")][0] == Atom("conn2")
+
+    with_board(orc.v1, tmp_path / "board", stays_busy, ssh=mode == "ssh")
+    with_board(orc.v1, tmp_path / "board2", no_way_back, ssh=mode == "ssh")
 
 
 async def wait_until(board: LocalBoard, name: str, function: tuple[str, str, int]) -> None:
