@@ -217,9 +217,12 @@ class _Compiler:
         found = shutil.which(argv[0])
         if found is None:
             raise OSError(f"{argv[0]} is not installed")
+        # A session of its own: Ctrl-C in the terminal is the watch's to handle (it stops the
+        # compiler), not a break for the VM.
         proc = await asyncio.create_subprocess_exec(
             found, *argv[1:], cwd=root, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
         )  # fmt: skip
         return cls(proc)
 
