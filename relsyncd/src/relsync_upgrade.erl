@@ -21,6 +21,8 @@
 %% the children it gained, children whose module is deleted are stopped (as an
 %% appup's supervisor:terminate_child and delete_child would), the appup's
 %% apply instructions run (each bounded by the timeout), deleted modules go.
+%% Down, the supervisors of an application whose modules come back re-read
+%% their older specs too and start the children they name and no longer run.
 %% A failure there keeps the new code (undone is false).
 %%
 %% Steps (relsync builds them from its plan, in dependency order):
@@ -107,6 +109,7 @@ transaction(Steps, Opts) ->
 no_return(Steps, #{sups := Sups} = St) ->
     Deleted = [M || {delete_module, M} <- Steps],
     Then = [{start, S} || S <- lists:reverse(Sups)]
+        ++ [{reread, S} || S <- older_sups(Steps, St)]
         ++ [{stop, P} || P <- procs(Deleted)]
         ++ [S || {apply, _, _, _} = S <- Steps]
         ++ [{delete, M} || M <- Deleted],
@@ -116,6 +119,14 @@ after_step(_, #{error := _} = St) -> St;
 after_step({start, {M, Sup, Old}}, St) ->
     New = [Id || {Id, undefined, _, _} <- children(Sup), not lists:member(Id, Old)],
     lists:foldl(fun(Id, S) -> start_child(Sup, M, Id, S) end, St, New);
+after_step({reread, {M, Sup}}, St) ->
+    Old = [Id || {Id, _, _, _} <- children(Sup)],
+    case suspend([Sup], M, St) of
+        #{error := _} = Failed -> Failed;
+        Suspended ->
+            {_, Read} = convert([Sup], M, {down, loaded_vsn(M)}, [], Suspended),
+            after_step({start, {M, Sup, Old}}, resume([Sup], M, Read))
+    end;
 after_step({stop, {Sup, Id, Pid, _Mods}}, St) when is_pid(Sup) ->
     _ = case Id of
             undefined -> catch supervisor:terminate_child(Sup, Pid);     % simple_one_for_one
@@ -127,6 +138,28 @@ after_step({stop, _}, St) -> St;
 after_step({apply, M, F, A}, St) -> apply_step(M, F, A, St);
 after_step({delete, M}, #{opts := #{delete := Delete}} = St) ->
     St#{modules := [{M, {deleted, Delete(M)}} | maps:get(modules, St)]}.
+
+%% Down: the supervisors of the applications whose modules come back (an
+%% upgrade deleted them, and stopped their children), but those an update
+%% re-read already: each re-reads its older specs, as an updated one does, and
+%% starts the children they name that it no longer runs.
+older_sups(_Steps, #{opts := #{direction := up}}) -> [];
+older_sups(Steps, #{sups := Sups}) ->
+    Apps = lists:usort([A || {add_module, M, _, _} <- Steps,
+                             {ok, A} <- [application:get_application(M)]]),
+    Read = [P || {_, P, _} <- Sups],
+    [S || A <- Apps, {_, P} = S <- app_sups(A), not lists:member(P, Read)].
+
+%% {CallbackModule, Pid} of each supervisor of App's supervision tree.
+app_sups(App) ->
+    case catch application_master:get_child(application_controller:get_master(App)) of
+        {Root, _} when is_pid(Root) -> sups_under(Root);
+        _ -> []
+    end.
+
+sups_under(Sup) ->
+    [{M, Sup} || M <- sup_mods(Sup)]
+        ++ lists:append([sups_under(P) || {_, P, supervisor, _} <- children(Sup), is_pid(P)]).
 
 start_child(_Sup, _M, _Id, #{error := _} = St) -> St;
 start_child(Sup, M, Id, St) ->

@@ -1,5 +1,5 @@
-"""``--rollback --upgrade`` brings the board back to what it ran at boot: the applications'
-vsn and env of the pristine ``.app``."""
+"""``--rollback --upgrade`` brings the board back to what it ran at boot: the children an
+``--upgrade`` stopped running again, the applications' vsn and env of the pristine ``.app``."""
 
 from __future__ import annotations
 
@@ -20,11 +20,41 @@ async def rpc(board: LocalBoard, module: str, function: str, *args: Term) -> Ter
     return await board.rpc(module, function, list(args))
 
 
+async def children(board: LocalBoard) -> list[str]:
+    found = await rpc(board, "supervisor", "which_children", Atom("demo_sup"))
+    assert isinstance(found, list)
+    return sorted(str(c[0]) for c in found if isinstance(c, tuple))
+
+
 async def vsn_env(board: LocalBoard) -> tuple[Term, Term]:
     return (
         await rpc(board, "application", "get_key", Atom("demo"), Atom("vsn")),
         await rpc(board, "application", "get_all_env", Atom("demo")),
     )
+
+
+def test_rollback_upgrade_starts_the_child_the_upgrade_stopped(
+    demo_release: Path, tmp_path: Path, mode: str
+) -> None:
+    without = Variant(demo_release, tmp_path / "without").remove("demo_fsm")
+
+    async def body(board: LocalBoard) -> None:
+        rw = str(board.rw_path)
+        at_boot = await children(board)
+        assert "demo_fsm" in at_boot
+        run = await relsync(board, without.root, "-q", rw, "--upgrade")
+        assert run.code == 0, run
+        assert await rpc(board, "erlang", "whereis", Atom("demo_fsm")) == "undefined"
+
+        down = await relsync(board, without.root, "-q", rw, "--rollback", "--upgrade", "--json")
+        assert down.code == 0, down
+        assert ("started_child", "demo_sup") in {
+            (e["event"], e["module"]) for e in down.report["processes"]
+        }
+        assert await children(board) == at_boot
+        assert await rpc(board, "demo_fsm", "push") == 1
+
+    with_board(demo_release, tmp_path / "board", body, mode)
 
 
 @pytest.mark.parametrize("rename", [False, True], ids=["app_file", "app_dir"])
