@@ -20,11 +20,11 @@
 %%
 %% Symlinks between allowed prefixes (relsync's shadow tree on the writable
 %% path links into the read-only release) are fine. A link relsyncd makes
-%% must point inside the jail (check_target/3), so a client that swaps a
-%% checked directory for a link of its own between the check and the use
-%% stays inside. Links the board itself placed inside the allowed prefixes
-%% that point out (a release's lib/kernel-X into OTP) remain ways out for
-%% such a race.
+%% must point inside the jail whatever the links it passes lead to
+%% (check_target/3), so a client that swaps a checked directory for a link of
+%% its own between the check and the use stays inside. Links the board itself
+%% placed inside the allowed prefixes that point out (a release's lib/kernel-X
+%% into OTP) remain ways out for such a race.
 -module(relsyncd_paths).
 
 -export([check/3, check_many/3, check_target/3, realpath/1, normalize/1, to_bin/1,
@@ -63,11 +63,15 @@ many(Bad, _Mode, _Roots, _Seen, _Acc) -> {error, {forbidden, Bad}}.
 
 %% Where a new link Link (already checked, normalized) may point: an absolute
 %% Target must be normalized already and lie lexically inside an allowed
-%% prefix; a relative one must lead inside one both from Link's directory as
-%% written and from where that directory really is. Neither may name a denied
-%% path, lie below one or be the ancestor of one (a link to "/data" would lead
-%% to "/data/relsyncd" by another spelling). Targets are not resolved further:
-%% what a link leads to through other links was checked when those were made.
+%% prefix; a relative one may have ".." as leading components only
+%% ("../../x/y", never "s/../x": the kernel takes a ".." after a link from
+%% where that link leads) and must lead inside one both from Link's directory
+%% as written and from where that directory really is. Neither may name a
+%% denied path, lie below one or be the ancestor of one (a link to "/data"
+%% would lead to "/data/relsyncd" by another spelling). Targets are not
+%% resolved further: what follows the leading ".."s are names, and a name that
+%% is a link made here leads inside by this same rule, so no sequence of links
+%% made here (or swapped for one another) leads out.
 -spec check_target(binary(), term(), jail()) -> ok | {error, {forbidden, term()}}.
 check_target(Link, Target, Jail) ->
     {Roots, RealRoots, Denied} = roots(Jail),
@@ -78,6 +82,9 @@ check_target(Link, Target, Jail) ->
         Ends = case filename:pathtype(T) of
                    absolute -> {ok, T} = normalize(T), [{T, Roots}];
                    relative ->
+                       Parts = [P || P <- filename:split(T), P =/= <<".">>],
+                       {_Ups, Names} = lists:splitwith(fun(P) -> P =:= <<"..">> end, Parts),
+                       false = lists:member(<<"..">>, Names),
                        {ok, RealDir} = realpath(Dir),
                        [{join_lexical(Dir, T), Roots}, {join_lexical(RealDir, T), RealRoots}]
                end,

@@ -777,9 +777,11 @@ paths_unit(Config) ->
     ok = T(<<A/binary, "/sub/l">>, <<A/binary, "/sub">>),
     ok = T(<<A/binary, "/sub/l">>, <<"../in/x">>),
     ok = T(<<A/binary, "/new/dir/l">>, <<"../../sub">>),  % a directory still to be made
+    ok = T(<<A/binary, "/sub/l">>, <<"./../in/./x">>),
+    %% ".." only first: after a name (a link, maybe) it counts from where that leads
     [{error, {forbidden, Bad}} = T(<<A/binary, "/sub/l">>, Bad)
      || Bad <- [O, <<A/binary, "/sub/">>, <<A/binary, "/./sub">>, <<"../../other">>,
-                <<"../..">>, <<A/binary, "/sub", 0>>, 42]],
+                <<"../..">>, <<A/binary, "/sub", 0>>, 42, <<"in/../x">>, <<"../in/../x">>]],
     {error, {forbidden, <<"..">>}} = T(<<A/binary, "/l">>, <<"..">>),
     %% denied paths: refused however they are reached, and no link leads to or above them
     J = #{allowed => [A], denied => [<<A/binary, "/sub/key">>]},
