@@ -13,6 +13,11 @@
 %% larger files in chunks, uncompressed).
 -define(MAX_INFLATED, (4 * 1024 * 1024)).
 
+%% Bounds of block_signatures/2.
+-define(MIN_BLOCK, 1024).
+-define(MAX_BLOCK, (1024 * 1024)).
+-define(MAX_BLOCKS, 65536).
+
 %% A file's bytes in a put_files call: as they are, or {zlib, Size, Deflated}
 %% (zlib's format, see payload/1).
 -type payload() :: binary() | {zlib, non_neg_integer(), binary()}.
@@ -139,19 +144,23 @@ commit(_, _, _, _) -> {error, badarg}.
 
 %% Block delta (see relsync/delta.py): the sums of Path's consecutive full
 %% blocks, then a new file built from copies of Base's bytes and literal data.
+%% Blocks of ?MIN_BLOCK to ?MAX_BLOCK bytes, at most ?MAX_BLOCKS of them (a
+%% sum a byte of a big file took a GB): a longer file is efbig (sent whole).
 -spec block_signatures(binary(), pos_integer()) ->
           {ok, [{non_neg_integer(), binary()}]} | {error, posix()}.
-block_signatures(Path, Block) when is_binary(Path), is_integer(Block), Block > 0 ->
+block_signatures(Path, Block) when is_binary(Path), is_integer(Block), Block >= ?MIN_BLOCK,
+                                   Block =< ?MAX_BLOCK ->
     with_fd(Path, [read, raw, binary, read_ahead],
-            fun(Fd) -> {ok, block_sums(Fd, Block, [])} end);
+            fun(Fd) -> block_sums(Fd, Block, ?MAX_BLOCKS, []) end);
 block_signatures(_, _) ->
     {error, badarg}.
 
-block_sums(Fd, Block, Acc) ->
+block_sums(Fd, Block, Left, Acc) ->
     case file:read(Fd, Block) of
+        {ok, Data} when byte_size(Data) =:= Block, Left =:= 0 -> {error, efbig};
         {ok, Data} when byte_size(Data) =:= Block ->
-            block_sums(Fd, Block, [{erlang:adler32(Data), erlang:md5(Data)} | Acc]);
-        _ -> lists:reverse(Acc)                   % a short tail block is sent as data
+            block_sums(Fd, Block, Left - 1, [{erlang:adler32(Data), erlang:md5(Data)} | Acc]);
+        _ -> {ok, lists:reverse(Acc)}             % a short tail block is sent as data
     end.
 
 -spec put_delta(binary(), binary(), [{copy, non_neg_integer(), non_neg_integer()} | binary()],

@@ -10,7 +10,7 @@
 %% A decodable body of another shape that starts with an integer ReqId gets
 %% {error, bad_request}; an undecodable body closes the channel, and so does a
 %% compressed one (refused before it is inflated: a 1 MiB frame may inflate
-%% to a GiB). Bodies are decoded `safe`, creating no atom; a body naming atoms
+%% to a GiB) or one that decodes to more than ?MAX_DECODED_WORDS of heap. Bodies are decoded `safe`, creating no atom; a body naming atoms
 %% the VM does not know yet is decoded only for a function that names modules
 %% or applications (a module about to be loaded), with at most ?MAX_NEW_ATOMS
 %% of them and while the atom table stays below 3/4 full, else the request
@@ -51,6 +51,9 @@
 -define(DEFAULT_HOOK_TIMEOUT, 600000).
 %% Atoms a request may add to the VM's (never collected) atom table.
 -define(MAX_NEW_ATOMS, 20000).
+%% The heap (words) a request may decode to: 4M words, 32 MB on a 64-bit VM.
+%% Binaries over 64 bytes (a batch's files) live off the heap and do not count.
+-define(MAX_DECODED_WORDS, (4 * 1024 * 1024)).
 
 -type opts() :: #{allowed_paths := [file:name_all()],
                   denied_paths => [file:name_all()],
@@ -171,24 +174,56 @@ frames(#st{buf = <<Len:32/big, Head/binary>>, opts = #{max_frame := Max}} = S)
                            [Len, Max]),
             close(S#st{buf = <<>>})
     end;
-frames(#st{buf = <<Len:32/big, Body:Len/binary, Rest/binary>>} = S) ->
-    case decode(Body) of
-        {ok, Req} ->
-            S#st.worker ! {request, Req},
-            true = erlang:garbage_collect(),            % (see the worker)
-            frames(S#st{buf = Rest, pending = S#st.pending + 1});
-        {bad_request, ReqId} ->
-            S#st.worker ! {reply, ReqId, {error, bad_request}},
-            frames(S#st{buf = Rest, pending = S#st.pending + 1});
-        {refused, ReqId, Error} ->
-            S#st.worker ! {reply, ReqId, Error},
-            frames(S#st{buf = Rest, pending = S#st.pending + 1});
-        undecodable ->
-            logger:warning("relsyncd: undecodable control frame; closing"),
-            close(S#st{buf = Rest})
+frames(#st{buf = <<Len:32/big, Body:Len/binary, Rest/binary>>} = S0) ->
+    %% One decoded request at a time: the worker has done the one before.
+    case idle(S0) of
+        {ok, S} -> frame(bounded_decode(Body), S#st{buf = Rest});
+        Stop -> Stop
     end;
 frames(S) ->
     {ok, S}.
+
+frame(Decoded, S) ->
+    case Decoded of
+        {ok, Req} ->
+            S#st.worker ! {request, Req},
+            true = erlang:garbage_collect(),            % (see the worker)
+            frames(S#st{pending = S#st.pending + 1});
+        {bad_request, ReqId} ->
+            S#st.worker ! {reply, ReqId, {error, bad_request}},
+            frames(S#st{pending = S#st.pending + 1});
+        {refused, ReqId, Error} ->
+            S#st.worker ! {reply, ReqId, Error},
+            frames(S#st{pending = S#st.pending + 1});
+        undecodable ->
+            logger:warning("relsyncd: undecodable control frame; closing"),
+            close(S);
+        too_large ->
+            logger:warning("relsyncd: control frame decodes to over ~b words; closing",
+                           [?MAX_DECODED_WORDS]),
+            close(S)
+    end.
+
+%% A body that decodes to more than ?MAX_DECODED_WORDS of heap (a 15 MiB frame
+%% of [] decodes to 15M list cells, 240 MB) is refused. binary_to_term/2 takes
+%% the whole heap a term needs at once, so a body is measured first
+%% (heap_words/2); one holding kinds that are not measured (pids, funs...) is
+%% decoded in a process whose heap may not grow past the bound, killed if it does.
+bounded_decode(Body) ->
+    case heap_words(Body, ?MAX_DECODED_WORDS) of
+        over -> too_large;
+        {ok, _} -> decode(Body);
+        unknown -> decode_apart(Body)
+    end.
+
+decode_apart(Body) ->
+    Limit = #{size => ?MAX_DECODED_WORDS, kill => true, error_logger => false},
+    {Pid, Ref} = spawn_opt(fun() -> exit({decoded, decode(Body)}) end,
+                           [monitor, {max_heap_size, Limit}]),
+    receive
+        {'DOWN', Ref, process, Pid, {decoded, Decoded}} -> Decoded;
+        {'DOWN', Ref, process, Pid, _Killed} -> too_large
+    end.
 
 decode(<<131, 80, _/binary>>) ->
     undecodable;                        % compressed: never inflated
@@ -274,6 +309,40 @@ etf_atoms(_, _, _) -> error.
 enc(T) when T =:= 118; T =:= 119 -> utf8;
 enc(_) -> latin1.
 
+%% About the heap words an external term format body decodes to, walked like
+%% etf_atoms/3 (the same kinds: a body with new atoms that with_new_atoms/1
+%% decodes was measured) and given up past Max: `over`, or `unknown` for a body
+%% holding other kinds (pids, funs...) or none at all.
+heap_words(<<131, T/binary>>, Max) -> words(T, 1, 0, Max);
+heap_words(_, _) -> unknown.
+
+words(_, _, W, Max) when W > Max -> over;
+words(<<>>, 0, W, _) -> {ok, W};
+words(_, 0, _, _) -> unknown;
+words(<<97, _, R/binary>>, N, W, M) -> words(R, N - 1, W, M);
+words(<<98, _:32, R/binary>>, N, W, M) -> words(R, N - 1, W, M);
+words(<<70, _:64, R/binary>>, N, W, M) -> words(R, N - 1, W + 3, M);
+words(<<T, L, _:L/binary, R/binary>>, N, W, M) when T =:= 119; T =:= 115 ->
+    words(R, N - 1, W, M);
+words(<<T, L:16, _:L/binary, R/binary>>, N, W, M) when T =:= 118; T =:= 100 ->
+    words(R, N - 1, W, M);
+words(<<104, A, R/binary>>, N, W, M) -> words(R, N - 1 + A, W + 1 + A, M);
+words(<<105, A:32, R/binary>>, N, W, M) -> words(R, N - 1 + A, W + 1 + A, M);
+words(<<116, A:32, R/binary>>, N, W, M) -> words(R, N - 1 + 2 * A, W + 3 + 3 * A, M);
+words(<<106, R/binary>>, N, W, M) -> words(R, N - 1, W, M);
+words(<<108, L:32, R/binary>>, N, W, M) -> words(R, N + L, W + 2 * L, M);
+words(<<107, L:16, _:L/binary, R/binary>>, N, W, M) -> words(R, N - 1, W + 2 * L, M);
+words(<<109, L:32, _:L/binary, R/binary>>, N, W, M) -> words(R, N - 1, W + bin_words(L), M);
+words(<<77, L:32, _, _:L/binary, R/binary>>, N, W, M) -> words(R, N - 1, W + bin_words(L), M);
+words(<<110, L, _, _:L/binary, R/binary>>, N, W, M) -> words(R, N - 1, W + 2 + L div 8, M);
+words(<<111, L:32, _, _:L/binary, R/binary>>, N, W, M) ->
+    words(R, N - 1, W + 2 + L div 8, M);
+words(_, _, _, _) -> unknown.
+
+%% A binary of up to 64 bytes is on the heap, a larger one off it (a few words).
+bin_words(L) when L =< 64 -> 2 + (L + 7) div 8;
+bin_words(_) -> 6.
+
 %% The ReqId of a request that is not decoded (oversized, or naming too many
 %% new atoms), read from the first bytes of its body (term_to_binary of
 %% {ReqId, F, Args} with ReqId in 32 bits, as clients send it); `more` while
@@ -306,11 +375,17 @@ maybe_close(S) ->
 %% Returns once the worker has done every request (see flow control above);
 %% meanwhile only the worker's news and the channel's close are taken, all
 %% else waits in the mailbox.
-wait_idle(#st{pending = 0} = S) ->
-    maybe_close(S);
-wait_idle(#st{worker = W, cm = CM, id = Id, pending = N} = S) ->
+wait_idle(S0) ->
+    case idle(S0) of
+        {ok, S} -> maybe_close(S);
+        Stop -> Stop
+    end.
+
+idle(#st{pending = 0} = S) ->
+    {ok, S};
+idle(#st{worker = W, cm = CM, id = Id, pending = N} = S) ->
     receive
-        {relsyncd_done, W} -> wait_idle(S#st{pending = N - 1});
+        {relsyncd_done, W} -> idle(S#st{pending = N - 1});
         {'EXIT', W, _} = Exit -> handle_msg(Exit, S);
         {ssh_cm, CM, {closed, Id}} -> {stop, Id, S}
     end.

@@ -5,7 +5,9 @@
 %% (normalized). Links made here must point inside (check_target); renames
 %% move files only (a directory or link moved elsewhere would carry relative
 %% links with it); setstat sets permission bits only (no setuid, setgid or
-%% sticky bit) and never changes the owner.
+%% sticky bit), never changes the owner and is refused on a symlink. A channel
+%% holds at most ?MAX_HANDLES open files (OTP's default, 1000, times a few
+%% channels ran the VM out of file descriptors).
 %%
 %% Used as `{file_handler, {relsyncd_sftp, relsyncd_sftp:init_state(Allowed, Denied)}}`
 %% in ssh_sftpd:subsystem_spec/1; subsystem_spec/1 below builds that.
@@ -21,6 +23,8 @@
 
 -include_lib("kernel/include/file.hrl").
 
+-define(MAX_HANDLES, 32).
+
 -record(st, {jail :: relsyncd_paths:jail(), cwd :: string()}).
 -opaque state() :: #st{}.
 -export_type([state/0]).
@@ -35,7 +39,7 @@ subsystem_spec(#{allowed_paths := Allowed} = Opts) ->
               C -> to_list(relsyncd_paths:to_bin(C))
           end,
     ssh_sftpd:subsystem_spec([{file_handler, {?MODULE, State#st{cwd = Cwd}}},
-                              {cwd, Cwd}]).
+                              {cwd, Cwd}, {max_handles, ?MAX_HANDLES}]).
 
 -spec init_state([file:name_all()], [file:name_all()]) -> state().
 init_state(Allowed0, Denied) ->
@@ -140,9 +144,12 @@ write_file_info(Path, Info, S) ->
     guarded(Path, follow, S, fun(P) -> set_info(P, Info) end).
 
 %% ssh_sftpd fills in what the client left out from the file's current info:
-%% an owner that is not the current one is a chown, refused.
+%% an owner that is not the current one is a chown, refused. It reads that info
+%% without following a last link (a link's mode is 0777), so a link is refused:
+%% setting its times would give where it leads that mode.
 set_info(P, #file_info{mode = Mode, uid = Uid, gid = Gid, atime = A, mtime = M}) ->
-    case file:read_file_info(P) of
+    case file:read_link_info(P) of
+        {ok, #file_info{type = symlink}} -> {error, eperm};
         {ok, #file_info{uid = U, gid = G}} when (Uid =:= undefined orelse Uid =:= U),
                                                 (Gid =:= undefined orelse Gid =:= G) ->
             Perm = case Mode of
