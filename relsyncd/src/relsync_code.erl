@@ -18,6 +18,10 @@
                    "runtime_tools", "sasl", "snmp", "ssh", "ssl", "stdlib", "syntax_tools",
                    "tftp", "tools", "wx", "xmerl"]).
 
+%% The target helper's modules: never deleted here (see own/1).
+-define(HELPER_MODULES, [relsync_target, relsync_state, relsync_hash, relsync_manifest,
+                         relsync_files, relsync_code, relsync_hooks, relsync_upgrade]).
+
 %% Fresh modules loaded together at most (see load_fresh/1).
 -define(FRESH_GROUP, 64).
 
@@ -268,17 +272,53 @@ loaded_shas() ->
                                 code:is_loaded(M) =/= false]).
 
 %% Whether M is OTP's own, never loaded or deleted here (replacing lists or
-%% deleting it takes the VM down): sticky, preloaded, or loaded from one of
-%% OTP's applications (lib/App-Vsn/ebin, wherever OTP's lib is: an embedded
-%% VM's code server may stick no directory at all).
+%% deleting it takes the VM down): sticky, preloaded, loaded from one of OTP's
+%% applications (lib/App-Vsn/ebin, wherever OTP's lib is: an embedded VM's
+%% code server may stick no directory at all), or, not loaded, a module of one
+%% of them (tftp, which an OTP application would load later).
 -spec otp_own(module()) -> boolean().
 otp_own(M) ->
     code:is_sticky(M) orelse
         case code:is_loaded(M) of
             {file, preloaded} -> true;
-            {file, File} when is_list(File) ->
-                App = filename:basename(filename:dirname(filename:dirname(File))),
-                lists:member(hd(string:split(App, "-")), ?OTP_APPS);
+            {file, File} when is_list(File) -> otp_file(File);
+            _ -> is_map_key(atom_to_binary(M), otp_modules())
+        end.
+
+%% A beam in the ebin of one of OTP's applications.
+otp_file(File) ->
+    App = filename:basename(filename:dirname(filename:dirname(File))),
+    lists:member(hd(string:split(App, "-")), ?OTP_APPS).
+
+%% The names of the modules of OTP's applications, read once in the VM's life:
+%% the beams in their ebin directories in otp_libs/0, in the lib directory of
+%% the OTP the VM's runtime comes from, and in those the VM loaded OTP's
+%% modules from (a slim release's own lib may lack tftp, the board's OTP not).
+otp_modules() ->
+    case persistent_term:get({?MODULE, otp_modules}, undefined) of
+        undefined ->
+            Runtime = case os:getenv("BINDIR") of     % ROOT/erts-VSN/bin
+                          false -> [];
+                          Bin -> [filename:join(filename:dirname(filename:dirname(Bin)), "lib")]
+                      end,
+            Loaded = [filename:dirname(filename:dirname(filename:dirname(F)))
+                      || {_, F} <- code:all_loaded(), is_list(F), otp_file(F)],
+            Mods = maps:from_list(
+                     [{list_to_binary(filename:basename(B, ".beam")), true}
+                      || L <- lists:usort(otp_libs() ++ Runtime ++ Loaded), App <- ?OTP_APPS,
+                         B <- filelib:wildcard(filename:join([L, App ++ "-*", "ebin", "*.beam"]))]),
+            persistent_term:put({?MODULE, otp_modules}, Mods),
+            Mods;
+        Mods -> Mods
+    end.
+
+%% Whether M is relsyncd's (loaded from relsyncd's ebin) or the helper's own:
+%% never deleted (a newer version may replace it).
+own(M) ->
+    lists:member(M, ?HELPER_MODULES) orelse
+        case {code:is_loaded(M), code:is_loaded(relsyncd)} of
+            {{file, F}, {file, D}} when is_list(F), is_list(D) ->
+                filename:dirname(F) =:= filename:dirname(D);
             _ -> false
         end.
 
@@ -298,7 +338,7 @@ load_binary(M, Path, Bin) ->
 delete_modules(Mods, Purge) ->
     relsync_state:ensure_state(),
     Users = users([M || M <- Mods, is_atom(M), code:is_loaded(M) =/= false,
-                        not otp_own(M)]),
+                        not otp_own(M), not own(M)]),
     [{M, settled(M, delete_module(M, maps:get(M, Users, []), Purge))} || M <- Mods].
 
 settled(M, Result) when Result =:= deleted; Result =:= not_loaded; Result =:= sticky;
@@ -311,7 +351,7 @@ settled(_M, Result) ->
 %% A {not_purged, _} from the second purge means the current code is gone but
 %% the listed processes still run the (now old) code.
 delete_module(M, Users, Purge) ->
-    case {otp_own(M), code:is_loaded(M), erlang:check_old_code(M)} of
+    case {otp_own(M) orelse own(M), code:is_loaded(M), erlang:check_old_code(M)} of
         {true, _, _} -> sticky;
         {_, false, false} -> not_loaded;
         {_, {file, _}, _} when Users =/= [], Purge =/= brutal -> {in_use, Users};
