@@ -24,7 +24,7 @@ import asyncssh
 import pytest
 
 from relsync.erldist.etf import Atom, Charlist, Pid, Term, binary_to_term, term_to_binary
-from relsync.harness.example import Variant, build_example_release
+from relsync.harness.example import APP_DIR, Variant, build_example_release
 from relsync.harness.local import LocalBoard
 
 pytestmark = pytest.mark.integration
@@ -290,6 +290,95 @@ def test_new_atoms_are_made_only_for_module_names_and_boundedly(env: Env, tmp_pa
     env.run(go())
 
 
+async def _memory_while(env: Env, done: asyncio.Event) -> int:
+    """The board VM's largest total memory seen (bytes) until ``done``, sampled every 0.1 s."""
+    peak = 0
+    while not done.is_set():
+        total = await env.board.rpc("erlang", "memory", [Atom("total")])
+        assert isinstance(total, int)
+        peak = max(peak, total)
+        await asyncio.sleep(0.1)
+    return peak
+
+
+def test_a_request_that_decodes_to_a_huge_heap_closes_its_channel(env: Env) -> None:
+    """{1, ping, [[] x 15M]}: a 15 MiB frame (under max_frame, uncompressed) of 15M list
+    cells (240 MB), refused as it decodes instead of copied to the worker."""
+    count = 15 << 20
+    body = b"\x83h\x03a\x01w\x04pingl" + _LEN.pack(count) + b"j" * (count + 1)
+
+    async def go() -> tuple[int, int]:
+        base = await env.board.rpc("erlang", "memory", [Atom("total")])
+        assert isinstance(base, int)
+        async with await env.connect() as conn:
+            bomb, other = await Channel.open(conn), await Channel.open(conn)
+            done = asyncio.Event()
+            sampler = asyncio.ensure_future(_memory_while(env, done))
+            bomb.send(frame(body))
+            try:
+                await asyncio.wait_for(bomb.closed.wait(), 60)
+            finally:
+                done.set()
+                peak = await sampler
+            assert bomb.replies.empty()
+            assert await other.call(1, "ping", []) == "pong"
+        return base, peak
+
+    measured = env.run(go())
+    assert isinstance(measured, tuple)
+    base, peak = measured
+    assert peak - base < 100 << 20, (base >> 20, peak >> 20)
+
+
+def test_block_signatures_takes_bounded_blocks(env: Env) -> None:
+    """Blocks of 1 KiB to 1 MiB, at most 65536 of them: block size 1 took a GB for 4 MiB."""
+    rw = env.board.rw_path
+    small, sparse = rw / "blocks", rw / "sparse"
+    small.write_bytes(os.urandom(64 << 10))
+    with sparse.open("wb") as f:
+        f.truncate((65536 + 1) * 1024)
+
+    async def go() -> None:
+        async with await env.connect() as conn:
+            chan = await Channel.open(conn)
+            name = str(small).encode()
+            badarg = (Atom("error"), Atom("badarg"))
+            assert await chan.call(1, "block_signatures", [name, 1]) == badarg
+            assert await chan.call(2, "block_signatures", [name, 1023]) == badarg
+            assert await chan.call(3, "block_signatures", [name, (1 << 20) + 1]) == badarg
+            sums = await chan.call(4, "block_signatures", [name, 16384])
+            assert isinstance(sums, tuple) and sums[0] == "ok"
+            assert isinstance(sums[1], list) and len(sums[1]) == 4
+            too_many = await chan.call(5, "block_signatures", [str(sparse).encode(), 1024])
+            assert too_many == (Atom("error"), Atom("efbig"))
+
+    try:
+        env.run(go())
+    finally:
+        small.unlink()
+        sparse.unlink()
+
+
+def test_an_sftp_channel_holds_at_most_32_open_files(env: Env) -> None:
+    """OTP's default of 1000 handles a channel ran the VM out of file descriptors."""
+    path = env.board.rw_path / "handles"
+    path.write_bytes(b"x")
+
+    async def go() -> None:
+        async with await env.connect() as conn:
+            sftp = await conn.start_sftp_client()
+            handles = [await sftp.open(str(path), "rb") for _ in range(32)]
+            with pytest.raises(asyncssh.SFTPError):
+                await sftp.open(str(path), "rb")
+            await handles.pop().close()
+            async with sftp.open(str(path), "rb") as f:
+                assert await f.read() == b"x"  # type: ignore[comparison-overlap]
+            for handle in handles:
+                await handle.close()
+
+    env.run(go())
+
+
 # -- the jail -----------------------------------------------------------------------------------
 
 
@@ -366,6 +455,50 @@ def test_no_link_made_through_relsyncd_leads_out(env: Env) -> None:
                 await sftp.rename(str(base / "rel"), str(rw / "moved"))
 
     env.run(go())
+
+
+def test_a_relative_link_has_dotdot_only_first(env: Env) -> None:
+    """The kernel takes a ".." after a link from where that link leads: esc -> s/../../outside
+    with s -> q looked inside as text and led out, and with a link swapped in under a checked
+    path, reads and writes went anywhere. Such targets are refused; leading ".."s are not."""
+    rw = env.board.rw_path
+    deep = rw / "dots" / "d0" / "d1" / "d2" / "d3" / "d4" / "d5"
+    q = rw / "dots" / "q"
+    q.mkdir(parents=True)
+    out = os.path.relpath(env.outside, q)  # ../../../../outside: out from q, inside from deep
+    assert out.startswith("../../")
+    forbidden = Atom("forbidden")
+
+    async def go() -> None:
+        async with await env.connect() as conn:
+            chan = await Channel.open(conn)
+            link = str(deep / "s").encode()
+            assert await chan.call(1, "make_symlinks", [[(link, str(q).encode())]]) == "ok"
+            for n, target in enumerate([f"s/{out}", f"s/../{out}", "s/../../d4/x", "s/./../y"]):
+                esc = str(deep / f"esc{n}").encode()
+                result = await chan.call(2 + n, "make_symlinks", [[(esc, target.encode())]])
+                assert result == (Atom("error"), (forbidden, target.encode())), target
+                assert not (deep / f"esc{n}").is_symlink()
+            assert await chan.call(9, "make_symlinks", [[(str(deep / "up").encode(),
+                                                         b"../../d3/./x")]]) == "ok"  # fmt: skip
+        for path in (rw / "dots").rglob("*"):
+            assert os.path.realpath(path).startswith(str(rw.resolve())), path
+
+    env.run(go())
+
+
+def test_a_release_link_with_dotdot_after_a_name_arrives_with_leading_dotdots(
+    env: Env, tmp_path: Path
+) -> None:
+    """relsync sends a release's link as the place it leads to, relative to the link: ".."
+    first, which relsyncd takes (sub/../../ebin arrives as ../ebin)."""
+    v2 = Variant(build_example_release(), tmp_path / "v2").counter_version(2)
+    priv = v2.root / APP_DIR / "priv"
+    (priv / "sub").mkdir(parents=True)
+    (priv / "odd").symlink_to("sub/../../ebin")
+    run = _relsync(env, v2.root)
+    assert run.returncode == 0, run.stderr
+    assert os.readlink(env.board.rw_path / APP_DIR / "priv" / "odd") == "../ebin"
 
 
 def test_a_write_below_a_dangling_link_fails_instead_of_spinning(env: Env) -> None:
@@ -483,6 +616,33 @@ def test_no_setuid_file_and_no_chown(env: Env) -> None:
     env.run(go())
 
 
+def test_setting_a_links_times_leaves_where_it_leads_alone(env: Env) -> None:
+    """ssh_sftpd fills the mode a client leaves out from the link's own (0777), which was then
+    set where the link leads."""
+    rw = env.board.rw_path
+    data = b"private\n"
+
+    async def go() -> None:
+        async with await env.connect() as conn:
+            chan = await Channel.open(conn)
+            target, link = rw / "timed", rw / "timed_link"
+            put: list[Term] = [(str(target).encode(), 0o600, data, hashlib.sha256(data).digest())]
+            assert await chan.call(1, "put_files", [put]) == "ok"
+            pair: list[Term] = [(str(link).encode(), str(target).encode())]
+            assert await chan.call(2, "make_symlinks", [pair]) == "ok"
+            sftp = await conn.start_sftp_client()
+            with pytest.raises(asyncssh.SFTPError):
+                await sftp.utime(str(link), (1000000, 1000000))
+            with pytest.raises(asyncssh.SFTPError):
+                await sftp.chmod(str(link), 0o666)
+            assert stat.S_IMODE(target.stat().st_mode) == 0o600
+            await sftp.utime(str(target), (1000000, 1000000))
+            assert target.stat().st_mtime == 1000000
+            assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+    env.run(go())
+
+
 def test_otp_modules_are_neither_deleted_nor_replaced(env: Env) -> None:
     lists = Atom("lists")
     ssh_file = Atom("ssh_file")
@@ -506,6 +666,43 @@ def test_otp_modules_are_neither_deleted_nor_replaced(env: Env) -> None:
         assert await env.board.rpc("lists", "reverse", [[Atom("a"), Atom("b")]]) == ["b", "a"]
         loaded_ssh_file = await env.board.rpc("code", "is_loaded", [ssh_file])
         assert isinstance(loaded_ssh_file, tuple) and loaded_ssh_file[0] == "file"
+
+    env.run(go())
+
+
+def test_unloaded_otp_modules_and_relsyncds_own_stay(env: Env, tmp_path: Path) -> None:
+    """A module of an OTP application the VM has not loaded (tftp: not in the release, in the
+    board's OTP) is OTP's too; relsyncd's modules and the helper's are not deleted (the next
+    login would find no daemon)."""
+    fakes = [Atom("tftp")]
+    beams: dict[str, bytes] = {}
+    for name in fakes:
+        source = tmp_path / f"{name}.erl"
+        source.write_text(f"-module({name}).\n-export([pwned/0]).\npwned() -> true.\n")
+        subprocess.run(["erlc", "-o", str(tmp_path), str(source)], check=True)
+        beams[name] = (tmp_path / f"{name}.beam").read_bytes()
+        (env.board.rw_path / f"{name}.beam").write_bytes(beams[name])
+    names = ("relsyncd_channel", "relsyncd_sftp", "relsync_files", "relsync_code")
+    own: list[Term] = [Atom(m) for m in names]
+
+    async def go() -> None:
+        for name in fakes:
+            assert await env.board.rpc("code", "is_loaded", [name]) == Atom("false"), name
+        async with await env.connect() as conn:
+            chan = await Channel.open(conn)
+            for n, name in enumerate(fakes):
+                loaded = await chan.call(n, "load_binary", [name, Charlist("m.erl"), beams[name]])
+                assert loaded == (Atom("error"), Atom("sticky_directory")), name
+            paths: list[Term] = [(m, str(env.board.rw_path / f"{m}.beam").encode()) for m in fakes]
+            assert await chan.call(8, "load_modules", [paths, Atom("soft")]) == [
+                (m, Atom("sticky")) for m in fakes
+            ]  # fmt: skip
+            deleted = await chan.call(9, "delete_modules", [own, Atom("brutal")])
+            assert deleted == [(m, Atom("sticky")) for m in own]
+        for name in fakes:
+            assert await env.board.rpc("code", "is_loaded", [name]) == Atom("false"), name
+        async with await env.connect() as conn:
+            assert await (await Channel.open(conn)).call(10, "ping", []) == "pong"
 
     env.run(go())
 
