@@ -10,7 +10,7 @@ from __future__ import annotations
 import posixpath
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from relsync.engine import (
     SyncOptions,
@@ -194,7 +194,7 @@ async def rollback(
             plan.reload, plan.purge, plan.new_modules = [], [], []
             plan.code_path_add, plan.code_path_remove = [], []
         elif options.upgrade and release is not None:
-            report.upgrade = upgrade_steps(plan, release, state, down=True)
+            report.upgrade = _unconverted(upgrade_steps(plan, release, state, down=True), state)
             apps, report.sys_config = app_data(plan, state.original, _version(state))
             report.app_specs = sorted({*apps, *_apps_changed(state)})
         elif options.upgrade:
@@ -209,12 +209,27 @@ async def rollback(
     return report
 
 
+def _unconverted(steps: list[UpgradeStep], state: TargetState) -> list[UpgradeStep]:
+    """``steps`` with a plain load for an update of a module whose processes still run the
+    release's code (its file replaced, never loaded: a killed sync's pending module): only
+    what was converted up is converted down."""
+    return [
+        replace(s, action="load_module", change="", extra=[])
+        if s.action == "update" and state.loaded.get(s.module, s.digest) == s.digest
+        else s
+        for s in steps
+    ]
+
+
 async def _carry_out(target: Target, options: SyncOptions, report: SyncReport) -> None:
     plan = report.plan
     await stash_for_undo(target, report)
     await switch_code(target, options, report, down=True)
-    if report.upgrade_undone:  # back on the shadow tree's code: keep its files
-        await target.update_code_path([(plan.root, options.rw_path or "")], [], [])
+    if report.upgrade_undone:  # back on the shadow tree's code: its code path, its files
+        rw = options.rw_path or ""
+        back = [f"{rw}{p.removeprefix(plan.root)}" for p in plan.code_path_remove]
+        gone = [f"{rw}{p.removeprefix(plan.root)}" for p in plan.code_path_add]
+        await target.update_code_path([(plan.root, rw)], back, gone)
         return
     if plan.delete_paths or plan.delete_dirs:
         await target.delete_files(plan.delete_paths)

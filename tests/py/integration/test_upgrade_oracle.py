@@ -351,6 +351,62 @@ def test_an_undo_that_cannot_convert_a_process_back_keeps_its_new_code(
     with_board(orc.v1, tmp_path / "board2", no_way_back, ssh=mode == "ssh")
 
 
+def test_a_rollback_that_cannot_convert_back_stays_on_the_shadow_tree(
+    orc: Scenario, tmp_path: Path, mode: str
+) -> None:
+    """``--rollback --upgrade`` whose down conversion fails (a code_change without a ``{down,
+    _}`` clause) is undone: exit 8, the board back on the shadow tree's code and code path (the
+    vsn bump renamed the application's directory: orc-2 there, orc-1 in the release), so a
+    plain ``--rollback`` still has something to roll back."""
+    up_only = SRV.replace("CODE_CHANGE", "code_change(_, {v1, N}, _) -> {ok, {v2, N, converted}}.")
+    v2 = build_release(tmp_path / "v2", "2", {**V2, "orc_srv": up_only})
+
+    async def body(board: LocalBoard) -> None:
+        rw = str(board.rw_path)
+        run = await relsync(board, v2, "-q", rw, "--upgrade")
+        assert run.code == 0, run
+        down = await relsync(board, v2, "-q", rw, "--rollback", "--upgrade")
+        assert down.code == 8, down
+        path = [str(p) for p in await board.rpc("code", "get_path", [])]
+        assert f"{rw}/lib/orc-2/ebin" in path and f"{board.release_path}/lib/orc-1/ebin" not in path
+        which = str(await board.rpc("code", "which", [Atom("orc_srv")]))
+        assert which == f"{rw}/lib/orc-2/ebin/orc_srv.beam", which
+        after = await observe(board)
+        assert after[Atom("states")][Atom("orc_srv")] == (Atom("v2"), 0, Atom("converted"))
+        again = await relsync(board, v2, "-q", rw, "--rollback", "--json")
+        assert not [w for w in again.report["warnings"] if "nothing to roll back" in w], again
+        which = str(await board.rpc("code", "which", [Atom("orc_srv")]))
+        assert which == f"{board.release_path}/lib/orc-1/ebin/orc_srv.beam", which
+
+    with_board(orc.v1, tmp_path / "board", body, ssh=mode == "ssh")
+
+
+def test_a_rollback_converts_down_only_what_was_converted_up(
+    orc: Scenario, tmp_path: Path, mode: str
+) -> None:
+    """A sync killed once the shadow tree's files were written loaded nothing: ``--rollback
+    --upgrade`` then reloads the release's modules without converting any state."""
+
+    async def body(board: LocalBoard) -> None:
+        rw = str(board.rw_path)
+        await board.rpc("orc_srv", "hit", [])
+        await kill_when_paused(
+            cli_argv(board, orc.v2, "-q", rw, "--upgrade", mode=mode), "files_replaced"
+        )
+        before = await observe(board)
+        run = await relsync(board, orc.v2, "-q", rw, "--rollback", "--upgrade", "--json")
+        assert run.code == 0, run
+        assert not [s for s in run.report["upgrade"] if s.startswith("{update")], run.report
+        converted = {e["module"] for e in run.report["processes"] if e["event"] == "converted"}
+        assert converted <= {"orc_sup", "orc_dyn_sup"}, converted  # supervisors re-read specs
+        after = await observe(board)
+        for name in ("orc_srv", "orc_conn", "orc_events"):
+            assert after[Atom("states")][Atom(name)] == before[Atom("states")][Atom(name)], name
+        assert after[Atom("vsn")] == (Atom("ok"), "1")
+
+    with_board(orc.v1, tmp_path / "board", body, ssh=mode == "ssh")
+
+
 async def wait_until(board: LocalBoard, name: str, function: tuple[str, str, int]) -> None:
     """Until the process registered as ``name`` runs ``function``."""
     while True:
