@@ -472,9 +472,9 @@ def test_a_code_change_slower_than_the_timeout_keeps_the_new_code(
     orc: Scenario, tmp_path: Path, mode: str
 ) -> None:
     """A code_change still running at --upgrade-timeout goes on to the new state shape: its
-    module keeps the new code (exit 9), so the state and the code fit; an apply that hangs is
-    ended at --upgrade-timeout, the new code running (exit 9); a supervisor whose new init/1
-    says ignore keeps what it has."""
+    module keeps the new code (exit 9), so the state and the code fit (each of its processes
+    converted); an apply that hangs is ended at --upgrade-timeout, the new code running (exit
+    9); a supervisor whose new init/1 says ignore keeps what it has."""
     slow = SRV_V2.replace("orc_stats:bump(srv_up),", "orc_stats:bump(srv_up), timer:sleep(3000),")
     v2 = build_release(tmp_path / "slow", "2", {**V2, "orc_srv": slow})
     # ... and orc_dyn_sup's new init/1 says ignore: its supervisor keeps its specs, children.
@@ -489,10 +489,15 @@ def test_a_code_change_slower_than_the_timeout_keeps_the_new_code(
     async def body(board: LocalBoard) -> None:
         rw = str(board.rw_path)
         await board.rpc("orc_srv", "hit", [])
+        # A second orc_srv (outside the tree): converted too, as its module keeps the new code.
+        started = await board.rpc("gen_server", "start", [Atom("orc_srv"), [], []])
+        assert isinstance(started, tuple) and started[0] == "ok", started
         run = await relsync(board, v2, "-q", rw, "--upgrade", "--upgrade-timeout", "1")
         assert run.code == 9, run
         assert "orc_srv could not be undone" in run.err and "timed out" in run.err, run.err
         await board.rpc("orc_srv", "hit", [], timeout=30)  # answers once converted
+        second = await board.rpc("sys", "get_state", [started[1], 30000], timeout=40)
+        assert second == (Atom("v2"), 0, Atom("converted")), second
         after = await observe(board)
         assert after[Atom("states")][Atom("orc_srv")] == (Atom("v2"), 2, Atom("converted"))
         assert after[Atom("suspended")] == []
