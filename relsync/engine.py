@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from relsync.errors import BusyError, ExitCode, HookError, TargetError, UsageError
-from relsync.otp_check import check_apps_present, check_beams_fit
+from relsync.otp_check import check_apps_present, check_beams_fit, release_apps
 from relsync.pause import pause_point
 from relsync.plan import (
     SHADOW_MARKER,
@@ -275,9 +275,12 @@ async def _sync(
         report.upgrade = upgrade_steps(plan, release, state)
         report.app_specs, report.sys_config = app_data(plan, release.files, release.version)
         report.warnings += _lost_code(target, state, report)
+        report.warnings += _not_started(release, state)
+    applied = f"releases/{release.version}/sys.config" if report.sys_config else None
     report.warnings += [
         f"{rel} changed: the VM reads it when it boots, so it applies after a restart"
         for rel in boot_files_changed(plan)
+        if rel != applied
     ]
     if options.dry_run:
         return report
@@ -466,6 +469,23 @@ async def _run_upgrade(
             )
         report.error = f"upgrade failed: {result.error}; {how}: fix it and sync again"
         report.exit_code = ExitCode.UPGRADE_KEPT
+
+
+def _not_started(release: LocalRelease, state: TargetState) -> list[str]:
+    """A warning naming the applications of the release's ``.rel`` the VM's code path has no
+    directory of: --upgrade loads their modules, it does not start them."""
+    if not state.code_path:
+        return []
+    dirs = {posixpath.basename(posixpath.dirname(p.rstrip("/"))) for p in state.code_path}
+    running = {d.rpartition("-")[0] or d for d in dirs}
+    new = [a for a in release_apps(release) if a not in running]
+    if not new:
+        return []
+    return [
+        f"{', '.join(new)}: new in the release's .rel, and --upgrade does not start "
+        "applications (a relup would, with application:start/2): start them in a postsync "
+        "hook, or restart the node"
+    ]
 
 
 def _not_undone(reason: str) -> str:

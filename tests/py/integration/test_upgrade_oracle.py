@@ -11,6 +11,8 @@ once; relsync's in each mode. About 150 s in all on this machine (2 cores).
 from __future__ import annotations
 
 import asyncio
+import re
+import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -403,6 +405,36 @@ def test_a_rollback_converts_down_only_what_was_converted_up(
         for name in ("orc_srv", "orc_conn", "orc_events"):
             assert after[Atom("states")][Atom(name)] == before[Atom("states")][Atom(name)], name
         assert after[Atom("vsn")] == (Atom("ok"), "1")
+
+    with_board(orc.v1, tmp_path / "board", body, ssh=mode == "ssh")
+
+
+def test_an_application_new_in_the_rel_is_named_and_sys_config_applied(
+    orc: Scenario, tmp_path: Path, mode: str
+) -> None:
+    """``--upgrade`` does not start an application the new ``.rel`` adds (release_handler's
+    relup would): it says so; the release's changed sys.config is applied, not announced as
+    waiting for a restart."""
+    v2 = tmp_path / "orc"
+    shutil.copytree(orc.v2, v2, symlinks=True)
+    (v2 / "lib" / "orcx-1" / "ebin").mkdir(parents=True)
+    (v2 / "lib" / "orcx-1" / "ebin" / "orcx.app").write_text(
+        '{application, orcx, [{vsn, "1"}, {modules, []}, {applications, [kernel, stdlib]}]}.\n'
+    )
+    rel = v2 / "releases" / "2" / "orc.rel"
+    text = rel.read_text()
+    rel.write_text(re.sub(r'(\{orc,\s*"2"\})', r'\1, {orcx, "1"}', text))
+    assert "orcx" in rel.read_text()
+    config = v2 / "releases" / "2" / "sys.config"
+    config.unlink()
+    config.write_text("[{kernel, [{logger_level, notice}]}, {orc, [{level, 2}]}].\n")
+
+    async def body(board: LocalBoard) -> None:
+        run = await relsync(board, v2, "-q", str(board.rw_path), "--upgrade", "--json")
+        assert run.code == 0, run
+        warnings = run.report["warnings"]
+        assert any(w.startswith("orcx: new in the release's .rel") for w in warnings), warnings
+        assert not [w for w in warnings if "sys.config changed" in w], warnings
 
     with_board(orc.v1, tmp_path / "board", body, ssh=mode == "ssh")
 
