@@ -403,6 +403,8 @@ def _plan_code(
             if module not in running:
                 plan.new_modules.append(module)
     gone = {module_of(rel) for rel in plan.deleted if is_beam(rel)} | state.pending
+    if state.local_tree:  # no file is deleted there: the build dropped what relsync loaded
+        gone |= state.loaded.keys()
     plan.purge = sorted(gone - local_modules.keys())
 
     local_ebins = {d for rel in release.files if (d := ebin_dir(rel))}

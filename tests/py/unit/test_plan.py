@@ -416,6 +416,14 @@ def test_a_module_the_local_release_gained_is_loaded_as_new() -> None:
     assert plan.writes == []
 
 
+def test_a_module_relsync_loaded_that_the_build_dropped_is_purged() -> None:
+    # The board runs the local release: no file of it is deleted by relsync, the build removed
+    # the beam; the module relsync loaded from it earlier still runs and goes.
+    state = TargetState(DEST, None, {}, local_tree=True, loaded={"demo_gone": sha("gone")})
+    plan = build_plan(local(BASE), state)
+    assert plan.purge == ["demo_gone"] and plan.reload == [] and plan.writes == []
+
+
 def test_a_copied_dev_mode_release_has_its_links_replaced_never_written_through() -> None:
     release = local({**BASE, "releases/0.1.0/sys.config": "[]."})
     plan = build_plan(release, TargetState(DEST, None, _dev_mode_board()))
