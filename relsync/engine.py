@@ -24,6 +24,7 @@ from relsync.plan import (
     boot_files_changed,
     build_plan,
     foreign_entries,
+    is_beam,
     module_of,
 )
 from relsync.release import FileKind, LocalRelease, Skipped
@@ -323,7 +324,29 @@ async def _sync(
         if failure := _hook_failure("postsync", hook.module, post):
             report.error = failure
             report.exit_code = ExitCode.HOOK
+    await _old_code_left(target, release, report)
     return report
+
+
+async def _old_code_left(target: Target, release: LocalRelease, report: SyncReport) -> None:
+    """Exit 6 whenever, after the sync, a process runs old code of a module of the release:
+    left by this sync's loads, or by an earlier sync (a load that finds the code it writes
+    already current purges nothing)."""
+    ours = {module_of(r) for r, f in release.files.items() if f.kind is FileKind.BEAM}
+    left = [m for m in await target.old_code() if m.module in ours]
+    report.warnings += [
+        f"{', '.join(m.processes)} still {'runs' if len(m.processes) == 1 else 'run'} the old "
+        f"code of {m.module}"
+        for m in left
+    ]
+    if left and report.exit_code == ExitCode.OK:
+        count = sum(len(m.processes) for m in left)
+        report.error = (
+            f"the old code of {modules([m.module for m in left])} still runs in "
+            f"{plural(count, 'process')}; see the warnings: stop those processes in a presync "
+            "hook, or use --purge brutal"
+        )
+        report.exit_code = ExitCode.RELOAD
 
 
 def _lost_code(target: Target, state: TargetState, report: SyncReport) -> list[str]:
@@ -367,7 +390,8 @@ async def switch_code(
             report.modules += await target.load_modules(reload, options.brutal_purge)
         if plan.purge:
             report.modules += await target.delete_modules(plan.purge, options.brutal_purge)
-    report.warnings += [_still_used(m) for m in report.modules if _used(m)]
+    dropped = _dropped_apps(plan)
+    report.warnings += [_still_used(m, dropped.get(m.module)) for m in report.modules if _used(m)]
     if report.exit_code == ExitCode.OK and (problem := _reload_problem(report.modules)):
         report.error, report.exit_code = problem, ExitCode.RELOAD
 
@@ -403,19 +427,43 @@ def _used(result: ModuleResult) -> bool:
     return result.status == "in_use" or (result.status == "deleted" and bool(result.processes))
 
 
-def _still_used(result: ModuleResult) -> str:
-    """One line for a deleted module something still used (see :func:`_used`)."""
+def _dropped_apps(plan: SyncPlan) -> dict[str, str]:
+    """Module -> application, for the modules the plan deletes with their whole application
+    (its ``.app`` deleted, and none of that name written)."""
+    kept = {posixpath.basename(r) for r in [*plan.added, *plan.changed] if r.endswith(".app")}
+    apps = {
+        posixpath.dirname(posixpath.dirname(r)): name[: -len(".app")]
+        for r in plan.deleted
+        if (name := posixpath.basename(r)).endswith(".app")
+        and r.endswith(f"/ebin/{name}")
+        and name not in kept
+    }
+    return {
+        module_of(r): app
+        for r in plan.deleted
+        if is_beam(r) and (app := apps.get(posixpath.dirname(posixpath.dirname(r)), ""))
+    }
+
+
+def _still_used(result: ModuleResult, app: str | None = None) -> str:
+    """One line for a deleted module something still used (see :func:`_used`); ``app``: the
+    application the release no longer has that it belongs to."""
     users = ", ".join(result.processes)
     if result.status == "deleted":
         return (
             f"{result.module} unloaded (--purge brutal) though still used by {users}: "
             "a call into it or a restart of them fails"
         )
+    stop = (
+        f"application {app} is no longer in the release: stop it first "
+        f"(application:stop({app}) in a presync hook)"
+        if app
+        else "stop its users first (a supervisor's child: drop it from the supervisor and "
+        "sync with --upgrade)"
+    )
     return (
         f"{result.module} is no longer in the release but still used by {users}: it stays "
-        "loaded and the next sync tries again; stop its users first (a supervisor's child: "
-        "drop it from the supervisor and sync with --upgrade), or unload it anyway with "
-        "--purge brutal"
+        f"loaded and the next sync tries again; {stop}, or unload it anyway with --purge brutal"
     )
 
 

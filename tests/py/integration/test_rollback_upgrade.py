@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -79,5 +80,28 @@ def test_rollback_upgrade_restores_the_vsn_and_env_of_an_app_file_change(
         down = await relsync(board, changed.root, "-q", rw, "--rollback", "--upgrade")
         assert down.code == 0, down
         assert await vsn_env(board) == at_boot
+
+    with_board(demo_release, tmp_path / "board", body, mode)
+
+
+def test_an_application_the_release_dropped_is_stopped_by_hand_and_comes_back(
+    demo_release: Path, tmp_path: Path, mode: str
+) -> None:
+    without = Variant(demo_release, tmp_path / "without")
+    shutil.rmtree(without.root / APP_DIR)
+
+    async def body(board: LocalBoard) -> None:
+        rw = str(board.rw_path)
+        at_boot = await children(board)
+        run = await relsync(board, without.root, "-q", rw, "--upgrade")
+        assert run.code == 6, run
+        advice = [w for w in run.out.splitlines() if "demo_sup is no longer" in w]
+        assert advice and "application demo is no longer in the release" in advice[0], run.out
+        assert "application:stop(demo)" in advice[0] and "supervisor's child" not in advice[0]
+
+        down = await relsync(board, without.root, "-q", rw, "--rollback", "--upgrade")
+        assert down.code == 0, down
+        assert await children(board) == at_boot
+        assert await rpc(board, "demo_fsm", "push") == 1
 
     with_board(demo_release, tmp_path / "board", body, mode)
