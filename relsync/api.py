@@ -98,6 +98,11 @@ class Settings:
             raise UsageError("give either --sname or --name, not both")
         for opt in ("destination_path", "destination_rw_path"):
             value = getattr(self, opt)
+            if value == "":  # not "in place": leave the option out for that
+                raise UsageError(
+                    f"--{opt.replace('_', '-')} is empty: give an absolute path, or leave it "
+                    "out (without -q the release is updated in place)"
+                )
             if value and not value.startswith("/"):
                 raise UsageError(f"--{opt.replace('_', '-')} {value!r} must be an absolute path")
 

@@ -60,7 +60,7 @@ def check_destination(board: Board) -> None:
             "e.g. -d 192.0.2.7"
         )
     for path in (board.dest_path, board.rw_path):
-        if path and not path.startswith("/"):
+        if path is not None and not path.startswith("/"):
             raise UsageError(f"{where}: destination path {path!r} must be absolute")
 
 

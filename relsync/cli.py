@@ -131,9 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "-q",
         "--destination-rw-path",
-        default="",
         metavar="PATH",
-        help="writable path on the destination for a shadow tree (empty if not needed)",
+        help="writable path on the destination for a shadow tree (without it the release is "
+        "updated in place)",
     )
     a(
         "-l",

@@ -5,10 +5,11 @@ there)."""
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from pathlib import Path
 
 import pytest
-from support.cli import relsync
+from support.cli import cli_argv, relsync
 from support.local_board import with_board
 
 from relsync.harness.example import Variant
@@ -98,3 +99,24 @@ def test_a_shadow_tree_keeps_what_relsync_did_not_put_there(
         assert _tree(rw) == {"notes.txt": hashlib.md5(b"mine").hexdigest()}
 
     with_board(demo_release, tmp_path / "board", body)
+
+
+def test_an_empty_q_is_refused(demo_release: Path, tmp_path: Path) -> None:
+    v2 = Variant(demo_release, tmp_path / "v2").counter_version(2)
+    project = tmp_path / "project"  # relsync.toml is read beside rebar.config
+    project.mkdir()
+    (project / "rebar.config").write_text("{erl_opts, []}.\n")
+    (project / "relsync.toml").write_text('[relsync]\ndestination_rw_path = ""\n')
+
+    async def body(board: LocalBoard) -> None:
+        before = _tree(board.release_path)
+        run = await relsync(board, v2.root, "-q", "")
+        assert run.code == 2 and "--destination-rw-path is empty" in run.err, run
+        argv = cli_argv(board, v2.root, mode="erl")
+        done = subprocess.run(argv, cwd=project, capture_output=True, text=True, check=False)
+        assert done.returncode == 2, done
+        assert done.stderr.count("\n") == 1 and "is empty" in done.stderr, done.stderr
+        assert _tree(board.release_path) == before  # not written in place
+        assert await board.rpc("demo_counter", "version") == 1
+
+    with_board(demo_release, tmp_path / "board", body, writable=True)

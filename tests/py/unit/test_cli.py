@@ -27,7 +27,7 @@ def test_defaults_match_the_original_except_where_it_misled() -> None:
     # -d, --targets or the release's own files, the path from the board's running release.
     assert args.destination_node is None
     assert args.destination_path is None
-    assert args.destination_rw_path == ""
+    assert args.destination_rw_path is None  # the original's "" (in place) is refused
     assert args.exclude_system_libs is True
     assert args.mode == "erl"
     assert args.user == "relsync"
