@@ -7,6 +7,7 @@ from pathlib import Path
 
 from relsync.erlc import compile_erl
 from relsync.errors import UsageError
+from relsync.transports.helper import HELPER_MODULES, UPGRADER
 
 HOOK_FUNCTIONS = ("presync", "postsync")
 
@@ -33,6 +34,7 @@ async def resolve_hook(spec: str, root: Path, cwd: Path) -> Hook:
     module = elixir_module(spec)
     if not all(part.isidentifier() for part in module.split(".")):
         raise UsageError(f"--hooks {spec!r} is neither a module name nor a .erl file")
+    _not_ours(module, spec)
     for beam in sorted(root.glob(f"lib/*/ebin/{module}.beam")):
         return Hook(module, beam.read_bytes())
     source = cwd / f"{spec}.erl"
@@ -44,11 +46,22 @@ async def resolve_hook(spec: str, root: Path, cwd: Path) -> Hook:
     )
 
 
+def _not_ours(module: str, spec: str) -> None:
+    """Refuse a hooks module named as one of relsync's own modules on the board: loading it
+    would replace relsync's helper (or relsyncd)."""
+    if module in (*HELPER_MODULES, UPGRADER) or module.startswith("relsyncd"):
+        raise UsageError(
+            f"--hooks {spec}: module {module} has the name of one of relsync's own modules on "
+            "the board; rename your hooks module (e.g. my_hooks)"
+        )
+
+
 async def _compile(source: Path, spec: str) -> Hook:
     if not source.is_file():
         raise UsageError(f"--hooks {spec}: no such file; give the path of the hooks .erl file")
     import tempfile  # here: a run without hooks does not need it at start-up
 
+    _not_ours(source.stem, spec)
     with tempfile.TemporaryDirectory(prefix="relsync-hooks-") as out:
         beam = await compile_erl(source, Path(out))
     return Hook(source.stem, beam)

@@ -42,7 +42,7 @@ from relsync.transports.compress import deflate, link_rate, worth_it
 HELPER = "relsync_target"
 #: Every module of the helper (relsync_target hands its work to the others), pushed together.
 HELPER_MODULES = ("relsync_state", "relsync_hash", "relsync_manifest", "relsync_files",
-                  "relsync_code", "relsync_hooks", HELPER)  # fmt: skip
+                  "relsync_code", "relsync_hook_runner", HELPER)  # fmt: skip
 #: The helper's upgrade steps (see ``relsync_upgrade.erl``), pushed only when needed.
 UPGRADER = "relsync_upgrade"
 #: Files up to this size travel in batches; larger ones in chunks of this size.

@@ -20,7 +20,7 @@
 
 %% The target helper's modules: never deleted here (see own/1).
 -define(HELPER_MODULES, [relsync_target, relsync_state, relsync_hash, relsync_manifest,
-                         relsync_files, relsync_code, relsync_hooks, relsync_upgrade]).
+                         relsync_files, relsync_code, relsync_hook_runner, relsync_upgrade]).
 
 %% Fresh modules loaded together at most (see load_fresh/1).
 -define(FRESH_GROUP, 64).

@@ -12,7 +12,7 @@
 %% relsyncd's control channel allows is its export list. It answers info/0 and
 %% sync_state/3,4 itself and hands the rest to the module for the job:
 %% relsync_state (the sync lock, the state table), relsync_hash, relsync_manifest,
-%% relsync_files, relsync_code and relsync_hooks. relsync pushes them all.
+%% relsync_files, relsync_code and relsync_hook_runner. relsync pushes them all.
 -module(relsync_target).
 
 -export([sync_state/3, sync_state/4, unlock/1, info/0, list_dir/1, manifest/2,
@@ -166,4 +166,4 @@ suspended() -> relsync_code:suspended().
 check_beams(A1) -> relsync_code:check_beams(A1).
 missing_apps(A1) -> relsync_code:missing_apps(A1).
 outdated(A1) -> relsync_code:outdated(A1).
-run_hook(A1, A2, A3) -> relsync_hooks:run_hook(A1, A2, A3).
+run_hook(A1, A2, A3) -> relsync_hook_runner:run_hook(A1, A2, A3).

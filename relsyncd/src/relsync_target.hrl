@@ -1,5 +1,5 @@
 %% Shared by relsync_target and the modules it delegates to (relsync_state,
-%% relsync_hash, relsync_manifest, relsync_files, relsync_code, relsync_hooks).
+%% relsync_hash, relsync_manifest, relsync_files, relsync_code, relsync_hook_runner).
 -include_lib("kernel/include/file.hrl").
 
 -define(STATE, relsync_target_state).

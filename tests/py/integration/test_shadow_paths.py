@@ -120,3 +120,31 @@ def test_an_empty_q_is_refused(demo_release: Path, tmp_path: Path) -> None:
         assert await board.rpc("demo_counter", "version") == 1
 
     with_board(demo_release, tmp_path / "board", body, writable=True)
+
+
+README_HOOKS = """-module(relsync_hooks).
+-export([presync/0, postsync/0]).
+presync() -> supervisor:terminate_child(demo_sup, demo_port).
+postsync() -> {ok, _} = supervisor:restart_child(demo_sup, demo_port), ok.
+"""
+
+
+@pytest.mark.parametrize("mode", ["erl", "ssh"])
+def test_the_readme_hooks_example_runs(demo_release: Path, tmp_path: Path, mode: str) -> None:
+    v2 = Variant(demo_release, tmp_path / "v2").counter_version(2)
+    hooks = tmp_path / "relsync_hooks.erl"  # the README's own name for the user's module
+    hooks.write_text(README_HOOKS)
+    ours = tmp_path / "relsync_target.erl"  # the name of relsync's own helper
+    ours.write_text(README_HOOKS.replace("relsync_hooks", "relsync_target"))
+
+    async def body(board: LocalBoard) -> None:
+        q = str(board.rw_path)
+        refused = await relsync(board, v2.root, "-q", q, "-H", str(ours))
+        assert refused.code == 2 and "relsync's own modules" in refused.err, refused
+        assert refused.err.count("\n") == 1
+        run = await relsync(board, v2.root, "-q", q, "-H", str(hooks), "--json")
+        assert run.code == 0, run
+        assert set(run.report["hooks"]) == {"presync", "postsync"}, run.out
+        assert await board.rpc("demo_counter", "version") == 2
+
+    with_board(demo_release, tmp_path / "board", body, mode)

@@ -1,6 +1,6 @@
-%% relsync_hooks: part of relsync's target-side helper (see relsync_target).
+%% relsync_hook_runner: part of relsync's target-side helper (see relsync_target).
 %% Hooks: a presync/postsync function run with a time limit, its output kept.
--module(relsync_hooks).
+-module(relsync_hook_runner).
 
 -export([run_hook/3]).
 

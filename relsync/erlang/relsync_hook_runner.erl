@@ -1,0 +1,1 @@
+../../relsyncd/src/relsync_hook_runner.erl

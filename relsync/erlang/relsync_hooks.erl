@@ -1,1 +1,0 @@
-../../relsyncd/src/relsync_hooks.erl
