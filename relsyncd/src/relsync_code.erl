@@ -529,7 +529,7 @@ stash_code(Mods) when is_list(Mods) ->
 
 stash(M) ->
     Kept = case code:is_loaded(M) of
-               {file, File} when is_list(File) -> running_beam(M, File);
+               {file, File} when is_list(File) -> running_or_copy(M, File);
                false -> none;
                _ -> unavailable
            end,
@@ -542,6 +542,19 @@ stash(M) ->
                 false -> relsync_state:keep_old_code(M, Kept)
             end;
         _ -> relsync_state:keep_old_code(M, Kept)
+    end.
+
+%% The beam M runs: File, else (File gone or replaced since, say the shadow
+%% tree it was loaded from removed) the one the code path finds now, when its
+%% MD5 is the loaded code's (the pristine release's copy of the same code).
+running_or_copy(M, File) ->
+    case running_beam(M, File) of
+        unavailable ->
+            case code:where_is_file(atom_to_list(M) ++ ".beam") of
+                Found when is_list(Found), Found =/= File -> running_beam(M, Found);
+                _ -> unavailable
+            end;
+        Kept -> Kept
     end.
 
 running_beam(M, File) ->

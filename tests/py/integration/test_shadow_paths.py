@@ -148,3 +148,20 @@ def test_the_readme_hooks_example_runs(demo_release: Path, tmp_path: Path, mode:
         assert await board.rpc("demo_counter", "version") == 2
 
     with_board(demo_release, tmp_path / "board", body, mode)
+
+
+def test_upgrade_after_the_tree_it_ran_from_was_cleaned(demo_release: Path, tmp_path: Path) -> None:
+    v2 = Variant(demo_release, tmp_path / "v2").counter_version(2)
+
+    async def body(board: LocalBoard) -> None:
+        q = str(board.rw_path)
+        assert (await relsync(board, v2.root, "-q", q)).code == 0
+        assert (await relsync(board, demo_release, "-q", q)).code == 0
+        assert (await relsync(board, demo_release, "-q", q, "--rollback", "--clean")).code == 0
+        # demo_counter still runs from the shadow tree's file, gone with --clean; the pristine
+        # release has the same code: the upgrade keeps that to undo to.
+        run = await relsync(board, v2.root, "-q", q, "--upgrade")
+        assert run.code == 0, run
+        assert await board.rpc("demo_counter", "version") == 2
+
+    with_board(demo_release, tmp_path / "board", body)
