@@ -324,7 +324,29 @@ async def _sync(
         if failure := _hook_failure("postsync", hook.module, post):
             report.error = failure
             report.exit_code = ExitCode.HOOK
+    await _old_code_left(target, release, report)
     return report
+
+
+async def _old_code_left(target: Target, release: LocalRelease, report: SyncReport) -> None:
+    """Exit 6 whenever, after the sync, a process runs old code of a module of the release:
+    left by this sync's loads, or by an earlier sync (a load that finds the code it writes
+    already current purges nothing)."""
+    ours = {module_of(r) for r, f in release.files.items() if f.kind is FileKind.BEAM}
+    left = [m for m in await target.old_code() if m.module in ours]
+    report.warnings += [
+        f"{', '.join(m.processes)} still {'runs' if len(m.processes) == 1 else 'run'} the old "
+        f"code of {m.module}"
+        for m in left
+    ]
+    if left and report.exit_code == ExitCode.OK:
+        count = sum(len(m.processes) for m in left)
+        report.error = (
+            f"the old code of {modules([m.module for m in left])} still runs in "
+            f"{plural(count, 'process')}; see the warnings: stop those processes in a presync "
+            "hook, or use --purge brutal"
+        )
+        report.exit_code = ExitCode.RELOAD
 
 
 def _lost_code(target: Target, state: TargetState, report: SyncReport) -> list[str]:

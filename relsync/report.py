@@ -185,9 +185,6 @@ def print_summary(report: SyncReport, *, verbose: bool = False, out: TextIO | No
         mods = [m for m in report.modules if m.status == status]
         if mods:
             w(f"  {title}: {_names([shown(m.module) for m in mods], verbose)}\n")
-    lingering = [(m.module, p) for m in report.modules if m.status == "loaded" for p in m.processes]
-    for module, proc in lingering:
-        w(f"  warning: {proc} still runs the old code of {shown(module)} (not killed)\n")
     for m in report.modules:
         if m.status == "not_purged":
             w(f"    {shown(m.module)}: {', '.join(m.processes)}\n")

@@ -245,6 +245,43 @@ def test_process_in_old_code_is_reported_not_killed(
     with_board(demo_release, tmp_path / "board", body, mode)
 
 
+def test_old_code_left_by_an_earlier_sync_exits_6(
+    demo_release: Path, tmp_path: Path, mode: str
+) -> None:
+    """Back and forth between two versions: the last load finds its code already current and
+    purges nothing, yet a process runs old code; that sync, and every later one, exits 6 (issue
+    32), its JSON warnings naming the process."""
+
+    def loop(tag: int) -> str:
+        return (
+            "-module(demo_loop).\n-export([start/0, tag/0]).\n"
+            f"tag() -> {tag}.\n"
+            "start() -> register(demo_loop, spawn(fun() -> loop() end)), ok.\n"
+            "loop() -> receive {From, tag} -> From ! tag(), loop() end.\n"
+        )
+
+    w1, w2 = (Variant(demo_release, tmp_path / f"w{i}").compile("demo_loop", loop(i))
+              for i in (1, 2))  # fmt: skip
+
+    async def body(board: LocalBoard) -> None:
+        rw = str(board.rw_path)
+        assert (await relsync(board, w1.root, "-q", rw)).code == 0
+        assert await call(board, "demo_loop", "start") == "ok"
+        second = await relsync(board, w2.root, "-q", rw, "--json")
+        assert second.code == 6
+        assert any("demo_loop" in w for w in second.report["warnings"])  # "see the warnings"
+        assert (await relsync(board, w1.root, "-q", rw)).code == 6
+        for run in (w2, w2):  # the load, then a sync with nothing to do
+            again = await relsync(board, run.root, "-q", rw, "--json")
+            assert again.code == 6, again.out
+            assert "old code of demo_loop" in again.report["error"]
+            assert any("demo_loop" in w for w in again.report["warnings"])
+        text = await relsync(board, w2.root, "-q", rw)
+        assert text.code == 6 and "warning:" in text.out and "demo_loop" in text.out
+
+    with_board(demo_release, tmp_path / "board", body, mode)
+
+
 def test_bad_input_against_a_real_board(demo_release: Path, tmp_path: Path) -> None:
     v2 = Variant(demo_release, tmp_path / "v2").counter_version(2)
 
