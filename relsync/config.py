@@ -23,6 +23,8 @@ from relsync.errors import UsageError
 PROJECT_FILES = ("relsync.toml", "rebar.config", "mix.exs")
 #: Never shown by --show-config.
 SECRET = frozenset({"cookie"})
+#: The top level of relsync.toml and of a --targets file.
+TOP_LEVEL = frozenset({"relsync", "board"})
 #: Options that make no sense in a file.
 COMMAND_ONLY = frozenset({"show_config", "help", "version"})
 
@@ -46,7 +48,13 @@ def project_root(cwd: Path) -> Path | None:
 def _toml_layer(path: Path, what: str) -> Layer | None:
     if not path.is_file():
         return None
-    table = read_toml(path, str(path)).get("relsync", {})
+    whole = read_toml(path, str(path))
+    if unknown := sorted(set(whole) - TOP_LEVEL):
+        raise UsageError(
+            f"{path}: unknown key(s) {', '.join(map(repr, unknown))} at the top level; options "
+            "go in the [relsync] table, boards in [[board]] tables"
+        )
+    table = whole.get("relsync", {})
     if not isinstance(table, dict):
         raise UsageError(f"{path}: [relsync] must be a table of options; fix it")
     return Layer(f"{path} ({what})", {k.replace("-", "_"): v for k, v in table.items()})

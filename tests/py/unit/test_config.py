@@ -65,6 +65,8 @@ def test_the_cookie_is_never_shown(
         ('[relsync]\nmode = "ftp"\n', "--mode must be one of erl, ssh"),
         ("[relsync]\ndry-run = 1\n", "--dry-run must be true or false"),
         ("[relsync\n", "is not valid TOML"),
+        ('[relsnyc]\ndestination_rw_path = "/x"\n', "unknown key(s) 'relsnyc'"),
+        ('destination_rw_path = "/x"\n', "unknown key(s) 'destination_rw_path'"),
     ],
 )
 def test_a_bad_file_is_one_line_naming_it(
@@ -125,3 +127,13 @@ def test_a_rebar_config_relsync_cannot_read_is_one_line_naming_the_line(
     assert main(["--show-config"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err and "rebar.config" in err, err
+
+
+def test_a_misspelled_table_of_a_targets_file_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "boards.toml").write_text('[relsnyc]\nport = 2400\n[[board]]\nnode = "a@b"\n')
+    monkeypatch.chdir(tmp_path)
+    assert main(["--show-config", "--targets", "boards.toml"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "boards.toml" in err and "'relsnyc'" in err, err
