@@ -224,6 +224,8 @@ def _unconverted(steps: list[UpgradeStep], state: TargetState) -> list[UpgradeSt
 async def _carry_out(target: Target, options: SyncOptions, report: SyncReport) -> None:
     plan = report.plan
     await stash_for_undo(target, report)
+    if plan.reload or plan.purge:  # a module kept loaded (in use) goes on the next run
+        await target.mark_pending([m for m, _, _ in plan.reload] + plan.purge)
     await switch_code(target, options, report, down=True)
     if report.upgrade_undone:  # back on the shadow tree's code: its code path, its files
         rw = options.rw_path or ""

@@ -12,6 +12,7 @@ import pytest
 from support.cli import cli_argv, relsync
 from support.local_board import with_board
 
+from relsync.erldist.etf import Atom
 from relsync.harness.example import Variant
 from relsync.harness.local import LocalBoard
 
@@ -163,5 +164,33 @@ def test_upgrade_after_the_tree_it_ran_from_was_cleaned(demo_release: Path, tmp_
         run = await relsync(board, v2.root, "-q", q, "--upgrade")
         assert run.code == 0, run
         assert await board.rpc("demo_counter", "version") == 2
+
+    with_board(demo_release, tmp_path / "board", body)
+
+
+LOOP = """-module(demo_loop).
+-export([start/0, loop/0]).
+start() -> P = spawn(?MODULE, loop, []), register(demo_loop, P), P.
+loop() -> receive stop -> ok end.
+"""
+
+
+def test_a_module_rollback_kept_in_use_goes_on_the_next_rollback(
+    demo_release: Path, tmp_path: Path
+) -> None:
+    looping = Variant(demo_release, tmp_path / "loop").compile("demo_loop", LOOP)
+
+    async def body(board: LocalBoard) -> None:
+        q = str(board.rw_path)
+        assert (await relsync(board, looping.root, "-q", q)).code == 0
+        await board.rpc("demo_loop", "start", [])
+        kept = await relsync(board, demo_release, "-q", q, "--rollback")
+        assert kept.code == 6 and "demo_loop" in kept.err, kept
+        status = await relsync(board, demo_release, "-q", q, "--status", "--json")
+        assert "demo_loop" in str(status.report), status.out  # pending
+        await board.rpc("erlang", "send", [Atom("demo_loop"), Atom("stop")])
+        again = await relsync(board, demo_release, "-q", q, "--rollback")
+        assert again.code == 0 and "nothing to roll back" not in again.out, again
+        assert await board.rpc("code", "is_loaded", [Atom("demo_loop")]) == Atom("false")
 
     with_board(demo_release, tmp_path / "board", body)
