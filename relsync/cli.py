@@ -327,6 +327,17 @@ def settings_from(args: argparse.Namespace) -> api.Settings:
     return api.Settings(**{f.name: getattr(args, f.name) for f in fields(api.Settings)})
 
 
+def check_settings(args: argparse.Namespace, sources: dict[str, str]) -> None:
+    """:meth:`api.Settings.check`, its error naming the file a refused value came from."""
+    try:
+        settings_from(args).check()
+    except UsageError as exc:
+        option = str(exc).partition(" ")[0].removeprefix("--").replace("-", "_")
+        if sources.get(option, "command line") in ("command line", "default"):
+            raise
+        raise UsageError(f"{sources[option]}: {exc}; fix it there") from None
+
+
 async def run(args: argparse.Namespace, cwd: Path) -> list[SyncReport] | list[BoardStatus]:
     """Resolve the options, then sync (or roll back, or read) every board concurrently; the
     release is scanned once, while the boards list their files."""
@@ -429,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         sources = config.apply(parser, args, argv, config.layers(Path.cwd(), args.targets))
         wants_json, verbose = args.json, args.verbose
+        check_settings(args, sources)
         if args.show_config:
             sys.stdout.write(config.show(args, sources))
             return int(ExitCode.OK)

@@ -214,6 +214,14 @@ NOT_UTF8 = b'[relsync]\nhooks = "caf\xe9"\n'
         ({}, ["--upgrade", "--upgrade-timeout", "1e-9"], "--upgrade-timeout 1e-09"),
         ({}, ["--connect-timeout", "-1"], "--connect-timeout -1"),
         ({}, ["--lock-timeout", "nan"], "--lock-timeout nan"),
+        ({"relsync.toml": b"[relsync]\nlock_timeout = -1\n"}, [], "relsync.toml ([relsync]): --"),
+        (
+            {"relsync.toml": b"[relsync]\nlock_timeout = inf\n"},
+            ["--show-config"],
+            "relsync.toml ([relsync]): --lock-timeout inf",
+        ),
+        ({}, ["-q", ""], "--destination-rw-path is empty"),
+        ({"relsync.toml": b'[relsync]\ndestination_rw_path = ""\n'}, [], "is empty"),
         ({}, ["--build"], "--build builds the project's own release"),
     ],
 )
