@@ -26,13 +26,13 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from relsync.boards import Board
 from relsync.destination import release_destination, runs_local_release
 from relsync.engine import SyncOptions, SyncReport, check_paths
 from relsync.engine import sync as sync_target
-from relsync.errors import RelsyncError, UsageError
+from relsync.errors import ExitCode, RelsyncError, TargetError, UsageError
 from relsync.local_scan import LocalScan, scan_while_reading
 from relsync.plan import SyncPlan
 from relsync.progress import ProgressBar
@@ -239,12 +239,28 @@ async def status_one(board: Board, settings: Settings, local: LocalScan) -> Boar
         await target.close()
 
 
+class Interrupted(RelsyncError):
+    """The run was cancelled (Ctrl-C, SIGTERM): ``reports`` has every board's, a board it
+    stopped with its ``failed`` report saying so."""
+
+    exit_code = ExitCode.SYNC
+
+    def __init__(self, reports: list[Any]) -> None:
+        super().__init__(INTERRUPTED)
+        self.reports = reports
+
+
+#: The error of a board whose sync, rollback or status was cancelled.
+INTERRUPTED = "interrupted; run relsync again: it converges"
+
+
 async def each_board(
     boards: Sequence[Board],
     one: Callable[[Board], Awaitable[T]],
     failed: Callable[[Board, RelsyncError], T],
 ) -> list[T]:
-    """``one(board)`` for every board at once; a board's failure is ``failed(board, error)``."""
+    """``one(board)`` for every board at once; a board's failure is ``failed(board, error)``.
+    Cancelled, it raises :class:`Interrupted` once every board has stopped."""
 
     async def reported(board: Board) -> T:
         try:
@@ -252,7 +268,17 @@ async def each_board(
         except RelsyncError as exc:
             return failed(board, exc)
 
-    return list(await asyncio.gather(*(reported(b) for b in boards)))
+    tasks = [asyncio.ensure_future(reported(b)) for b in boards]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except asyncio.CancelledError:
+        stopped = TargetError(INTERRUPTED)
+        raise Interrupted(
+            [
+                t.result() if not t.cancelled() else failed(b, stopped)
+                for b, t in zip(boards, tasks, strict=True)
+            ]
+        ) from None
 
 
 def failed_report(settings: Settings, action: str) -> Callable[[Board, RelsyncError], SyncReport]:

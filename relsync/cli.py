@@ -8,11 +8,12 @@ import atexit
 import gc
 import io
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from relsync import __version__, api, config
 from relsync.boards import Board, boards_from_file, check_destination
@@ -23,6 +24,8 @@ from relsync.release import find_release
 from relsync.release_node import release_node
 from relsync.report import print_json, print_summary, print_table
 from relsync.status import BoardStatus, print_status, print_status_json
+
+T = TypeVar("T")
 
 EXIT_CODES = """boards to try a release on: relsync target --help
 check a release on an emulated board before flashing: relsync validate --help
@@ -382,6 +385,20 @@ async def run(args: argparse.Namespace, cwd: Path) -> list[SyncReport] | list[Bo
     return await api.sync(root, boards, settings, hook)
 
 
+async def terminable(work: Awaitable[T]) -> T:
+    """``work``, cancelled by SIGTERM as asyncio.run cancels it on Ctrl-C (outside the event
+    loop, SIGTERM raises KeyboardInterrupt as Ctrl-C does: see :func:`main`)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await work
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 async def watch_project(args: argparse.Namespace, cwd: Path) -> None:
     """``--watch``: a round of build and sync now and after every change of the sources."""
     from relsync.watch import watch
@@ -412,6 +429,7 @@ def _board_ids(argv: list[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``relsync`` command (``relsync target ...`` manages boards,
     ``relsync validate ...`` checks a release on one)."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C, before anything
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["target"]:  # imported here: the board harness is not needed to sync
         from relsync import board_command
@@ -446,11 +464,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(ExitCode.OK)
         if args.watch:
             try:
-                asyncio.run(watch_project(args, Path.cwd()))
-            except KeyboardInterrupt:
+                asyncio.run(terminable(watch_project(args, Path.cwd())))
+            except (KeyboardInterrupt, asyncio.CancelledError):
                 print("relsync: watch ended", file=sys.stderr)
             return int(ExitCode.OK)
-        reports = asyncio.run(run(args, Path.cwd()))
+        reports = asyncio.run(terminable(run(args, Path.cwd())))
+    except api.Interrupted as exc:  # every board's report, those it stopped saying so
+        reports = exc.reports
     except RelsyncError as exc:
         detail = getattr(exc.__cause__, "detail", None)
         hint = "; -v shows the whole error" if detail and not verbose else ""
@@ -460,11 +480,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if detail and verbose:
             print(f"relsync: the target's error: {detail}", file=sys.stderr)
         return int(exc.exit_code)
-    except KeyboardInterrupt:
-        message = "interrupted; run relsync again: it converges"
-        print(f"relsync: {message}", file=sys.stderr)
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C or SIGTERM
+        print(f"relsync: {api.INTERRUPTED}", file=sys.stderr)
         if wants_json:
-            print_json([], error=message, exit_code=int(ExitCode.SYNC))
+            print_json([], error=api.INTERRUPTED, exit_code=int(ExitCode.SYNC))
         return int(ExitCode.SYNC)
     finally:
         gc.set_threshold(*threshold)
