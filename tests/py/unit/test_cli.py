@@ -279,22 +279,32 @@ def test_json_when_the_board_is_down_is_one_object(action: list[str], tmp_path: 
         assert board["action"] == ("rollback" if action else "sync")
 
 
-def test_ctrl_c_with_json_prints_one_object(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("sig", "action"),
+    [(signal.SIGINT, []), (signal.SIGTERM, []), (signal.SIGINT, ["--rollback", "-q", "/r"])],
+)
+def test_ctrl_c_with_json_prints_one_object(
+    sig: signal.Signals, action: list[str], tmp_path: Path
+) -> None:
+    """SIGTERM as Ctrl-C; the board stopped is in the object, with its action (issue 32)."""
     make_release(tmp_path / "_rel")
     with socket.socket() as epmd:  # accepts the connection, never answers
         epmd.bind(("127.0.0.1", 0))
         epmd.listen()
         argv = ["-d", "a@127.0.0.1", "--epmd-port", str(epmd.getsockname()[1]), "--json",
-                "--connect-timeout", "120"]  # fmt: skip
+                "--connect-timeout", "120", *action]  # fmt: skip
         proc = subprocess.Popen(
             [sys.executable, "-m", "relsync.cli", *argv], cwd=tmp_path, env=HERE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         conn, _ = epmd.accept()  # relsync is waiting for the board now
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
         conn.close()
     assert proc.returncode == 5 and out.count("\n") == 1, (out, err)
     result = json.loads(out)
     assert result["exit_code"] == 5 and "interrupted" in result["error"]
-    assert err.count("\n") == 1
+    assert err.count("\n") == 1 and "Traceback" not in err
+    [board] = result["boards"]
+    assert board["target"] == "a@127.0.0.1" and board["exit_code"] == 5
+    assert board["action"] == ("rollback" if action else "sync")
