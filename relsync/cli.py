@@ -487,6 +487,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.SYNC)
     finally:
         gc.set_threshold(*threshold)
+    try:
+        code = _print_results(args, reports)
+        sys.stdout.flush()  # here, where a reader that left is caught
+        return code
+    except BrokenPipeError:  # the reader left (relsync --status | head -3): end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing at exit
+        return 141  # 128 + SIGPIPE, as a Unix tool whose reader left
+
+
+def _print_results(args: argparse.Namespace, reports: list[SyncReport] | list[BoardStatus]) -> int:
+    """Print what the boards did (or are), as the options ask; the exit code."""
     if len(reports) == 1 and reports[0].error:  # the one-line error, as when it raises
         print(f"relsync: error: {reports[0].error}", file=sys.stderr)
     if args.status:

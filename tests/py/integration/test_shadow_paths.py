@@ -5,6 +5,7 @@ there)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from pathlib import Path
 
@@ -192,5 +193,17 @@ def test_a_module_rollback_kept_in_use_goes_on_the_next_rollback(
         again = await relsync(board, demo_release, "-q", q, "--rollback")
         assert again.code == 0 and "nothing to roll back" not in again.out, again
         assert await board.rpc("code", "is_loaded", [Atom("demo_loop")]) == Atom("false")
+
+    with_board(demo_release, tmp_path / "board", body)
+
+
+def test_status_to_a_reader_that_left_ends_quietly(demo_release: Path, tmp_path: Path) -> None:
+    async def body(board: LocalBoard) -> None:
+        argv = cli_argv(board, demo_release, "-q", str(board.rw_path), "--status", mode="erl")
+        read, write = os.pipe()
+        os.close(read)  # relsync --status | head -0
+        done = subprocess.run(argv, stdout=write, stderr=subprocess.PIPE, check=False)
+        os.close(write)
+        assert done.returncode == 141 and done.stderr == b"", done.stderr.decode()
 
     with_board(demo_release, tmp_path / "board", body)
