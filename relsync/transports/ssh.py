@@ -20,7 +20,7 @@ from pathlib import Path
 import asyncssh
 
 from relsync.erldist.etf import Atom, Charlist, EtfError, Term, binary_to_term, term_to_binary
-from relsync.errors import ConnectError, TargetError
+from relsync.errors import ConnectError, TargetError, UsageError
 from relsync.target import FilePut, Progress, Written, nothing_written
 from relsync.transports.helper import (
     BATCHES_IN_FLIGHT,
@@ -213,7 +213,14 @@ class SshTarget(HelperTarget):
                 "(enabled, ssh_port) and the port right (-P)?"
             ) from exc
         if policy.new_key is not None:
-            _record_host_key(known, host, port, policy.new_key)
+            try:
+                _record_host_key(known, host, port, policy.new_key)
+            except OSError as exc:
+                conn.close()
+                raise UsageError(
+                    f"ssh: cannot record the host key of {label} in {known} "
+                    f"({exc.strerror}); give a writable --known-hosts FILE"
+                ) from None
         try:
             lane = await _open_lane(conn, label)
         except asyncssh.Error as exc:

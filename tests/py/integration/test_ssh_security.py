@@ -8,6 +8,7 @@ named through SFTP or the control channel, however it is spelt.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import struct
 import subprocess
@@ -264,6 +265,17 @@ def test_host_keys_unknown_then_accepted_then_changed(env: Env, tmp_path: Path) 
     changed = _relsync(env, base, *key, "--accept-new-host-key")
     assert changed.returncode == 3 and "CHANGED" in changed.stderr
     assert changed.stderr.count("\n") == 1
+
+
+def test_a_known_hosts_file_that_cannot_be_written_is_one_line(env: Env) -> None:
+    """The key accepted but not recorded: one line, exit 2, --json's object (issue 32)."""
+    ssh = env.board.ssh
+    assert ssh is not None
+    key = ["-i", str(ssh.identity), "--known-hosts", "/dev/null/x", "--accept-new-host-key"]
+    run = _relsync(env, build_example_release(), *key, "--json")
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert "/dev/null/x" in run.stderr and "--known-hosts" in run.stderr
+    assert json.loads(run.stdout)["exit_code"] == 2
 
 
 def test_only_the_boards_key_logs_in(env: Env, tmp_path: Path) -> None:
