@@ -91,7 +91,8 @@ class Settings:
             value = getattr(self, opt)
             if not (isinstance(value, int | float) and least <= value <= MAX_SECONDS):
                 raise UsageError(
-                    f"--{opt.replace('_', '-')} {value!r}: give a number of seconds {what} "
+                    f"--{opt.replace('_', '-')} {str(value).removesuffix('.0')}: give a number "
+                    f"of seconds {what} "
                     f"to {MAX_SECONDS}"
                 )
         if self.sname and self.name:

@@ -48,22 +48,6 @@ exit codes:
 with several boards, the highest of their codes (0 only when every board synced)"""
 
 
-def _bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("true", "yes", "1", "on"):
-        return True
-    if lowered in ("false", "no", "0", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _port(text: str) -> int:
-    value = int(text) if text.isdigit() else -1
-    if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"expected a TCP port number (1-65535), got {text!r}")
-    return value
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{message} (see relsync --help)")
@@ -153,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "-E",
         "--exclude-system-libs",
-        type=_bool,
+        type=config.boolean,
         nargs="?",
         const=True,
         default=True,
@@ -182,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="erl",
         help="transfer over the Erlang distribution protocol or ssh [default: erl]",
     )
-    a("-P", "--port", type=_port, metavar="PORT", help="ssh port to use [default: 2228]")
+    a("-P", "--port", type=config.port, metavar="PORT", help="ssh port to use [default: 2228]")
     a("-u", "--user", metavar="USER", default="relsync", help="ssh user name [default: relsync]")
     a(
         "-i",
@@ -204,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a(
         "--epmd-port",
-        type=_port,
+        type=config.port,
         metavar="PORT",
         help="EPMD port on the destination host [default: $ERL_EPMD_PORT, else 4369]",
     )
@@ -217,21 +201,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a(
         "--hook-timeout",
-        type=float,
+        type=config.seconds,
         default=60.0,
         metavar="SECONDS",
         help="time limit for each hook [default: 60]",
     )
     a(
         "--lock-timeout",
-        type=float,
+        type=config.seconds,
         default=30.0,
         metavar="SECONDS",
         help="how long to wait while another sync holds the board [default: 30]",
     )
     a(
         "--connect-timeout",
-        type=float,
+        type=config.seconds,
         default=10.0,
         metavar="SECONDS",
         help="time limit for reaching the destination [default: 10]",
@@ -244,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a(
         "--upgrade-timeout",
-        type=float,
+        type=config.seconds,
         default=10.0,
         metavar="SECONDS",
         help="--upgrade: limit for each process to suspend, convert or resume [default: 10]",

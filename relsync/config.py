@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from relsync.boards import read_toml
-from relsync.erldist.etf import Term
+from relsync.erldist.etf import Atom, Term
 from relsync.erldist.pretty import format_term
 from relsync.erlterm import consult, decode
 from relsync.errors import UsageError
@@ -27,6 +27,39 @@ SECRET = frozenset({"cookie"})
 TOP_LEVEL = frozenset({"relsync", "board"})
 #: Options that make no sense in a file.
 COMMAND_ONLY = frozenset({"show_config", "help", "version"})
+
+
+def boolean(text: str) -> bool:
+    """A command-line boolean (``true``, ``no``, ``1``...)."""
+    lowered = text.lower()
+    if lowered in ("true", "yes", "1", "on"):
+        return True
+    if lowered in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def port(text: str) -> int:
+    """A TCP port number, 1-65535."""
+    value = int(text) if text.isdigit() else -1
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"expected a TCP port number (1-65535), got {text!r}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A time limit as a number as written (``1_0`` is no number of seconds; the range is
+    :meth:`relsync.api.Settings.check`'s)."""
+    try:
+        if "_" in text or text != text.strip():
+            raise ValueError(text)
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+
+
+#: The options whose values are numbers: a file gives them as numbers, not text.
+NUMBERS = (port, seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +99,8 @@ def _plain(term: Term) -> Any:
         return term.decode()
     if isinstance(term, list):
         return [_plain(t) for t in term]
+    if isinstance(term, Atom) and term in ("true", "false"):  # Erlang's booleans
+        return term == "true"
     return str(term) if isinstance(term, str) else term
 
 
@@ -125,18 +160,23 @@ def _convert(action: argparse.Action, value: Any, source: str) -> Any:
 
 def _convert_one(action: argparse.Action, value: Any, source: str) -> Any:
     convert = action.type if callable(action.type) else None
-    if convert is None and action.choices is None and not isinstance(value, str):
-        name = action.option_strings[-1]
+    name = action.option_strings[-1]
+    if convert in NUMBERS:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise UsageError(f"{source}: {name} must be a number, not {value!r}; fix it there")
+    elif convert is boolean:
+        if not isinstance(value, bool):
+            raise UsageError(f"{source}: {name} must be true or false, not {value!r}")
+    elif not isinstance(value, str):
         raise UsageError(f"{source}: {name} must be a string, not {value!r}; fix it there")
     text = str(value).lower() if isinstance(value, bool) else str(value)
     try:
         result = convert(text) if convert is not None else text
     except (argparse.ArgumentTypeError, ValueError) as exc:
-        name = action.option_strings[-1]
         raise UsageError(f"{source}: {name} {value!r}: {exc}; fix it there") from None
     if action.choices is not None and result not in action.choices:
         choices = ", ".join(map(str, action.choices))
-        raise UsageError(f"{source}: {action.option_strings[-1]} must be one of {choices}")
+        raise UsageError(f"{source}: {name} must be one of {choices}")
     return result
 
 
@@ -147,13 +187,14 @@ def apply(
     source (``command line``, a file, ``default``)."""
     given = _given(parser, argv)
     actions = {a.dest: a for a in parser._actions if a.option_strings}
-    for layer in found:
-        for key in layer.values:
+    for layer in found:  # every value checked, whatever overrides it
+        for key, value in layer.values.items():
             if key not in actions or key in COMMAND_ONLY:
                 raise UsageError(
                     f"{layer.source}: no option {key!r}; use the long option names of "
                     "relsync --help (destination_rw_path, mode, ...)"
                 )
+            _convert(actions[key], value, layer.source)
     sources: dict[str, str] = {}
     for dest, action in actions.items():
         if dest in COMMAND_ONLY:

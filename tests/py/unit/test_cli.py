@@ -308,3 +308,16 @@ def test_ctrl_c_with_json_prints_one_object(
     [board] = result["boards"]
     assert board["target"] == "a@127.0.0.1" and board["exit_code"] == 5
     assert board["action"] == ("rollback" if action else "sync")
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [(["--hook-timeout", "1_0"], "'1_0'"), (["--connect-timeout", "-1"], "--connect-timeout -1:")],
+)
+def test_time_limits_are_numbers_as_written(
+    argv: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """(issue 32)"""
+    assert main(["-d", "a@127.0.0.1", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err, err

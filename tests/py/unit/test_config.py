@@ -137,3 +137,51 @@ def test_a_misspelled_table_of_a_targets_file_is_refused(
     assert main(["--show-config", "--targets", "boards.toml"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "boards.toml" in err and "'relsnyc'" in err, err
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "argv", "words"),
+    [
+        (
+            "relsync.toml",
+            '[relsync]\nconnect_timeout = "5"\n',
+            [],
+            "--connect-timeout must be a number",
+        ),
+        ("relsync.toml", "[relsync]\nconnect_timeout = true\n", [], "not True"),
+        ("boards.toml", '[relsync]\nhook_timeout = "5"\n', [], "--hook-timeout must be a number"),
+        ("rebar.config", '{relsync, [{hook_timeout, "5"}]}.\n', [], "--hook-timeout must be"),
+        ("rebar.config", "{relsync, [{hook_timeout, inf}]}.\n", [], "--hook-timeout must be"),
+        ("relsync.toml", "[relsync]\ntargets = 3\n", [], "--targets must be a string"),
+        ("relsync.toml", "[relsync]\ndestination_rw_path = 5\n", ["-q", "/d"], "not 5"),
+        ("relsync.toml", '[relsync]\nexclude_system_libs = "no"\n', [], "true or false"),
+    ],
+)
+def test_every_value_from_a_file_is_type_checked(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    text: str,
+    argv: list[str],
+    words: str,
+) -> None:
+    """Whatever overrides it, a value of the wrong type is exit 2 naming the file (issue 32)."""
+    (tmp_path / name).write_text(text)
+    (tmp_path / "rebar.config").touch()  # the project
+    monkeypatch.chdir(tmp_path)
+    targets = ["--targets", name] if name == "boards.toml" else []
+    assert main(["--show-config", *targets, *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err and name in err, err
+
+
+def test_rebar_booleans_are_booleans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "rebar.config").write_text(
+        "{relsync, [{dry_run, true}, {exclude_system_libs, false}]}.\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    rows = show(capsys)
+    assert rows["dry-run"][0] == "True" and rows["exclude-system-libs"][0] == "False"
