@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import errno
 import gc
 import io
 import os
@@ -32,7 +33,7 @@ check a release on an emulated board before flashing: relsync validate --help
 
 exit codes:
   0  synced (or nothing to do)
-  1  internal error (a bug: please report it)
+  1  internal error (a bug: please report it), or the output could not be written (disk full)
   2  bad command line or local release; the target was not touched
   3  could not connect to the target; it was not touched
   4  a hook failed (presync: nothing was changed; postsync: files and code were updated)
@@ -414,6 +415,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``relsync`` command (``relsync target ...`` manages boards,
     ``relsync validate ...`` checks a release on one)."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C, before anything
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, where a reader that left or a full disk is caught
+        return code
+    except BrokenPipeError:  # the reader left (relsync --status | head -3): end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing at exit
+        return 141  # 128 + SIGPIPE, as a Unix tool whose reader left
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing at exit
+        print(f"relsync: cannot write the output: {exc.strerror}", file=sys.stderr)
+        return int(ExitCode.INTERNAL)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["target"]:  # imported here: the board harness is not needed to sync
         from relsync import board_command
@@ -471,13 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.SYNC)
     finally:
         gc.set_threshold(*threshold)
-    try:
-        code = _print_results(args, reports)
-        sys.stdout.flush()  # here, where a reader that left is caught
-        return code
-    except BrokenPipeError:  # the reader left (relsync --status | head -3): end quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing at exit
-        return 141  # 128 + SIGPIPE, as a Unix tool whose reader left
+    return _print_results(args, reports)
 
 
 def _print_results(args: argparse.Namespace, reports: list[SyncReport] | list[BoardStatus]) -> int:

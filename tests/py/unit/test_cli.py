@@ -321,3 +321,17 @@ def test_time_limits_are_numbers_as_written(
     assert main(["-d", "a@127.0.0.1", *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err, err
+
+
+def test_output_that_cannot_be_written_ends_quietly(tmp_path: Path) -> None:
+    """A reader that left: 141 and nothing on stderr; a full disk: one line (issue 32)."""
+    argv = [sys.executable, "-m", "relsync.cli", "--show-config", "-v"]
+    read, write = os.pipe()
+    os.close(read)  # the reader left before relsync printed
+    gone = subprocess.run(argv, cwd=tmp_path, env=HERE, stdout=write, stderr=subprocess.PIPE)
+    os.close(write)
+    assert gone.returncode == 141 and gone.stderr == b"", gone.stderr
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run(argv, cwd=tmp_path, env=HERE, stdout=full, stderr=subprocess.PIPE)
+    assert done.returncode == 1 and done.stderr.count(b"\n") == 1, done.stderr
+    assert b"cannot write the output" in done.stderr
