@@ -95,8 +95,14 @@ sync_state(Config) ->
     {ok, Original} = ?T:manifest(Root, #{exclude => Excl, format => packed}),
     {ok, Shadow} = ?T:manifest(Rw, #{format => packed}),
     State = ?T:sync_state(Root, Excl, Rw),
-    ?assertEqual(lists:sort([code, info, lib, original, shadow, top]),
+    ?assertEqual(lists:sort([code, info, lib, original, resolved, shadow, top]),
                  lists:sort(maps:keys(State))),
+    %% Both paths as the board resolves them: through links, "..", and a tail
+    %% not made yet kept as it is.
+    Link = <<Dir/binary, "/to-root">>,
+    ok = file:make_symlink(Root, Link),
+    #{resolved := {RealRoot, Inside}} = ?T:sync_state(Root, Excl, <<Link/binary, "/lib/../new">>),
+    ?assertEqual(<<RealRoot/binary, "/new">>, Inside),
     #{info := Info, code := Code} = State,
     ?assertEqual(maps:remove(code_path, ?T:info()), maps:remove(code_path, Info)),
     ?assertEqual(?T:code_state(), Code),
