@@ -8,6 +8,7 @@ import atexit
 import errno
 import gc
 import io
+import json
 import os
 import signal
 import sys
@@ -272,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="sync, then rebuild (--build) and sync every board again whenever the project's "
         "sources change; Ctrl-C ends it",
     )
-    a("--version", action="version", version=f"relsync {__version__}")
+    a("--version", action="store_true", help="print relsync's version (--json: as an object)")
     return p
 
 
@@ -457,11 +458,16 @@ def _main(argv: Sequence[str] | None) -> int:
         argv = _board_ids(argv)
         parser = build_parser()
         args = parser.parse_args(argv)
+        if args.version:  # whatever the option files say
+            version = {"version": __version__}
+            print(json.dumps(version) if args.json else f"relsync {__version__}")
+            return int(ExitCode.OK)
         sources = config.apply(parser, args, argv, config.layers(Path.cwd(), args.targets))
         wants_json, verbose = args.json, args.verbose
         check_settings(args, sources)
         if args.show_config:
-            sys.stdout.write(config.show(args, sources))
+            show = config.show_json if args.json else config.show
+            sys.stdout.write(show(args, sources))
             return int(ExitCode.OK)
         if args.watch:
             try:

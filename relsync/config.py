@@ -225,12 +225,30 @@ def _given(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
     return set(vars(probe))
 
 
+def _value(args: argparse.Namespace, dest: str) -> Any:
+    """An option's value as shown: never the cookie, a path as text."""
+    value = getattr(args, dest, None)
+    if dest in SECRET and value:
+        return "(set)"
+    return str(value) if isinstance(value, Path) else value
+
+
 def show(args: argparse.Namespace, sources: dict[str, str]) -> str:
     """What applies and where each value came from, one option a line (never the cookie)."""
     lines = []
     for dest in sorted(sources):
-        value = getattr(args, dest, None)
-        secret = dest in SECRET and value
-        shown = "(set)" if secret else "" if value is None else str(value)
+        value = _value(args, dest)
+        shown = "" if value is None else str(value)
         lines.append(f"{dest.replace('_', '-'):24} {shown:30} {sources[dest]}")
     return "\n".join(lines) + "\n"
+
+
+def show_json(args: argparse.Namespace, sources: dict[str, str]) -> str:
+    """:func:`show` as one JSON object: ``{"options": {name: {"value", "source"}}}``."""
+    import json
+
+    options = {
+        dest.replace("_", "-"): {"value": _value(args, dest), "source": sources[dest]}
+        for dest in sorted(sources)
+    }
+    return json.dumps({"options": options}) + "\n"

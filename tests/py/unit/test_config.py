@@ -3,11 +3,13 @@ the command line wins, then in that order; --show-config says where each came fr
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
+import relsync
 from relsync.cli import main
 
 REBAR = (
@@ -185,3 +187,17 @@ def test_rebar_booleans_are_booleans(
     monkeypatch.chdir(tmp_path)
     rows = show(capsys)
     assert rows["dry-run"][0] == "True" and rows["exclude-system-libs"][0] == "False"
+
+
+def test_show_config_and_version_with_json_print_one_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """(issue 32)"""
+    (tmp_path / "relsync.toml").write_text(TOML)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--show-config", "--json"]) == 0
+    options = json.loads(capsys.readouterr().out)["options"]
+    assert options["port"] == {"value": 2300, "source": f"{tmp_path / 'relsync.toml'} ([relsync])"}
+    assert options["cookie"]["value"] == "(set)" and options["dry-run"]["value"] is False
+    assert main(["--version", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"version": relsync.__version__}
