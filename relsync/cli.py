@@ -26,6 +26,7 @@ from relsync.release import find_release
 from relsync.release_node import release_node
 from relsync.report import print_json, print_summary, print_table
 from relsync.status import BoardStatus, print_status, print_status_json
+from relsync.words import human
 
 T = TypeVar("T")
 
@@ -481,7 +482,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except RelsyncError as exc:
         detail = getattr(exc.__cause__, "detail", None)
         hint = "; -v shows the whole error" if detail and not verbose else ""
-        print(f"relsync: error: {exc}{hint}", file=sys.stderr)
+        print(human(f"relsync: error: {exc}{hint}"), file=sys.stderr)
         if wants_json:
             print_json([], error=str(exc), exit_code=int(exc.exit_code))
         if detail and verbose:
@@ -500,7 +501,7 @@ def _main(argv: Sequence[str] | None) -> int:
 def _print_results(args: argparse.Namespace, reports: list[SyncReport] | list[BoardStatus]) -> int:
     """Print what the boards did (or are), as the options ask; the exit code."""
     if len(reports) == 1 and reports[0].error:  # the one-line error, as when it raises
-        print(f"relsync: error: {reports[0].error}", file=sys.stderr)
+        print(human(f"relsync: error: {reports[0].error}"), file=sys.stderr)
     if args.status:
         statuses = [r for r in reports if isinstance(r, BoardStatus)]
         if args.json:

@@ -7,7 +7,7 @@ import sys
 from typing import Any, TextIO
 
 from relsync.engine import SyncReport
-from relsync.words import plural, shown, size
+from relsync.words import human, plural, shown, size
 
 
 def _below(root: str, path: str) -> str:
@@ -102,7 +102,11 @@ def _names(items: list[str], verbose: bool, limit: int = 6) -> str:
 def print_summary(report: SyncReport, *, verbose: bool = False, out: TextIO | None = None) -> None:
     """The one-screen human summary (on stdout unless ``out`` is given)."""
     plan = report.plan
-    w = (out or sys.stdout).write
+    write = (out or sys.stdout).write
+
+    def w(line: str) -> None:
+        write(human(line))
+
     rollback = report.action == "rollback"
     if rollback and not plan.code_path_replace:  # see relsync.rollback
         w(f"relsync: nothing to roll back: {report.label} runs its pristine release\n")
@@ -217,10 +221,14 @@ def print_table(
     reports: list[SyncReport], *, verbose: bool = False, out: TextIO | None = None
 ) -> None:
     """One line a board, then each failure's message (on stdout unless ``out`` is given)."""
-    out = out or sys.stdout
+    stream = out or sys.stdout
+
+    def write(text: str) -> None:
+        stream.write(human(text))
+
     failed = [r for r in reports if r.exit_code]
-    out.write(f"relsync: {len(reports)} boards, {len(reports) - len(failed)} synced, "
-              f"{len(failed)} failed\n")  # fmt: skip
+    write(f"relsync: {len(reports)} boards, {len(reports) - len(failed)} synced, "
+          f"{len(failed)} failed\n")  # fmt: skip
     rows = [("board", "result", "added", "changed", "deleted", "reloaded", "sent", "time")]
     for r in reports:
         loaded = sum(1 for m in r.modules if m.status == "loaded")
@@ -230,10 +238,10 @@ def print_table(
                      f"{r.seconds:.2f} s"))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        out.write("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        out.write("\n")
+        write("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        write("\n")
     for r in reports:
         if r.error:
-            out.write(f"  {r.label}: {r.error}\n")
+            write(f"  {r.label}: {r.error}\n")
         for warning in r.warnings if verbose else []:
-            out.write(f"  {r.label}: warning: {warning}\n")
+            write(f"  {r.label}: warning: {warning}\n")

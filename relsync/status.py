@@ -13,7 +13,7 @@ from relsync.plan import SyncPlan, build_plan
 from relsync.report import write_json
 from relsync.rollback import ShadowChanges, running_tree, shadow_changes
 from relsync.target import ModuleResult, Target
-from relsync.words import plural, shown
+from relsync.words import human, plural, shown
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +101,10 @@ def _list(names: list[str]) -> str:
 
 def print_status(status: BoardStatus, out: TextIO = sys.stdout) -> None:
     """One screen."""
-    w = out.write
+
+    def w(line: str) -> None:
+        out.write(human(line))
+
     if status.error:
         w(f"relsync: {status.label} could not be read: {status.error}\n")
         return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 def plural(count: int, noun: str) -> str:
     """``1 module``, ``2 modules``, ``3 processes``."""
@@ -14,6 +16,17 @@ def shown(module: str) -> str:
     """A module name as its language writes it: Elixir's ``Elixir.Myex.Counter`` is
     ``Myex.Counter``; Erlang's are as they are."""
     return module.removeprefix("Elixir.")
+
+
+#: An Elixir module's atom in a message (``'Elixir.Myex.Loop'``, a registered name too), not
+#: in a path (``ebin/Elixir.Myex.Loop.beam``).
+_ELIXIR = re.compile(r"(?<![\w/.-])'?Elixir\.([A-Z][\w.]*?\w)'?(?!\w|\.\w)")
+
+
+def human(text: str) -> str:
+    """A line for a person: every Elixir module atom in it as :func:`shown` (``--json``
+    keeps the atoms)."""
+    return _ELIXIR.sub(r"\1", text)
 
 
 def modules(names: list[str]) -> str:

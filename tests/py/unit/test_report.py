@@ -16,7 +16,7 @@ from relsync.erldist.errors import BadRpc
 from relsync.erldist.etf import Atom
 from relsync.errors import ExitCode
 from relsync.plan import SyncPlan
-from relsync.report import as_dict, print_json, print_summary
+from relsync.report import as_dict, print_json, print_summary, print_table
 from relsync.rollback import ShadowChanges
 from relsync.status import BoardStatus, print_status
 from relsync.target import FilePut, ModuleResult, Target
@@ -83,6 +83,31 @@ def test_elixir_modules_are_named_as_elixir_writes_them() -> None:
     assert "  reloaded: Myex.Counter, demo\n" in out.getvalue()
     assert "  FAILED to load: Myex.Greet\n    Myex.Greet: badfile\n" in out.getvalue()
     assert as_dict(report)["modules"][0]["module"] == "Elixir.Myex.Counter"  # the atom, for tools
+
+
+def test_elixir_names_in_warnings_errors_and_status_are_elixir_s_too() -> None:
+    """Registered names and module atoms in any human line, not in paths nor --json (issue
+    32)."""
+    proc = "<0.977.0> 'Elixir.Myex.Loop'"
+    report = SyncReport("myex@host", SyncPlan(root="/srv/erlang"), [])
+    report.plan.added = ["lib/myex-1/ebin/Elixir.Myex.Loop.beam"]
+    report.warnings = [f"{proc} still runs the old code of Elixir.Myex.Loop"]
+    report.error = "Elixir.Myex.Old is no longer in the release."
+    out = io.StringIO()
+    print_summary(report, verbose=True, out=out)
+    text = out.getvalue()
+    assert "warning: <0.977.0> Myex.Loop still runs the old code of Myex.Loop\n" in text
+    assert "error: Myex.Old is no longer in the release.\n" in text
+    assert "ebin/Elixir.Myex.Loop.beam" in text and text.count("Elixir.") == 1
+    assert as_dict(report)["warnings"] == report.warnings  # the atoms, for tools
+    table = io.StringIO()
+    print_table([report, report], verbose=True, out=table)
+    assert "Elixir." not in table.getvalue()
+    status = BoardStatus("myex@host", "/srv", None, False, None, [], SyncPlan(root="/srv"),
+                         [ModuleResult("Elixir.Myex.Loop", "old_code", (proc,))], [])  # fmt: skip
+    shown = io.StringIO()
+    print_status(status, shown)
+    assert "old code of Myex.Loop still runs in <0.977.0> Myex.Loop\n" in shown.getvalue()
 
 
 def _summary(report: SyncReport, *, verbose: bool = False) -> str:
