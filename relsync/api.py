@@ -122,6 +122,17 @@ def local_node_name(settings: Settings, destination: str) -> str | None:
     return None
 
 
+def board_label(board: Board, settings: Settings) -> str:
+    """The board's name in reports, as its target names itself once connected: the node, or
+    ``user@host:port`` in ssh mode."""
+    if board.mode != "ssh":
+        return board.destination
+    from relsync.transports.ssh import DEFAULT_PORT
+
+    port = board.port or settings.port or DEFAULT_PORT
+    return f"{board.user or settings.user}@{board.destination}:{port}"
+
+
 async def open_target(board: Board, settings: Settings, root: Path | None) -> Target:
     """Connect to one board in its mode (its own settings first, then ``settings``, then for
     the cookie what the local release at ``root`` says)."""
@@ -287,7 +298,7 @@ def failed_report(settings: Settings, action: str) -> Callable[[Board, RelsyncEr
 
     def report(board: Board, exc: RelsyncError) -> SyncReport:
         rw = board.rw_path or settings.destination_rw_path or ""
-        done = SyncReport(board.destination, SyncPlan(root=rw), [], action=action)
+        done = SyncReport(board_label(board, settings), SyncPlan(root=rw), [], action=action)
         done.error, done.exit_code = str(exc), exc.exit_code
         return done
 
@@ -327,6 +338,6 @@ async def status(release: Path, boards: Sequence[Board], settings: Settings) -> 
         boards,
         lambda b: status_one(b, settings, local),
         lambda b, exc: BoardStatus.failed(
-            b.destination, b.rw_path or settings.destination_rw_path or None, exc
+            board_label(b, settings), b.rw_path or settings.destination_rw_path or None, exc
         ),
     )

@@ -335,3 +335,14 @@ def test_output_that_cannot_be_written_ends_quietly(tmp_path: Path) -> None:
         done = subprocess.run(argv, cwd=tmp_path, env=HERE, stdout=full, stderr=subprocess.PIPE)
     assert done.returncode == 1 and done.stderr.count(b"\n") == 1, done.stderr
     assert b"cannot write the output" in done.stderr
+
+
+def test_a_failed_ssh_board_has_the_label_of_a_synced_one(tmp_path: Path) -> None:
+    """user@host:port, failed or not (issue 32)."""
+    make_release(tmp_path / "_rel")
+    port = _free_port()
+    argv = ["-M", "ssh", "-d", "127.0.0.1", "-P", str(port), "-q", "/d", "--json"]
+    code, out, _ = _json_run(argv, tmp_path)
+    assert code == 3
+    [board] = out["boards"]  # type: ignore[misc]
+    assert board["target"] == f"relsync@127.0.0.1:{port}"
