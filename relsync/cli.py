@@ -518,7 +518,8 @@ def _print_results(args: argparse.Namespace, reports: list[SyncReport] | list[Bo
         if not args.quiet or code:
             print_table(reports, verbose=args.verbose)
     elif not args.quiet or code:
-        print_summary(reports[0], verbose=args.verbose)
+        on_screen = sys.stdout.isatty() and sys.stderr.isatty()  # the error is on stderr
+        print_summary(reports[0], verbose=args.verbose, with_error=not on_screen)
     return int(code)
 
 

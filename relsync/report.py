@@ -99,8 +99,15 @@ def _names(items: list[str], verbose: bool, limit: int = 6) -> str:
     return ", ".join(items[:limit]) + f", … (+{len(items) - limit}, -v lists all)"
 
 
-def print_summary(report: SyncReport, *, verbose: bool = False, out: TextIO | None = None) -> None:
-    """The one-screen human summary (on stdout unless ``out`` is given)."""
+def print_summary(
+    report: SyncReport,
+    *,
+    verbose: bool = False,
+    out: TextIO | None = None,
+    with_error: bool = True,
+) -> None:
+    """The one-screen human summary (on stdout unless ``out`` is given); ``with_error``: end
+    with the error, when it is not on the same screen already."""
     plan = report.plan
     write = (out or sys.stdout).write
 
@@ -213,7 +220,7 @@ def print_summary(report: SyncReport, *, verbose: bool = False, out: TextIO | No
     for warning in report.warnings:
         if not warning.startswith("nothing to roll back"):  # said on the first line
             w(f"  warning: {warning}\n")
-    if report.error:
+    if report.error and with_error:
         w(f"  error: {report.error}\n")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import sys
 from pathlib import Path
 from typing import cast
 
@@ -166,3 +167,27 @@ def test_status_names_elixir_modules_and_counts_in_words() -> None:
 def test_a_bad_rpc_leaves_the_command_line_to_mention_v() -> None:
     error = BadRpc("b@h", "m:f/0", (Atom("EXIT"), (Atom("badarg"), [(Atom("m"), Atom("f"), 0)])))
     assert "-v" not in str(error) and "badarg in m:f/0" in str(error)
+
+
+def test_on_a_terminal_the_error_is_printed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On stderr only, not again in the summary (issue 32); redirected, in both."""
+    import relsync.cli
+
+    report = SyncReport("a@127.0.0.1", SyncPlan(root="/d"), [])
+    report.error, report.exit_code = "the old code of demo still runs", ExitCode.RELOAD
+
+    async def run(*_: object) -> list[SyncReport]:
+        return [report]
+
+    monkeypatch.setattr(relsync.cli, "run", run)
+    monkeypatch.chdir(tmp_path)
+    assert main(["-d", "a@127.0.0.1"]) == 6
+    out, err = capsys.readouterr()
+    assert "still runs" in out and "still runs" in err  # a log of stdout has it too
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["-d", "a@127.0.0.1"]) == 6
+    out, err = capsys.readouterr()
+    assert "still runs" not in out and err.count("still runs") == 1
