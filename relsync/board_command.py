@@ -207,9 +207,11 @@ async def run(args: argparse.Namespace) -> None:
         command = shlex.join([*options, *_paths(board)])
         print(f"# then: relsync {command}   (or simply: relsync -d {board.id})")
     else:
-        boards: list[Standing] = [
-            await DockerBoard.attach(name) for name in await DockerBoard.list_ids()
-        ]
+        boards: list[Standing] = []
+        try:
+            boards += [await DockerBoard.attach(name) for name in await DockerBoard.list_ids()]
+        except BoardError as exc:  # the others are listed all the same
+            print(f"relsync target: docker boards not listed: {exc}", file=sys.stderr)
         boards += [await QemuBoard.attach(name, BOARDS_DIR) for name in _qemu_ids()]
         boards += [LocalBoard.attach(BOARDS_DIR / name) for name in _local_ids()]
         if args.json:
