@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from relsync.harness.client import cli_argv
-from relsync.plan import is_temp
+from relsync.plan import SHADOW_MARKER, is_temp
 from relsync.release import OTP_APPS
 from relsync.target import TEMP_PREFIX as TMP_PREFIX
 
@@ -153,8 +153,9 @@ def expected_shadow(
 ) -> dict[str, str]:
     """The shadow tree a clean sync of ``new`` builds over the board's ``base`` release (the
     plan's rules: changed and added files are real, unchanged ones and files outside lib/ that
-    the new release lacks are links, each excluded system lib is one directory link)."""
-    out: dict[str, str] = {}
+    the new release lacks are links, each excluded system lib is one directory link;
+    relsync's marker links to the release)."""
+    out: dict[str, str] = {SHADOW_MARKER: f"link:{release}"}
     for rel in new.keys() | {r for r in base if not r.startswith("lib/")}:
         if (lib := system_lib(rel)) is not None:
             out[lib] = f"link:{release}/{lib}"
@@ -173,7 +174,8 @@ def check_tree(
     for rel, entry in without_tmp(entries).items():
         kind, _, value = entry.partition(":")
         if kind == "link":
-            assert value == f"{release}/{rel}", f"{when}: {rel} -> {value}"
+            want = str(release) if rel == SHADOW_MARKER else f"{release}/{rel}"
+            assert value == want, f"{when}: {rel} -> {value}"
         else:
             assert value in {k.get(rel) for k in known}, (
                 f"{when}: {rel} in the shadow tree is no known version (half-written?)"
