@@ -123,7 +123,7 @@ def check_files(
             continue
         kind, _, value = entry.partition(":")
         if kind == "link":
-            assert value.startswith(f"{board.release_path}/"), f"{when}: {name} -> {value}"
+            assert f"{value}/".startswith(f"{board.release_path}/"), f"{when}: {name} -> {value}"
             assert (board.rw_path / name).exists(), f"{when}: {name} -> {value} dangles"
         else:
             assert value in {k.get(name) for k in known}, (
