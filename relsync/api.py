@@ -174,10 +174,14 @@ async def board_options(
     given = board.dest_path or settings.destination_path
     dest = await release_destination(target, given, settings.force_path)
     rw = board.rw_path or settings.destination_rw_path or None
+    # The board running the very directory relsync syncs from has nothing to mirror: a shadow
+    # tree would copy the build's files and take the VM off its release for nothing.
+    local_tree = bool(local and await runs_local_release(target, dest, local))
     options = SyncOptions(
         dest_path=dest,
-        rw_path=rw,
-        local_tree=bool(local and not rw and await runs_local_release(target, dest, local)),
+        rw_path=None if local_tree else rw,
+        unused_rw_path=rw if local_tree else None,
+        local_tree=local_tree,
         hook=hook,
         hook_timeout=settings.hook_timeout,
         brutal_purge=settings.purge == "brutal",

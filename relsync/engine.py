@@ -63,6 +63,8 @@ class SyncOptions:
     #: The release at ``dest_path`` is the local release's own directory (see
     #: :func:`relsync.destination.runs_local_release`): nothing is written, only reloaded.
     local_tree: bool = False
+    #: The ``-q`` given for a board that runs the local release itself (so not used).
+    unused_rw_path: str | None = None
 
 
 @dataclass(slots=True)
@@ -269,6 +271,12 @@ async def _sync(
     plan = build_plan(release, state)
     report = SyncReport(target.label, plan, list(release.skipped), dry_run=options.dry_run)
     report.hash = state.hash
+    if options.unused_rw_path:
+        report.warnings.append(
+            f"{target.label} runs the release you built ({options.dest_path}) itself: there is "
+            f"nothing to mirror, so the shadow tree {options.unused_rw_path} is not used (only "
+            "what the build changed is reloaded)"
+        )
     await check_apps_present(target, release, state.otp_release)
     if plan.reload:
         await check_beams_fit(target, release, plan, state.otp_release)

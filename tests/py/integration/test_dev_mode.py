@@ -123,3 +123,36 @@ def test_a_copy_of_a_dev_mode_release_gets_real_files_and_the_project_is_left_al
             assert report["written"] == report["reload"] == [], report
 
     asyncio.run(body())
+
+
+def test_a_shadow_tree_is_not_used_for_the_release_the_node_runs_from_build(
+    tmp_path: Path,
+) -> None:
+    """``-q`` (say ``destination_rw_path`` in rebar.config, meant for the real board) with the
+    node running ``_build`` itself: nothing to mirror, so no shadow tree is made and the VM
+    stays on its release; a rollback then has nothing to do and the application keeps its
+    code path (the shadow tree copied the build's files, and the rollback took ``myapp`` off
+    the code path and unloaded its modules)."""
+    project = dev_project(tmp_path)
+    release = project / "_build" / "default" / "rel" / "myapp"
+    counter = project / "apps" / "myapp" / "src" / "myapp_counter.erl"
+    rw = tmp_path / "rw"
+
+    async def body() -> None:
+        async with DevNode(release, tmp_path / "home").running() as node:
+            await node.rpc("myapp_counter", "bump", [])
+            counter.write_text(counter_source(2))
+            code, report, err = await run_in_project(project, node, "--build", "-q", str(rw))
+            assert code == 0, err
+            assert report["written"] == [] and report["reload"] == ["myapp_counter"], report
+            assert any("is not used" in w for w in report["warnings"]), report
+            assert not rw.exists()
+            code, report, err = await run_in_project(project, node, "-q", str(rw), "--rollback")
+            assert code == 0, err
+            assert await node.rpc("myapp_counter", "version", []) == 2
+            path = await node.rpc("code", "priv_dir", [Atom("myapp")])
+            assert isinstance(path, str) and "myapp" in path, path
+            loaded = await node.rpc("code", "is_loaded", [Atom("myapp_sup")])
+            assert isinstance(loaded, tuple)
+
+    asyncio.run(body())
