@@ -116,7 +116,10 @@ def print_summary(
 
     rollback = report.action == "rollback"
     if rollback and not plan.code_path_replace:  # see relsync.rollback
-        w(f"relsync: nothing to roll back: {report.label} runs its pristine release\n")
+        w(
+            f"relsync: nothing to roll back: {report.label} runs the release at {plan.root}, "
+            "not a shadow tree\n"
+        )
     else:
         verb = {
             ("sync", True): "would sync",

@@ -70,6 +70,12 @@ def shadow_changes(state: TargetState) -> ShadowChanges:
     return ShadowChanges(changed, added, deleted)
 
 
+def _nothing_to_roll_back(label: str, dest: str) -> str:
+    """What a rollback says when no shadow tree is active: true whether the release is
+    pristine or was synced in place (the board cannot tell the two apart)."""
+    return f"nothing to roll back: {label} runs the release at {dest}, not a shadow tree"
+
+
 def plan_rollback(state: TargetState) -> SyncPlan:
     """The code path back at the release and its modules loaded again (nothing is written)."""
     if not state.rw:
@@ -188,9 +194,7 @@ async def rollback(
         report = SyncReport(target.label, plan, [], dry_run=options.dry_run, action="rollback")
         if not state.shadow_active and not state.pending:
             plan.code_path_replace = []
-            report.warnings.append(
-                f"nothing to roll back: {target.label} runs its pristine release"
-            )
+            report.warnings.append(_nothing_to_roll_back(target.label, state.dest))
             plan.reload, plan.purge, plan.new_modules = [], [], []
             plan.code_path_add, plan.code_path_remove = [], []
         elif options.upgrade and release is not None:

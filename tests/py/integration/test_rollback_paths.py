@@ -84,3 +84,19 @@ def test_a_killed_rollback_clean_is_finished(demo_release: Path, tmp_path: Path)
         assert await _version(board) == 1
 
     with_board(demo_release, tmp_path / "board", body)
+
+
+def test_a_rollback_after_a_sync_in_place_does_not_call_the_release_pristine(
+    demo_release: Path, tmp_path: Path
+) -> None:
+    v2 = Variant(demo_release, tmp_path / "v2").counter_version(2)
+
+    async def body(board: LocalBoard) -> None:
+        assert (await relsync(board, v2.root)).code == 0  # in place: the release itself changed
+        back = await relsync(board, v2.root, "--rollback", "-q", str(board.rw_path))
+        assert back.code == 0, back.err
+        assert f"runs the release at {board.release_path}, not a shadow tree" in back.out
+        assert "pristine" not in back.out + back.err  # it is not: the sync replaced its files
+        assert await board.rpc("demo_counter", "version", []) == 2
+
+    with_board(demo_release, tmp_path / "board", body, writable=True)

@@ -129,9 +129,12 @@ def test_a_dry_run_says_no_time_and_a_rollback_no_files_line() -> None:
 
 def test_nothing_to_roll_back_is_not_rolled_back() -> None:
     report = SyncReport("demo@192.0.2.7", SyncPlan(root="/srv/erlang"), [], action="rollback")
-    report.warnings.append("nothing to roll back: demo@192.0.2.7 runs its pristine release")
+    report.warnings.append(
+        "nothing to roll back: demo@192.0.2.7 runs the release at /srv/erlang, not a shadow tree"
+    )
     text = _summary(report)
     assert "rolled back" not in text and text.count("nothing to roll back") == 1, text
+    assert "runs the release at /srv/erlang, not a shadow tree" in text
 
 
 def test_md5_is_not_blamed_on_a_board_without_crypto() -> None:
