@@ -13,7 +13,6 @@ import hashlib
 import os
 import random
 import stat
-import struct
 import subprocess
 import sys
 import zlib
@@ -22,56 +21,15 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from support.control_channel import LEN, Channel, frame
 
-from relsync.erldist.etf import Atom, Charlist, Pid, Term, binary_to_term, term_to_binary
+from relsync.erldist.etf import Atom, Charlist, Pid, Term, term_to_binary
 from relsync.harness.example import APP_DIR, Variant, build_example_release
 from relsync.harness.local import LocalBoard
 
 pytestmark = pytest.mark.integration
 
-_LEN = struct.Struct(">I")
 SHA0 = bytes(32)
-
-
-class Channel(asyncssh.SSHClientSession[bytes]):
-    """A raw relsync control channel: frames out, decoded replies in a queue."""
-
-    def __init__(self) -> None:
-        self.buf = b""
-        self.replies: asyncio.Queue[Term] = asyncio.Queue()
-        self.closed = asyncio.Event()
-        self.chan: asyncssh.SSHClientChannel[bytes] | None = None
-
-    @classmethod
-    async def open(cls, conn: asyncssh.SSHClientConnection) -> Channel:
-        session = cls()
-        session.chan, _ = await conn.create_session(lambda: session, subsystem="relsync",
-                                                    encoding=None)  # fmt: skip
-        return session
-
-    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        self.buf += data
-        while len(self.buf) >= 4 and len(self.buf) >= 4 + _LEN.unpack_from(self.buf)[0]:
-            size = _LEN.unpack_from(self.buf)[0]
-            self.replies.put_nowait(binary_to_term(self.buf[4 : 4 + size]))
-            self.buf = self.buf[4 + size :]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed.set()
-
-    def send(self, data: bytes) -> None:
-        assert self.chan is not None
-        self.chan.write(data)
-
-    async def call(self, ident: int, function: str, args: list[Term]) -> Term:
-        self.send(frame(term_to_binary((ident, Atom(function), args))))
-        reply = await asyncio.wait_for(self.replies.get(), 30)
-        assert isinstance(reply, tuple) and reply[0] == ident, reply
-        return reply[1]
-
-
-def frame(body: bytes) -> bytes:
-    return _LEN.pack(len(body)) + body
 
 
 class Env:
@@ -235,7 +193,7 @@ def test_a_connection_that_does_not_log_in_is_closed_and_only_logins_count(env: 
 
 def _compressed_ping(inflated: int) -> bytes:
     """{1, ping, [<<0:inflated/unit:8>>]} as a compressed external term."""
-    inner = bytearray(b"h\x03a\x01w\x04pingl\x00\x00\x00\x01m") + _LEN.pack(inflated)
+    inner = bytearray(b"h\x03a\x01w\x04pingl\x00\x00\x00\x01m") + LEN.pack(inflated)
     packer = zlib.compressobj(9)
     out = [packer.compress(bytes(inner))]
     zeros = bytes(1 << 20)
@@ -243,7 +201,7 @@ def _compressed_ping(inflated: int) -> bytes:
         out.append(packer.compress(zeros))
     out.append(packer.compress(b"j"))
     out.append(packer.flush())
-    return b"\x83P" + _LEN.pack(len(inner) + inflated + 1) + b"".join(out)
+    return b"\x83P" + LEN.pack(len(inner) + inflated + 1) + b"".join(out)
 
 
 def test_a_compressed_request_is_refused_before_it_is_inflated(env: Env) -> None:
@@ -305,7 +263,7 @@ def test_a_request_that_decodes_to_a_huge_heap_closes_its_channel(env: Env) -> N
     """{1, ping, [[] x 15M]}: a 15 MiB frame (under max_frame, uncompressed) of 15M list
     cells (240 MB), refused as it decodes instead of copied to the worker."""
     count = 15 << 20
-    body = b"\x83h\x03a\x01w\x04pingl" + _LEN.pack(count) + b"j" * (count + 1)
+    body = b"\x83h\x03a\x01w\x04pingl" + LEN.pack(count) + b"j" * (count + 1)
 
     async def go() -> tuple[int, int]:
         base = await env.board.rpc("erlang", "memory", [Atom("total")])
@@ -833,12 +791,12 @@ class Fuzzer:
         if kind == 1:
             return frame(good[: r.randrange(1, len(good))])
         if kind == 2:
-            return frame(b"\x83P" + _LEN.pack(1 << 30) + r.randbytes(30))
+            return frame(b"\x83P" + LEN.pack(1 << 30) + r.randbytes(30))
         if kind == 3:
             return frame(good[:3] + r.randbytes(20))
         if kind == 4:
             return frame(term_to_binary((ident, self.term(), self.term())))
-        return _LEN.pack(r.choice([(1 << 32) - 1, 1 << 25])) + good
+        return LEN.pack(r.choice([(1 << 32) - 1, 1 << 25])) + good
 
 
 def test_fuzzing_the_control_channel_leaves_the_board_up_and_the_outside_alone(env: Env) -> None:

@@ -12,7 +12,6 @@ import logging
 import os
 import random
 import shutil
-import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import Any
 
 import asyncssh
 import pytest
+from support.control_channel import LEN, Channel
+from support.control_channel import frame as frame_bytes
 
 from relsync.erldist.etf import Atom, Charlist, Term, binary_to_term, term_to_binary
 from relsync.errors import TargetError
@@ -33,7 +34,6 @@ from relsync.transports.ssh import MAX_REPLY, SshTarget, _ControlSession
 
 pytestmark = pytest.mark.integration
 
-_LEN = struct.Struct(">I")
 #: A hook that blocks the channel's worker until the test process sends it ``go``.
 SLOW_HOOK = "-module(rsd_limits_hook).\n-export([wait/0]).\n" \
     "wait() -> register(rsd_limits_hook, self()), receive go -> finished end.\n"  # fmt: skip
@@ -60,46 +60,8 @@ class Board:
         )  # fmt: skip
 
 
-class Channel(asyncssh.SSHClientSession[bytes]):
-    """A raw relsync control channel: frames out, decoded replies in a queue."""
-
-    def __init__(self) -> None:
-        self.buf = b""
-        self.replies: asyncio.Queue[Term] = asyncio.Queue()
-        self.closed = asyncio.Event()
-        self.chan: asyncssh.SSHClientChannel[bytes] | None = None
-
-    @classmethod
-    async def open(cls, conn: asyncssh.SSHClientConnection) -> Channel:
-        session = cls()
-        session.chan, _ = await conn.create_session(lambda: session, subsystem="relsync",
-                                                    encoding=None)  # fmt: skip
-        return session
-
-    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        self.buf += data
-        while len(self.buf) >= 4 and len(self.buf) >= 4 + _LEN.unpack_from(self.buf)[0]:
-            size = _LEN.unpack_from(self.buf)[0]
-            self.replies.put_nowait(binary_to_term(self.buf[4 : 4 + size]))
-            self.buf = self.buf[4 + size :]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed.set()
-
-    def send(self, data: bytes) -> None:
-        assert self.chan is not None
-        self.chan.write(data)
-
-    async def call(self, ident: int, function: str, args: list[Term]) -> Term:
-        self.send(frame((ident, Atom(function), args)))
-        reply = await asyncio.wait_for(self.replies.get(), 30)
-        assert isinstance(reply, tuple) and reply[0] == ident, reply
-        return reply[1]
-
-
 def frame(term: Term) -> bytes:
-    body = term_to_binary(term)
-    return _LEN.pack(len(body)) + body
+    return frame_bytes(term_to_binary(term))
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +89,7 @@ def test_a_malformed_frame_closes_only_its_channel(board: Board) -> None:
             sftp = await conn.start_sftp_client()
             bad, good = await Channel.open(conn), await Channel.open(conn)
             assert await good.call(1, "ping", []) == "pong"
-            bad.send(_LEN.pack(5) + b"junk!")
+            bad.send(LEN.pack(5) + b"junk!")
             await asyncio.wait_for(bad.closed.wait(), 30)
             assert await good.call(2, "ping", []) == "pong"
             assert await sftp.listdir(str(board.board.rw_path)) is not None
@@ -144,7 +106,7 @@ def test_a_frame_over_max_frame_is_refused_with_an_error_and_closes_its_channel(
         async with await board.connect() as conn:
             chan, other = await Channel.open(conn), await Channel.open(conn)
             body = term_to_binary((7, Atom("ping"), [b"x" * 1000]))
-            chan.send(frame((6, Atom("ping"), [])) + _LEN.pack(1 << 30) + body)
+            chan.send(frame((6, Atom("ping"), [])) + LEN.pack(1 << 30) + body)
             assert await asyncio.wait_for(chan.replies.get(), 30) == (6, "pong")
             error = await asyncio.wait_for(chan.replies.get(), 30)
             assert error == (7, (Atom("error"), (Atom("frame_too_large"), 1 << 30, 16 << 20)))
@@ -243,7 +205,7 @@ def test_a_reply_over_the_cap_fails_the_call_instead_of_growing_the_buffer() -> 
         session = _ControlSession("relsync@board:2228")
         future: asyncio.Future[Term] = asyncio.get_running_loop().create_future()
         session.pending[1] = future
-        session.data_received(_LEN.pack(MAX_REPLY + 1) + b"\x83" * 1000, None)
+        session.data_received(LEN.pack(MAX_REPLY + 1) + b"\x83" * 1000, None)
         session.data_received(b"\x00" * 100_000, None)
         assert future.done()
         with pytest.raises(TargetError) as info:
