@@ -42,7 +42,7 @@ def test_a_release_without_crypto_syncs(
         verbose = await relsync(board, v2.root, *where, "-v")
         assert f"files compared by {expected}" in verbose.out
         if mode == "erl":  # nothing loaded crypto behind our back
-            assert "(the board has no crypto)" in verbose.out
+            assert "(the board's VM cannot load crypto from its release or OTP)" in verbose.out
             assert await board.rpc("code", "is_loaded", [Atom("crypto")]) == "false"
 
     with_board(bare, tmp_path / "board", body, mode, writable=layout == "in_place")

@@ -69,7 +69,7 @@ def test_read_from_a_relsyncd_without_sync_state(tmp_path: Path) -> None:
             ["info", "manifest", "manifest", "code_state", "list_dir", "list_dir"]
         )
         assert new.dest_kind == "directory" and old.dest_kind is None
-        assert old == dataclasses.replace(new, dest_kind=None)
+        assert old == dataclasses.replace(new, dest_kind=None, resolved=None)
         assert "bin/demo" in new.original and "lib" in new.top
 
     with_board(build_example_release(), tmp_path / "board", body, "ssh")

@@ -238,8 +238,9 @@ def test_control_channel_refuses_functions_outside_the_api(env: Env) -> None:
 def _relsync(env: Env, local: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     ssh = env.board.ssh
     assert ssh is not None
+    shadow = env.board.rw_path / "shadow"  # not rw_path itself: the test planted a link there
     argv = [sys.executable, "-m", "relsync.cli", "-M", "ssh", "-d", "127.0.0.1",
-            "-P", str(ssh.port), "-p", str(env.board.release_path), "-q", str(env.board.rw_path),
+            "-P", str(ssh.port), "-p", str(env.board.release_path), "-q", str(shadow),
             "-l", str(local), *extra]  # fmt: skip
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
 
