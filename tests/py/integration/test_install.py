@@ -25,7 +25,10 @@ def fresh_checkout(where: Path) -> Path:
     """The files git tracks, as the working tree has them (a clone of uncommitted work): no
     beams, no egg-info, nothing ``make`` wrote."""
     if not (CHECKOUT / ".git").exists():
-        pytest.skip("not a git checkout")
+        pytest.skip(
+            f"{CHECKOUT} is not a git checkout (an installed copy of the tests): the install "
+            "test copies the files git tracks; CI runs from a clone, where it always runs"
+        )
     listed = subprocess.run(
         ["git", "ls-files", "-z"], cwd=CHECKOUT, check=True, capture_output=True
     ).stdout
